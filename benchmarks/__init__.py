@@ -1,0 +1,1 @@
+"""Offline quality and speed benchmarks, and the metrics they use."""

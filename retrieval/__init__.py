@@ -1,0 +1,1 @@
+"""Encoder, Redis embedding cache, FAISS index, user towers and tower fine-tuning."""

@@ -1,0 +1,1 @@
+"""The Recommender (retrieve -> rerank), the HTTP API and index hot-reload."""

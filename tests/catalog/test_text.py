@@ -1,0 +1,63 @@
+"""Text rendering: the documented format, determinism and the token budget."""
+
+from __future__ import annotations
+
+from catalog import Item, ItemTextTemplate, User, UserTextTemplate
+from catalog.text import HistoryEvent, approx_tokens
+
+
+def test_item_text_format() -> None:
+    item = Item(
+        "1", "Toy Story (1995)", genres=("Animation", "Children's", "Comedy"), tags=("pixar", "fun")
+    )
+    assert ItemTextTemplate().render(item) == (
+        "Toy Story (1995). Genres: Animation, Children's, Comedy. Tags: pixar, fun"
+    )
+    bare = Item("2", "  Heat   (1995) ")
+    assert ItemTextTemplate().render(bare) == "Heat (1995)"
+    described = Item("3", "X", description="A film.\nAbout   things.")
+    assert ItemTextTemplate().render(described) == "X. A film. About things"
+
+
+def test_template_fingerprint_changes_with_parameters() -> None:
+    assert ItemTextTemplate().fingerprint() == ItemTextTemplate().fingerprint()
+    assert ItemTextTemplate().fingerprint() != ItemTextTemplate(max_tags=3).fingerprint()
+
+
+ITEMS = {str(i): Item(str(i), f"Movie {i}") for i in range(40)}
+
+
+def test_user_text_most_recent_first_with_profile_and_dislikes() -> None:
+    history = [
+        HistoryEvent("1", 10, 5.0),
+        HistoryEvent("2", 30, 4.0),
+        HistoryEvent("3", 20, 1.0),
+        HistoryEvent("4", 40, None, 1),
+        HistoryEvent("5", 50, None, 0),
+    ]
+    user = User("u", {"age": "25", "gender": "M"})
+    text = UserTextTemplate(max_disliked=5).render(user, history, ITEMS)
+    assert text == (
+        "Profile: age 25, gender M. Liked, most recent first: Movie 4; Movie 2; "
+        "Movie 1. Disliked: Movie 5; Movie 3"
+    )
+    assert "Disliked" not in UserTextTemplate().render(user, history, ITEMS)
+
+
+def test_user_text_respects_the_token_budget_by_cutting_oldest() -> None:
+    history = [HistoryEvent(str(i), i, 5.0) for i in range(40)]
+    template = UserTextTemplate(max_liked=40, max_tokens=30)
+    text = template.render(None, history, ITEMS)
+    assert approx_tokens(text) <= 30
+    assert text.startswith("Liked, most recent first: Movie 39; Movie 38")
+    assert "Movie 0;" not in text and not text.endswith("Movie 0")
+
+
+def test_user_text_is_deterministic_and_uses_given_counter() -> None:
+    history = [HistoryEvent(str(i), 7, 5.0) for i in range(10)]  # all tied in time
+    template = UserTextTemplate(max_tokens=1000)
+    first = template.render(None, history, ITEMS)
+    assert all(template.render(None, history, ITEMS) == first for _ in range(3))
+    tiny = template.render(None, history, ITEMS, count_tokens=lambda s: len(s) // 4)
+    assert len(tiny) // 4 <= 1000
+    assert template.render(None, [], ITEMS) == ""

@@ -1,0 +1,107 @@
+"""The command line: import, info, bench and the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from duorank.cli import EXIT_USAGE, cli
+from duorank.settings import Settings
+
+
+def test_import_movielens_prints_and_records_counts(
+    bundled_movielens: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(
+        cli, ["data", "import", "movielens", str(bundled_movielens), "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert (summary["users"], summary["items"], summary["interactions"]) == (610, 9742, 100836)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["users"], manifest["items"], manifest["interactions"]) == (610, 9742, 100836)
+    info = CliRunner().invoke(cli, ["data", "info", str(out)])
+    assert json.loads(info.output)["items"] == 9742
+
+
+def test_import_table_with_mapping(tmp_path: Path) -> None:
+    (tmp_path / "i.csv").write_text("sku,name\nA,Lamp\n")
+    (tmp_path / "e.csv").write_text("uid,sku,ts\nu,A,1\n")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "data",
+            "import",
+            "table",
+            "--items",
+            str(tmp_path / "i.csv"),
+            "--interactions",
+            str(tmp_path / "e.csv"),
+            "--map",
+            "item_id=sku",
+            "--map",
+            "title=name",
+            "--map",
+            "user_id=uid",
+            "--map",
+            "timestamp=ts",
+            "--out",
+            str(tmp_path / "ds"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "interactions" in result.output
+
+
+def test_bad_input_exits_2_with_a_named_location(tmp_path: Path) -> None:
+    root = tmp_path / "ml"
+    root.mkdir()
+    (root / "movies.csv").write_text("movieId,title,genres\n1,A,Drama\n")
+    (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\nx,1,4,1\n")
+    result = CliRunner().invoke(
+        cli, ["data", "import", "movielens", str(root), "--out", str(tmp_path / "ds")]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert "ratings.csv:2: column 'userId' value 'x'" in result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_unknown_benchmark_lists_the_known_ones() -> None:
+    result = CliRunner().invoke(cli, ["bench", "nope"])
+    assert result.exit_code == EXIT_USAGE
+    assert "metrics" in result.output
+
+
+def test_bench_writes_the_contract_json(tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(cli, ["bench", "metrics", "--quick", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert {"machine", "date", "commit", "params", "results", "targets"} <= set(record)
+    assert record["machine"]["cores"] >= 1
+    assert all({"name", "measured", "target", "met"} <= set(t) for t in record["targets"])
+
+
+def test_console_script_runs() -> None:
+    exe = Path(sys.executable).with_name("duorank")
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "data" in result.stdout and "bench" in result.stdout
+
+
+def test_settings_from_env_and_secret_masking() -> None:
+    env = {
+        "DUORANK_REDIS_URL": "redis://user:pw@host:6379/0",
+        "DUORANK_API_TOKEN": "s3cret",
+        "DUORANK_HOME": "/x",
+    }
+    settings = Settings.from_env(env, home="/y")
+    assert settings.home == Path("/y")
+    assert "s3cret" not in repr(settings)
+    public = settings.public()
+    assert public["api_token"] == "***" and "pw" not in public["redis_url"]
