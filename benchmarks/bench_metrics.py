@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.contract import BenchReport, Target
+from benchmarks.contract import BenchContext, BenchReport, Target
 from benchmarks.metrics import ndcg_at_k, recall_at_k
 
 
@@ -35,7 +35,7 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(quick: bool) -> BenchReport:
+def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     """Times NDCG@100 and Recall@100 over many users, vectorised vs loop."""
     n_users = 2_000 if quick else 50_000
     n_items, k, repeats = 20_000, 100, 3 if quick else 5

@@ -78,7 +78,16 @@ class BenchReport:
 
     def render(self) -> str:
         """The human-readable table plus the targets."""
-        lines = [format_table(self.table)] if self.table else []
+        lines: list[str] = []
+        # Consecutive rows with the same columns form one table.
+        group: list[dict[str, Any]] = []
+        for row in self.table:
+            if group and list(row) != list(group[-1]):
+                lines += [format_table(group), ""]
+                group = []
+            group.append(row)
+        if group:
+            lines.append(format_table(group))
         if self.targets:
             lines.append("")
             lines.append(
@@ -184,4 +193,13 @@ def git_commit() -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
-BenchFn = Callable[[bool], BenchReport]
+@dataclass(frozen=True)
+class BenchContext:
+    """What the app layer hands a benchmark (benchmarks never read the environment)."""
+
+    home: Path = Path(".duorank")
+    redis_url: str | None = None
+    data: Path = Path(__file__).resolve().parent.parent / "data" / "ml-latest-small"
+
+
+BenchFn = Callable[[bool, BenchContext], BenchReport]

