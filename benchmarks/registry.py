@@ -9,6 +9,7 @@ from benchmarks.contract import BenchContext, BenchReport
 BENCHMARKS: dict[str, str] = {
     "metrics": "benchmarks.bench_metrics",
     "retrieval": "benchmarks.bench_retrieval",
+    "indexer": "benchmarks.bench_indexer",
 }
 
 

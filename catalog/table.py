@@ -113,39 +113,7 @@ def load_table(
     cols = mapping or ColumnMapping()
     policy = BadRowPolicy(skip_bad=skip_bad)
     item_path = Path(items)
-    catalog_items: dict[str, Item] = {}
-    first_line: dict[str, int] = {}
-    mapped = {cols.item_id, cols.title, cols.description, cols.genres, cols.tags}
-    for line, row in iter_table(item_path):
-        if "__error__" in row:
-            policy.handle(DataError(str(row["__error__"]), path=item_path, line=line))
-            continue
-        try:
-            item_id = _required(row, cols.item_id, item_path, line)
-            title = str(row.get(cols.title) or "").strip()
-            if item_id in catalog_items and duplicates != "last":
-                raise DataError(
-                    f"duplicate item id (first seen on line {first_line[item_id]})",
-                    path=item_path,
-                    line=line,
-                    column=cols.item_id,
-                    value=item_id,
-                )
-        except DataError as exc:
-            policy.handle(exc)
-            continue
-        first_line.setdefault(item_id, line)
-        attributes = {k: str(v) for k, v in row.items() if k not in mapped and _present(v)}
-        catalog_items[item_id] = Item(
-            item_id,
-            title,
-            description=str(row.get(cols.description) or "").strip(),
-            genres=_as_list(row.get(cols.genres), cols.list_separator),
-            tags=_as_list(row.get(cols.tags), cols.list_separator),
-            attributes=attributes,
-        )
-    if not catalog_items:
-        raise DataError("no items could be read", path=item_path)
+    catalog_items = _read_items(item_path, cols, policy, duplicates)
 
     catalog_users: dict[str, User] = {}
     if users is not None:
@@ -236,3 +204,62 @@ def _interaction(row: dict[str, Any], cols: ColumnMapping, path: Path, line: int
             )
     event = str(row.get(cols.event) or "").strip()
     return user_id, item_id, timestamp, rating, label, event
+
+
+def load_items(
+    path: str | Path,
+    *,
+    mapping: ColumnMapping | None = None,
+    skip_bad: bool = False,
+    duplicates: str = "error",
+) -> tuple[dict[str, Item], BadRowPolicy]:
+    """Loads only an items table (for index builds from an items file).
+
+    Returns the items and the bad-row record (skipped counts).
+
+    Raises:
+        DataError: as :func:`load_table` for the items table.
+    """
+    policy = BadRowPolicy(skip_bad=skip_bad)
+    return _read_items(Path(path), mapping or ColumnMapping(), policy, duplicates), policy
+
+
+def _read_items(
+    item_path: Path, cols: ColumnMapping, policy: BadRowPolicy, duplicates: str
+) -> dict[str, Item]:
+    if duplicates not in ("error", "last"):
+        raise DataError("must be 'error' or 'last'", column="duplicates", value=duplicates)
+    catalog_items: dict[str, Item] = {}
+    first_line: dict[str, int] = {}
+    mapped = {cols.item_id, cols.title, cols.description, cols.genres, cols.tags}
+    for line, row in iter_table(item_path):
+        if "__error__" in row:
+            policy.handle(DataError(str(row["__error__"]), path=item_path, line=line))
+            continue
+        try:
+            item_id = _required(row, cols.item_id, item_path, line)
+            title = str(row.get(cols.title) or "").strip()
+            if item_id in catalog_items and duplicates != "last":
+                raise DataError(
+                    f"duplicate item id (first seen on line {first_line[item_id]})",
+                    path=item_path,
+                    line=line,
+                    column=cols.item_id,
+                    value=item_id,
+                )
+        except DataError as exc:
+            policy.handle(exc)
+            continue
+        first_line.setdefault(item_id, line)
+        attributes = {k: str(v) for k, v in row.items() if k not in mapped and _present(v)}
+        catalog_items[item_id] = Item(
+            item_id,
+            title,
+            description=str(row.get(cols.description) or "").strip(),
+            genres=_as_list(row.get(cols.genres), cols.list_separator),
+            tags=_as_list(row.get(cols.tags), cols.list_separator),
+            attributes=attributes,
+        )
+    if not catalog_items:
+        raise DataError("no items could be read", path=item_path)
+    return catalog_items

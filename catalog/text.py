@@ -52,12 +52,16 @@ class ItemTextTemplate:
     version: int = 1
 
     def render(self, item: Item) -> str:
-        """Returns the item's text."""
-        parts = [_clean(item.title).rstrip(".") or item.id]
+        """Returns the item's text; empty when the item has neither title nor description
+        (genres and tags alone do not identify an item, so such items are skipped)."""
+        title = _clean(item.title).rstrip(".")
+        parts = [title] if title else []
         if self.include_description and item.description:
             desc = _clean(item.description)[: self.max_description_chars].rstrip(".")
             if desc:
                 parts.append(desc)
+        if not parts:
+            return ""
         genres = [_clean(g) for g in item.genres[: self.max_genres] if _clean(g)]
         if genres:
             parts.append("Genres: " + ", ".join(genres))

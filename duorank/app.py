@@ -45,7 +45,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     where = mask_url(settings.redis_url) if server is None else f"embedded ({server.url})"
     log.info("embedding cache: %s", where)
     try:
-        yield Runtime(settings, EmbeddingCache(client), server)
+        yield Runtime(settings, EmbeddingCache(client, namespace=settings.cache_namespace), server)
     finally:
         client.close()
         if server is not None:

@@ -192,6 +192,267 @@ def data_info(path: Path) -> None:
     click.echo(json.dumps(read_manifest(path), indent=2, sort_keys=True))
 
 
+# ---------------------------------------------------------------------------- index
+
+
+@cli.group()
+def index() -> None:
+    """Build, verify, list and roll back published index versions."""
+
+
+def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            params[key] = int(raw)
+        except ValueError:
+            try:
+                params[key] = float(raw)
+            except ValueError:
+                params[key] = raw
+    return params
+
+
+@index.command(name="build")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder (from `duorank data import`).",
+)
+@click.option(
+    "--items",
+    "items_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Or an items file (.csv, .tsv, .jsonl, .parquet).",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Column mapping for --items (as in `data import table`).",
+)
+@click.option(
+    "--duplicates",
+    type=click.Choice(["error", "last"]),
+    default="error",
+    show_default=True,
+    help="Duplicate item ids in --items: fail, or last wins.",
+)
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Index root folder.")
+@click.option("--model", default=None, help="Sentence-transformers folder or hub name.")
+@click.option(
+    "--index-type", type=click.Choice(["flat", "hnsw", "ivfpq"]), default="flat", show_default=True
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Index parameter, e.g. --param M=32 --param efSearch=128. Repeatable.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Published versions to keep.",
+)
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    show_default=True,
+    help="Wait for a running build to finish instead of exiting with code 3.",
+)
+@click.option("--lock-timeout", type=float, default=None, help="Seconds to wait with --wait.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the build summary as one JSON object on the last line.",
+)
+@click.pass_obj
+def index_build(
+    settings: Settings,
+    data_path: Path | None,
+    items_path: Path | None,
+    mapping: tuple[str, ...],
+    duplicates: str,
+    root: Path,
+    model: str | None,
+    index_type: str,
+    params: tuple[str, ...],
+    keep: int,
+    wait: bool,
+    lock_timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Build a new index version from the catalog and publish it atomically."""
+    from catalog.fsutil import sha256_file
+    from catalog.store import load_catalog, read_manifest
+    from catalog.table import ColumnMapping, load_items
+    from duorank.app import runtime
+    from indexer import BuildConfig, BuildLock, IndexBuild, LockHeldError
+
+    if (data_path is None) == (items_path is None):
+        raise click.UsageError("give exactly one of --data DIR or --items FILE")
+    if data_path is not None:
+        items = load_catalog(data_path).items
+        source = {"data": str(data_path.resolve())}
+        source_hash = read_manifest(data_path)["files"]["items.parquet"]
+    else:
+        assert items_path is not None
+        items, _ = load_items(
+            items_path, mapping=ColumnMapping.from_pairs(list(mapping)), duplicates=duplicates
+        )
+        source = {"items": str(items_path.resolve())}
+        source_hash = sha256_file(items_path)
+    config = BuildConfig(
+        index_type=index_type,
+        index_params=_index_params(params),
+        keep=keep,
+        wait=wait,
+        lock_timeout=lock_timeout,
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    lock = BuildLock(root, wait=wait, timeout=lock_timeout)
+    try:
+        lock.acquire()  # before loading the model: a second build fails fast
+    except LockHeldError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_LOCKED) from None
+    try:
+        with runtime(settings) as rt:
+            manifest = IndexBuild(root, rt.encoder(model), config).run(
+                items, source=source, source_hash=source_hash, lock_held=True
+            )
+    finally:
+        lock.release()
+    build = manifest["build"]
+    summary = {
+        "version": manifest["version"],
+        "items": build["items"],
+        "encoded": build["encoded"],
+        "cache_hits": build["cache_hits"],
+        "skipped_empty": build["skipped_empty"],
+        "added": build["added"],
+        "changed": build["changed"],
+        "removed": build["removed"],
+        "index_type": index_type,
+        "root": str(root),
+        "seconds": {k: round(v, 3) for k, v in build["seconds"].items()},
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"published {summary['version']} under {root}")
+        for key in (
+            "items",
+            "encoded",
+            "cache_hits",
+            "skipped_empty",
+            "added",
+            "changed",
+            "removed",
+        ):
+            click.echo(f"  {key:<14} {summary[key]:>8,}")
+
+
+def _root(root: Path) -> Any:
+    from indexer import IndexRoot
+
+    if not root.is_dir():
+        click.echo(f"error: index root not found: {root}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    return IndexRoot(root)
+
+
+@index.command(name="verify")
+@click.option("--root", type=click.Path(path_type=Path), required=True)
+@click.option("--version", default=None, help="Version id (default: CURRENT).")
+def index_verify(root: Path, version: str | None) -> None:
+    """Check a version: checksums, files, dimensions, counts, loadability (exit 4 on failure)."""
+    from indexer import NoVersionError, VerifyError
+
+    store = _root(root)
+    try:
+        version = version or store.require_current()
+        manifest = store.verify(version)
+    except NoVersionError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    except VerifyError as exc:
+        click.echo(f"FAILED {exc.version}", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        raise SystemExit(EXIT_VERIFY) from None
+    click.echo(
+        f"OK {version}: {manifest['items']} items, {manifest['dims']} dims, "
+        f"{len(manifest['files'])} files verified"
+    )
+
+
+@index.command(name="list")
+@click.option("--root", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version.")
+def index_list(root: Path, as_json: bool) -> None:
+    """List published versions, oldest first; * marks CURRENT."""
+    store = _root(root)
+    current = store.current()
+    for version in store.versions():
+        try:
+            m = store.manifest(version)
+        except Exception as exc:  # a damaged version is still listed
+            m = {"error": str(exc)}
+        row = {
+            "version": version,
+            "current": version == current,
+            "created_at": m.get("created_at"),
+            "items": m.get("items"),
+            "index": (m.get("index") or {}).get("type"),
+            "model_fingerprint": (m.get("model_fingerprint") or "")[:12],
+        }
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            mark = "*" if row["current"] else " "
+            click.echo(
+                f"{mark} {version}  {row['created_at']}  {row['items']} items  "
+                f"{row['index']}  model {row['model_fingerprint']}"
+            )
+
+
+@index.command(name="rollback")
+@click.argument("version", required=False)
+@click.option("--root", type=click.Path(path_type=Path), required=True)
+def index_rollback(version: str | None, root: Path) -> None:
+    """Point CURRENT at VERSION (default: the version before CURRENT), after verifying it."""
+    from indexer import NoVersionError, VerifyError
+
+    store = _root(root)
+    try:
+        if version is None:
+            current = store.require_current()
+            version = store.previous(current)
+            if version is None:
+                raise NoVersionError(f"{root}: no version before {current} to roll back to")
+        store.verify(version)
+        store.set_current(version)
+    except NoVersionError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    except VerifyError as exc:
+        click.echo(f"error: refusing to roll back: {exc}", err=True)
+        raise SystemExit(EXIT_VERIFY) from None
+    click.echo(f"CURRENT -> {version}")
+
+
 # ---------------------------------------------------------------------------- train
 
 

