@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport, Target
-from benchmarks.metrics import ndcg_at_k, recall_at_k
+from metrics import ndcg_at_k, recall_at_k
 
 
 def _loop_ndcg(ranked: np.ndarray, relevant: list[np.ndarray], k: int) -> float:

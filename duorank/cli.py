@@ -536,6 +536,132 @@ def train_retriever_cmd(
     click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
 
 
+@train.command(name="reranker")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder (from `duorank data import`).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Reranker folder to write."
+)
+@click.option("--model", default=None, help="Backbone folder (default: bundled MiniLM).")
+@click.option(
+    "--head",
+    type=click.Choice(["binary", "rating"]),
+    default="binary",
+    show_default=True,
+    help="Sigmoid like/click head, or softmax over rating levels.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-5, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None)
+@click.option("--targets-per-user", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--random-negatives", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--hard-negatives", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option(
+    "--threshold", type=float, default=4.0, show_default=True, help="Rating at or above = like."
+)
+@click.option(
+    "--no-features", is_flag=True, help="Text only: no retrieval score / popularity inputs."
+)
+@click.option("--val-users", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 30 val users.")
+@click.pass_obj
+def train_reranker_cmd(
+    settings: Settings,
+    data_path: Path,
+    out: Path,
+    model: str | None,
+    head: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    max_steps: int | None,
+    targets_per_user: int,
+    random_negatives: int,
+    hard_negatives: int,
+    threshold: float,
+    no_features: bool,
+    val_users: int,
+    resume: bool,
+    seed: int,
+    quick: bool,
+) -> None:
+    """Fine-tune the point-wise cross-encoder reranker on the training split."""
+    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from duorank.app import runtime
+    from rerank.train import RerankerTrainConfig, train_reranker
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data_path)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    cfg = RerankerTrainConfig(
+        head=head,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_steps=30 if quick and max_steps is None else max_steps,
+        targets_per_user=2 if quick else targets_per_user,
+        random_negatives=random_negatives,
+        hard_negatives=hard_negatives,
+        threshold=threshold,
+        features=() if no_features else ("retrieval_score", "log_popularity"),
+        val_users=30 if quick else val_users,
+        val_candidates=20 if quick else 50,
+    )
+    template = ItemTextTemplate()
+    with runtime(settings) as rt:
+        encoder = rt.encoder()
+        ids = [i for i, item in catalog.items.items() if template.render(item)]
+        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+        card = train_reranker(
+            catalog,
+            split,
+            ItemVectors(ids, vectors),
+            out,
+            cfg,
+            base_model=model,
+            resume=resume,
+            count_tokens=encoder.count_tokens,
+        )
+    from benchmarks.contract import format_table
+
+    rows = [{"model": "before training", **card["before_training"]}]
+    rows += [
+        {
+            "model": f"epoch {e['epoch']}",
+            **{k: v for k, v in e.items() if k not in ("epoch", "steps")},
+        }
+        for e in card["epochs"]
+    ]
+    click.echo(format_table(rows))
+    click.echo(f"calibration: {card['calibration']}")
+    click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
+
+
+@cli.group(name="rerank")
+def rerank_group() -> None:
+    """Reranker utilities."""
+
+
+@rerank_group.command(name="export")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--no-int8", is_flag=True, help="Skip the int8-quantized model.")
+def rerank_export(folder: Path, no_int8: bool) -> None:
+    """Export a trained reranker to ONNX (fp32 and dynamic int8) under FOLDER/onnx/."""
+    from rerank.inference import export_onnx
+
+    for path in export_onnx(folder, quantize=not no_int8):
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 # ---------------------------------------------------------------------------- bench
 
 

@@ -80,3 +80,28 @@ def encoder() -> object:
     from retrieval.encoder import Encoder
 
     return Encoder(device="cpu", batch_size=32)
+
+
+# ---------------------------------------------------------------------------- tiny data
+
+
+def tiny_catalog(n_items: int = 24, n_users: int = 8, per_user: int = 6) -> object:
+    """A catalog small enough for one training step: films with genres, rated 2 or 5."""
+    import numpy as np
+
+    from catalog import Catalog, Interactions, Item, User
+
+    genres = ["Horror", "Comedy", "Drama", "Sci-Fi"]
+    items = {str(i): Item(str(i), f"Film {i}", genres=(genres[i % 4],)) for i in range(n_items)}
+    users, items_col, ts, ratings = [], [], [], []
+    rng = np.random.default_rng(0)
+    for u in range(n_users):
+        for t, i in enumerate(rng.choice(n_items, size=per_user, replace=False)):
+            users.append(f"u{u}")
+            items_col.append(str(i))
+            ts.append(1000 * u + t)
+            ratings.append(5.0 if t % 3 else 2.0)
+    inter = Interactions(users, items_col, ts, ratings)
+    return Catalog(
+        items, {f"u{u}": User(f"u{u}") for u in range(n_users)}, inter, source={"loader": "test"}
+    )

@@ -5,33 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from catalog import Catalog, Interactions, Item, User, leave_one_out
+from catalog import Catalog, Interactions, leave_one_out
 from catalog.text import UserTextTemplate
 from retrieval.encoder import Encoder
 from retrieval.train import RetrieverTrainConfig, build_pairs, train_retriever
+from tests.conftest import tiny_catalog as _tiny
 
 pytestmark = pytest.mark.slow
 
-GENRES = ["Horror", "Comedy", "Drama", "Sci-Fi"]
 
-
-def tiny_catalog(n_items: int = 24, n_users: int = 8) -> Catalog:
-    items = {str(i): Item(str(i), f"Film {i}", genres=(GENRES[i % 4],)) for i in range(n_items)}
-    users, items_col, ts, ratings = [], [], [], []
-    rng = np.random.default_rng(0)
-    for u in range(n_users):
-        for t, i in enumerate(rng.choice(n_items, size=6, replace=False)):
-            users.append(f"u{u}")
-            items_col.append(str(i))
-            ts.append(1000 * u + t)
-            ratings.append(5.0 if t % 3 else 2.0)
-    inter = Interactions(users, items_col, ts, ratings)
-    return Catalog(
-        items, {f"u{u}": User(f"u{u}") for u in range(n_users)}, inter, source={"loader": "test"}
-    )
+def tiny_catalog() -> Catalog:
+    catalog = _tiny()
+    assert isinstance(catalog, Catalog)
+    return catalog
 
 
 def test_pairs_use_only_history_before_the_target() -> None:

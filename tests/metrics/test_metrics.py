@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.metrics import (
+from metrics import (
     auc,
     coverage_at_k,
     expected_calibration_error,

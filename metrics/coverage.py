@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.metrics._core import as_ranked, check_k
+from metrics._core import as_ranked, check_k
 
 
 def coverage_at_k(ranked: npt.ArrayLike, k: int, n_items: int) -> float:

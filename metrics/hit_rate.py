@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.metrics._core import FloatArray, Relevant, hits_and_counts, reduce
+from metrics._core import FloatArray, Relevant, hits_and_counts, reduce
 
 
 def hit_rate_at_k(

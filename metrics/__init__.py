@@ -1,0 +1,30 @@
+"""Offline metrics: one file per metric, each docstring with its formula and a citation.
+
+A leaf package (numpy only) below every layer, so that training code validates with the same
+tested functions that the benchmarks report.
+"""
+
+from metrics._core import hits_and_counts, top_k
+from metrics.auc import auc, per_user_auc
+from metrics.coverage import coverage_at_k
+from metrics.hit_rate import hit_rate_at_k
+from metrics.logloss import expected_calibration_error, logloss
+from metrics.map import map_at_k
+from metrics.mrr import mrr_at_k
+from metrics.ndcg import ndcg_at_k
+from metrics.recall import recall_at_k
+
+__all__ = [
+    "auc",
+    "coverage_at_k",
+    "expected_calibration_error",
+    "hit_rate_at_k",
+    "hits_and_counts",
+    "logloss",
+    "map_at_k",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "per_user_auc",
+    "recall_at_k",
+    "top_k",
+]

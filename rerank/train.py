@@ -1,0 +1,491 @@
+"""`duorank train reranker`: fine-tunes the point-wise cross-encoder on the training split.
+
+Each epoch ends with validation: like/dislike AUC, log loss and expected calibration error of the
+held-out validation interactions, and NDCG@10 of reranking the retrieval stage's top candidates
+(next to the retrieval order's own NDCG@10 on the same lists). The best epoch by validation AUC
+is kept; a temperature fitted on validation calibrates the probabilities. Checkpoints at the end
+of each epoch let ``--resume`` continue an interrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from catalog.fsutil import atomic_dir
+from catalog.history import group_histories
+from catalog.model import Catalog
+from catalog.splits import Split
+from catalog.text import ItemTextTemplate, UserTextTemplate
+from rerank.data import Example, FeatureMaker, build_examples, item_texts, user_text_at
+from rerank.model import DEFAULT_FEATURES, RerankerConfig, RerankerNet, new_net, save_net
+from retrieval.index import FlatIndex
+from retrieval.towers import MeanItemsTower
+from retrieval.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RerankerTrainConfig:
+    """Hyperparameters (recorded in the model card).
+
+    Attributes:
+        head: ``binary`` or ``rating``.
+        epochs, batch_size, lr, warmup_ratio, max_steps: optimisation.
+        targets_per_user: most recent training events per user used as targets.
+        random_negatives, hard_negatives: sampled negatives per positive.
+        hard_pool: hard negatives come from the retrieval stage's top ``hard_pool``.
+        threshold: rating at or above = like.
+        max_length: token cap of a pair.
+        max_liked, max_disliked: history items in the user text.
+        features: scalar features beside the text (empty tuple for text only).
+        val_users: validate on a seeded sample of this many users (None = all).
+        val_candidates: retrieval candidates reranked for validation NDCG@10.
+        patience: epochs without AUC improvement before stopping.
+        calibrate: fit a temperature on validation.
+        seed: seeds Python, numpy and torch.
+    """
+
+    head: str = "binary"
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 3e-5
+    warmup_ratio: float = 0.1
+    max_steps: int | None = None
+    targets_per_user: int = 10
+    random_negatives: int = 1
+    hard_negatives: int = 1
+    hard_pool: int = 50
+    threshold: float = 4.0
+    max_length: int = 160
+    max_liked: int = 10
+    max_disliked: int = 5
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    val_users: int | None = 200
+    val_candidates: int = 50
+    patience: int = 1
+    calibrate: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Stage:
+    """What training and validation share: texts, the first stage and its features."""
+
+    item_text: dict[str, str]
+    features: FeatureMaker
+    template: UserTextTemplate
+    levels: tuple[float, ...]
+
+
+def prepare_stage(
+    catalog: Catalog,
+    split: Split,
+    item_vectors: ItemVectors,
+    cfg: RerankerTrainConfig,
+    item_template: ItemTextTemplate | None = None,
+) -> Stage:
+    """Builds the first stage (mean-of-recent-likes tower over the item vectors) and the
+    feature maker from the training split."""
+    texts = item_texts(catalog.items, item_template or ItemTextTemplate())
+    index = FlatIndex(item_vectors.dim).build(item_vectors.ids, item_vectors.matrix)
+    counts = Counter(split.train.item_ids.tolist())
+    tower = MeanItemsTower(item_vectors, n_recent=5, like_threshold=cfg.threshold)
+    ratings = split.train.ratings[~np.isnan(split.train.ratings)]
+    levels = tuple(float(v) for v in np.unique(ratings)) if cfg.head == "rating" else ()
+    template = UserTextTemplate(
+        max_liked=cfg.max_liked,
+        max_disliked=cfg.max_disliked,
+        max_tokens=cfg.max_length // 2 + 20,
+        like_threshold=cfg.threshold,
+    )
+    return Stage(texts, FeatureMaker(tower, index, dict(counts)), template, levels)
+
+
+def _batch(
+    tokenizer: Any, examples: Sequence[Example], stage: Stage, cfg: RerankerTrainConfig, torch: Any
+) -> dict[str, Any]:
+    enc = tokenizer(
+        [e.user_text for e in examples],
+        [stage.item_text[e.item_id] for e in examples],
+        truncation=True,
+        max_length=cfg.max_length,
+        padding=True,
+        return_tensors="pt",
+    )
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])),
+        "features": torch.tensor(
+            [e.features[: len(cfg.features)] for e in examples], dtype=torch.float32
+        ).reshape(len(examples), len(cfg.features)),
+    }
+
+
+def predict_logits(
+    net: RerankerNet,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    batch_size: int = 64,
+) -> npt.NDArray[np.float32]:
+    """Logits for examples (eval mode, no grad), in order."""
+    import torch
+
+    net.eval()
+    out = np.zeros((len(examples), net.config.n_outputs), dtype=np.float32)
+    order = np.argsort([len(e.user_text) + len(stage.item_text[e.item_id]) for e in examples])
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            idx = order[start : start + batch_size]
+            batch = _batch(tokenizer, [examples[i] for i in idx], stage, cfg, torch)
+            out[idx] = net(**batch).float().numpy()
+    return out
+
+
+def validation_examples(
+    catalog: Catalog, split: Split, stage: Stage, cfg: RerankerTrainConfig
+) -> tuple[list[Example], list[list[Example]], list[str]]:
+    """Held-out validation pairs (for AUC) and, per user, the retrieval candidates (for NDCG).
+
+    The user text and features use the whole training history (all of it precedes the
+    validation interaction). Returns (labelled pairs, candidate lists, held-out item per list).
+    """
+    histories = group_histories(split.train, seed=cfg.seed)
+    targets = {
+        u: (i, r)
+        for u, i, r in zip(
+            split.validation.user_ids.tolist(),
+            split.validation.item_ids.tolist(),
+            split.validation.ratings.tolist(),
+            strict=True,
+        )
+    }
+    users = sorted(u for u in targets if targets[u][0] in stage.item_text)
+    if cfg.val_users is not None and len(users) > cfg.val_users:
+        users = sorted(random.Random(cfg.seed).sample(users, cfg.val_users))
+    labelled: list[Example] = []
+    lists: list[list[Example]] = []
+    held: list[str] = []
+    for user_id in users:
+        history = histories.get(user_id, [])
+        item_id, rating = targets[user_id]
+        text = user_text_at(
+            stage.template, catalog.users.get(user_id), history, catalog.items, 2**62
+        )
+        uvec = stage.features.user_vector(history)
+        rating_value = None if rating != rating else float(rating)
+        liked = rating_value is None or rating_value >= cfg.threshold
+        f = stage.features.features(uvec, [item_id])[0]
+        labelled.append(
+            Example(
+                user_id, text, item_id, float(liked), 0, tuple(float(x) for x in f), "validation"
+            )
+        )
+        if not np.any(uvec):
+            continue
+        seen = {e.item_id for e in history}
+        result = stage.features.index.search(uvec[None, :], cfg.val_candidates, exclude=[seen])
+        cands = [i for i in result.ids[0] if i in stage.item_text]
+        feats = stage.features.features(uvec, cands)
+        lists.append(
+            [
+                Example(
+                    user_id,
+                    text,
+                    c,
+                    float(c == item_id),
+                    0,
+                    tuple(float(x) for x in feats[j]),
+                    "candidate",
+                )
+                for j, c in enumerate(cands)
+            ]
+        )
+        held.append(item_id)
+    return labelled, lists, held
+
+
+def _ndcg10(order_lists: Sequence[Sequence[str]], held: Sequence[str]) -> float:
+    values = []
+    for ranked, target in zip(order_lists, held, strict=True):
+        top = list(ranked[:10])
+        values.append(1.0 / math.log2(top.index(target) + 2) if target in top else 0.0)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def fit_temperature(
+    logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float64], config: RerankerConfig
+) -> float:
+    """The temperature (grid over 0.1..10, log-spaced) minimising validation log loss."""
+    from rerank.inference import probability_np
+
+    best_t, best_loss = 1.0, float("inf")
+    for t in np.logspace(-1, 1, 81):
+        p = np.clip(probability_np(logits, replace(config, temperature=float(t))), 1e-7, 1 - 1e-7)
+        loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+        if loss < best_loss:
+            best_t, best_loss = float(t), loss
+    return best_t
+
+
+def evaluate(
+    net: RerankerNet,
+    tokenizer: Any,
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    labelled: Sequence[Example],
+    lists: Sequence[Sequence[Example]],
+    held: Sequence[str],
+    config: RerankerConfig,
+) -> dict[str, float]:
+    """Validation AUC, log loss, ECE and NDCG@10 of reranking vs retrieval order."""
+    from metrics import auc, logloss
+    from metrics import expected_calibration_error as ece
+    from rerank.inference import probability_np
+
+    logits = predict_logits(net, tokenizer, labelled, stage, cfg)
+    probs = probability_np(logits, config)
+    labels = np.array([e.label for e in labelled])
+    flat = [e for lst in lists for e in lst]
+    cand_probs = probability_np(predict_logits(net, tokenizer, flat, stage, cfg), config)
+    reranked, retrieval = [], []
+    pos = 0
+    for lst in lists:
+        p = cand_probs[pos : pos + len(lst)]
+        pos += len(lst)
+        retrieval.append([e.item_id for e in lst])
+        reranked.append([lst[i].item_id for i in np.argsort(-p, kind="stable")])
+    return {
+        "auc": auc(probs, labels),
+        "logloss": logloss(probs, labels),
+        "ece": ece(probs, labels),
+        "ndcg@10_rerank": _ndcg10(reranked, held),
+        "ndcg@10_retrieval": _ndcg10(retrieval, held),
+        "pairs": float(len(labelled)),
+        "lists": float(len(lists)),
+    }
+
+
+def _save_checkpoint(folder: Path, net: RerankerNet, optimizer: Any, state: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(folder / "net.safetensors.tmp"))
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt.tmp")
+    (folder / "state.json.tmp").write_text(json.dumps(state))
+    for name in ("net.safetensors", "optimizer.pt", "state.json"):  # state.json last: the marker
+        (folder / f"{name}.tmp").replace(folder / name)
+
+
+def _load_checkpoint(folder: Path, net: RerankerNet, optimizer: Any) -> dict[str, Any] | None:
+    import torch
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        return None
+    net.load_state_dict(load_file(str(folder / "net.safetensors")))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    return state
+
+
+def train_reranker(
+    catalog: Catalog,
+    split: Split,
+    item_vectors: ItemVectors,
+    out: str | Path,
+    cfg: RerankerTrainConfig | None = None,
+    *,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    count_tokens: Any = None,
+) -> dict[str, Any]:
+    """Trains the reranker and saves the best epoch (calibrated) to ``out`` atomically.
+
+    Args:
+        catalog: items, users and interactions.
+        split: the temporal split; only ``train`` builds pairs, ``validation`` selects.
+        item_vectors: the retrieval stage's item vectors (for features and hard negatives).
+        out: the model folder to write.
+        cfg: hyperparameters.
+        base_model: backbone folder (default: the bundled MiniLM).
+        resume: continue from ``<out>.checkpoint`` if an earlier run left one.
+        progress: show progress bars.
+        count_tokens: the tokenizer's counter for the user-text budget.
+
+    Returns:
+        The model card.
+
+    Raises:
+        ValueError: no training pairs could be built.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from retrieval.encoder import bundled_model_path
+    from retrieval.train import seed_everything
+
+    cfg = cfg or RerankerTrainConfig()
+    seed_everything(cfg.seed)
+    base = str(base_model or bundled_model_path())
+    started = time.perf_counter()
+    stage = prepare_stage(catalog, split, item_vectors, cfg)
+    histories = group_histories(split.train, seed=cfg.seed)
+    examples = build_examples(
+        histories,
+        catalog.users,
+        catalog.items,
+        stage.item_text,
+        stage.features,
+        stage.template,
+        targets_per_user=cfg.targets_per_user,
+        random_negatives=cfg.random_negatives,
+        hard_negatives=cfg.hard_negatives,
+        hard_pool=cfg.hard_pool,
+        threshold=cfg.threshold,
+        levels=stage.levels,
+        seed=cfg.seed,
+        count_tokens=count_tokens,
+    )
+    if not examples:
+        raise ValueError("no training pairs: the training split has no usable interactions")
+    kinds = Counter(e.kind for e in examples)
+    log.info("training pairs: %s", dict(kinds))
+    config = RerankerConfig(
+        head=cfg.head,
+        levels=stage.levels,
+        threshold=cfg.threshold,
+        features=cfg.features,
+        max_length=cfg.max_length,
+        user_template=asdict(stage.template),
+        base_model=base,
+    )
+    net, tokenizer = new_net(base, config)
+    labelled, lists, held = validation_examples(catalog, split, stage, cfg)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(total * cfg.warmup_ratio))
+
+    def schedule(s: int) -> float:  # linear warm-up, then linear decay to zero
+        return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    checkpoint = Path(str(out) + ".checkpoint")
+    state = _load_checkpoint(checkpoint, net, optimizer) if resume else None
+    history: list[dict[str, Any]] = state["history"] if state else []
+    step = int(state["step"]) if state else 0
+    first_epoch = int(state["epoch"]) if state else 0
+    for _ in range(step):
+        scheduler.step()
+    initial = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+    log.info("before training: %s", initial)
+    best_auc = max([h["auc"] for h in history], default=-1.0)
+    best_state = copy.deepcopy(net.state_dict())
+    stale = 0
+    loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.head == "binary" else torch.nn.CrossEntropyLoss()
+    for epoch in range(first_epoch, cfg.epochs):
+        order = list(range(len(examples)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        net.train()
+        losses: list[float] = []
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for idx in bar:
+            if step >= total:
+                break
+            chunk = [examples[i] for i in idx]
+            batch = _batch(tokenizer, chunk, stage, cfg, torch)
+            logits = net(**batch)
+            if cfg.head == "binary":
+                target = torch.tensor([e.label for e in chunk], dtype=torch.float32)
+                loss = loss_fn(logits[:, 0], target)
+            else:
+                loss = loss_fn(logits, torch.tensor([e.level for e in chunk]))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            step += 1
+        metrics = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+        record = {
+            "epoch": epoch + 1,
+            "steps": step,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            **metrics,
+        }
+        history.append(record)
+        log.info("epoch %d validation: %s", epoch + 1, metrics)
+        if metrics["auc"] > best_auc:
+            best_auc, best_state, stale = metrics["auc"], copy.deepcopy(net.state_dict()), 0
+        else:
+            stale += 1
+        _save_checkpoint(
+            checkpoint, net, optimizer, {"epoch": epoch + 1, "step": step, "history": history}
+        )
+        if stale >= cfg.patience or step >= total:
+            break
+    net.load_state_dict(best_state)
+    calibration: dict[str, Any] = {"temperature": 1.0}
+    if cfg.calibrate and labelled:
+        logits = predict_logits(net, tokenizer, labelled, stage, cfg)
+        labels = np.array([e.label for e in labelled])
+        temperature = fit_temperature(logits, labels, config)
+        before = evaluate(net, tokenizer, stage, cfg, labelled, [], [], config)
+        config = replace(config, temperature=temperature)
+        after = evaluate(net, tokenizer, stage, cfg, labelled, [], [], config)
+        calibration = {
+            "temperature": temperature,
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "logloss_before": before["logloss"],
+            "logloss_after": after["logloss"],
+        }
+    card = {
+        "kind": "duorank.reranker/1",
+        "base_model": base,
+        "config": asdict(cfg),
+        "data": {
+            "source": catalog.source,
+            "pairs": dict(kinds),
+            "train": len(split.train),
+            "validation_pairs": len(labelled),
+            "validation_lists": len(lists),
+        },
+        "steps": step,
+        "train_seconds": time.perf_counter() - started,
+        "before_training": initial,
+        "epochs": history,
+        "calibration": calibration,
+        "note": "calibration fitted on the same validation pairs it is reported on",
+    }
+    with atomic_dir(Path(out)) as staging:
+        save_net(net, tokenizer, staging, config, card)
+    import shutil
+
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return card
