@@ -10,6 +10,7 @@ BENCHMARKS: dict[str, str] = {
     "metrics": "benchmarks.bench_metrics",
     "retrieval": "benchmarks.bench_retrieval",
     "indexer": "benchmarks.bench_indexer",
+    "rerank": "benchmarks.bench_rerank",
 }
 
 

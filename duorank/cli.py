@@ -684,6 +684,193 @@ def bench(name: str, quick: bool, output: Path | None) -> None:
     click.echo(f"\nwritten {path}")
 
 
+# ---------------------------------------------------------------------------- recommend
+
+
+@cli.command()
+@click.option("--user", "user_id", required=True, help="User id from the dataset.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1, max=5000),
+    default=100,
+    show_default=True,
+    help="Retrieved candidates passed to the reranker.",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder (default: HOME/datasets/ml-latest-small).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Index root (default: HOME/index).",
+)
+@click.option(
+    "--reranker",
+    "reranker_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reranker folder (default: HOME/models/reranker when present).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
+    default="torch",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def recommend(
+    settings: Settings,
+    user_id: str,
+    k: int,
+    candidates: int,
+    data_path: Path | None,
+    root: Path | None,
+    reranker_path: Path | None,
+    backend: str,
+    as_json: bool,
+) -> None:
+    """Recommend items for a user: retrieve candidates, rerank, print a table."""
+    from dataclasses import asdict
+
+    from catalog import load_catalog
+    from rerank import Reranker
+    from serving.recommender import Recommender
+
+    data_path = data_path or settings.home / "datasets" / "ml-latest-small"
+    root = root or settings.home / "index"
+    default_rr = settings.home / "models" / "reranker"
+    if reranker_path is None and (default_rr / "reranker.json").is_file():
+        reranker_path = default_rr
+    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
+    recommender = Recommender(root, load_catalog(data_path), reranker)
+    result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+        return
+    from benchmarks.contract import format_table
+
+    click.echo(
+        f"index version {result.index_version}; reranked: {result.reranked}"
+        + (f"; fallback: {result.fallback}" if result.fallback else "")
+    )
+    click.echo(
+        format_table(
+            [
+                {
+                    "rank": n + 1,
+                    "item": it.item_id,
+                    "title": it.title[:50],
+                    "retrieval": it.retrieval_score,
+                    "rerank_p": it.rerank_probability,
+                }
+                for n, it in enumerate(result.items)
+            ]
+        )
+    )
+    click.echo(
+        "timings (ms): " + ", ".join(f"{name} {ms:.1f}" for name, ms in result.timings_ms.items())
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder (default: HOME/datasets/ml-latest-small).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Index root (default: HOME/index).",
+)
+@click.option(
+    "--reranker",
+    "reranker_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reranker folder (default: HOME/models/reranker when present).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
+    default="torch",
+    show_default=True,
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Model calls running at once.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Calls waiting beyond that; more get 429.",
+)
+@click.option(
+    "--reload-interval",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between checks of the index root's CURRENT.",
+)
+@click.pass_obj
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    data_path: Path | None,
+    root: Path | None,
+    reranker_path: Path | None,
+    backend: str,
+    max_in_flight: int,
+    max_queue: int,
+    reload_interval: float,
+) -> None:
+    """Serve the HTTP API (token from DUORANK_API_TOKEN, if set)."""
+    import uvicorn
+
+    from catalog import load_catalog
+    from rerank import Reranker
+    from serving.http import ServerLimits, create_app
+    from serving.recommender import Recommender
+
+    data_path = data_path or settings.home / "datasets" / "ml-latest-small"
+    root = root or settings.home / "index"
+    default_rr = settings.home / "models" / "reranker"
+    if reranker_path is None and (default_rr / "reranker.json").is_file():
+        reranker_path = default_rr
+    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
+    recommender = Recommender(root, load_catalog(data_path), reranker)
+    limits = ServerLimits(
+        max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
+    )
+    app = create_app(recommender, token=settings.api_token, limits=limits)
+    log.info(
+        "serving index %s on http://%s:%d (auth: %s)",
+        recommender.index_version,
+        host,
+        port,
+        "bearer token" if settings.api_token else "off",
+    )
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+
+
 # ---------------------------------------------------------------------------- quickstart
 
 
@@ -696,15 +883,77 @@ def bench(name: str, quick: bool, output: Path | None) -> None:
     show_default=True,
     help="MovieLens folder to start from.",
 )
+@click.option(
+    "--user", "user_id", default="1", show_default=True, help="User to recommend for at the end."
+)
+@click.option("--retrain", is_flag=True, help="Train the reranker again even if one exists.")
 @click.pass_obj
-def quickstart(settings: Settings, data_path: Path) -> None:
-    """Run the main job end to end on bundled data: import and summarize the dataset."""
+def quickstart(settings: Settings, data_path: Path, user_id: str, retrain: bool) -> None:
+    """Run the main job end to end on bundled data.
+
+    import -> build the index -> train the reranker (reduced) -> recommend.
+    """
     from catalog import load_movielens, save_catalog
 
-    out = settings.home / "datasets" / data_path.name
-    click.echo(f"[1/1] importing {data_path} -> {out}")
-    manifest = save_catalog(load_movielens(data_path), out)
-    _print_import(manifest, out, as_json=False)
+    dataset = settings.home / "datasets" / data_path.name
+    root = settings.home / "index"
+    reranker_dir = settings.home / "models" / "reranker"
+    ctx = click.get_current_context()
+    click.echo(f"[1/4] importing {data_path} -> {dataset}")
+    manifest = save_catalog(load_movielens(data_path), dataset)
+    _print_import(manifest, dataset, as_json=False)
+    click.echo(f"\n[2/4] building the index under {root} (cached vectors are reused)")
+    ctx.invoke(
+        index_build,
+        data_path=dataset,
+        items_path=None,
+        mapping=(),
+        duplicates="error",
+        root=root,
+        model=None,
+        index_type="flat",
+        params=(),
+        keep=3,
+        wait=True,
+        lock_timeout=None,
+        as_json=False,
+    )
+    if retrain or not (reranker_dir / "reranker.json").is_file():
+        click.echo(f"\n[3/4] training the reranker (reduced, --quick) -> {reranker_dir}")
+        ctx.invoke(
+            train_reranker_cmd,
+            data_path=dataset,
+            out=reranker_dir,
+            model=None,
+            head="binary",
+            epochs=1,
+            batch_size=16,
+            lr=3e-5,
+            max_steps=None,
+            targets_per_user=10,
+            random_negatives=1,
+            hard_negatives=1,
+            threshold=4.0,
+            no_features=False,
+            val_users=200,
+            resume=False,
+            seed=0,
+            quick=True,
+        )
+    else:
+        click.echo(f"\n[3/4] reranker already trained at {reranker_dir} (--retrain to redo)")
+    click.echo(f"\n[4/4] recommendations for user {user_id}")
+    ctx.invoke(
+        recommend,
+        user_id=user_id,
+        k=10,
+        candidates=100,
+        data_path=dataset,
+        root=root,
+        reranker_path=reranker_dir,
+        backend="torch",
+        as_json=False,
+    )
 
 
 def main() -> None:

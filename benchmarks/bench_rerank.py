@@ -1,0 +1,200 @@
+"""`duorank bench rerank`: latency of scoring 100 candidate pairs per user, per backend.
+
+Users are ml-latest-small validation users; each call scores the retrieval stage's top 100
+candidates for one user (the user text from the training history, the item texts, the
+features). Per backend: p50/p95 over the calls, NDCG@10 of the reranked lists against the
+held-out item (the same lists for every backend), and achieved GFLOP/s against the CPU's peak.
+
+The straightforward baseline is ``sentence_transformers.CrossEncoder.predict`` in fp32 on the
+same backbone and the same pairs (its head is the library's own, so only its latency is
+compared; the quality reference is duorank's own fp32 path on the trained model).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
+from catalog import ItemTextTemplate, leave_one_out, load_movielens
+from rerank import Reranker, export_onnx
+from rerank.train import RerankerTrainConfig, prepare_stage, validation_examples
+from retrieval.cache import EmbeddingCache
+from retrieval.encoder import Encoder
+from retrieval.redis_client import open_redis
+from retrieval.vectors import ItemVectors
+
+FLOP_PER_TOKEN = 2 * 11.0e6
+"""Forward FLOPs per token of MiniLM-L6 (2 x ~11M non-embedding weights; attention over short
+sequences adds a few percent and is left out, so achieved GFLOP/s are slight underestimates)."""
+
+
+def cpu_peak_gflops() -> dict[str, float]:
+    """Peak fp32 and bf16 GFLOP/s: cores x clock x FLOP per cycle (two 256-bit FMA pipes for
+    AVX2/AVX-512 on Zen 4: 32 fp32 FLOP per cycle; bf16 dot products double that)."""
+    mhz = 0.0
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz") and not mhz:
+                mhz = float(line.split(":")[1])
+            if line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    cores = os.cpu_count() or 1
+    per_cycle = 32.0 if "avx2" in flags else 8.0
+    fp32 = cores * mhz / 1000 * per_cycle
+    return {
+        "fp32": fp32,
+        "bf16": fp32 * (2 if "avx512_bf16" in flags or "amx_bf16" in flags else 1),
+    }
+
+
+def _ndcg10(ranked: list[list[str]], held: list[str]) -> float:
+    values = [
+        1.0 / np.log2(r[:10].index(h) + 2) if h in r[:10] else 0.0
+        for r, h in zip(ranked, held, strict=True)
+    ]
+    return float(np.mean(values))
+
+
+def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
+    """Times every backend on the same calls; needs a trained reranker under
+    ``<home>/models/reranker`` (``duorank train reranker`` or the quickstart)."""
+    from sentence_transformers import CrossEncoder
+
+    ctx = ctx or BenchContext()
+    folder = ctx.home / "models" / "reranker"
+    if not (folder / "reranker.json").is_file():
+        raise FileNotFoundError(
+            f"no trained reranker at {folder}: run `duorank train reranker "
+            f"--out {folder}` (or the quickstart) first"
+        )
+    if not (folder / "onnx" / "model-int8.onnx").is_file():
+        export_onnx(folder)
+    n_users = 10 if quick else 40
+    catalog = load_movielens(ctx.data)
+    split = leave_one_out(catalog.interactions, seed=0)
+    template = ItemTextTemplate()
+    client, server = open_redis(ctx.redis_url, ctx.home / "redis")
+    try:
+        encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
+        ids = [i for i, it in catalog.items.items() if template.render(it)]
+        vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+    finally:
+        client.close()
+        if server is not None:
+            server.close()
+    reference = Reranker(folder)
+    cfg = RerankerTrainConfig(
+        val_users=n_users,
+        val_candidates=100,
+        threshold=reference.config.threshold,
+        features=reference.config.features,
+    )
+    stage = prepare_stage(catalog, split, vectors, cfg)
+    _, lists, held = validation_examples(catalog, split, stage, cfg)
+    calls = [
+        (
+            lst[0].user_text,
+            [e.item_id for e in lst],
+            [stage.item_text[e.item_id] for e in lst],
+            np.array([e.features for e in lst], dtype=np.float32),
+        )
+        for lst in lists
+    ]
+    tokens = [sum(len(r) for r in reference.encode_pairs(u, texts)) for u, _, texts, _ in calls]
+    peak = cpu_peak_gflops()
+
+    rows: list[dict[str, Any]] = []
+    baseline = CrossEncoder(
+        str(folder / "backbone"), num_labels=1, device="cpu", max_length=reference.config.max_length
+    )
+
+    def measure(name: str, fn: Any, ranked_fn: Any | None) -> dict[str, Any]:
+        fn(calls[0])  # warm-up
+        times = []
+        ranked = []
+        for call in calls:
+            start = time.perf_counter()
+            out = fn(call)
+            times.append(time.perf_counter() - start)
+            if ranked_fn is not None:
+                ranked.append(ranked_fn(call, out))
+        p50 = statistics.median(times)
+        gflops = float(
+            np.median([t * FLOP_PER_TOKEN / s / 1e9 for t, s in zip(tokens, times, strict=True)])
+        )
+        return {
+            "backend": name,
+            "calls": len(calls),
+            "pairs_per_call": len(calls[0][1]),
+            "p50_ms": p50 * 1000,
+            "p95_ms": float(np.percentile(times, 95)) * 1000,
+            "ndcg@10": _ndcg10(ranked, held) if ranked else None,
+            "gflops": gflops,
+        }
+
+    def by_prob(call: Any, probs: Any) -> list[str]:
+        return [call[1][i] for i in np.argsort(-np.asarray(probs), kind="stable")]
+
+    rows.append(
+        measure(
+            "CrossEncoder.predict fp32 (straightforward)",
+            lambda c: baseline.predict(
+                list(zip([c[0]] * len(c[2]), c[2], strict=True)),
+                batch_size=32,
+                show_progress_bar=False,
+            ),
+            None,
+        )
+    )
+    for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
+        reranker = Reranker(folder, backend=backend, batch_size=32)
+        rows.append(measure(backend, lambda c, r=reranker: r.score(c[0], c[2], c[3]), by_prob))
+    base_ms = rows[0]["p50_ms"]
+    ref_ndcg = rows[1]["ndcg@10"]
+    for row in rows:
+        row["speedup"] = base_ms / row["p50_ms"]
+        row["ndcg_retained"] = (
+            row["ndcg@10"] / ref_ndcg if row["ndcg@10"] is not None and ref_ndcg else None
+        )
+        peak_here = peak["bf16"] if "bf16" in row["backend"] else peak["fp32"]
+        row["share_of_peak"] = row["gflops"] / peak_here if peak_here else None
+    retrieval_order = _ndcg10([c[1] for c in calls], held)
+    qualified = [r for r in rows[1:] if (r["ndcg_retained"] or 0) >= 0.99]
+    best = max(qualified, key=lambda r: r["speedup"]) if qualified else None
+    targets = [
+        Target(
+            "fastest backend at >= 99% of fp32 NDCG@10: speed-up over CrossEncoder.predict (x)",
+            round(best["speedup"], 2) if best else 0.0,
+            3.0,
+        )
+    ]
+    return BenchReport(
+        name="rerank",
+        params={
+            "quick": quick,
+            "users": len(calls),
+            "candidates": 100,
+            "model": str(folder),
+            "max_length": reference.config.max_length,
+            "batch_size": 32,
+            "cpu": cpu_model(),
+            "peak_gflops": peak,
+            "mean_tokens_per_call": float(np.mean(tokens)),
+        },
+        results={
+            "backends": rows,
+            "retrieval_order_ndcg@10": retrieval_order,
+            "best": best["backend"] if best else None,
+        },
+        targets=targets,
+        table=rows,
+    )

@@ -1,0 +1,269 @@
+"""The Recommender: retrieve candidates from the published index, rerank them point-wise.
+
+Opens the CURRENT index version, the catalog, the encoder (through the cache) and the reranker
+once; every call then embeds the user, searches the index, scores the candidates and returns
+them with per-stage timings and the index version that served the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalog.history import group_histories
+from catalog.model import Catalog, User
+from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
+from indexer.store import IndexRoot
+from retrieval.index import VectorIndex
+from retrieval.popularity import Popularity
+from retrieval.towers import MeanItemsTower, UserState
+from retrieval.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    """One recommendation with each stage's score."""
+
+    item_id: str
+    title: str
+    retrieval_score: float | None
+    rerank_probability: float | None
+
+
+@dataclass
+class Recommendation:
+    """A response: items best first, timings per stage (ms), the index version, flags."""
+
+    items: list[RecommendedItem]
+    index_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    reranked: bool = False
+    fallback: str | None = None  # "popularity" (cold user) or "rerank_failed"
+
+
+@dataclass
+class _Loaded:
+    version: str
+    index: VectorIndex
+    tower: MeanItemsTower
+    manifest: dict[str, Any]
+
+
+class Recommender:
+    """Two-stage recommendations over a published index.
+
+    Args:
+        index_root: the index root (``duorank index build --root``).
+        catalog: the dataset (items for texts and titles, interactions for histories).
+        reranker: a :class:`rerank.Reranker`, or None for retrieval order only.
+        n_recent: liked items pooled by the user tower.
+    """
+
+    def __init__(
+        self,
+        index_root: str | Path,
+        catalog: Catalog,
+        reranker: Any | None = None,
+        *,
+        n_recent: int = 5,
+    ) -> None:
+        self.root = IndexRoot(Path(index_root))
+        self.catalog = catalog
+        self.reranker = reranker
+        self.n_recent = n_recent
+        self.histories = group_histories(catalog.interactions)
+        self.popularity = Popularity(catalog.interactions, list(catalog.items))
+        self.item_template = ItemTextTemplate()
+        self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
+        counts = Counter(catalog.interactions.item_ids.tolist())
+        self._log_pop = {i: float(np.log1p(c)) for i, c in counts.items()}
+        self._log_pop_norm = float(np.log1p(max(counts.values(), default=1)))
+        self.user_template = (
+            UserTextTemplate(**_template_args(reranker.config.user_template))
+            if reranker is not None and reranker.config.user_template
+            else UserTextTemplate()
+        )
+        self._lock = threading.Lock()
+        self._loaded = self._load(self.root.require_current())
+
+    # ------------------------------------------------------------------ index versions
+    def _load(self, version: str) -> _Loaded:
+        index, manifest = self.root.load(version)
+        vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
+        return _Loaded(version, index, MeanItemsTower(vectors, n_recent=self.n_recent), manifest)
+
+    @property
+    def index_version(self) -> str:
+        """The version serving new calls."""
+        return self._loaded.version
+
+    def reload(self) -> bool:
+        """Loads and verifies the version CURRENT names, then swaps it in atomically.
+
+        Calls in flight finish on the old version (they hold a reference to it). A version that
+        fails verification is refused and the old one keeps serving.
+
+        Returns:
+            True when a new version was swapped in.
+        """
+        version = self.root.current()
+        if version is None or version == self._loaded.version:
+            return False
+        loaded = self._load(version)  # raises VerifyError for a damaged version
+        with self._lock:
+            self._loaded = loaded
+        log.info("now serving index version %s", version)
+        return True
+
+    # ------------------------------------------------------------------ calls
+    def user_state(
+        self,
+        user_id: str | None,
+        history: Sequence[HistoryEvent] | None,
+        profile: Mapping[str, str] | None,
+    ) -> UserState:
+        """The user from the request's history/profile, else from the dataset.
+
+        Raises:
+            KeyError: an unknown user id without a history in the request.
+        """
+        if history is not None:
+            return UserState(user_id, dict(profile or {}), list(history))
+        if user_id is None:
+            return UserState(None, dict(profile or {}), [])
+        if user_id not in self.catalog.users and user_id not in self.histories:
+            raise KeyError(f"unknown user id {user_id!r} (send a history for new users)")
+        stored = self.catalog.users.get(user_id, User(user_id)).attributes
+        return UserState(user_id, dict(profile or stored), self.histories.get(user_id, []))
+
+    def _features(self, tower: MeanItemsTower, vector: Any, item_ids: Sequence[str]) -> Any:
+        rows = tower.item_vectors.rows(item_ids)
+        cos = np.where(rows >= 0, tower.item_vectors.matrix[np.maximum(rows, 0)] @ vector, 0.0)
+        pop = [self._log_pop.get(i, 0.0) / self._log_pop_norm for i in item_ids]
+        return np.stack([cos, pop], axis=1).astype(np.float32)
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        history: Sequence[HistoryEvent] | None = None,
+        profile: Mapping[str, str] | None = None,
+        k: int = 10,
+        candidates: int = 100,
+        exclude_seen: bool = True,
+        allow: Collection[str] | None = None,
+    ) -> Recommendation:
+        """Top-``k`` items for a user: retrieve ``candidates``, rerank, cut to ``k``.
+
+        Raises:
+            KeyError: an unknown user id without a history.
+            ValueError: ``k`` or ``candidates`` below 1, or ``k`` above ``candidates``.
+        """
+        if k < 1 or candidates < 1:
+            raise ValueError(f"k and candidates must be >= 1, got k={k}, candidates={candidates}")
+        if k > candidates:
+            raise ValueError(f"k ({k}) must not exceed candidates ({candidates})")
+        loaded = self._loaded  # one version for the whole call
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        state = self.user_state(user_id, history, profile)
+        vector = loaded.tower.embed([state])[0]
+        timings["embed"] = (time.perf_counter() - start) * 1000
+        seen = {e.item_id for e in state.history} if exclude_seen else set()
+        if not np.any(vector):
+            ids = self.popularity.top(
+                k,
+                exclude=seen
+                | ({i for i in self.catalog.items if allow is not None and i not in allow}),
+            )
+            return Recommendation(
+                [self._item(i, None, None) for i in ids],
+                loaded.version,
+                timings,
+                fallback="popularity",
+            )
+        start = time.perf_counter()
+        result = loaded.index.search(vector[None, :], candidates, exclude=[seen], allow=allow)
+        cand_ids = result.ids[0]
+        cand_scores = result.scores[0][: len(cand_ids)]
+        timings["retrieve"] = (time.perf_counter() - start) * 1000
+        if self.reranker is None or not cand_ids:
+            return Recommendation(
+                [
+                    self._item(i, float(s), None)
+                    for i, s in zip(cand_ids[:k], cand_scores[:k], strict=True)
+                ],
+                loaded.version,
+                timings,
+            )
+        start = time.perf_counter()
+        try:
+            text = self.user_template.render(
+                User(state.user_id or "", state.profile), state.history, self.catalog.items
+            )
+            feats = self._features(loaded.tower, vector, cand_ids)
+            probs = self.reranker.score(text, [self.item_text[i] for i in cand_ids], feats)
+        except Exception:  # a broken reranker degrades to retrieval order, never a 500
+            log.exception("reranker failed; serving retrieval order")
+            return Recommendation(
+                [
+                    self._item(i, float(s), None)
+                    for i, s in zip(cand_ids[:k], cand_scores[:k], strict=True)
+                ],
+                loaded.version,
+                timings,
+                fallback="rerank_failed",
+            )
+        timings["rerank"] = (time.perf_counter() - start) * 1000
+        order = np.argsort(-probs, kind="stable")[:k]
+        items = [self._item(cand_ids[i], float(cand_scores[i]), float(probs[i])) for i in order]
+        return Recommendation(items, loaded.version, timings, reranked=True)
+
+    def score(
+        self,
+        user_id: str | None,
+        item_ids: Sequence[str],
+        *,
+        history: Sequence[HistoryEvent] | None = None,
+        profile: Mapping[str, str] | None = None,
+    ) -> list[RecommendedItem]:
+        """Point-wise scores for given items (retrieval cosine and rerank probability).
+
+        Raises:
+            KeyError: an unknown user id, or an item id not in the serving index.
+        """
+        loaded = self._loaded
+        for item_id in item_ids:
+            if not loaded.index.has(item_id):
+                raise KeyError(f"unknown item id {item_id!r}")
+        state = self.user_state(user_id, history, profile)
+        vector = loaded.tower.embed([state])[0]
+        feats = self._features(loaded.tower, vector, item_ids)
+        probs: list[float | None] = [None] * len(item_ids)
+        if self.reranker is not None and item_ids:
+            text = self.user_template.render(
+                User(state.user_id or "", state.profile), state.history, self.catalog.items
+            )
+            probs = [
+                float(p)
+                for p in self.reranker.score(text, [self.item_text[i] for i in item_ids], feats)
+            ]
+        return [self._item(i, float(feats[n, 0]), probs[n]) for n, i in enumerate(item_ids)]
+
+    def _item(self, item_id: str, retrieval: float | None, rerank: float | None) -> RecommendedItem:
+        item = self.catalog.items.get(item_id)
+        return RecommendedItem(item_id, item.title if item else item_id, retrieval, rerank)
+
+
+def _template_args(raw: Mapping[str, Any]) -> Any:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
