@@ -11,6 +11,7 @@ BENCHMARKS: dict[str, str] = {
     "retrieval": "benchmarks.bench_retrieval",
     "indexer": "benchmarks.bench_indexer",
     "rerank": "benchmarks.bench_rerank",
+    "serving": "benchmarks.bench_serving",
 }
 
 

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from catalog.model import NO_LABEL, Interactions, Item, User
 
@@ -197,3 +198,9 @@ class UserTextTemplate:
     def fingerprint(self) -> str:
         """A short hash of the template's parameters, recorded in manifests."""
         return _fingerprint("user", asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> UserTextTemplate:
+        """Rebuilds a template from its ``asdict`` form (JSON lists back to tuples)."""
+        args: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return cls(**args)

@@ -684,6 +684,104 @@ def bench(name: str, quick: bool, output: Path | None) -> None:
     click.echo(f"\nwritten {path}")
 
 
+# ---------------------------------------------------------------------------- eval
+
+
+@cli.command(name="eval")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder (from `duorank data import`).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="report.json to write (a Markdown table and PNG plots go beside it).",
+)
+@click.option(
+    "--reranker",
+    "reranker_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reranker folder (default: HOME/models/reranker when present).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
+    default="torch",
+    show_default=True,
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="100 users and small grids, for CI.")
+@click.pass_obj
+def eval_cmd(
+    settings: Settings,
+    data_path: Path,
+    output: Path,
+    reranker_path: Path | None,
+    backend: str,
+    seed: int,
+    quick: bool,
+) -> None:
+    """Offline evaluation: full ranking, baselines, bootstrap intervals, report and plots."""
+    from benchmarks.contract import format_table, git_commit, machine_info
+    from benchmarks.evaluation import run_eval, write_report
+    from catalog import ItemTextTemplate, load_catalog
+    from duorank.app import runtime
+    from rerank import Reranker
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data_path)
+    default_rr = settings.home / "models" / "reranker"
+    if reranker_path is None and (default_rr / "reranker.json").is_file():
+        reranker_path = default_rr
+    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
+    template = ItemTextTemplate()
+    with runtime(settings) as rt:
+        encoder = rt.encoder()
+        ids = [i for i, item in catalog.items.items() if template.render(item)]
+        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+    report = run_eval(
+        catalog,
+        item_vectors=ItemVectors(ids, vectors),
+        reranker=reranker,
+        quick=quick,
+        seed=seed,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    report["machine"] = machine_info()
+    report["commit"] = git_commit()
+    from datetime import datetime, timezone
+
+    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for path in write_report(report, output):
+        click.echo(f"wrote {path}")
+    click.echo(
+        format_table(
+            [
+                {
+                    "method": name,
+                    **{
+                        k: m.get(k)
+                        for k in (
+                            "ndcg@10",
+                            "recall@10",
+                            "mrr@10",
+                            "recall@100",
+                            "auc",
+                            "cold_recall@100",
+                        )
+                    },
+                }
+                for name, m in report["methods"].items()
+            ]
+        )
+    )
+
+
 # ---------------------------------------------------------------------------- recommend
 
 

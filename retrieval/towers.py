@@ -198,15 +198,10 @@ def load_tower(
         return HistoryTextTower(
             encoder,
             items,
-            UserTextTemplate(**_template_args(config["template"])),
+            UserTextTemplate.from_dict(config["template"]),
         )
     if name == MeanItemsTower.name:
         if item_vectors is None:
             raise ValueError(f"{path}: mean_items needs item vectors")
         return MeanItemsTower(item_vectors, **config)
     raise ValueError(f"{path}: unknown tower {name!r}")
-
-
-def _template_args(raw: dict[str, Any]) -> Any:
-    """JSON lists back to the tuples the frozen template expects."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}

@@ -89,7 +89,7 @@ class Recommender:
         self._log_pop = {i: float(np.log1p(c)) for i, c in counts.items()}
         self._log_pop_norm = float(np.log1p(max(counts.values(), default=1)))
         self.user_template = (
-            UserTextTemplate(**_template_args(reranker.config.user_template))
+            UserTextTemplate.from_dict(reranker.config.user_template)
             if reranker is not None and reranker.config.user_template
             else UserTextTemplate()
         )
@@ -263,7 +263,3 @@ class Recommender:
     def _item(self, item_id: str, retrieval: float | None, rerank: float | None) -> RecommendedItem:
         item = self.catalog.items.get(item_id)
         return RecommendedItem(item_id, item.title if item else item_id, retrieval, rerank)
-
-
-def _template_args(raw: Mapping[str, Any]) -> Any:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}

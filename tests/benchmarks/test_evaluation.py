@@ -1,0 +1,66 @@
+"""The offline evaluation harness and its baselines, on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from benchmarks.baselines import ImplicitScorer, ItemKNNScorer, PopularityScorer
+from benchmarks.evaluation import bootstrap_ci, run_eval, write_report
+from catalog import Catalog, ItemTextTemplate
+from retrieval.encoder import Encoder
+from retrieval.vectors import ItemVectors
+from tests.conftest import tiny_catalog
+
+
+def _matrix() -> sp.csr_matrix:
+    # users 0,1 share items 0 and 1; user 2 has item 2 only
+    return sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 0]], dtype=np.float32))
+
+
+def test_popularity_and_itemknn() -> None:
+    pop = PopularityScorer().fit(_matrix())
+    assert pop.scores(np.array([0]))[0].tolist() == [2, 2, 1, 1]
+    knn = ItemKNNScorer(neighbours=2, shrink=0.0).fit(_matrix())
+    scores = knn.scores(np.array([2, 0]))
+    assert scores[0, 0] == 0.0  # item 2 never co-occurs with item 0
+    assert scores[1, 3] > scores[1, 2]  # item 3 co-occurs with user 0's items, item 2 does not
+
+
+def test_als_and_bpr_fit() -> None:
+    for kind in ("als", "bpr"):
+        scorer = ImplicitScorer(kind, factors=4, iterations=3).fit(_matrix())
+        assert scorer.scores(np.array([0, 1])).shape == (2, 4)
+    with pytest.raises(ValueError, match="kind"):
+        ImplicitScorer("svd")
+
+
+def test_bootstrap_interval_contains_the_mean() -> None:
+    values = np.random.default_rng(0).uniform(size=500)
+    lo, hi = bootstrap_ci(values)
+    assert lo < values.mean() < hi and hi - lo < 0.1
+
+
+@pytest.mark.slow
+def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
+    catalog = tiny_catalog(n_items=40, n_users=12, per_user=8)
+    assert isinstance(catalog, Catalog)
+    ids = list(catalog.items)
+    template = ItemTextTemplate()
+    vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+    report = run_eval(catalog, item_vectors=vectors, quick=True)
+    assert set(report["methods"]) == {"popularity", "als", "bpr", "itemknn", "two_tower_zero_shot"}
+    for m in report["methods"].values():
+        assert 0.0 <= m["ndcg@10"] <= m["recall@10"] + 1e-9 <= 1.0 + 1e-9
+        assert m["recall@10"] <= m["recall@100"] + 1e-9
+        lo, hi = m["ndcg@10_ci95"]
+        assert lo <= m["ndcg@10"] <= hi
+    assert report["protocol"]["users"]["test"] == 12
+    written = write_report(report, tmp_path / "report.json")
+    assert {p.suffix for p in written} == {".json", ".md", ".png"}
+    assert json.loads((tmp_path / "report.json").read_text())["methods"]
+    assert "| als |" in (tmp_path / "report.md").read_text()
