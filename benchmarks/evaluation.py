@@ -38,7 +38,7 @@ from metrics import (
     top_k,
 )
 from retrieval.index import FlatIndex, VectorIndex
-from retrieval.towers import MeanItemsTower, UserState
+from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -127,17 +127,25 @@ def rank_with(scorer: Scorer, fold: Fold, depth: int = max(KS)) -> Ranked:
 
 
 def rank_two_tower(
-    tower: MeanItemsTower,
+    tower: UserTower,
     index: VectorIndex,
     fold: Fold,
     histories: Mapping[str, Sequence[Any]],
     depth: int = max(KS),
+    *,
+    item_vectors: ItemVectors | None = None,
+    profiles: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Ranked:
     """The user path of the Recommender: tower vector -> index search, seen items excluded.
 
-    A user without likes gets popularity order (the Recommender's cold-start fallback).
+    A user the tower cannot embed gets popularity order (the Recommender's cold-start
+    fallback). ``item_vectors`` (default: the mean-items tower's own) scores the target.
     """
-    states = [UserState(u, {}, histories.get(u, [])) for u in fold.users]
+    if item_vectors is None:
+        if not isinstance(tower, MeanItemsTower):
+            raise ValueError("item_vectors is required for towers other than mean_items")
+        item_vectors = tower.item_vectors
+    states = [UserState(u, (profiles or {}).get(u, {}), histories.get(u, [])) for u in fold.users]
     vectors = tower.embed(states)
     pop = np.asarray(fold.matrix.sum(axis=0)).ravel()
     pop_order = np.argsort(-pop, kind="stable")
@@ -147,9 +155,7 @@ def rank_two_tower(
         [[fold.item_col[i] for i in row] + [-1] * (depth - len(row)) for row in result.ids],
         dtype=np.int64,
     )
-    target_vecs = tower.item_vectors.matrix[
-        tower.item_vectors.rows([fold.item_ids[c] for c in fold.relevant])
-    ]
+    target_vecs = item_vectors.matrix[item_vectors.rows([fold.item_ids[c] for c in fold.relevant])]
     target = np.einsum("ij,ij->i", vectors, target_vecs).astype(np.float64)
     for n, v in enumerate(vectors):
         if not np.any(v):
@@ -258,6 +264,7 @@ def run_eval(
     *,
     item_vectors: ItemVectors,
     reranker: Any | None = None,
+    retriever: Any | None = None,
     quick: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] = log.info,
@@ -338,6 +345,29 @@ def run_eval(
     methods["two_tower_zero_shot"]["candidate_recall@100"] = methods["two_tower_zero_shot"][
         "recall@100"
     ]
+
+    if retriever is not None:
+        # The fine-tuned tower, used as it was trained: user history text -> item text.
+        started = time.perf_counter()
+        item_template = ItemTextTemplate()
+        ft_ids = [i for i in catalog.items if item_template.render(catalog.items[i])]
+        ft_vectors = ItemVectors(
+            ft_ids, retriever.encode([item_template.render(catalog.items[i]) for i in ft_ids])
+        )
+        ft_index = FlatIndex(ft_vectors.dim).build(ft_vectors.ids, ft_vectors.matrix)
+        ft_tower = HistoryTextTower(retriever, catalog.items)
+        profiles = {u: dict(catalog.users[u].attributes) for u in test.users if u in catalog.users}
+        record(
+            "two_tower_finetuned",
+            rank_two_tower(
+                ft_tower, ft_index, test, hist_test, item_vectors=ft_vectors, profiles=profiles
+            ),
+            {"model": retriever.model_name, "tower": "history_text"},
+            time.perf_counter() - started,
+        )
+        methods["two_tower_finetuned"]["candidate_recall@100"] = methods["two_tower_finetuned"][
+            "recall@100"
+        ]
 
     if reranker is not None:
         template = UserTextTemplate.from_dict(reranker.config.user_template)

@@ -714,6 +714,13 @@ def bench(name: str, quick: bool, output: Path | None) -> None:
     default="torch",
     show_default=True,
 )
+@click.option(
+    "--retriever",
+    "retriever_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A fine-tuned tower (`duorank train retriever`) to evaluate too.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="100 users and small grids, for CI.")
 @click.pass_obj
@@ -723,6 +730,7 @@ def eval_cmd(
     output: Path,
     reranker_path: Path | None,
     backend: str,
+    retriever_path: Path | None,
     seed: int,
     quick: bool,
 ) -> None:
@@ -744,14 +752,16 @@ def eval_cmd(
         encoder = rt.encoder()
         ids = [i for i, item in catalog.items.items() if template.render(item)]
         vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
-    report = run_eval(
-        catalog,
-        item_vectors=ItemVectors(ids, vectors),
-        reranker=reranker,
-        quick=quick,
-        seed=seed,
-        progress=lambda m: click.echo(m, err=True),
-    )
+        retriever = rt.encoder(retriever_path) if retriever_path else None
+        report = run_eval(
+            catalog,
+            item_vectors=ItemVectors(ids, vectors),
+            reranker=reranker,
+            retriever=retriever,
+            quick=quick,
+            seed=seed,
+            progress=lambda m: click.echo(m, err=True),
+        )
     report["machine"] = machine_info()
     report["commit"] = git_commit()
     from datetime import datetime, timezone
