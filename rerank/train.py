@@ -282,27 +282,38 @@ def evaluate(
     }
 
 
-def _save_checkpoint(folder: Path, net: RerankerNet, optimizer: Any, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> None:
+    """Weights (safetensors), optimizer and schedule state, and progress; state.json last."""
     import torch
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(tensors, str(folder / "net.safetensors.tmp"))
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt.tmp")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        folder / "optimizer.pt.tmp",
+    )
     (folder / "state.json.tmp").write_text(json.dumps(state))
     for name in ("net.safetensors", "optimizer.pt", "state.json"):  # state.json last: the marker
         (folder / f"{name}.tmp").replace(folder / name)
 
 
-def _load_checkpoint(folder: Path, net: RerankerNet, optimizer: Any) -> dict[str, Any] | None:
+def _load_checkpoint(
+    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any
+) -> dict[str, Any] | None:
+    """Restores what :func:`_save_checkpoint` wrote; None when there is no checkpoint."""
     import torch
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
         return None
     net.load_state_dict(load_file(str(folder / "net.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
     state: dict[str, Any] = json.loads((folder / "state.json").read_text())
     return state
 
@@ -393,12 +404,10 @@ def train_reranker(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     checkpoint = Path(str(out) + ".checkpoint")
-    state = _load_checkpoint(checkpoint, net, optimizer) if resume else None
+    state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
     history: list[dict[str, Any]] = state["history"] if state else []
     step = int(state["step"]) if state else 0
     first_epoch = int(state["epoch"]) if state else 0
-    for _ in range(step):
-        scheduler.step()
     initial = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
     log.info("before training: %s", initial)
     best_auc = max([h["auc"] for h in history], default=-1.0)
@@ -445,7 +454,11 @@ def train_reranker(
         else:
             stale += 1
         _save_checkpoint(
-            checkpoint, net, optimizer, {"epoch": epoch + 1, "step": step, "history": history}
+            checkpoint,
+            net,
+            optimizer,
+            scheduler,
+            {"epoch": epoch + 1, "step": step, "history": history},
         )
         if stale >= cfg.patience or step >= total:
             break

@@ -180,3 +180,43 @@ def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
     assert reranker.config.head == "rating" and reranker.config.levels == (2.0, 5.0)
     probs = reranker.score("Liked: Film 1", ["Film 2", "Film 3"], np.zeros((2, 2)))
     assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rerank.train as train_module
+
+    catalog = _catalog()
+    split = leave_one_out(catalog.interactions)
+    vectors = _vectors(catalog, encoder)
+    cfg = RerankerTrainConfig(
+        epochs=2,
+        batch_size=8,
+        targets_per_user=1,
+        val_users=3,
+        val_candidates=5,
+        hard_pool=5,
+        patience=5,
+        calibrate=False,
+    )
+    real = train_module.evaluate
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 3:  # before training, after epoch 1, after epoch 2 -> crash here
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "evaluate", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_reranker(catalog, split, vectors, tmp_path / "r", cfg, progress=False)
+    checkpoint = Path(str(tmp_path / "r") + ".checkpoint")
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["epoch"] == 1 and not (tmp_path / "r").exists()
+    monkeypatch.setattr(train_module, "evaluate", real)
+    card = train_reranker(catalog, split, vectors, tmp_path / "r", cfg, resume=True, progress=False)
+    assert [e["epoch"] for e in card["epochs"]] == [1, 2]
+    assert card["steps"] == 2 * state["step"]
+    assert (tmp_path / "r" / "reranker.json").exists() and not checkpoint.exists()
