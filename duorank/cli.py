@@ -795,6 +795,63 @@ def eval_cmd(
 # ---------------------------------------------------------------------------- recommend
 
 
+def _serving_options(fn: Any) -> Any:
+    """--data, --root, --reranker and --backend, shared by `recommend` and `serve`."""
+    for option in reversed(
+        (
+            click.option(
+                "--data",
+                "data_path",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Dataset folder (default: HOME/datasets/ml-latest-small).",
+            ),
+            click.option(
+                "--root",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Index root (default: HOME/index).",
+            ),
+            click.option(
+                "--reranker",
+                "reranker_path",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Reranker folder (default: HOME/models/reranker when present).",
+            ),
+            click.option(
+                "--backend",
+                type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
+                default="torch",
+                show_default=True,
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _open_recommender(
+    settings: Settings,
+    data_path: Path | None,
+    root: Path | None,
+    reranker_path: Path | None,
+    backend: str,
+) -> Any:
+    """The Recommender over the home's defaults (dataset, index, reranker when trained)."""
+    from catalog import load_catalog
+    from rerank import Reranker
+    from serving.recommender import Recommender
+
+    data_path = data_path or settings.home / "datasets" / "ml-latest-small"
+    root = root or settings.home / "index"
+    default_rr = settings.home / "models" / "reranker"
+    if reranker_path is None and (default_rr / "reranker.json").is_file():
+        reranker_path = default_rr
+    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
+    return Recommender(root, load_catalog(data_path), reranker)
+
+
 @cli.command()
 @click.option("--user", "user_id", required=True, help="User id from the dataset.")
 @click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
@@ -805,32 +862,7 @@ def eval_cmd(
     show_default=True,
     help="Retrieved candidates passed to the reranker.",
 )
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Dataset folder (default: HOME/datasets/ml-latest-small).",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Index root (default: HOME/index).",
-)
-@click.option(
-    "--reranker",
-    "reranker_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Reranker folder (default: HOME/models/reranker when present).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
-    default="torch",
-    show_default=True,
-)
+@_serving_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
 def recommend(
@@ -847,17 +879,7 @@ def recommend(
     """Recommend items for a user: retrieve candidates, rerank, print a table."""
     from dataclasses import asdict
 
-    from catalog import load_catalog
-    from rerank import Reranker
-    from serving.recommender import Recommender
-
-    data_path = data_path or settings.home / "datasets" / "ml-latest-small"
-    root = root or settings.home / "index"
-    default_rr = settings.home / "models" / "reranker"
-    if reranker_path is None and (default_rr / "reranker.json").is_file():
-        reranker_path = default_rr
-    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
-    recommender = Recommender(root, load_catalog(data_path), reranker)
+    recommender = _open_recommender(settings, data_path, root, reranker_path, backend)
     result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
     if as_json:
         click.echo(json.dumps(asdict(result)))
@@ -890,32 +912,7 @@ def recommend(
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Dataset folder (default: HOME/datasets/ml-latest-small).",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Index root (default: HOME/index).",
-)
-@click.option(
-    "--reranker",
-    "reranker_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Reranker folder (default: HOME/models/reranker when present).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["torch", "torch-bf16", "onnx", "onnx-int8"]),
-    default="torch",
-    show_default=True,
-)
+@_serving_options
 @click.option(
     "--max-in-flight",
     type=click.IntRange(min=1),
@@ -953,18 +950,9 @@ def serve(
     """Serve the HTTP API (token from DUORANK_API_TOKEN, if set)."""
     import uvicorn
 
-    from catalog import load_catalog
-    from rerank import Reranker
     from serving.http import ServerLimits, create_app
-    from serving.recommender import Recommender
 
-    data_path = data_path or settings.home / "datasets" / "ml-latest-small"
-    root = root or settings.home / "index"
-    default_rr = settings.home / "models" / "reranker"
-    if reranker_path is None and (default_rr / "reranker.json").is_file():
-        reranker_path = default_rr
-    reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
-    recommender = Recommender(root, load_catalog(data_path), reranker)
+    recommender = _open_recommender(settings, data_path, root, reranker_path, backend)
     limits = ServerLimits(
         max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
     )

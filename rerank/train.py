@@ -353,7 +353,7 @@ def train_reranker(
     from tqdm.auto import tqdm
 
     from retrieval.encoder import bundled_model_path
-    from retrieval.train import seed_everything
+    from retrieval.train import seed_everything, warmup_then_decay
 
     cfg = cfg or RerankerTrainConfig()
     seed_everything(cfg.seed)
@@ -399,10 +399,7 @@ def train_reranker(
         total = min(total, cfg.max_steps)
     warmup = max(1, int(total * cfg.warmup_ratio))
 
-    def schedule(s: int) -> float:  # linear warm-up, then linear decay to zero
-        return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
     checkpoint = Path(str(out) + ".checkpoint")
     state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
     history: list[dict[str, Any]] = state["history"] if state else []

@@ -15,7 +15,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,18 @@ class RetrieverTrainConfig:
     like_threshold: float = 4.0
     max_user_tokens: int = 128
     item_template: ItemTextTemplate = field(default_factory=ItemTextTemplate)
+
+
+def warmup_then_decay(total: int, warmup: int) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then linear decay to
+    zero at ``total``."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return schedule
 
 
 def seed_everything(seed: int) -> None:
@@ -206,10 +218,7 @@ def train_retriever(
     optimizer = torch.optim.AdamW(st.parameters(), lr=cfg.lr)
     warmup = max(1, int(total * cfg.warmup_ratio))
 
-    def schedule(s: int) -> float:  # linear warm-up, then linear decay to zero
-        return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
     best_state = copy.deepcopy(st.state_dict())
     best_value = zero_shot[cfg.select_metric]
     history: list[dict[str, Any]] = []
