@@ -11,7 +11,6 @@ Layout::
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -164,8 +163,6 @@ def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
         col("label").fill_null(NO_LABEL).to_numpy(zero_copy_only=False),
         np.array(col("event").fill_null("").to_pylist(), dtype=str) if len(table) else None,
     )
-    ratings = inter.ratings
-    ratings[~np.isfinite(ratings)] = math.nan
     return Catalog(
         items,
         users,

@@ -721,6 +721,12 @@ def bench(name: str, quick: bool, output: Path | None) -> None:
     default=None,
     help="A fine-tuned tower (`duorank train retriever`) to evaluate too.",
 )
+@click.option(
+    "--trained-tower/--no-trained-tower",
+    default=True,
+    show_default=True,
+    help="Train and evaluate the sequential tower over cached item vectors.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="100 users and small grids, for CI.")
 @click.pass_obj
@@ -731,6 +737,7 @@ def eval_cmd(
     reranker_path: Path | None,
     backend: str,
     retriever_path: Path | None,
+    trained_tower: bool,
     seed: int,
     quick: bool,
 ) -> None:
@@ -740,6 +747,7 @@ def eval_cmd(
     from catalog import ItemTextTemplate, load_catalog
     from duorank.app import runtime
     from rerank import Reranker
+    from retrieval.sequential import SequentialConfig
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data_path)
@@ -758,6 +766,9 @@ def eval_cmd(
             item_vectors=ItemVectors(ids, vectors),
             reranker=reranker,
             retriever=retriever,
+            sequential=(
+                SequentialConfig(seed=seed, epochs=3 if quick else 60) if trained_tower else None
+            ),
             quick=quick,
             seed=seed,
             progress=lambda m: click.echo(m, err=True),
