@@ -272,6 +272,13 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--lock-timeout", type=float, default=None, help="Seconds to wait with --wait.")
 @click.option(
+    "--tower",
+    "tower_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A trained sequential tower: index adaptor(text vector) [+ ID vector].",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -291,6 +298,7 @@ def index_build(
     keep: int,
     wait: bool,
     lock_timeout: float | None,
+    tower_path: Path | None,
     as_json: bool,
 ) -> None:
     """Build a new index version from the catalog and publish it atomically."""
@@ -327,11 +335,23 @@ def index_build(
     except LockHeldError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_LOCKED) from None
+    transform, transform_fp = None, None
+    if tower_path is not None:
+        from retrieval.fingerprint import model_fingerprint
+        from retrieval.sequential import SequentialTower
+
+        transform = SequentialTower.load(tower_path).item_transform
+        transform_fp = model_fingerprint(tower_path)
     try:
         with runtime(settings) as rt:
-            manifest = IndexBuild(root, rt.encoder(model), config).run(
-                items, source=source, source_hash=source_hash, lock_held=True
+            build = IndexBuild(
+                root,
+                rt.encoder(model),
+                config,
+                transform=transform,
+                transform_fingerprint=transform_fp,
             )
+            manifest = build.run(items, source=source, source_hash=source_hash, lock_held=True)
     finally:
         lock.release()
     build = manifest["build"]
@@ -534,6 +554,69 @@ def train_retriever_cmd(
 
     click.echo(format_table(rows))
     click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
+
+
+@train.command(name="tower")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder (from `duorank data import`).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Tower folder to write (tower.json + model.safetensors).",
+)
+@click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--no-ids", is_flag=True, help="Text only: no per-item ID vectors.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="CI size: 3 epochs.")
+@click.pass_obj
+def train_tower_cmd(
+    settings: Settings,
+    data_path: Path,
+    out: Path,
+    dim: int,
+    epochs: int,
+    no_ids: bool,
+    seed: int,
+    quick: bool,
+) -> None:
+    """Train the sequential user tower on cached item vectors (minutes on a CPU)."""
+    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from catalog.fsutil import atomic_dir, write_json
+    from catalog.history import group_histories
+    from duorank.app import runtime
+    from retrieval.sequential import SequentialConfig, train_sequential
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data_path)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    template = ItemTextTemplate()
+    with runtime(settings) as rt:
+        encoder = rt.encoder()
+        ids = [i for i, item in catalog.items.items() if template.render(item)]
+        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+        fingerprint = encoder.fingerprint
+    cfg = SequentialConfig(dim=dim, epochs=3 if quick else epochs, use_ids=not no_ids, seed=seed)
+    validation = dict(
+        zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
+    )
+    tower, card = train_sequential(
+        ItemVectors(ids, vectors), group_histories(split.train), validation, cfg
+    )
+    card["text_model_fingerprint"] = fingerprint
+    with atomic_dir(out) as staging:
+        tower.save(staging)
+        write_json(staging / "duorank-card.json", card)
+    click.echo(
+        f"saved {out}: validation Recall@10 {card['best_recall@10']:.4f} at epoch "
+        f"{card['best_epoch']} ({card['train_seconds']:.0f} s)"
+    )
 
 
 @train.command(name="reranker")
@@ -1023,6 +1106,7 @@ def quickstart(settings: Settings, data_path: Path, user_id: str, retrain: bool)
         keep=3,
         wait=True,
         lock_timeout=None,
+        tower_path=None,
         as_json=False,
     )
     if retrain or not (reranker_dir / "reranker.json").is_file():

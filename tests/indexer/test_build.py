@@ -258,3 +258,54 @@ def test_bad_catalog_input_publishes_nothing(tmp_path: Path) -> None:
     )
     assert result.exit_code == EXIT_USAGE and "dataset folder not found" in result.output
     assert not (root / "CURRENT").exists()
+
+
+def test_build_with_a_trained_tower(tmp_path: Path, redis_url: str, cli_namespace: str) -> None:
+    from catalog import Catalog, save_catalog
+    from retrieval.sequential import SequentialTower
+    from tests.conftest import tiny_catalog
+
+    catalog = tiny_catalog(n_items=30, n_users=10, per_user=8)
+    assert isinstance(catalog, Catalog)
+    save_catalog(catalog, tmp_path / "data")
+    common = ["--home", str(tmp_path / "home"), "--redis-url", redis_url]
+    env = {"DUORANK_CACHE_NAMESPACE": cli_namespace}
+    result = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "train",
+            "tower",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "tower"),
+            "--dim",
+            "16",
+            "--quick",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "validation Recall@10" in result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "index",
+            "build",
+            "--data",
+            str(tmp_path / "data"),
+            "--root",
+            str(tmp_path / "root"),
+            "--tower",
+            str(tmp_path / "tower"),
+            "--json",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    index, manifest = IndexRoot(tmp_path / "root").load()
+    assert manifest["dims"] == 16 and manifest["transform_fingerprint"]
+    tower = SequentialTower.load(tmp_path / "tower")
+    assert tower.cfg.dim == 16 and len(index) == 30
