@@ -30,6 +30,7 @@ from catalog.text import ItemTextTemplate, UserTextTemplate
 from metrics import (
     auc,
     coverage_at_k,
+    expected_calibration_error,
     hit_rate_at_k,
     logloss,
     mrr_at_k,
@@ -413,6 +414,8 @@ def run_eval(
                 time.perf_counter() - started,
             )
             methods[name]["candidate_recall@100"] = methods[base]["recall@100"]
+            methods[name]["calibration"] = calibration_curve(ranked.target_score, test.like)
+            methods[name]["ece"] = expected_calibration_error(ranked.target_score, test.like)
     return {
         "dataset": catalog.source,
         "protocol": {
@@ -473,36 +476,45 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     written.append(png)
+    curves = {n: m["calibration"] for n, m in report["methods"].items() if "calibration" in m}
+    if curves:
+        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+        for name, curve in curves.items():
+            ax.plot(
+                [c["predicted"] for c in curve],
+                [c["observed"] for c in curve],
+                marker="o",
+                label=name,
+            )
+        ax.set_xlabel("predicted P(like) of the held-out interaction")
+        ax.set_ylabel("observed like rate (rating >= 4)")
+        ax.legend(fontsize=7)
+        png = output.with_name(output.stem + "-calibration.png")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        written.append(png)
     return written
 
 
-def save_calibration_plot(
-    probabilities: npt.NDArray[np.float64],
-    labels: npt.NDArray[np.float64],
-    path: Path,
-    bins: int = 10,
-) -> None:
-    """Reliability diagram of the reranker's probabilities on held-out interactions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def calibration_curve(
+    probabilities: npt.NDArray[np.float64], labels: npt.NDArray[np.float64], bins: int = 10
+) -> list[dict[str, float]]:
+    """Equal-width bins of predicted P(like): mean prediction, observed like rate, count."""
     idx = np.minimum((probabilities * bins).astype(int), bins - 1)
-    centers, rates = [], []
+    out = []
     for b in range(bins):
         mask = idx == b
         if mask.any():
-            centers.append(float(probabilities[mask].mean()))
-            rates.append(float(labels[mask].mean()))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.plot(centers, rates, marker="o")
-    ax.set_xlabel("predicted P(like)")
-    ax.set_ylabel("observed like rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            out.append(
+                {
+                    "predicted": float(probabilities[mask].mean()),
+                    "observed": float(labels[mask].mean()),
+                    "count": int(mask.sum()),
+                }
+            )
+    return out
 
 
 def dumps(report: Mapping[str, Any]) -> str:

@@ -11,8 +11,11 @@ import scipy.sparse as sp
 
 from benchmarks.baselines import ImplicitScorer, ItemKNNScorer, PopularityScorer
 from benchmarks.evaluation import bootstrap_ci, run_eval, write_report
-from catalog import Catalog, ItemTextTemplate
+from catalog import Catalog, ItemTextTemplate, leave_one_out
+from rerank import Reranker
+from rerank.train import RerankerTrainConfig, train_reranker
 from retrieval.encoder import Encoder
+from retrieval.sequential import SequentialConfig
 from retrieval.vectors import ItemVectors
 from tests.conftest import tiny_catalog
 
@@ -52,8 +55,32 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     ids = list(catalog.items)
     template = ItemTextTemplate()
     vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
-    report = run_eval(catalog, item_vectors=vectors, quick=True)
-    assert set(report["methods"]) == {"popularity", "als", "bpr", "itemknn", "two_tower_zero_shot"}
+    cfg = RerankerTrainConfig(
+        max_steps=1, batch_size=8, targets_per_user=1, val_users=3, val_candidates=5, hard_pool=5
+    )
+    train_reranker(
+        catalog, leave_one_out(catalog.interactions), vectors, tmp_path / "rr", cfg, progress=False
+    )
+    report = run_eval(
+        catalog,
+        item_vectors=vectors,
+        quick=True,
+        reranker=Reranker(tmp_path / "rr"),
+        sequential=SequentialConfig(dim=8, epochs=2, batch_size=4),
+    )
+    assert set(report["methods"]) == {
+        "popularity",
+        "als",
+        "bpr",
+        "itemknn",
+        "two_tower_zero_shot",
+        "two_tower_trained",
+        "two_tower_zero_shot+reranker",
+        "als+reranker",
+    }
+    reranked = report["methods"]["als+reranker"]
+    assert reranked["candidate_recall@100"] == report["methods"]["als"]["recall@100"]
+    assert reranked["calibration"] and 0 <= reranked["ece"] <= 1
     for m in report["methods"].values():
         assert 0.0 <= m["ndcg@10"] <= m["recall@10"] + 1e-9 <= 1.0 + 1e-9
         assert m["recall@10"] <= m["recall@100"] + 1e-9
@@ -62,5 +89,6 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert report["protocol"]["users"]["test"] == 12
     written = write_report(report, tmp_path / "report.json")
     assert {p.suffix for p in written} == {".json", ".md", ".png"}
+    assert (tmp_path / "report-calibration.png").exists()
     assert json.loads((tmp_path / "report.json").read_text())["methods"]
     assert "| als |" in (tmp_path / "report.md").read_text()

@@ -218,3 +218,31 @@ def test_overload_gives_fast_429_not_errors(stack: Stack) -> None:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(call, range(24)))
         assert set(codes) <= {200, 429} and 200 in codes and 429 in codes
+
+
+class _BrokenReranker:
+    """A reranker whose model fails at scoring time (say, a corrupt ONNX file on a new node)."""
+
+    def __init__(self, real: object) -> None:
+        self.config = real.config  # type: ignore[attr-defined]
+
+    def score(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("model failed")
+
+
+def test_reranker_failure_serves_retrieval_order(stack: Stack) -> None:
+    from rerank import Reranker
+    from serving.http import create_app
+    from serving.recommender import Recommender
+    from tests.serving.conftest import LiveServer
+
+    IndexRoot(stack.root).set_current(stack.versions[0])
+    broken = _BrokenReranker(Reranker(stack.reranker))
+    with LiveServer(create_app(Recommender(stack.root, stack.catalog, broken))) as live:
+        r = httpx.post(f"{live.url}/recommend", json={"user_id": "u1", "k": 5})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["fallback"] == "rerank_failed" and body["reranked"] is False
+        scores = [i["retrieval_score"] for i in body["items"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        assert 'kind="rerank_failed"' in httpx.get(f"{live.url}/metrics").text
