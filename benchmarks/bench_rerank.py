@@ -56,6 +56,12 @@ def cpu_peak_gflops() -> dict[str, float]:
     }
 
 
+def _spearman(a: Any, b: Any) -> float:
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _ndcg10(ranked: list[list[str]], held: list[str]) -> float:
     values = [
         1.0 / np.log2(r[:10].index(h) + 2) if h in r[:10] else 0.0
@@ -117,14 +123,18 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         str(folder / "backbone"), num_labels=1, device="cpu", max_length=reference.config.max_length
     )
 
+    outputs: dict[str, list[Any]] = {}
+
     def measure(name: str, fn: Any, ranked_fn: Any | None) -> dict[str, Any]:
         fn(calls[0])  # warm-up
         times = []
         ranked = []
+        outputs[name] = []
         for call in calls:
             start = time.perf_counter()
             out = fn(call)
             times.append(time.perf_counter() - start)
+            outputs[name].append(np.asarray(out, dtype=np.float64).reshape(-1))
             if ranked_fn is not None:
                 ranked.append(ranked_fn(call, out))
         p50 = statistics.median(times)
@@ -158,6 +168,15 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
         reranker = Reranker(folder, backend=backend, batch_size=32)
         rows.append(measure(backend, lambda c, r=reranker: r.score(c[0], c[2], c[3]), by_prob))
+    for row in rows[1:]:  # rank agreement with fp32 on every call: median Spearman
+        row["spearman_vs_fp32"] = float(
+            np.median(
+                [
+                    _spearman(a, b)
+                    for a, b in zip(outputs["torch"], outputs[row["backend"]], strict=True)
+                ]
+            )
+        )
     base_ms = rows[0]["p50_ms"]
     ref_ndcg = rows[1]["ndcg@10"]
     for row in rows:
