@@ -850,7 +850,7 @@ def eval_cmd(
             reranker=reranker,
             retriever=retriever,
             sequential=(
-                SequentialConfig(seed=seed, epochs=3 if quick else 60) if trained_tower else None
+                SequentialConfig(seed=seed, epochs=3 if quick else 30) if trained_tower else None
             ),
             quick=quick,
             seed=seed,
