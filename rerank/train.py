@@ -232,11 +232,11 @@ def _ndcg10(order_lists: Sequence[Sequence[str]], held: Sequence[str]) -> float:
 def fit_temperature(
     logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float64], config: RerankerConfig
 ) -> float:
-    """The temperature (grid over 0.1..10, log-spaced) minimising validation log loss."""
+    """The temperature (grid over 0.1..100, log-spaced) minimising validation log loss."""
     from rerank.inference import probability_np
 
     best_t, best_loss = 1.0, float("inf")
-    for t in np.logspace(-1, 1, 81):
+    for t in np.logspace(-1, 2, 121):
         p = np.clip(probability_np(logits, replace(config, temperature=float(t))), 1e-7, 1 - 1e-7)
         loss = float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
         if loss < best_loss:
