@@ -382,7 +382,13 @@ def run_eval(
             ft_ids, retriever.encode([item_template.render(catalog.items[i]) for i in ft_ids])
         )
         ft_index = FlatIndex(ft_vectors.dim).build(ft_vectors.ids, ft_vectors.matrix)
-        ft_tower = HistoryTextTower(retriever, catalog.items)
+        card_path = Path(retriever.model_name) / "duorank-card.json"
+        trained_template = (
+            UserTextTemplate.from_dict(json.loads(card_path.read_text())["user_template"])
+            if card_path.is_file()
+            else None
+        )  # the user text the tower was trained on
+        ft_tower = HistoryTextTower(retriever, catalog.items, trained_template)
         profiles = {u: dict(catalog.users[u].attributes) for u in test.users if u in catalog.users}
         record(
             "two_tower_finetuned",
