@@ -66,6 +66,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         item_vectors=vectors,
         quick=True,
         reranker=Reranker(tmp_path / "rr"),
+        retriever=encoder,  # the bundled model stands in for a fine-tuned one
         sequential=SequentialConfig(dim=8, epochs=2, batch_size=4),
     )
     assert set(report["methods"]) == {
@@ -73,6 +74,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         "als",
         "bpr",
         "itemknn",
+        "two_tower_finetuned",
         "two_tower_zero_shot",
         "two_tower_trained",
         "two_tower_zero_shot+reranker",
