@@ -405,10 +405,8 @@ def run_eval(
     if reranker is not None:
         template = UserTextTemplate.from_dict(reranker.config.user_template)
         pipeline_tower = MeanItemsTower(item_vectors, n_recent=5)
-        for base, name in (
-            ("two_tower_zero_shot", "two_tower_zero_shot+reranker"),
-            ("als", "als+reranker"),
-        ):
+        bases = ["two_tower_zero_shot", "two_tower_trained", "two_tower_finetuned", "als"]
+        for base, name in ((b, f"{b}+reranker") for b in bases if b in rankings):
             started = time.perf_counter()
             ranked = rerank_top(
                 rankings[base], test, catalog, reranker, pipeline_tower, hist_test, template
@@ -422,6 +420,18 @@ def run_eval(
             methods[name]["candidate_recall@100"] = methods[base]["recall@100"]
             methods[name]["calibration"] = calibration_curve(ranked.target_score, test.like)
             methods[name]["ece"] = expected_calibration_error(ranked.target_score, test.like)
+    if "als" in rankings:  # the collaborative reference every method is compared with
+        reference = per_user_ndcg10(rankings["als"], test)
+        for name, ranked in rankings.items():
+            if name != "als":
+                diff = per_user_ndcg10(ranked, test) - reference
+                lo, hi = bootstrap_ci(diff, seed=seed)
+                methods[name]["ndcg@10_minus_als_ci95"] = [lo, hi]
+                methods[name]["ndcg@10_vs_als"] = (
+                    methods[name]["ndcg@10"] / methods["als"]["ndcg@10"]
+                    if methods["als"]["ndcg@10"]
+                    else None
+                )
     return {
         "dataset": catalog.source,
         "protocol": {

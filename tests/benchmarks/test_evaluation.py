@@ -75,11 +75,15 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         "bpr",
         "itemknn",
         "two_tower_finetuned",
+        "two_tower_finetuned+reranker",
+        "two_tower_trained+reranker",
         "two_tower_zero_shot",
         "two_tower_trained",
         "two_tower_zero_shot+reranker",
         "als+reranker",
     }
+    lo, hi = report["methods"]["popularity"]["ndcg@10_minus_als_ci95"]
+    assert lo <= hi and "ndcg@10_minus_als_ci95" not in report["methods"]["als"]
     reranked = report["methods"]["als+reranker"]
     assert reranked["candidate_recall@100"] == report["methods"]["als"]["recall@100"]
     assert reranked["calibration"] and 0 <= reranked["ece"] <= 1
