@@ -757,11 +757,17 @@ def rerank_export(folder: Path, no_int8: bool) -> None:
     default=None,
     help="JSON file to write (default benchmarks/results/NAME.json).",
 )
-def bench(name: str, quick: bool, output: Path | None) -> None:
-    """Run benchmark NAME, print its table and write its JSON record."""
+@click.pass_obj
+def bench(settings: Settings, name: str, quick: bool, output: Path | None) -> None:
+    """Run benchmark NAME, print its table and write its JSON record.
+
+    Names: metrics, retrieval, indexer, rerank, serving. The home and Redis settings apply.
+    """
+    from benchmarks.contract import BenchContext
     from benchmarks.registry import run_benchmark
 
-    report = run_benchmark(name, quick)
+    ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None)
+    report = run_benchmark(name, quick, ctx)
     click.echo(report.render())
     path = report.write(output)
     click.echo(f"\nwritten {path}")
