@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from metrics import (
     recall_at_k,
     top_k,
 )
+from rerank.data import FeatureMaker
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.sequential import SequentialConfig, train_sequential
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
@@ -229,7 +229,7 @@ def rerank_top(
     fold: Fold,
     catalog: Catalog,
     reranker: Any,
-    tower: MeanItemsTower,
+    features: FeatureMaker,
     histories: Mapping[str, Sequence[Any]],
     template: UserTextTemplate,
     depth: int = RERANK_DEPTH,
@@ -237,19 +237,15 @@ def rerank_top(
     """Reranks each user's top ``depth`` with the point-wise reranker (the Recommender's path:
     same user text, same features), and scores the held-out item for AUC."""
     item_template = ItemTextTemplate()
-    pop = np.asarray(fold.matrix.sum(axis=0)).ravel()
-    norm = math.log1p(pop.max()) or 1.0
     top = np.full_like(ranked.top, -1)
     target = np.zeros(len(fold.users))
     for n, user in enumerate(fold.users):
         history = histories.get(user, [])
         text = template.render(catalog.users.get(user, User(user)), history, catalog.items)
-        vector = tower.embed([UserState(user, {}, history)])[0]
+        vector = features.user_vector(history)
         cols = [c for c in ranked.top[n, :depth].tolist() if c >= 0]
         ids = [fold.item_ids[c] for c in [*cols, int(fold.relevant[n])]]
-        rows = tower.item_vectors.rows(ids)
-        cos = np.where(rows >= 0, tower.item_vectors.matrix[np.maximum(rows, 0)] @ vector, 0.0)
-        feats = np.stack([cos, np.log1p(pop[[fold.item_col[i] for i in ids]]) / norm], axis=1)
+        feats = features.features(vector, ids)
         probs = reranker.score(
             text,
             [item_template.render(catalog.items[i]) for i in ids],
@@ -404,12 +400,17 @@ def run_eval(
 
     if reranker is not None:
         template = UserTextTemplate.from_dict(reranker.config.user_template)
-        pipeline_tower = MeanItemsTower(item_vectors, n_recent=5)
+        item_counts = np.asarray(test.matrix.sum(axis=0)).ravel()
+        pipeline_features = FeatureMaker(  # the features the reranker trained and serves with
+            MeanItemsTower(item_vectors, n_recent=5),
+            index,
+            {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c},
+        )
         bases = ["two_tower_zero_shot", "two_tower_trained", "two_tower_finetuned", "als"]
         for base, name in ((b, f"{b}+reranker") for b in bases if b in rankings):
             started = time.perf_counter()
             ranked = rerank_top(
-                rankings[base], test, catalog, reranker, pipeline_tower, hist_test, template
+                rankings[base], test, catalog, reranker, pipeline_features, hist_test, template
             )
             record(
                 name,

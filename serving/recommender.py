@@ -22,6 +22,7 @@ from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from indexer.store import IndexRoot
+from rerank.data import FeatureMaker
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
 from retrieval.towers import MeanItemsTower, UserState
@@ -57,6 +58,7 @@ class _Loaded:
     index: VectorIndex
     tower: MeanItemsTower
     manifest: dict[str, Any]
+    features: FeatureMaker
 
 
 class Recommender:
@@ -85,9 +87,7 @@ class Recommender:
         self.popularity = Popularity(catalog.interactions, list(catalog.items))
         self.item_template = ItemTextTemplate()
         self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
-        counts = Counter(catalog.interactions.item_ids.tolist())
-        self._log_pop = {i: float(np.log1p(c)) for i, c in counts.items()}
-        self._log_pop_norm = float(np.log1p(max(counts.values(), default=1)))
+        self._counts = dict(Counter(catalog.interactions.item_ids.tolist()))
         self.user_template = (
             UserTextTemplate.from_dict(reranker.config.user_template)
             if reranker is not None and reranker.config.user_template
@@ -100,7 +100,10 @@ class Recommender:
     def _load(self, version: str) -> _Loaded:
         index, manifest = self.root.load(version)
         vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
-        return _Loaded(version, index, MeanItemsTower(vectors, n_recent=self.n_recent), manifest)
+        tower = MeanItemsTower(vectors, n_recent=self.n_recent)
+        # The reranker's features, computed exactly as in training (one shared definition).
+        features = FeatureMaker(tower, index, self._counts)
+        return _Loaded(version, index, tower, manifest, features)
 
     @property
     def index_version(self) -> str:
@@ -145,12 +148,6 @@ class Recommender:
             raise KeyError(f"unknown user id {user_id!r} (send a history for new users)")
         stored = self.catalog.users.get(user_id, User(user_id)).attributes
         return UserState(user_id, dict(profile or stored), self.histories.get(user_id, []))
-
-    def _features(self, tower: MeanItemsTower, vector: Any, item_ids: Sequence[str]) -> Any:
-        rows = tower.item_vectors.rows(item_ids)
-        cos = np.where(rows >= 0, tower.item_vectors.matrix[np.maximum(rows, 0)] @ vector, 0.0)
-        pop = [self._log_pop.get(i, 0.0) / self._log_pop_norm for i in item_ids]
-        return np.stack([cos, pop], axis=1).astype(np.float32)
 
     def recommend(
         self,
@@ -211,7 +208,7 @@ class Recommender:
             text = self.user_template.render(
                 User(state.user_id or "", state.profile), state.history, self.catalog.items
             )
-            feats = self._features(loaded.tower, vector, cand_ids)
+            feats = loaded.features.features(vector, cand_ids)
             probs = self.reranker.score(text, [self.item_text[i] for i in cand_ids], feats)
         except Exception:  # a broken reranker degrades to retrieval order, never a 500
             log.exception("reranker failed; serving retrieval order")
@@ -248,7 +245,7 @@ class Recommender:
                 raise KeyError(f"unknown item id {item_id!r}")
         state = self.user_state(user_id, history, profile)
         vector = loaded.tower.embed([state])[0]
-        feats = self._features(loaded.tower, vector, item_ids)
+        feats = loaded.features.features(vector, item_ids)
         probs: list[float | None] = [None] * len(item_ids)
         if self.reranker is not None and item_ids:
             text = self.user_template.render(
