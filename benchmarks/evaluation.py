@@ -37,7 +37,7 @@ from metrics import (
     recall_at_k,
     top_k,
 )
-from rerank.data import FeatureMaker
+from rerank.data import FeatureMaker, RatingStats
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.sequential import SequentialConfig, train_sequential
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
@@ -245,16 +245,17 @@ def rerank_top(
         vector = features.user_vector(history)
         cols = [c for c in ranked.top[n, :depth].tolist() if c >= 0]
         ids = [fold.item_ids[c] for c in [*cols, int(fold.relevant[n])]]
-        feats = features.features(vector, ids)
-        probs = reranker.score(
-            text,
-            [item_template.render(catalog.items[i]) for i in ids],
-            feats[:, : len(reranker.config.features)],
-        )
+        feats = features.features(vector, ids, history)
+        probs = reranker.score(text, [item_template.render(catalog.items[i]) for i in ids], feats)
         order = np.argsort(-probs[:-1], kind="stable")
         top[n, : len(cols)] = np.array(cols)[order]
         target[n] = probs[-1]
     return Ranked(top, target, probabilities=True)
+
+
+def _headline(m: Mapping[str, Any]) -> dict[str, float]:
+    keys = ("ndcg@10", "recall@10", "recall@100", "cold_recall@100")
+    return {k: float(m.get(k, float("nan"))) for k in keys}
 
 
 def run_eval(
@@ -266,9 +267,14 @@ def run_eval(
     sequential: SequentialConfig | None = None,
     quick: bool = False,
     seed: int = 0,
+    seeds: int = 1,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Evaluates every method; returns the report (see the README for its layout)."""
+    """Evaluates every method; returns the report (see the README for its layout).
+
+    ``seeds`` > 1 repeats the trained tower with seeds ``seed + 1, ...`` and reports each
+    run's headline metrics beside the first.
+    """
     split: Split = leave_one_out(catalog.interactions, seed=seed)
     max_users = 100 if quick else None
     val = make_fold("validation", catalog, split.train, split.validation, max_users, seed)
@@ -345,29 +351,60 @@ def run_eval(
         "recall@100"
     ]
 
+    first_stage: tuple[Any, Any] = (
+        MeanItemsTower(item_vectors, n_recent=5),
+        index,
+    )  # the reranker's retrieval_score comes from the tower it trained with
+    targets_val = dict(
+        zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
+    )
+
+    def trained_tower(cfg: SequentialConfig) -> tuple[Ranked, Any, Any, dict[str, Any]]:
+        """Train on train (early stopping and blend weight on validation), refit on train +
+        validation for as many epochs, rank test: the protocol of every tuned method."""
+        val_tower, card = train_sequential(item_vectors, hist_val, targets_val, cfg, progress=False)
+        refit_cfg = replace(  # the epochs and cold-item blend chosen on validation
+            cfg,
+            epochs=max(1, int(card["best_epoch"])),
+            cold_blend=val_tower.cfg.cold_blend,
+            blend_grid=(),
+        )
+        tower, _ = train_sequential(item_vectors, hist_test, {}, refit_cfg, progress=False)
+        assert tower.item_vectors is not None
+        tower_index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+        ranked = rank_two_tower(
+            tower, tower_index, test, hist_test, item_vectors=tower.item_vectors
+        )
+        params = {
+            **asdict(refit_cfg),
+            "validation_recall@10": card["best_recall@10"],
+            "validation_blend": card["blend"],
+            "validation_blend_zero_shot": card["blend_zero_shot"],
+        }
+        return ranked, tower, tower_index, params
+
     if sequential is not None:
         started = time.perf_counter()
-        targets_val = dict(
-            zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
-        )
-        _, card = train_sequential(item_vectors, hist_val, targets_val, sequential, progress=False)
-        refit_cfg = replace(sequential, epochs=max(1, int(card["best_epoch"])))
-        seq_tower, _ = train_sequential(item_vectors, hist_test, {}, refit_cfg, progress=False)
-        assert seq_tower.item_vectors is not None
-        seq_index = FlatIndex(seq_tower.dim).build(
-            seq_tower.item_vectors.ids, seq_tower.item_vectors.matrix
-        )
-        record(
-            "two_tower_trained",
-            rank_two_tower(
-                seq_tower, seq_index, test, hist_test, item_vectors=seq_tower.item_vectors
-            ),
-            {**asdict(refit_cfg), "validation_recall@10": card["best_recall@10"]},
-            time.perf_counter() - started,
-        )
+        ranked, seq_tower, seq_index, params = trained_tower(sequential)
+        record("two_tower_trained", ranked, params, time.perf_counter() - started)
         methods["two_tower_trained"]["candidate_recall@100"] = methods["two_tower_trained"][
             "recall@100"
         ]
+        if reranker is not None and reranker.config.retrieval == seq_tower.name:
+            first_stage = (seq_tower, seq_index)
+        runs = [{"seed": sequential.seed, **_headline(methods["two_tower_trained"])}]
+        for extra in range(1, seeds):  # the same protocol with other seeds: how much is noise
+            seed_cfg = replace(sequential, seed=sequential.seed + extra)
+            progress(f"two_tower_trained: seed {seed_cfg.seed}")
+            ranked_s, *_ = trained_tower(seed_cfg)
+            runs.append({"seed": seed_cfg.seed, **_headline(metrics_of(ranked_s, test, cold))})
+        if seeds > 1:
+            values = np.array([r["ndcg@10"] for r in runs])
+            methods["two_tower_trained"]["seeds"] = {
+                "runs": runs,
+                "ndcg@10_mean": float(values.mean()),
+                "ndcg@10_std": float(values.std(ddof=1)),
+            }
 
     if retriever is not None:
         # The fine-tuned tower, used as it was trained: user history text -> item text.
@@ -401,12 +438,22 @@ def run_eval(
     if reranker is not None:
         template = UserTextTemplate.from_dict(reranker.config.user_template)
         item_counts = np.asarray(test.matrix.sum(axis=0)).ravel()
+        if reranker.config.retrieval != first_stage[0].name:
+            raise ValueError(
+                f"the reranker learned from a {reranker.config.retrieval} first stage; "
+                "evaluate it with that tower (--trained-tower)"
+            )
         pipeline_features = FeatureMaker(  # the features the reranker trained and serves with
-            MeanItemsTower(item_vectors, n_recent=5),
-            index,
+            *first_stage,
             {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c},
+            reranker.config.features,
+            RatingStats.of(Interactions.concat([split.train, split.validation])),
         )
-        bases = ["two_tower_zero_shot", "two_tower_trained", "two_tower_finetuned", "als"]
+        # The default pipeline's first stage, the fine-tuned text tower, and ALS (what the
+        # reranker adds on its own); the zero-shot tower only when there is no trained one.
+        bases = ["two_tower_trained", "two_tower_finetuned", "als"]
+        if "two_tower_trained" not in rankings:
+            bases.insert(0, "two_tower_zero_shot")
         for base, name in ((b, f"{b}+reranker") for b in bases if b in rankings):
             started = time.perf_counter()
             ranked = rerank_top(

@@ -22,6 +22,7 @@ import click
 from duorank.settings import Settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED, EXIT_VERIFY = 0, 1, 2, 3, 4
+QUICKSTART_TOWER_EPOCHS = 8  # about 2 CPU-minutes on ml-latest-small; the full run early-stops
 
 log = logging.getLogger("duorank")
 
@@ -276,7 +277,8 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     "tower_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="A trained sequential tower: index adaptor(text vector) [+ ID vector].",
+    help="A trained sequential tower (`duorank train tower`): indexed with the version and "
+    "used to embed users when serving.",
 )
 @click.option(
     "--json",
@@ -335,22 +337,19 @@ def index_build(
     except LockHeldError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_LOCKED) from None
-    transform, transform_fp = None, None
+    tower = None
     if tower_path is not None:
-        from retrieval.fingerprint import model_fingerprint
         from retrieval.sequential import SequentialTower
 
-        transform = SequentialTower.load(tower_path).item_transform
-        transform_fp = model_fingerprint(tower_path)
+        try:
+            tower = SequentialTower.load(tower_path)
+        except (OSError, ValueError, KeyError) as exc:
+            lock.release()
+            click.echo(f"error: cannot load the tower at {tower_path}: {exc}", err=True)
+            raise SystemExit(EXIT_ERROR) from None
     try:
         with runtime(settings) as rt:
-            build = IndexBuild(
-                root,
-                rt.encoder(model),
-                config,
-                transform=transform,
-                transform_fingerprint=transform_fp,
-            )
+            build = IndexBuild(root, rt.encoder(model), config, tower=tower)
             manifest = build.run(items, source=source, source_hash=source_hash, lock_held=True)
     finally:
         lock.release()
@@ -649,9 +648,20 @@ def train_tower_cmd(
     "--threshold", type=float, default=4.0, show_default=True, help="Rating at or above = like."
 )
 @click.option(
-    "--no-features", is_flag=True, help="Text only: no retrieval score / popularity inputs."
+    "--no-features",
+    is_flag=True,
+    help="Text only: no retrieval score, popularity or mean-rating inputs.",
 )
 @click.option("--val-users", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--tower",
+    "tower_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The trained sequential tower that serves the first stage (`duorank train tower`): "
+    "its candidates are the hard negatives and its score the retrieval feature. "
+    "Default: zero-shot pooling of recent liked item vectors.",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 30 val users.")
@@ -672,6 +682,7 @@ def train_reranker_cmd(
     threshold: float,
     no_features: bool,
     val_users: int,
+    tower_path: Path | None,
     resume: bool,
     seed: int,
     quick: bool,
@@ -679,6 +690,7 @@ def train_reranker_cmd(
     """Fine-tune the point-wise cross-encoder reranker on the training split."""
     from catalog import ItemTextTemplate, leave_one_out, load_catalog
     from duorank.app import runtime
+    from rerank.model import DEFAULT_FEATURES
     from rerank.train import RerankerTrainConfig, train_reranker
     from retrieval.vectors import ItemVectors
 
@@ -695,7 +707,7 @@ def train_reranker_cmd(
         random_negatives=random_negatives,
         hard_negatives=hard_negatives,
         threshold=threshold,
-        features=() if no_features else ("retrieval_score", "log_popularity"),
+        features=() if no_features else DEFAULT_FEATURES,
         val_users=30 if quick else val_users,
         val_candidates=20 if quick else 50,
     )
@@ -704,6 +716,12 @@ def train_reranker_cmd(
         encoder = rt.encoder()
         ids = [i for i, item in catalog.items.items() if template.render(item)]
         vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+        tower = None
+        if tower_path is not None:
+            from retrieval.sequential import SequentialTower
+
+            tower = SequentialTower.load(tower_path)
+            tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
         card = train_reranker(
             catalog,
             split,
@@ -713,6 +731,7 @@ def train_reranker_cmd(
             base_model=model,
             resume=resume,
             count_tokens=encoder.count_tokens,
+            tower=tower,
         )
     from benchmarks.contract import format_table
 
@@ -817,6 +836,13 @@ def bench(settings: Settings, name: str, quick: bool, output: Path | None) -> No
     help="Train and evaluate the sequential tower over cached item vectors.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train and test the trained tower with this many seeds (seed, seed+1, ...).",
+)
 @click.option("--quick", is_flag=True, help="100 users and small grids, for CI.")
 @click.pass_obj
 def eval_cmd(
@@ -828,6 +854,7 @@ def eval_cmd(
     retriever_path: Path | None,
     trained_tower: bool,
     seed: int,
+    seeds: int,
     quick: bool,
 ) -> None:
     """Offline evaluation: full ranking, baselines, bootstrap intervals, report and plots."""
@@ -860,6 +887,7 @@ def eval_cmd(
             ),
             quick=quick,
             seed=seed,
+            seeds=seeds,
             progress=lambda m: click.echo(m, err=True),
         )
     report["machine"] = machine_info()
@@ -1082,23 +1110,50 @@ def serve(
 @click.option(
     "--user", "user_id", default="1", show_default=True, help="User to recommend for at the end."
 )
-@click.option("--retrain", is_flag=True, help="Train the reranker again even if one exists.")
+@click.option(
+    "--retrain", is_flag=True, help="Train the tower and reranker again even if they exist."
+)
+@click.option(
+    "--tower-epochs",
+    type=click.IntRange(min=1),
+    default=QUICKSTART_TOWER_EPOCHS,
+    show_default=True,
+    help="Epochs of the reduced tower training.",
+)
 @click.pass_obj
-def quickstart(settings: Settings, data_path: Path, user_id: str, retrain: bool) -> None:
+def quickstart(
+    settings: Settings, data_path: Path, user_id: str, retrain: bool, tower_epochs: int
+) -> None:
     """Run the main job end to end on bundled data.
 
-    import -> build the index -> train the reranker (reduced) -> recommend.
+    import -> train the sequential tower (reduced) -> build the index with it -> train the
+    reranker on its candidates (reduced) -> recommend.
     """
     from catalog import load_movielens, save_catalog
 
     dataset = settings.home / "datasets" / data_path.name
     root = settings.home / "index"
+    tower_dir = settings.home / "models" / "tower"
     reranker_dir = settings.home / "models" / "reranker"
     ctx = click.get_current_context()
-    click.echo(f"[1/4] importing {data_path} -> {dataset}")
+    click.echo(f"[1/5] importing {data_path} -> {dataset}")
     manifest = save_catalog(load_movielens(data_path), dataset)
     _print_import(manifest, dataset, as_json=False)
-    click.echo(f"\n[2/4] building the index under {root} (cached vectors are reused)")
+    if retrain or not (tower_dir / "tower.json").is_file():
+        click.echo(f"\n[2/5] training the sequential tower ({tower_epochs} epochs) -> {tower_dir}")
+        ctx.invoke(
+            train_tower_cmd,
+            data_path=dataset,
+            out=tower_dir,
+            dim=64,
+            epochs=tower_epochs,
+            no_ids=False,
+            seed=0,
+            quick=False,
+        )
+    else:
+        click.echo(f"\n[2/5] tower already trained at {tower_dir} (--retrain to redo)")
+    click.echo(f"\n[3/5] building the index under {root} (cached vectors are reused)")
     ctx.invoke(
         index_build,
         data_path=dataset,
@@ -1112,11 +1167,11 @@ def quickstart(settings: Settings, data_path: Path, user_id: str, retrain: bool)
         keep=3,
         wait=True,
         lock_timeout=None,
-        tower_path=None,
+        tower_path=tower_dir,
         as_json=False,
     )
     if retrain or not (reranker_dir / "reranker.json").is_file():
-        click.echo(f"\n[3/4] training the reranker (reduced, --quick) -> {reranker_dir}")
+        click.echo(f"\n[4/5] training the reranker (reduced, --quick) -> {reranker_dir}")
         ctx.invoke(
             train_reranker_cmd,
             data_path=dataset,
@@ -1133,13 +1188,14 @@ def quickstart(settings: Settings, data_path: Path, user_id: str, retrain: bool)
             threshold=4.0,
             no_features=False,
             val_users=200,
+            tower_path=tower_dir,
             resume=False,
             seed=0,
             quick=True,
         )
     else:
-        click.echo(f"\n[3/4] reranker already trained at {reranker_dir} (--retrain to redo)")
-    click.echo(f"\n[4/4] recommendations for user {user_id}")
+        click.echo(f"\n[4/5] reranker already trained at {reranker_dir} (--retrain to redo)")
+    click.echo(f"\n[5/5] recommendations for user {user_id}")
     ctx.invoke(
         recommend,
         user_id=user_id,

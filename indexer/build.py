@@ -31,6 +31,7 @@ from indexer.lock import BuildLock
 from indexer.store import MANIFEST, IndexRoot
 from retrieval.encoder import Encoder
 from retrieval.index import make_index
+from retrieval.sequential import SequentialTower
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,9 @@ class IndexBuild:
         config: build options.
         transform: optional map from text vectors to indexed vectors (a trained adaptor), with
             its own fingerprint in ``transform_fingerprint``.
+        tower: a trained sequential tower: its item side is the transform, and the tower is
+            saved inside the version (``tower.json``, ``model.safetensors``) so that serving
+            swaps index and user tower together, atomically.
     """
 
     def __init__(
@@ -122,14 +126,18 @@ class IndexBuild:
         *,
         transform: ItemTransform | None = None,
         transform_fingerprint: str | None = None,
+        tower: SequentialTower | None = None,
     ) -> None:
         if (config or BuildConfig()).keep < 1:
             raise ValueError("keep must be >= 1")
+        if tower is not None and transform is not None:
+            raise ValueError("pass a tower or a transform, not both")
         self.root = IndexRoot(Path(root))
         self.encoder = encoder
         self.config = config or BuildConfig()
-        self.transform = transform
+        self.transform = tower.item_transform if tower is not None else transform
         self.transform_fingerprint = transform_fingerprint
+        self.tower = tower
 
     def run(
         self,
@@ -253,6 +261,18 @@ class IndexBuild:
 
         started = time.perf_counter()
         index.save(staging)
+        tower_spec: dict[str, Any] | None = None
+        if self.tower is not None:
+            tower_files = [self.tower.save(staging), staging / "model.safetensors"]
+            digest = hashlib.sha256()
+            for path in tower_files:
+                digest.update(sha256_file(path).encode())
+            self.transform_fingerprint = f"{self.tower.name}-{digest.hexdigest()[:16]}"
+            tower_spec = {
+                "name": self.tower.name,
+                "files": [p.name for p in tower_files],
+                "config": self.tower.config(),
+            }
         (staging / "item_hashes.json").write_text(json.dumps(hashes, sort_keys=True))
         diff = self._diff(hashes)
         manifest: dict[str, Any] = {
@@ -262,6 +282,7 @@ class IndexBuild:
             "model": self.encoder.describe(),
             "model_fingerprint": self.encoder.fingerprint,
             "transform_fingerprint": self.transform_fingerprint,
+            "tower": tower_spec,
             "text_template": {
                 "fingerprint": cfg.template.fingerprint(),
                 "params": {k: getattr(cfg.template, k) for k in cfg.template.__dataclass_fields__},

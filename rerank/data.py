@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from catalog.model import Item, User
+from catalog.model import Interactions, Item, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from retrieval.index import VectorIndex
-from retrieval.towers import MeanItemsTower, UserState
+from retrieval.towers import UserState, UserTower
+from retrieval.vectors import ItemVectors
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,87 @@ def user_text_at(
     return template.render(user, past, items, count_tokens)  # type: ignore[arg-type]
 
 
+FEATURES = ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
+"""Scalar features a reranker head can read (its config names the ones it uses, in order)."""
+
+
+@dataclass
+class RatingStats:
+    """Per-item rating sums and counts, for shrunk mean ratings.
+
+    A user's taste in rating terms (do they rate high?) and an item's reception are what
+    separates a like from a dislike among items a user did pick; the text alone does not say.
+    Means are shrunk toward the global mean by ``shrink`` pseudo-ratings and reported as the
+    deviation from it (0 = no evidence).
+    """
+
+    global_mean: float
+    sums: dict[str, float]
+    counts: dict[str, int]
+    shrink: float = 5.0
+
+    @classmethod
+    def of(cls, interactions: Interactions, shrink: float = 5.0) -> RatingStats:
+        """From the rated rows of ``interactions`` (all-zero features when none is rated)."""
+        rated = ~np.isnan(interactions.ratings)
+        ids = interactions.item_ids[rated].tolist()
+        values = interactions.ratings[rated].astype(np.float64)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for item_id, value in zip(ids, values.tolist(), strict=True):
+            sums[item_id] = sums.get(item_id, 0.0) + value
+            counts[item_id] = counts.get(item_id, 0) + 1
+        return cls(float(values.mean()) if len(values) else 0.0, sums, counts, shrink)
+
+    def item(self, item_id: str, leave_out: float | None = None) -> float:
+        """Shrunk mean deviation of the item (``leave_out``: a rating to remove, its own)."""
+        total, n = self.sums.get(item_id, 0.0), self.counts.get(item_id, 0)
+        if leave_out is not None and n:
+            total, n = total - leave_out, n - 1
+        return (total + self.shrink * self.global_mean) / (n + self.shrink) - self.global_mean
+
+    def user(self, history: Sequence[HistoryEvent]) -> float:
+        """Shrunk mean deviation of the ratings in a history."""
+        values = [e.rating for e in history if e.rating is not None and e.rating == e.rating]
+        return (sum(values) + self.shrink * self.global_mean) / (
+            len(values) + self.shrink
+        ) - self.global_mean
+
+
 class FeatureMaker:
-    """The head's scalar features: the retrieval stage's cosine and log popularity.
+    """The head's scalar features (:data:`FEATURES`), one definition for training, evaluation
+    and serving.
 
     Args:
-        tower: the first stage's user tower over cached item vectors.
-        index: the item index (its vectors give the cosine).
+        tower: the first stage's user tower (its ``item_vectors`` are the indexed vectors, so
+            the score is exactly the one the index ranked by).
+        index: the item index (for hard negatives).
         counts: training interaction count per item id.
+        names: the features to compute, in order (a reranker's ``config.features``).
+        ratings: rating statistics of the training interactions (needed by the rating
+            features; without them those are 0).
     """
 
     def __init__(
-        self, tower: MeanItemsTower, index: VectorIndex, counts: Mapping[str, int]
+        self,
+        tower: UserTower,
+        index: VectorIndex,
+        counts: Mapping[str, int],
+        names: Sequence[str] = FEATURES[:2],
+        ratings: RatingStats | None = None,
     ) -> None:
+        vectors = getattr(tower, "item_vectors", None)
+        if not isinstance(vectors, ItemVectors):
+            raise TypeError(f"{type(tower).__name__} has no bound item_vectors")
+        unknown = [n for n in names if n not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown reranker features {unknown}; known: {list(FEATURES)}")
+        self.item_vectors = vectors
         self.tower = tower
         self.index = index
         self.counts = counts
+        self.names = tuple(names)
+        self.ratings = ratings
         self.norm = math.log1p(max(counts.values(), default=1))
 
     def user_vector(self, history: Sequence[HistoryEvent]) -> npt.NDArray[np.float32]:
@@ -70,15 +137,62 @@ class FeatureMaker:
         vector: npt.NDArray[np.float32] = self.tower.embed([UserState(history=history)])[0]
         return vector
 
-    def features(
+    def retrieval_scores(
         self, user_vector: npt.NDArray[np.float32], item_ids: Sequence[str]
     ) -> npt.NDArray[np.float32]:
-        """(n, 2): cosine(user, item) and log1p(count)/log1p(max count)."""
-        rows = self.tower.item_vectors.rows(item_ids)
-        vecs = self.tower.item_vectors.matrix[np.maximum(rows, 0)]
-        cos = np.where(rows >= 0, vecs @ user_vector, 0.0)
-        pop = np.array([math.log1p(self.counts.get(i, 0)) / self.norm for i in item_ids])
-        return np.stack([cos, pop], axis=1).astype(np.float32)
+        """The first stage's score (user . indexed item vector); 0 for unknown items."""
+        rows = self.item_vectors.rows(item_ids)
+        vecs = self.item_vectors.matrix[np.maximum(rows, 0)]
+        scores: npt.NDArray[np.float32] = np.where(rows >= 0, vecs @ user_vector, 0.0).astype(
+            np.float32
+        )
+        return scores
+
+    def features(
+        self,
+        user_vector: npt.NDArray[np.float32],
+        item_ids: Sequence[str],
+        history: Sequence[HistoryEvent] = (),
+        held_out: HistoryEvent | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """(n, len(names)): retrieval score (user . item), log1p(count)/log1p(max count),
+        the item's and the user's shrunk mean-rating deviations.
+
+        ``held_out``: a training target's own interaction, removed from its item's count and
+        mean so that a pair never sees its own label.
+        """
+        columns: list[npt.NDArray[np.floating]] = []
+        for name in self.names:
+            if name == "retrieval_score":
+                columns.append(self.retrieval_scores(user_vector, item_ids))
+            elif name == "log_popularity":
+                counts = [self.counts.get(i, 0) for i in item_ids]
+                if held_out is not None:
+                    counts = [
+                        max(0, c - (i == held_out.item_id))
+                        for c, i in zip(counts, item_ids, strict=True)
+                    ]
+                columns.append(np.log1p(np.array(counts, dtype=np.float64)) / self.norm)
+            elif name == "item_mean_rating":
+                own = held_out.rating if held_out is not None else None
+                columns.append(
+                    np.array(
+                        [
+                            self.ratings.item(
+                                i, own if held_out and i == held_out.item_id else None
+                            )
+                            if self.ratings
+                            else 0.0
+                            for i in item_ids
+                        ]
+                    )
+                )
+            else:  # user_mean_rating
+                value = self.ratings.user(history) if self.ratings else 0.0
+                columns.append(np.full(len(item_ids), value))
+        if not columns:
+            return np.zeros((len(item_ids), 0), dtype=np.float32)
+        return np.stack(columns, axis=1).astype(np.float32)
 
 
 def level_of(rating: float | None, levels: Sequence[float]) -> int:
@@ -130,7 +244,7 @@ def build_examples(
                 if event.label is not None
                 else event.rating is None or event.rating >= threshold
             )
-            f = features.features(uvec, [event.item_id])[0]
+            f = features.features(uvec, [event.item_id], past, held_out=event)[0]
             out.append(
                 Example(
                     user_id,
@@ -161,7 +275,7 @@ def build_examples(
                 pool = [i for i in result.ids[0] if i in item_text]
                 negatives += [(c, "hard") for c in rng.sample(pool, min(hard_negatives, len(pool)))]
             if negatives:
-                feats = features.features(uvec, [c for c, _ in negatives])
+                feats = features.features(uvec, [c for c, _ in negatives], past)
                 out += [
                     Example(
                         user_id,

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rerank.data import FEATURES
+
 HEADS = ("binary", "rating")
-DEFAULT_FEATURES = ("retrieval_score", "log_popularity")
+DEFAULT_FEATURES = FEATURES  # all of them: the head learns how much each one is worth
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class RerankerConfig:
         temperature: logit temperature fitted on validation (1.0 = uncalibrated).
         user_template: parameters of the user text template used in training.
         base_model: where the backbone came from.
+        retrieval: the first-stage tower whose score is the ``retrieval_score`` feature
+            (``mean_items``: zero-shot pooling; ``sequential``: the trained tower); serving
+            must use the same kind.
     """
 
     head: str = "binary"
@@ -54,6 +59,7 @@ class RerankerConfig:
     temperature: float = 1.0
     user_template: dict[str, Any] = field(default_factory=dict)
     base_model: str = ""
+    retrieval: str = "mean_items"
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:

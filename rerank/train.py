@@ -29,10 +29,17 @@ from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
 from catalog.text import ItemTextTemplate, UserTextTemplate
-from rerank.data import Example, FeatureMaker, build_examples, item_texts, user_text_at
+from rerank.data import (
+    Example,
+    FeatureMaker,
+    RatingStats,
+    build_examples,
+    item_texts,
+    user_text_at,
+)
 from rerank.model import DEFAULT_FEATURES, RerankerConfig, RerankerNet, new_net, save_net
 from retrieval.index import FlatIndex
-from retrieval.towers import MeanItemsTower
+from retrieval.towers import MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -97,13 +104,21 @@ def prepare_stage(
     item_vectors: ItemVectors,
     cfg: RerankerTrainConfig,
     item_template: ItemTextTemplate | None = None,
+    tower: UserTower | None = None,
 ) -> Stage:
-    """Builds the first stage (mean-of-recent-likes tower over the item vectors) and the
-    feature maker from the training split."""
+    """Builds the first stage and the feature maker from the training split.
+
+    The first stage is ``tower`` (bound to its indexed item vectors, e.g. the trained
+    sequential tower) or, by default, the mean-of-recent-likes tower over ``item_vectors``.
+    """
     texts = item_texts(catalog.items, item_template or ItemTextTemplate())
-    index = FlatIndex(item_vectors.dim).build(item_vectors.ids, item_vectors.matrix)
     counts = Counter(split.train.item_ids.tolist())
-    tower = MeanItemsTower(item_vectors, n_recent=5, like_threshold=cfg.threshold)
+    if tower is None:
+        tower = MeanItemsTower(item_vectors, n_recent=5, like_threshold=cfg.threshold)
+    vectors = getattr(tower, "item_vectors", None)
+    if not isinstance(vectors, ItemVectors):
+        raise ValueError(f"the {tower.name} tower is not bound to item vectors")
+    index = FlatIndex(vectors.dim).build(vectors.ids, vectors.matrix)
     ratings = split.train.ratings[~np.isnan(split.train.ratings)]
     levels = tuple(float(v) for v in np.unique(ratings)) if cfg.head == "rating" else ()
     template = UserTextTemplate(
@@ -112,7 +127,8 @@ def prepare_stage(
         max_tokens=cfg.max_length // 2 + 20,
         like_threshold=cfg.threshold,
     )
-    return Stage(texts, FeatureMaker(tower, index, dict(counts)), template, levels)
+    features = FeatureMaker(tower, index, dict(counts), cfg.features, RatingStats.of(split.train))
+    return Stage(texts, features, template, levels)
 
 
 def _batch(
@@ -130,9 +146,9 @@ def _batch(
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
         "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])),
-        "features": torch.tensor(
-            [e.features[: len(cfg.features)] for e in examples], dtype=torch.float32
-        ).reshape(len(examples), len(cfg.features)),
+        "features": torch.tensor([e.features for e in examples], dtype=torch.float32).reshape(
+            len(examples), len(cfg.features)
+        ),
     }
 
 
@@ -191,7 +207,7 @@ def validation_examples(
         uvec = stage.features.user_vector(history)
         rating_value = None if rating != rating else float(rating)
         liked = rating_value is None or rating_value >= cfg.threshold
-        f = stage.features.features(uvec, [item_id])[0]
+        f = stage.features.features(uvec, [item_id], history)[0]
         labelled.append(
             Example(
                 user_id, text, item_id, float(liked), 0, tuple(float(x) for x in f), "validation"
@@ -202,7 +218,7 @@ def validation_examples(
         seen = {e.item_id for e in history}
         result = stage.features.index.search(uvec[None, :], cfg.val_candidates, exclude=[seen])
         cands = [i for i in result.ids[0] if i in stage.item_text]
-        feats = stage.features.features(uvec, cands)
+        feats = stage.features.features(uvec, cands, history)
         lists.append(
             [
                 Example(
@@ -329,6 +345,7 @@ def train_reranker(
     resume: bool = False,
     progress: bool = True,
     count_tokens: Any = None,
+    tower: UserTower | None = None,
 ) -> dict[str, Any]:
     """Trains the reranker and saves the best epoch (calibrated) to ``out`` atomically.
 
@@ -342,6 +359,8 @@ def train_reranker(
         resume: continue from ``<out>.checkpoint`` if an earlier run left one.
         progress: show progress bars.
         count_tokens: the tokenizer's counter for the user-text budget.
+        tower: the first stage to learn from (its scores become the ``retrieval_score``
+            feature; default: mean of recent liked ``item_vectors``).
 
     Returns:
         The model card.
@@ -359,7 +378,7 @@ def train_reranker(
     seed_everything(cfg.seed)
     base = str(base_model or bundled_model_path())
     started = time.perf_counter()
-    stage = prepare_stage(catalog, split, item_vectors, cfg)
+    stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
     histories = group_histories(split.train, seed=cfg.seed)
     examples = build_examples(
         histories,
@@ -389,6 +408,7 @@ def train_reranker(
         max_length=cfg.max_length,
         user_template=asdict(stage.template),
         base_model=base,
+        retrieval=stage.features.tower.name,
     )
     net, tokenizer = new_net(base, config)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
@@ -491,6 +511,7 @@ def train_reranker(
         "before_training": initial,
         "epochs": history,
         "calibration": calibration,
+        "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
         "note": "calibration fitted on the same validation pairs it is reported on",
     }
     with atomic_dir(Path(out)) as staging:

@@ -10,6 +10,15 @@ from the Redis cache).
 
 The index holds the item side for every catalog item (``IndexBuild(transform=...)``), so a
 nightly build keeps working and new items get a vector from their text.
+
+Cold items: next-item training ranks rarely seen items poorly, where the frozen text model is
+at its best. With ``cold_blend > 0`` an indexed item is ``[learned vector, w_i * text vector]``
+and a user ``[GRU vector, z_u - z_mean]`` (``z_u``: mean of the user's recent liked text
+vectors; ``z_mean``: its average over the training users), so one inner-product search scores
+``cos_learned + w_i * (z_u - z_mean) . x_i`` with ``w_i = cold_blend * cold_scale /
+(cold_scale + n_i)`` (``n_i`` = the item's training interactions; 0 for new items). Centering
+makes the text term say "closer to this user than to the average user" rather than adding a
+flat bonus to every rare item. The weight is chosen on validation by :func:`train_sequential`.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ import copy
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.text import HistoryEvent
-from retrieval.towers import UserState, UserTower
+from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors, normalize
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,13 @@ class SequentialConfig:
         lr, weight_decay, batch_size, epochs, patience: optimisation (Adam, early stopping on
             validation Recall@10).
         seed: seeds torch and numpy.
+        cold_blend: weight of the frozen text similarity for an item never seen in training
+            (0: off; see the module docstring).
+        cold_scale: training interactions at which an item's blend weight halves.
+        blend_recent: recent liked items pooled for the user's text vector.
+        blend_grid: ``cold_blend`` values tried on validation after training (empty: keep
+            ``cold_blend``): the best validation NDCG@10 among the weights whose Recall@100 on
+            cold targets (< 5 training interactions) reaches the zero-shot text tower's.
     """
 
     dim: int = 64
@@ -60,6 +77,10 @@ class SequentialConfig:
     epochs: int = 60
     patience: int = 5
     seed: int = 0
+    cold_blend: float = 0.0
+    cold_scale: float = 1.0
+    blend_recent: int = 5
+    blend_grid: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2, 1.6, 2.4, 3.2)
 
 
 def _torch() -> Any:
@@ -108,56 +129,110 @@ class SequentialTower(UserTower):
         net: the trained network.
         config: its hyperparameters.
         item_rows: item id -> ID-vector row (1-based; 0 = no ID vector).
-        item_vectors: the indexed (learned-space) item vectors the GRU reads; set with
-            :meth:`bind` (e.g. from a published index version).
+        text_dim: width of the frozen text vectors.
+        item_counts: item id -> training interactions (for the cold-item blend weight).
+        text_center: the average user text vector ``z_mean`` (for the cold-item blend).
+
+    ``item_vectors`` are the indexed item vectors users are read from; set with :meth:`bind`
+    (e.g. from a published index version).
     """
 
     name: ClassVar[str] = "sequential"
 
     def __init__(
-        self, net: Any, config: SequentialConfig, item_rows: Mapping[str, int], text_dim: int
+        self,
+        net: Any,
+        config: SequentialConfig,
+        item_rows: Mapping[str, int],
+        text_dim: int,
+        item_counts: Mapping[str, int] | None = None,
+        text_center: npt.ArrayLike | None = None,
     ) -> None:
         self.net = net.eval()
+        self.text_center = (
+            np.zeros(text_dim, dtype=np.float32)
+            if text_center is None
+            else np.asarray(text_center, dtype=np.float32).reshape(text_dim)
+        )
         self.cfg = config
         self.item_rows = dict(item_rows)
         self.text_dim = text_dim
+        self.item_counts = dict(item_counts or {})
         self.item_vectors: ItemVectors | None = None
+        self._learned: ItemVectors | None = None
+        self._text: MeanItemsTower | None = None
 
     @property
     def dim(self) -> int:
-        return self.cfg.dim
+        return self.cfg.dim + (self.text_dim if self.cfg.cold_blend > 0 else 0)
+
+    def with_blend(self, cold_blend: float) -> SequentialTower:
+        """The same network with another cold-item blend weight (unbound)."""
+        return SequentialTower(
+            self.net,
+            replace(self.cfg, cold_blend=cold_blend),
+            self.item_rows,
+            self.text_dim,
+            self.item_counts,
+            self.text_center,
+        )
+
+    def blend_weights(self, ids: Sequence[str]) -> Matrix:
+        """``w_i`` per item: large for items rarely or never seen in training."""
+        counts = np.array([self.item_counts.get(i, 0) for i in ids], dtype=np.float32)
+        weights: Matrix = self.cfg.cold_blend * self.cfg.cold_scale / (self.cfg.cold_scale + counts)
+        return weights
 
     def item_transform(self, ids: Sequence[str], text_vectors: Matrix) -> Matrix:
-        """Learned-space vectors for items (text vectors from the frozen encoder)."""
+        """Indexed vectors for items (text vectors from the frozen encoder)."""
         torch = _torch()
+        text = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        if text.shape[1] != self.text_dim:
+            raise ValueError(f"text vectors have {text.shape[1]} dims, the tower {self.text_dim}")
         rows = torch.tensor([self.item_rows.get(i, 0) for i in ids], dtype=torch.long)
         with torch.inference_mode():
-            out = self.net.items(torch.from_numpy(np.ascontiguousarray(text_vectors)), rows)
+            out = self.net.items(torch.from_numpy(text), rows)
         vectors: Matrix = out.numpy().astype(np.float32)
+        if self.cfg.cold_blend > 0:
+            vectors = np.hstack([vectors, self.blend_weights(ids)[:, None] * normalize(text)])
         return vectors
 
     def bind(self, item_vectors: ItemVectors) -> SequentialTower:
-        """Sets the learned-space item vectors users are read from (the index's own)."""
-        if item_vectors.dim != self.cfg.dim:
-            raise ValueError(f"item vectors have {item_vectors.dim} dims, the tower {self.cfg.dim}")
+        """Sets the indexed item vectors users are read from (the index's own)."""
+        if item_vectors.dim != self.dim:
+            raise ValueError(f"item vectors have {item_vectors.dim} dims, the tower {self.dim}")
         self.item_vectors = item_vectors
+        learned = np.ascontiguousarray(item_vectors.matrix[:, : self.cfg.dim])
+        self._learned = ItemVectors(item_vectors.ids, learned)
+        if self.cfg.cold_blend > 0:  # the text part, rescaled to unit length
+            text = normalize(item_vectors.matrix[:, self.cfg.dim :])
+            self._text = MeanItemsTower(
+                ItemVectors(item_vectors.ids, text), n_recent=self.cfg.blend_recent
+            )
         return self
 
     def embed(self, users: Sequence[UserState]) -> Matrix:
-        if self.item_vectors is None:
+        if self._learned is None:
             raise ValueError("bind() the tower to its item vectors first")
         torch = _torch()
-        out = np.zeros((len(users), self.dim), dtype=np.float32)
+        out = np.zeros((len(users), self.cfg.dim), dtype=np.float32)
         for n, user in enumerate(users):
             events = sorted(user.history, key=lambda e: e.timestamp)[-self.cfg.max_len :]
-            rows = self.item_vectors.rows([e.item_id for e in events])
+            rows = self._learned.rows([e.item_id for e in events])
             rows = rows[rows >= 0]
             if len(rows) == 0:
                 continue
-            seq = torch.from_numpy(self.item_vectors.matrix[rows][None, :, :])
+            seq = torch.from_numpy(self._learned.matrix[rows][None, :, :])
             with torch.inference_mode():
                 out[n] = self.net.users(seq)[0, -1].numpy()
-        return normalize(out)
+        out = normalize(out)
+        if self._text is None:
+            return out
+        text = self._text.embed(users)
+        has_text = np.any(text, axis=1)
+        text[has_text] -= self.text_center
+        text[~np.any(out, axis=1)] = 0.0  # no learned vector -> no vector (popularity fallback)
+        return np.hstack([out, text])
 
     def config(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "text_dim": self.text_dim}
@@ -175,7 +250,13 @@ class SequentialTower(UserTower):
         path = root / "tower.json"
         path.write_text(
             json.dumps(
-                {"name": self.name, "config": self.config(), "item_rows": self.item_rows},
+                {
+                    "name": self.name,
+                    "config": self.config(),
+                    "item_rows": self.item_rows,
+                    "item_counts": self.item_counts,
+                    "text_center": [float(v) for v in self.text_center],
+                },
                 sort_keys=True,
             )
         )
@@ -190,11 +271,20 @@ class SequentialTower(UserTower):
         spec = json.loads((root / "tower.json").read_text())
         if spec.get("name") != cls.name:
             raise ValueError(f"{root / 'tower.json'}: not a sequential tower")
-        cfg = SequentialConfig(**spec["config"]["config"])
+        raw = dict(spec["config"]["config"])
+        raw["blend_grid"] = tuple(raw.get("blend_grid", ()))
+        cfg = SequentialConfig(**raw)
         text_dim = int(spec["config"]["text_dim"])
         net = _Net.make(text_dim, len(spec["item_rows"]), cfg)
         net.load_state_dict(load_file(str(root / "model.safetensors")))
-        return cls(net, cfg, spec["item_rows"], text_dim)
+        return cls(
+            net,
+            cfg,
+            spec["item_rows"],
+            text_dim,
+            spec.get("item_counts", {}),
+            spec.get("text_center"),
+        )
 
 
 def _sequences(
@@ -250,6 +340,9 @@ def train_sequential(
         else {e.item_id for events in train.values() for e in events}
     )
     item_rows = {i: n + 1 for n, i in enumerate(sorted(seen_items & set(pos)))}
+    item_counts = dict(
+        Counter(e.item_id for events in train.values() for e in events if e.item_id in pos)
+    )
     id_index = torch.tensor([item_rows.get(i, 0) for i in ids], dtype=torch.long)
     text = torch.from_numpy(np.ascontiguousarray(text_vectors.matrix))
     net = _Net.make(text_vectors.dim, len(item_rows), cfg)
@@ -290,9 +383,12 @@ def train_sequential(
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
             best = (float("nan"), copy.deepcopy(net.state_dict()))
             continue
-        tower = SequentialTower(net, cfg, item_rows, text_vectors.dim)
+        tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
         tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
-        recall = _val_recall(tower, train, validation, val_users)
+        assert tower.item_vectors is not None
+        recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
+            "recall@10"
+        ]
         net.train()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall})
         if progress:
@@ -310,7 +406,47 @@ def train_sequential(
                 break
     net.load_state_dict(best[1])
     net.eval()
-    tower = SequentialTower(net, cfg, item_rows, text_vectors.dim)
+    text_unit = ItemVectors(ids, normalize(text_vectors.matrix))
+    text_tower = MeanItemsTower(text_unit, n_recent=cfg.blend_recent)
+    pooled = text_tower.embed([UserState(u, {}, events) for u, events in train.items()])
+    pooled = pooled[np.any(pooled, axis=1)]
+    center = pooled.mean(axis=0) if len(pooled) else None
+    tower = SequentialTower(net, cfg, item_rows, text_vectors.dim, item_counts, center)
+    blends: list[dict[str, float]] = []
+    zero_shot: dict[str, float] = {}
+    if val_users and cfg.blend_grid:
+        # The cold-item blend weight, on validation: the best NDCG@10 among the weights that
+        # keep the zero-shot text tower's Recall@100 on cold targets (else the best cold
+        # recall), ties to the smaller weight.
+        zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, item_counts)
+        for weight in cfg.blend_grid:
+            trial = tower.with_blend(weight)
+            trial.bind(ItemVectors(ids, trial.item_transform(ids, text_vectors.matrix)))
+            assert trial.item_vectors is not None
+            blends.append(
+                {
+                    "cold_blend": weight,
+                    **_val_metrics(
+                        trial, trial.item_vectors, train, validation, val_users, item_counts
+                    ),
+                }
+            )
+        floor = zero_shot["cold_recall@100"]
+        keeping = [r for r in blends if r["cold_recall@100"] >= floor or floor != floor]
+        chosen = (
+            max(keeping, key=lambda r: (r["ndcg@10"], -r["cold_blend"]))
+            if keeping
+            else max(blends, key=lambda r: (r["cold_recall@100"], -r["cold_blend"]))
+        )
+        tower = tower.with_blend(chosen["cold_blend"])
+        cfg = tower.cfg
+        if progress:
+            log.info(
+                "cold-item blend %.2f chosen on validation (zero-shot %s): %s",
+                cfg.cold_blend,
+                zero_shot,
+                blends,
+            )
     tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
     card = {
         "config": asdict(cfg),
@@ -318,28 +454,41 @@ def train_sequential(
         "best_recall@10": best[0],
         "best_epoch": best_epoch if val_users else len(history),
         "train_seconds": time.perf_counter() - started,
+        "blend": blends,
+        "blend_zero_shot": zero_shot,
         "sequences": len(seqs),
         "id_items": len(item_rows),
     }
     return tower, card
 
 
-def _val_recall(
-    tower: SequentialTower,
+def _val_metrics(
+    tower: UserTower,
+    items: ItemVectors,
     train: Mapping[str, Sequence[HistoryEvent]],
     validation: Mapping[str, str],
     users: Sequence[str],
-    k: int = 10,
-) -> float:
-    """Recall@k of the held-out item over the full catalog, training items excluded."""
-    assert tower.item_vectors is not None
+    item_counts: Mapping[str, int],
+    cold_threshold: int = 5,
+) -> dict[str, float]:
+    """Recall@10/100, NDCG@10 of the held-out item over the full catalog (training items
+    excluded), and Recall@100 on targets with fewer than ``cold_threshold`` training
+    interactions."""
     vectors = tower.embed([UserState(u, {}, train[u]) for u in users])
-    scores = vectors @ tower.item_vectors.matrix.T
-    hits = 0
+    scores = vectors @ items.matrix.T
+    ranks = np.zeros(len(users), dtype=np.int64)
+    cold = np.zeros(len(users), dtype=bool)
     for n, u in enumerate(users):
-        seen = tower.item_vectors.rows([e.item_id for e in train[u]])
+        seen = items.rows([e.item_id for e in train[u]])
         scores[n, seen[seen >= 0]] = -np.inf
-        target = tower.item_vectors.rows([validation[u]])[0]
-        rank = int((scores[n] > scores[n, target]).sum())
-        hits += rank < k
-    return hits / max(1, len(users))
+        target = items.rows([validation[u]])[0]
+        ranks[n] = int((scores[n] > scores[n, target]).sum())
+        cold[n] = item_counts.get(validation[u], 0) < cold_threshold
+    ndcg = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return {
+        "recall@10": float(np.mean(ranks < 10)) if len(users) else 0.0,
+        "ndcg@10": float(np.mean(ndcg)) if len(users) else 0.0,
+        "recall@100": float(np.mean(ranks < 100)) if len(users) else 0.0,
+        "cold_recall@100": float(np.mean(ranks[cold] < 100)) if cold.any() else float("nan"),
+        "cold_users": int(cold.sum()),
+    }

@@ -22,10 +22,10 @@ from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from indexer.store import IndexRoot
-from rerank.data import FeatureMaker
+from rerank.data import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
-from retrieval.towers import MeanItemsTower, UserState
+from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Recommendation:
 class _Loaded:
     version: str
     index: VectorIndex
-    tower: MeanItemsTower
+    tower: UserTower
     manifest: dict[str, Any]
     features: FeatureMaker
 
@@ -68,7 +68,8 @@ class Recommender:
         index_root: the index root (``duorank index build --root``).
         catalog: the dataset (items for texts and titles, interactions for histories).
         reranker: a :class:`rerank.Reranker`, or None for retrieval order only.
-        n_recent: liked items pooled by the user tower.
+        n_recent: liked items pooled by the zero-shot user tower (index versions built
+            without a trained tower).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Recommender:
         self.item_template = ItemTextTemplate()
         self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
         self._counts = dict(Counter(catalog.interactions.item_ids.tolist()))
+        self._ratings = RatingStats.of(catalog.interactions)
         self.user_template = (
             UserTextTemplate.from_dict(reranker.config.user_template)
             if reranker is not None and reranker.config.user_template
@@ -100,9 +102,30 @@ class Recommender:
     def _load(self, version: str) -> _Loaded:
         index, manifest = self.root.load(version)
         vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
-        tower = MeanItemsTower(vectors, n_recent=self.n_recent)
+        tower: UserTower
+        if manifest.get("tower"):  # a trained tower published with this version
+            from retrieval.sequential import SequentialTower
+
+            tower = SequentialTower.load(self.root.version_dir(version)).bind(vectors)
+        else:
+            tower = MeanItemsTower(vectors, n_recent=self.n_recent)
+        expected = getattr(getattr(self.reranker, "config", None), "retrieval", tower.name)
+        if expected != tower.name:
+            log.warning(
+                "the reranker learned from a %s first stage, index version %s serves a %s "
+                "tower: its retrieval_score feature will be off",
+                expected,
+                version,
+                tower.name,
+            )
         # The reranker's features, computed exactly as in training (one shared definition).
-        features = FeatureMaker(tower, index, self._counts)
+        features = FeatureMaker(
+            tower,
+            index,
+            self._counts,
+            self.reranker.config.features if self.reranker is not None else FEATURES[:2],
+            self._ratings,
+        )
         return _Loaded(version, index, tower, manifest, features)
 
     @property
@@ -208,7 +231,7 @@ class Recommender:
             text = self.user_template.render(
                 User(state.user_id or "", state.profile), state.history, self.catalog.items
             )
-            feats = loaded.features.features(vector, cand_ids)
+            feats = loaded.features.features(vector, cand_ids, state.history)
             probs = self.reranker.score(text, [self.item_text[i] for i in cand_ids], feats)
         except Exception:  # a broken reranker degrades to retrieval order, never a 500
             log.exception("reranker failed; serving retrieval order")
@@ -245,7 +268,8 @@ class Recommender:
                 raise KeyError(f"unknown item id {item_id!r}")
         state = self.user_state(user_id, history, profile)
         vector = loaded.tower.embed([state])[0]
-        feats = loaded.features.features(vector, item_ids)
+        feats = loaded.features.features(vector, item_ids, state.history)
+        retrieval = loaded.features.retrieval_scores(vector, item_ids)
         probs: list[float | None] = [None] * len(item_ids)
         if self.reranker is not None and item_ids:
             text = self.user_template.render(
@@ -255,7 +279,7 @@ class Recommender:
                 float(p)
                 for p in self.reranker.score(text, [self.item_text[i] for i in item_ids], feats)
             ]
-        return [self._item(i, float(feats[n, 0]), probs[n]) for n, i in enumerate(item_ids)]
+        return [self._item(i, float(retrieval[n]), probs[n]) for n, i in enumerate(item_ids)]
 
     def _item(self, item_id: str, retrieval: float | None, rerank: float | None) -> RecommendedItem:
         item = self.catalog.items.get(item_id)

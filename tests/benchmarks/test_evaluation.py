@@ -68,6 +68,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         reranker=Reranker(tmp_path / "rr"),
         retriever=encoder,  # the bundled model stands in for a fine-tuned one
         sequential=SequentialConfig(dim=8, epochs=2, batch_size=4),
+        seeds=2,
     )
     assert set(report["methods"]) == {
         "popularity",
@@ -79,9 +80,12 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         "two_tower_trained+reranker",
         "two_tower_zero_shot",
         "two_tower_trained",
-        "two_tower_zero_shot+reranker",
         "als+reranker",
-    }
+    }  # the zero-shot tower is reranked only when no trained tower is evaluated
+    trained = report["methods"]["two_tower_trained"]
+    assert [r["seed"] for r in trained["seeds"]["runs"]] == [0, 1]
+    assert trained["seeds"]["runs"][0]["ndcg@10"] == trained["ndcg@10"]
+    assert trained["params"]["cold_blend"] in SequentialConfig().blend_grid
     lo, hi = report["methods"]["popularity"]["ndcg@10_minus_als_ci95"]
     assert lo <= hi and "ndcg@10_minus_als_ci95" not in report["methods"]["als"]
     reranked = report["methods"]["als+reranker"]

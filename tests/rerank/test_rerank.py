@@ -71,6 +71,26 @@ def test_user_text_only_sees_history_before_the_target(encoder: Encoder) -> None
             assert (e.user_id, e.item_id) not in held_out
             assert e.item_id not in mentioned
 
+    # The rating features see neither the pair's own rating nor anything after it.
+    train = split.train
+    rated = ~np.isnan(train.ratings)
+    mean = float(train.ratings[rated].mean())
+    names = stage.features.names
+    assert names == ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
+    for e in (e for e in examples if e.kind in ("positive", "dislike")):
+        own = next(h for h in histories[e.user_id] if h.timestamp == e.timestamp)
+        others = [
+            float(r)
+            for u, i, r in zip(train.user_ids, train.item_ids, train.ratings, strict=True)
+            if i == e.item_id and u != e.user_id
+        ]
+        assert own.item_id == e.item_id and own.rating is not None
+        expected_item = (sum(others) + 5 * mean) / (len(others) + 5) - mean
+        earlier = [h.rating for h in histories[e.user_id] if h.timestamp < e.timestamp]
+        expected_user = (sum(earlier) + 5 * mean) / (len(earlier) + 5) - mean  # type: ignore[arg-type]
+        assert e.features[2] == pytest.approx(expected_item, abs=1e-4)
+        assert e.features[3] == pytest.approx(expected_user, abs=1e-4)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Catalog]]:

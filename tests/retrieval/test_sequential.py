@@ -11,7 +11,7 @@ from catalog import Catalog, leave_one_out
 from catalog.history import group_histories
 from catalog.text import HistoryEvent
 from retrieval.sequential import SequentialConfig, SequentialTower, train_sequential
-from retrieval.towers import UserState
+from retrieval.towers import MeanItemsTower, UserState
 from retrieval.vectors import ItemVectors, normalize
 from tests.conftest import tiny_catalog
 
@@ -30,7 +30,7 @@ def _setup() -> tuple[ItemVectors, dict, dict]:
     return vectors, train, val
 
 
-CFG = SequentialConfig(dim=8, max_len=4, epochs=3, batch_size=4, patience=3)
+CFG = SequentialConfig(dim=8, max_len=4, epochs=3, batch_size=4, patience=3, blend_grid=())
 
 
 def test_trains_and_embeds_unit_vectors() -> None:
@@ -77,3 +77,55 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.embed([user]), tower.embed([user]), atol=1e-6)
     with pytest.raises(ValueError, match="bind"):
         SequentialTower.load(tmp_path / "tower").embed([user])
+
+
+def test_cold_blend_scores_learned_plus_weighted_text_similarity() -> None:
+    vectors, train, val = _setup()
+    plain, _ = train_sequential(vectors, train, val, CFG, progress=False)
+    tower = plain.with_blend(0.5)
+    ids = [*vectors.ids, "brand-new"]
+    text = np.vstack([vectors.matrix, vectors.matrix[:1]])
+    indexed = tower.item_transform(ids, text)
+    assert indexed.shape == (len(ids), 8 + 16)
+    tower.bind(ItemVectors(ids, indexed))
+    user = UserState("u0", {}, train["u0"])
+    score = tower.embed([user])[0] @ indexed.T
+    plain.bind(ItemVectors(ids, plain.item_transform(ids, text)))
+    learned = plain.embed([user])[0] @ plain.item_vectors.matrix.T  # type: ignore[union-attr]
+    pooled = MeanItemsTower(vectors, n_recent=5).embed([user])[0]  # the zero-shot user vector
+    assert pooled.any()
+    weights = tower.blend_weights(ids)
+    center = tower.text_center
+    assert center.shape == (16,) and center.any()  # the average training user's text vector
+    np.testing.assert_allclose(
+        score, learned + weights * (normalize(text) @ (pooled - center)), atol=1e-5
+    )
+    assert weights[-1] == pytest.approx(0.5)  # never seen in training: the full weight
+    counts = np.array([tower.item_counts.get(i, 0) for i in ids])
+    assert counts.max() > 0
+    assert weights[np.argmax(counts)] == pytest.approx(0.5 / (1 + counts.max()))  # shrinks
+
+
+def test_blend_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
+    vectors, train, val = _setup()
+    cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(0.0, 0.3))
+    tower, card = train_sequential(vectors, train, val, cfg, progress=False)
+    assert [row["cold_blend"] for row in card["blend"]] == [0.0, 0.3]
+    floor = card["blend_zero_shot"]["cold_recall@100"]
+    keeping = [r for r in card["blend"] if r["cold_recall@100"] >= floor or floor != floor]
+    key = "ndcg@10" if keeping else "cold_recall@100"
+    keeping = keeping or card["blend"]
+    best = max(keeping, key=lambda r: (r[key], -r["cold_blend"]))
+    assert tower.cfg.cold_blend == best["cold_blend"]
+    tower = tower.with_blend(0.3)
+    tower.save(tmp_path / "tower")
+    loaded = SequentialTower.load(tmp_path / "tower")
+    assert loaded.cfg.cold_blend == 0.3 and loaded.item_counts == tower.item_counts
+    np.testing.assert_allclose(loaded.text_center, tower.text_center)
+    np.testing.assert_allclose(
+        loaded.item_transform(vectors.ids, vectors.matrix),
+        tower.item_transform(vectors.ids, vectors.matrix),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="dims"):
+        loaded.bind(ItemVectors(vectors.ids, vectors.matrix))  # text vectors, not indexed ones
