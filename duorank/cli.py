@@ -11,9 +11,11 @@ Exit codes (stable, for cron and schedulers):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -953,6 +955,13 @@ def _serving_options(fn: Any) -> Any:
                 default="torch",
                 show_default=True,
             ),
+            click.option(
+                "--text-users",
+                is_flag=True,
+                help="For index versions without a trained tower: embed users from their "
+                "profile and history text with the index's text model (DUORANK_MODEL), "
+                "through the Redis cache, instead of pooling item vectors.",
+            ),
         )
     ):
         fn = option(fn)
@@ -965,6 +974,7 @@ def _open_recommender(
     root: Path | None,
     reranker_path: Path | None,
     backend: str,
+    user_encoder: Any = None,
 ) -> Any:
     """The Recommender over the home's defaults (dataset, index, reranker when trained)."""
     from catalog import load_catalog
@@ -977,7 +987,19 @@ def _open_recommender(
     if reranker_path is None and (default_rr / "reranker.json").is_file():
         reranker_path = default_rr
     reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
-    return Recommender(root, load_catalog(data_path), reranker)
+    return Recommender(root, load_catalog(data_path), reranker, user_encoder=user_encoder)
+
+
+@contextlib.contextmanager
+def _user_encoder(settings: Settings, text_users: bool) -> Iterator[Any]:
+    """The cached text encoder for ``--text-users`` (None otherwise), open while serving."""
+    if not text_users:
+        yield None
+        return
+    from duorank.app import runtime
+
+    with runtime(settings) as rt:
+        yield rt.encoder()
 
 
 @cli.command()
@@ -1002,13 +1024,15 @@ def recommend(
     root: Path | None,
     reranker_path: Path | None,
     backend: str,
+    text_users: bool,
     as_json: bool,
 ) -> None:
     """Recommend items for a user: retrieve candidates, rerank, print a table."""
     from dataclasses import asdict
 
-    recommender = _open_recommender(settings, data_path, root, reranker_path, backend)
-    result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
+    with _user_encoder(settings, text_users) as encoder:
+        recommender = _open_recommender(settings, data_path, root, reranker_path, backend, encoder)
+        result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
     if as_json:
         click.echo(json.dumps(asdict(result)))
         return
@@ -1071,6 +1095,7 @@ def serve(
     root: Path | None,
     reranker_path: Path | None,
     backend: str,
+    text_users: bool,
     max_in_flight: int,
     max_queue: int,
     reload_interval: float,
@@ -1080,19 +1105,20 @@ def serve(
 
     from serving.http import ServerLimits, create_app
 
-    recommender = _open_recommender(settings, data_path, root, reranker_path, backend)
-    limits = ServerLimits(
-        max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
-    )
-    app = create_app(recommender, token=settings.api_token, limits=limits)
-    log.info(
-        "serving index %s on http://%s:%d (auth: %s)",
-        recommender.index_version,
-        host,
-        port,
-        "bearer token" if settings.api_token else "off",
-    )
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    with _user_encoder(settings, text_users) as encoder:
+        recommender = _open_recommender(settings, data_path, root, reranker_path, backend, encoder)
+        limits = ServerLimits(
+            max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
+        )
+        app = create_app(recommender, token=settings.api_token, limits=limits)
+        log.info(
+            "serving index %s on http://%s:%d (auth: %s)",
+            recommender.index_version,
+            host,
+            port,
+            "bearer token" if settings.api_token else "off",
+        )
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 
 
 # ---------------------------------------------------------------------------- quickstart
@@ -1205,6 +1231,7 @@ def quickstart(
         root=root,
         reranker_path=reranker_dir,
         backend="torch",
+        text_users=False,
         as_json=False,
     )
 

@@ -108,6 +108,8 @@ class FeatureMaker:
         names: the features to compute, in order (a reranker's ``config.features``).
         ratings: rating statistics of the training interactions (needed by the rating
             features; without them those are 0).
+        item_vectors: the indexed item vectors (default: the tower's own ``item_vectors``;
+            needed for towers that encode users from text and keep no item vectors).
     """
 
     def __init__(
@@ -117,8 +119,9 @@ class FeatureMaker:
         counts: Mapping[str, int],
         names: Sequence[str] = FEATURES[:2],
         ratings: RatingStats | None = None,
+        item_vectors: ItemVectors | None = None,
     ) -> None:
-        vectors = getattr(tower, "item_vectors", None)
+        vectors = item_vectors if item_vectors is not None else getattr(tower, "item_vectors", None)
         if not isinstance(vectors, ItemVectors):
             raise TypeError(f"{type(tower).__name__} has no bound item_vectors")
         unknown = [n for n in names if n not in FEATURES]

@@ -16,7 +16,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +24,9 @@ import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
 from catalog.text import HistoryEvent
@@ -101,6 +103,29 @@ class _Gate:
             self.admitted -= 1
 
 
+class _CacheCollector(Collector):
+    """The user encoder's embedding-cache counters, read at scrape time (none without one)."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.recommender.cache_stats()
+        if stats is None:
+            return
+        lookups = CounterMetricFamily(
+            "duorank_cache_lookups",
+            "Embedding-cache lookups by outcome (error: Redis unreachable, computed anyway)",
+            labels=["outcome"],
+        )
+        for outcome in ("hits", "misses", "errors", "corrupt"):
+            lookups.add_metric([outcome], float(stats[outcome]))
+        yield lookups
+        yield GaugeMetricFamily(
+            "duorank_cache_hit_ratio", "Embedding-cache hits / lookups", value=stats["hit_ratio"]
+        )
+
+
 def create_app(
     recommender: Recommender, *, token: str = "", limits: ServerLimits | None = None
 ) -> FastAPI:
@@ -129,6 +154,7 @@ def create_app(
     fallbacks = Counter(
         "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
     )
+    registry.register(_CacheCollector(recommender))
     gate = _Gate(lim.max_in_flight, lim.max_queue)
     state: dict[str, Any] = {"ready": False, "stop": threading.Event()}
 

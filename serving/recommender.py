@@ -1,8 +1,14 @@
 """The Recommender: retrieve candidates from the published index, rerank them point-wise.
 
-Opens the CURRENT index version, the catalog, the encoder (through the cache) and the reranker
-once; every call then embeds the user, searches the index, scores the candidates and returns
-them with per-stage timings and the index version that served the call.
+Opens the CURRENT index version, the catalog, the reranker and (for a text user tower) the
+encoder with its Redis cache once; every call then embeds the user, searches the index, scores
+the candidates and returns them with per-stage timings and the index version that served it.
+
+The user tower comes with the index version: the trained sequential tower published inside it
+(``index build --tower``); else, with ``user_encoder``, the user's profile and history text
+through the text model and its cache (the fine-tuned text two-tower); else the mean of recent
+liked item vectors read from the index. Only the text tower touches Redis, and a Redis outage
+there costs a cache miss, never a failed call.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from indexer.store import IndexRoot
 from rerank.data import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
-from retrieval.towers import MeanItemsTower, UserState, UserTower
+from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,10 @@ class Recommender:
         reranker: a :class:`rerank.Reranker`, or None for retrieval order only.
         n_recent: liked items pooled by the zero-shot user tower (index versions built
             without a trained tower).
+        user_encoder: embed users from their text with this encoder (and its cache) for index
+            versions built without a trained tower; it must be the model the index was built
+            with (checked by fingerprint).
+        user_template: the user text for ``user_encoder`` (default: the encoder's own budget).
     """
 
     def __init__(
@@ -79,7 +89,11 @@ class Recommender:
         reranker: Any | None = None,
         *,
         n_recent: int = 5,
+        user_encoder: Any | None = None,
+        user_template: UserTextTemplate | None = None,
     ) -> None:
+        self.user_encoder = user_encoder
+        self.user_text_template = user_template
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
         self.reranker = reranker
@@ -107,6 +121,14 @@ class Recommender:
             from retrieval.sequential import SequentialTower
 
             tower = SequentialTower.load(self.root.version_dir(version)).bind(vectors)
+        elif self.user_encoder is not None:
+            if manifest.get("model_fingerprint") != self.user_encoder.fingerprint:
+                raise ValueError(
+                    f"index version {version} was built with model "
+                    f"{manifest.get('model_fingerprint')}, the user encoder is "
+                    f"{self.user_encoder.fingerprint}: their vectors are not comparable"
+                )
+            tower = HistoryTextTower(self.user_encoder, self.catalog.items, self.user_text_template)
         else:
             tower = MeanItemsTower(vectors, n_recent=self.n_recent)
         expected = getattr(getattr(self.reranker, "config", None), "retrieval", tower.name)
@@ -125,8 +147,14 @@ class Recommender:
             self._counts,
             self.reranker.config.features if self.reranker is not None else FEATURES[:2],
             self._ratings,
+            vectors,
         )
         return _Loaded(version, index, tower, manifest, features)
+
+    def cache_stats(self) -> dict[str, int | float] | None:
+        """The user encoder's embedding-cache counters (None without a cached text tower)."""
+        cache = getattr(self.user_encoder, "cache", None)
+        return cache.stats.as_dict() if cache is not None else None
 
     @property
     def index_version(self) -> str:

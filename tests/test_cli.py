@@ -105,3 +105,38 @@ def test_settings_from_env_and_secret_masking() -> None:
     assert "s3cret" not in repr(settings)
     public = settings.public()
     assert public["api_token"] == "***" and "pw" not in public["redis_url"]
+
+
+def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) -> None:
+    """train tower -> index build --tower -> recommend (the tower serves), then a version
+    without a tower served with --text-users (users embedded from text through Redis)."""
+    from catalog import save_catalog
+    from tests.conftest import tiny_catalog
+
+    save_catalog(tiny_catalog(n_items=30, n_users=10, per_user=8), tmp_path / "data")  # type: ignore[arg-type]
+    base = ["--home", str(tmp_path / "home"), "--redis-url", redis_url]
+    data, root, tower = str(tmp_path / "data"), str(tmp_path / "index"), str(tmp_path / "tower")
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, [*base, "train", "tower", "--data", data, "--out", tower, "--quick"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tower" / "duorank-card.json").read_text())["blend"]
+    build = [*base, "index", "build", "--data", data, "--root", root, "--json"]
+    result = runner.invoke(cli, [*build, "--tower", tower])
+    assert result.exit_code == 0, result.output
+    recommend = [*base, "recommend", "--user", "u1", "-k", "3", "--data", data, "--root", root]
+    result = runner.invoke(cli, [*recommend, "--json"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(first["items"]) == 3 and first["fallback"] is None
+
+    result = runner.invoke(cli, build)  # a plain text-model version
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, [*recommend, "--text-users", "--json"])
+    assert result.exit_code == 0, result.output
+    second = json.loads(result.stdout.strip().splitlines()[-1])
+    assert second["index_version"] != first["index_version"] and len(second["items"]) == 3
+
+    result = runner.invoke(cli, [*build, "--tower", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "cannot load the tower" in result.output

@@ -76,7 +76,6 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         "bpr",
         "itemknn",
         "two_tower_finetuned",
-        "two_tower_finetuned+reranker",
         "two_tower_trained+reranker",
         "two_tower_zero_shot",
         "two_tower_trained",
