@@ -72,7 +72,8 @@ def _ndcg10(ranked: list[list[str]], held: list[str]) -> float:
 
 def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     """Times every backend on the same calls; needs a trained reranker under
-    ``<home>/models/reranker`` (``duorank train reranker`` or the quickstart)."""
+    ``<home>/models/reranker`` (``duorank train reranker`` or the quickstart) and, when it
+    learned from the trained tower, that tower under ``<home>/models/tower``."""
     from sentence_transformers import CrossEncoder
 
     ctx = ctx or BenchContext()
@@ -104,7 +105,13 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         threshold=reference.config.threshold,
         features=reference.config.features,
     )
-    stage = prepare_stage(catalog, split, vectors, cfg)
+    tower = None
+    if reference.config.retrieval == "sequential":  # the first stage it learned from
+        from retrieval.sequential import SequentialTower
+
+        tower = SequentialTower.load(ctx.home / "models" / "tower")
+        tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors.matrix)))
+    stage = prepare_stage(catalog, split, vectors, cfg, tower=tower)
     _, lists, held = validation_examples(catalog, split, stage, cfg)
     calls = [
         (

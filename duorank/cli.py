@@ -641,7 +641,20 @@ def train_tower_cmd(
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-5, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-5,
+    show_default=True,
+    help="Backbone learning rate.",
+)
+@click.option(
+    "--head-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate of the heads over the pooled text and the scalar features.",
+)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None)
 @click.option("--targets-per-user", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--random-negatives", type=click.IntRange(min=0), default=1, show_default=True)
@@ -677,6 +690,7 @@ def train_reranker_cmd(
     epochs: int,
     batch_size: int,
     lr: float,
+    head_lr: float,
     max_steps: int | None,
     targets_per_user: int,
     random_negatives: int,
@@ -703,6 +717,7 @@ def train_reranker_cmd(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        head_lr=head_lr,
         seed=seed,
         max_steps=30 if quick and max_steps is None else max_steps,
         targets_per_user=2 if quick else targets_per_user,
@@ -1207,6 +1222,7 @@ def quickstart(
             epochs=1,
             batch_size=16,
             lr=3e-5,
+            head_lr=1e-3,
             max_steps=None,
             targets_per_user=10,
             random_negatives=1,

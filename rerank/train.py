@@ -51,7 +51,8 @@ class RerankerTrainConfig:
 
     Attributes:
         head: ``binary`` or ``rating``.
-        epochs, batch_size, lr, warmup_ratio, max_steps: optimisation.
+        epochs, batch_size, lr, warmup_ratio, max_steps: optimisation (``lr``: the backbone).
+        head_lr: learning rate of the linear heads over the pooled text and the features.
         targets_per_user: most recent training events per user used as targets.
         random_negatives, hard_negatives: sampled negatives per positive.
         hard_pool: hard negatives come from the retrieval stage's top ``hard_pool``.
@@ -70,6 +71,7 @@ class RerankerTrainConfig:
     epochs: int = 1
     batch_size: int = 16
     lr: float = 3e-5
+    head_lr: float = 1e-3
     warmup_ratio: float = 0.1
     max_steps: int | None = None
     targets_per_user: int = 10
@@ -260,6 +262,81 @@ def fit_temperature(
     return best_t
 
 
+def fit_fusion(
+    net: RerankerNet,
+    tokenizer: Any,
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    labelled: Sequence[Example],
+    lists: Sequence[Sequence[Example]],
+    *,
+    steps: int = 400,
+    l2: float = 1e-3,
+) -> dict[str, Any]:
+    """Refits the binary head's last layer on validation: ``a * text logit + w . features + b``.
+
+    The cross-encoder's text logit and the scalar features (first-stage score, popularity,
+    mean ratings) are fused by weights fitted on validation only: binary cross-entropy on the
+    held-out interactions' like/dislike labels (calibrates, and weighs what separates likes
+    from dislikes) plus a softmax over each candidate list that holds the held-out item (weighs
+    what ranks it first). The result is written into ``net.head`` and ``net.feature_head``, so
+    every backend and the ONNX export carry it; probabilities stay a sigmoid of one logit.
+
+    Returns:
+        The fitted weights.
+    """
+    import torch
+
+    assert net.feature_head is not None and net.config.head == "binary"
+    w_f = net.feature_head.weight.detach()[0].double()
+    b_f = net.feature_head.bias.detach()[0].double()
+
+    def parts(examples: Sequence[Example]) -> tuple[Any, Any]:
+        logits = torch.from_numpy(predict_logits(net, tokenizer, examples, stage, cfg)[:, 0])
+        feats = torch.tensor([e.features for e in examples], dtype=torch.float64)
+        return logits.double() - (feats @ w_f + b_f), feats  # text logit, features
+
+    text_l, feats_l = parts(labelled)
+    labels = torch.tensor([e.label for e in labelled], dtype=torch.float64)
+    flat = [e for lst in lists for e in lst]
+    text_c, feats_c = parts(flat) if flat else (torch.zeros(0), torch.zeros(0, len(w_f)))
+    bounds, start = [], 0
+    for lst in lists:
+        hit = [n for n, e in enumerate(lst) if e.label == 1.0]
+        if hit:
+            bounds.append((start, start + len(lst), start + hit[0]))
+        start += len(lst)
+    a = torch.ones((), dtype=torch.float64, requires_grad=True)
+    w = w_f.clone().requires_grad_(True)
+    b = b_f.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([a, w, b], lr=0.05)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            a * text_l + feats_l @ w + b, labels
+        )
+        if bounds:
+            scores = a * text_c + feats_c @ w
+            ranking = torch.stack(
+                [torch.logsumexp(scores[s:e], 0) - scores[t] for s, e, t in bounds]
+            ).mean()
+            loss = loss + ranking
+        loss = loss + l2 * (w.square().sum() + (a - 1).square())
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    with torch.no_grad():
+        net.head.weight.mul_(float(a))
+        net.head.bias.mul_(float(a))
+        net.feature_head.weight[0] = w.to(net.feature_head.weight.dtype)
+        net.feature_head.bias[0] = b.to(net.feature_head.bias.dtype)
+    return {
+        "text_scale": float(a),
+        "feature_weights": dict(zip(net.config.features, w.tolist(), strict=True)),
+        "bias": float(b),
+        "lists_with_target": len(bounds),
+    }
+
+
 def evaluate(
     net: RerankerNet,
     tokenizer: Any,
@@ -412,7 +489,17 @@ def train_reranker(
     )
     net, tokenizer = new_net(base, config)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
+    # The backbone fine-tunes gently; the heads start from scratch (the scalar features'
+    # weights would barely move in a few hundred steps at the backbone's rate).
+    heads = [p for m in (net.head, net.feature_head) if m is not None for p in m.parameters()]
+    head_ids = {id(p) for p in heads}
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in net.parameters() if id(p) not in head_ids], "lr": cfg.lr},
+            {"params": heads, "lr": cfg.head_lr},
+        ],
+        weight_decay=0.01,
+    )
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -481,7 +568,28 @@ def train_reranker(
             break
     net.load_state_dict(best_state)
     calibration: dict[str, Any] = {"temperature": 1.0}
-    if cfg.calibrate and labelled:
+    if cfg.calibrate and labelled and cfg.head == "binary" and net.feature_head is not None:
+        best = max(history, key=lambda h: h["auc"]) if history else None
+        before = (  # the kept epoch's validation, computed already
+            {k: v for k, v in best.items() if k not in ("epoch", "steps", "train_loss")}
+            if best is not None and best["auc"] == best_auc
+            else evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+        )
+        fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
+        after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+        log.info("validation after fusion %s: %s", fusion, after)
+        calibration = {
+            "method": "fusion",
+            "temperature": 1.0,
+            **fusion,
+            "before": before,
+            "after": after,
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "logloss_before": before["logloss"],
+            "logloss_after": after["logloss"],
+        }
+    elif cfg.calibrate and labelled:
         logits = predict_logits(net, tokenizer, labelled, stage, cfg)
         labels = np.array([e.label for e in labelled])
         temperature = fit_temperature(logits, labels, config)
@@ -489,6 +597,7 @@ def train_reranker(
         config = replace(config, temperature=temperature)
         after = evaluate(net, tokenizer, stage, cfg, labelled, [], [], config)
         calibration = {
+            "method": "temperature",
             "temperature": temperature,
             "ece_before": before["ece"],
             "ece_after": after["ece"],
@@ -512,7 +621,7 @@ def train_reranker(
         "epochs": history,
         "calibration": calibration,
         "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
-        "note": "calibration fitted on the same validation pairs it is reported on",
+        "note": "calibration/fusion fitted on the same validation data it is reported on",
     }
     with atomic_dir(Path(out)) as staging:
         save_net(net, tokenizer, staging, config, card)

@@ -109,11 +109,19 @@ def test_binary_head_saves_a_standard_folder(trained: tuple[Path, Catalog]) -> N
     assert (out / "head.safetensors").exists()
     card = json.loads((out / "duorank-card.json").read_text())
     assert set(card["epochs"][0]) >= {"auc", "logloss", "ece", "ndcg@10_rerank"}
-    assert card["calibration"]["temperature"] > 0
+    # The fusion fitted on validation is written into the saved head (every backend has it).
+    fusion = card["calibration"]
+    assert fusion["method"] == "fusion" and fusion["temperature"] == 1.0
+    from safetensors.numpy import load_file
+
+    head = load_file(str(out / "head.safetensors"))
+    weights = [fusion["feature_weights"][f] for f in Reranker(out).config.features]
+    np.testing.assert_allclose(head["feature_head.weight"][0], weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head["feature_head.bias"][0], fusion["bias"], rtol=1e-5, atol=1e-6)
     assert not Path(str(out) + ".checkpoint").exists()
     reranker = Reranker(out)
     texts = [ItemTextTemplate().render(catalog.items[str(i)]) for i in range(10)]
-    probs = reranker.score("Liked, most recent first: Film 3; Film 7", texts, np.zeros((10, 2)))
+    probs = reranker.score("Liked, most recent first: Film 3; Film 7", texts, np.zeros((10, 4)))
     assert probs.shape == (10,) and ((probs > 0) & (probs < 1)).all()
     ranked = reranker.rerank("Liked: Film 3", [str(i) for i in range(10)], texts, k=4)
     assert len(ranked) == 4
@@ -127,7 +135,7 @@ def test_empty_unknown_and_bad_features(trained: tuple[Path, Catalog]) -> None:
     assert reranker.rerank("x", [], [], k=5) == []
     with pytest.raises(KeyError, match="unknown item id 'nope'"):
         reranker.rerank_items("x", ["1", "nope"], {"1": "Film 1"}, k=2)
-    with pytest.raises(ValueError, match=r"features must have shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"features must have shape \(2, 4\)"):
         reranker.score("x", ["a", "b"], np.zeros((2, 3)))
     with pytest.raises(ValueError, match="unknown backend"):
         Reranker(out, backend="tensorrt")
@@ -143,7 +151,10 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
     assert [p.name for p in written] == ["model.onnx", "model-int8.onnx"]
     texts = [ItemTextTemplate().render(item) for item in catalog.items.values()]
     rng = np.random.default_rng(0)
-    feats = np.stack([rng.uniform(-0.2, 0.9, len(texts)), rng.uniform(0, 1, len(texts))], axis=1)
+    n = len(texts)
+    feats = np.stack(
+        [rng.uniform(-0.2, 0.9, n), rng.uniform(0, 1, n), *rng.uniform(-1, 1, (2, n))], axis=1
+    )
     user = "Liked, most recent first: Film 3; Film 7; Film 11. Disliked: Film 2"
     # With the features the default model reads, every backend; the text part alone (whose
     # scores barely differ after two training steps) for the float backends. Int8 on the text
@@ -198,7 +209,7 @@ def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
     train_reranker(catalog, split, _vectors(catalog, encoder), tmp_path / "r", cfg, progress=False)
     reranker = Reranker(tmp_path / "r")
     assert reranker.config.head == "rating" and reranker.config.levels == (2.0, 5.0)
-    probs = reranker.score("Liked: Film 1", ["Film 2", "Film 3"], np.zeros((2, 2)))
+    probs = reranker.score("Liked: Film 1", ["Film 2", "Film 3"], np.zeros((2, 4)))
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
