@@ -306,6 +306,7 @@ def test_build_with_a_trained_tower(tmp_path: Path, redis_url: str, cli_namespac
     )
     assert result.exit_code == 0, result.output
     index, manifest = IndexRoot(tmp_path / "root").load()
-    assert manifest["dims"] == 16 and manifest["transform_fingerprint"]
     tower = SequentialTower.load(tmp_path / "tower")
     assert tower.cfg.dim == 16 and len(index) == 30
+    assert manifest["dims"] == tower.dim == 16 + (384 if tower.cfg.cold_blend > 0 else 0)
+    assert manifest["transform_fingerprint"] and manifest["tower"]["name"] == "sequential"
