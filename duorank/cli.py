@@ -781,6 +781,62 @@ def rerank_export(folder: Path, no_int8: bool) -> None:
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@rerank_group.command(name="calibrate")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Dataset folder (its validation split is what the fusion is fitted on).",
+)
+@click.option(
+    "--tower",
+    "tower_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The trained tower the reranker learned from (when it did).",
+)
+@click.option("--val-users", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def rerank_calibrate(
+    settings: Settings,
+    folder: Path,
+    data_path: Path,
+    tower_path: Path | None,
+    val_users: int | None,
+    seed: int,
+) -> None:
+    """Refit a binary reranker's validation fusion (text logit + features), no retraining."""
+    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from duorank.app import runtime
+    from rerank.train import recalibrate
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data_path)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    template = ItemTextTemplate()
+    with runtime(settings) as rt:
+        encoder = rt.encoder()
+        ids = [i for i, item in catalog.items.items() if template.render(item)]
+        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+    tower = None
+    if tower_path is not None:
+        from retrieval.sequential import SequentialTower
+
+        tower = SequentialTower.load(tower_path)
+        tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+    card = recalibrate(
+        catalog, split, ItemVectors(ids, vectors), folder, tower=tower, val_users=val_users
+    )
+    fusion = card["calibration"]
+    click.echo(f"fusion: text x{fusion['text_scale']:.3f}, features {fusion['feature_weights']}")
+    click.echo(f"validation before: {fusion['before']}")
+    click.echo(f"validation after:  {fusion['after']}")
+    click.echo(f"saved {folder} (run `duorank rerank export {folder}` again for ONNX)")
+
+
 # ---------------------------------------------------------------------------- bench
 
 

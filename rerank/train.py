@@ -3,8 +3,9 @@
 Each epoch ends with validation: like/dislike AUC, log loss and expected calibration error of the
 held-out validation interactions, and NDCG@10 of reranking the retrieval stage's top candidates
 (next to the retrieval order's own NDCG@10 on the same lists). The best epoch by validation AUC
-is kept; a temperature fitted on validation calibrates the probabilities. Checkpoints at the end
-of each epoch let ``--resume`` continue an interrupted run.
+is kept; then a fusion of its text logit and the scalar features (binary head,
+:func:`fit_fusion`) or a temperature (rating head), fitted on validation, calibrates the
+probabilities. Checkpoints at the end of each epoch let ``--resume`` continue an interrupted run.
 """
 
 from __future__ import annotations
@@ -270,8 +271,8 @@ def fit_fusion(
     labelled: Sequence[Example],
     lists: Sequence[Sequence[Example]],
     *,
-    steps: int = 400,
-    l2: float = 1e-3,
+    steps: int = 800,
+    l2: float = 1e-4,
 ) -> dict[str, Any]:
     """Refits the binary head's last layer on validation: ``a * text logit + w . features + b``.
 
@@ -306,25 +307,34 @@ def fit_fusion(
         if hit:
             bounds.append((start, start + len(lst), start + hit[0]))
         start += len(lst)
+    # Fitted on standardised inputs (a cosine differs by hundredths between candidates, a mean
+    # rating by a star), then mapped back to raw units.
+    every = torch.cat([feats_l, feats_c]) if len(feats_c) else feats_l
+    mu, sigma = every.mean(0), every.std(0).clamp(min=1e-6)
+    t_sigma = torch.cat([text_l, text_c]).std().clamp(min=1e-6) if len(text_c) else 1.0
+    z_l, z_c = (feats_l - mu) / sigma, (feats_c - mu) / sigma
     a = torch.ones((), dtype=torch.float64, requires_grad=True)
-    w = w_f.clone().requires_grad_(True)
-    b = b_f.clone().requires_grad_(True)
+    w = torch.zeros(len(w_f), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([a, w, b], lr=0.05)
     for _ in range(steps):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            a * text_l + feats_l @ w + b, labels
+            a * text_l / t_sigma + z_l @ w + b, labels
         )
         if bounds:
-            scores = a * text_c + feats_c @ w
+            scores = a * text_c / t_sigma + z_c @ w
             ranking = torch.stack(
                 [torch.logsumexp(scores[s:e], 0) - scores[t] for s, e, t in bounds]
             ).mean()
             loss = loss + ranking
-        loss = loss + l2 * (w.square().sum() + (a - 1).square())
+        loss = loss + l2 * (w.square().sum() + a.square())
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     with torch.no_grad():
+        a = a / t_sigma
+        b = b - (w * mu / sigma).sum()
+        w = w / sigma
         net.head.weight.mul_(float(a))
         net.head.bias.mul_(float(a))
         net.feature_head.weight[0] = w.to(net.feature_head.weight.dtype)
@@ -628,4 +638,58 @@ def train_reranker(
     import shutil
 
     shutil.rmtree(checkpoint, ignore_errors=True)
+    return card
+
+
+def recalibrate(
+    catalog: Catalog,
+    split: Split,
+    item_vectors: ItemVectors,
+    folder: str | Path,
+    *,
+    tower: UserTower | None = None,
+    val_users: int | None = None,
+) -> dict[str, Any]:
+    """Refits the validation fusion of a saved binary reranker, without retraining.
+
+    For new validation data, or a new first stage of the same kind. The folder is replaced
+    atomically (its ONNX exports are dropped: they would be stale; export again).
+
+    Returns:
+        The updated model card.
+
+    Raises:
+        ValueError: not a binary head with features.
+    """
+    from rerank.model import load_net
+
+    root = Path(folder)
+    net, tokenizer, config = load_net(root)
+    if config.head != "binary" or net.feature_head is None:
+        raise ValueError(f"{root}: only a binary head with features has a fusion to refit")
+    card: dict[str, Any] = json.loads((root / "duorank-card.json").read_text())
+    raw = dict(card["config"])
+    raw["features"] = tuple(raw.get("features", ()))
+    if val_users is not None:
+        raw["val_users"] = val_users
+    cfg = RerankerTrainConfig(**raw)
+    stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
+    labelled, lists, held = validation_examples(catalog, split, stage, cfg)
+    before = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+    fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
+    after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+    card["calibration"] = {
+        "method": "fusion",
+        "temperature": 1.0,
+        **fusion,
+        "before": before,
+        "after": after,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "logloss_before": before["logloss"],
+        "logloss_after": after["logloss"],
+        "refitted": True,
+    }
+    with atomic_dir(root) as staging:
+        save_net(net, tokenizer, staging, config, card)
     return card
