@@ -557,6 +557,28 @@ def train_retriever_cmd(
     click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
 
 
+def _item_vectors(rt: Any, catalog: Any) -> tuple[Any, list[str], Any]:
+    """The runtime's cached encoder, the ids of the items with text and their text vectors."""
+    from catalog import ItemTextTemplate
+
+    template = ItemTextTemplate()
+    encoder = rt.encoder()
+    ids = [i for i, item in catalog.items.items() if template.render(item)]
+    texts = [template.render(catalog.items[i]) for i in ids]
+    return encoder, ids, encoder.encode(texts, progress=True)
+
+
+def _bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
+    """The sequential tower at ``path`` bound to its item vectors (None without a path)."""
+    if path is None:
+        return None
+    from retrieval.sequential import SequentialTower
+    from retrieval.vectors import ItemVectors
+
+    tower = SequentialTower.load(path)
+    return tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+
+
 @train.command(name="tower")
 @click.option(
     "--data",
@@ -588,7 +610,7 @@ def train_tower_cmd(
     quick: bool,
 ) -> None:
     """Train the sequential user tower on cached item vectors (minutes on a CPU)."""
-    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from catalog import leave_one_out, load_catalog
     from catalog.fsutil import atomic_dir, write_json
     from catalog.history import group_histories
     from duorank.app import runtime
@@ -597,11 +619,8 @@ def train_tower_cmd(
 
     catalog = load_catalog(data_path)
     split = leave_one_out(catalog.interactions, seed=seed)
-    template = ItemTextTemplate()
     with runtime(settings) as rt:
-        encoder = rt.encoder()
-        ids = [i for i, item in catalog.items.items() if template.render(item)]
-        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+        encoder, ids, vectors = _item_vectors(rt, catalog)
         fingerprint = encoder.fingerprint
     cfg = SequentialConfig(dim=dim, epochs=3 if quick else epochs, use_ids=not no_ids, seed=seed)
     validation = dict(
@@ -704,7 +723,7 @@ def train_reranker_cmd(
     quick: bool,
 ) -> None:
     """Fine-tune the point-wise cross-encoder reranker on the training split."""
-    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from catalog import leave_one_out, load_catalog
     from duorank.app import runtime
     from rerank.model import DEFAULT_FEATURES
     from rerank.train import RerankerTrainConfig, train_reranker
@@ -728,17 +747,9 @@ def train_reranker_cmd(
         val_users=30 if quick else val_users,
         val_candidates=20 if quick else 50,
     )
-    template = ItemTextTemplate()
     with runtime(settings) as rt:
-        encoder = rt.encoder()
-        ids = [i for i, item in catalog.items.items() if template.render(item)]
-        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
-        tower = None
-        if tower_path is not None:
-            from retrieval.sequential import SequentialTower
-
-            tower = SequentialTower.load(tower_path)
-            tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+        encoder, ids, vectors = _item_vectors(rt, catalog)
+        tower = _bound_tower(tower_path, ids, vectors)
         card = train_reranker(
             catalog,
             split,
@@ -809,24 +820,16 @@ def rerank_calibrate(
     seed: int,
 ) -> None:
     """Refit a binary reranker's validation fusion (text logit + features), no retraining."""
-    from catalog import ItemTextTemplate, leave_one_out, load_catalog
+    from catalog import leave_one_out, load_catalog
     from duorank.app import runtime
     from rerank.train import recalibrate
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data_path)
     split = leave_one_out(catalog.interactions, seed=seed)
-    template = ItemTextTemplate()
     with runtime(settings) as rt:
-        encoder = rt.encoder()
-        ids = [i for i, item in catalog.items.items() if template.render(item)]
-        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
-    tower = None
-    if tower_path is not None:
-        from retrieval.sequential import SequentialTower
-
-        tower = SequentialTower.load(tower_path)
-        tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+        _, ids, vectors = _item_vectors(rt, catalog)
+    tower = _bound_tower(tower_path, ids, vectors)
     card = recalibrate(
         catalog, split, ItemVectors(ids, vectors), folder, tower=tower, val_users=val_users
     )
@@ -933,7 +936,7 @@ def eval_cmd(
     """Offline evaluation: full ranking, baselines, bootstrap intervals, report and plots."""
     from benchmarks.contract import format_table, git_commit, machine_info
     from benchmarks.evaluation import run_eval, write_report
-    from catalog import ItemTextTemplate, load_catalog
+    from catalog import load_catalog
     from duorank.app import runtime
     from rerank import Reranker
     from retrieval.sequential import SequentialConfig
@@ -944,11 +947,8 @@ def eval_cmd(
     if reranker_path is None and (default_rr / "reranker.json").is_file():
         reranker_path = default_rr
     reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
-    template = ItemTextTemplate()
     with runtime(settings) as rt:
-        encoder = rt.encoder()
-        ids = [i for i, item in catalog.items.items() if template.render(item)]
-        vectors = encoder.encode([template.render(catalog.items[i]) for i in ids], progress=True)
+        _, ids, vectors = _item_vectors(rt, catalog)
         retriever = rt.encoder(retriever_path) if retriever_path else None
         report = run_eval(
             catalog,

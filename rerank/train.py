@@ -347,6 +347,34 @@ def fit_fusion(
     }
 
 
+def _fuse(
+    net: RerankerNet,
+    tokenizer: Any,
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    labelled: Sequence[Example],
+    lists: Sequence[Sequence[Example]],
+    held: Sequence[str],
+    config: RerankerConfig,
+    before: dict[str, float],
+) -> dict[str, Any]:
+    """Fits the fusion and returns the card's calibration record (validation before/after)."""
+    fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
+    after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+    log.info("validation after fusion %s: %s", fusion, after)
+    return {
+        "method": "fusion",
+        "temperature": 1.0,
+        **fusion,
+        "before": before,
+        "after": after,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "logloss_before": before["logloss"],
+        "logloss_after": after["logloss"],
+    }
+
+
 def evaluate(
     net: RerankerNet,
     tokenizer: Any,
@@ -585,20 +613,7 @@ def train_reranker(
             if best is not None and best["auc"] == best_auc
             else evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
         )
-        fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
-        after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
-        log.info("validation after fusion %s: %s", fusion, after)
-        calibration = {
-            "method": "fusion",
-            "temperature": 1.0,
-            **fusion,
-            "before": before,
-            "after": after,
-            "ece_before": before["ece"],
-            "ece_after": after["ece"],
-            "logloss_before": before["logloss"],
-            "logloss_after": after["logloss"],
-        }
+        calibration = _fuse(net, tokenizer, stage, cfg, labelled, lists, held, config, before)
     elif cfg.calibrate and labelled:
         logits = predict_logits(net, tokenizer, labelled, stage, cfg)
         labels = np.array([e.label for e in labelled])
@@ -676,18 +691,8 @@ def recalibrate(
     stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
     before = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
-    fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
-    after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
     card["calibration"] = {
-        "method": "fusion",
-        "temperature": 1.0,
-        **fusion,
-        "before": before,
-        "after": after,
-        "ece_before": before["ece"],
-        "ece_after": after["ece"],
-        "logloss_before": before["logloss"],
-        "logloss_after": after["logloss"],
+        **_fuse(net, tokenizer, stage, cfg, labelled, lists, held, config, before),
         "refitted": True,
     }
     with atomic_dir(root) as staging:
