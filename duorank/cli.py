@@ -43,6 +43,9 @@ class DuorankGroup(click.Group):
         except KeyError as exc:
             click.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
             ctx.exit(EXIT_USAGE)
+        except (FileNotFoundError, ValueError) as exc:  # a missing model folder, a bad value
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
 
 
 def _setup_logging(level: str) -> None:

@@ -140,3 +140,19 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
 
     result = runner.invoke(cli, [*build, "--tower", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "cannot load the tower" in result.output
+
+
+def test_missing_tower_or_reranker_folder_is_a_clean_usage_error(tmp_path: Path) -> None:
+    from catalog import save_catalog
+    from tests.conftest import tiny_catalog
+
+    save_catalog(tiny_catalog(), tmp_path / "data")  # type: ignore[arg-type]
+    data, missing = str(tmp_path / "data"), str(tmp_path / "nowhere")
+    for args in (
+        ["train", "reranker", "--data", data, "--out", str(tmp_path / "rr"), "--tower", missing],
+        ["rerank", "calibrate", missing, "--data", data],
+    ):
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), *args])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "nowhere" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "rr").exists()  # nothing half-written
