@@ -112,7 +112,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         tower = SequentialTower.load(ctx.home / "models" / "tower")
         tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors.matrix)))
     stage = prepare_stage(catalog, split, vectors, cfg, tower=tower)
-    _, lists, held = validation_examples(catalog, split, stage, cfg)
+    _, lists, held = validation_examples(catalog, split, stage, cfg, every_list=True)
     calls = [
         (
             lst[0].user_text,

@@ -46,8 +46,13 @@ from retrieval.vectors import ItemVectors
 log = logging.getLogger(__name__)
 
 KS = (10, 20, 50, 100)
-RERANK_DEPTH = 100
+RERANK_DEPTH = 50
+"""Candidates reranked per user: the serving default, and the depth the fusion is fitted on."""
 COLD_THRESHOLD = 5
+SEEDS_PROTOCOL = (
+    "the first seed chooses epochs and cold-item blend on validation; every seed refits on "
+    "train + validation with them (its own initialisation and batch order) and is tested once"
+)
 """Test items with fewer training interactions than this count as cold."""
 
 
@@ -268,12 +273,14 @@ def run_eval(
     quick: bool = False,
     seed: int = 0,
     seeds: int = 1,
+    rerank_als: bool = True,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Evaluates every method; returns the report (see the README for its layout).
 
     ``seeds`` > 1 repeats the trained tower with seeds ``seed + 1, ...`` and reports each
-    run's headline metrics beside the first.
+    run's headline metrics beside the first (and of the pipeline, reranked per seed).
+    ``rerank_als`` also reranks ALS's candidates (what the reranker adds on its own).
     """
     split: Split = leave_one_out(catalog.interactions, seed=seed)
     max_users = 100 if quick else None
@@ -359,30 +366,40 @@ def run_eval(
         zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
     )
 
-    def trained_tower(cfg: SequentialConfig) -> tuple[Ranked, Any, Any, dict[str, Any]]:
+    def trained_tower(
+        cfg: SequentialConfig, chosen: SequentialConfig | None = None
+    ) -> tuple[Ranked, Any, Any, dict[str, Any]]:
         """Train on train (early stopping and blend weight on validation), refit on train +
-        validation for as many epochs, rank test: the protocol of every tuned method."""
-        val_tower, card = train_sequential(item_vectors, hist_val, targets_val, cfg, progress=False)
-        refit_cfg = replace(  # the epochs and cold-item blend chosen on validation
-            cfg,
-            epochs=max(1, int(card["best_epoch"])),
-            cold_blend=val_tower.cfg.cold_blend,
-            blend_grid=(),
-        )
+        validation for as many epochs, rank test: the protocol of every tuned method. With
+        ``chosen`` (the refit settings another seed validated) only the refit runs."""
+        validation: dict[str, Any] = {}
+        if chosen is None:
+            val_tower, card = train_sequential(
+                item_vectors, hist_val, targets_val, cfg, progress=False
+            )
+            refit_cfg = replace(  # the epochs and cold-item blend chosen on validation
+                cfg,
+                epochs=max(1, int(card["best_epoch"])),
+                cold_blend=val_tower.cfg.cold_blend,
+                blend_grid=(),
+            )
+            validation = {
+                "validation_recall@10": card["best_recall@10"],
+                "validation_blend": card["blend"],
+                "validation_blend_zero_shot": card["blend_zero_shot"],
+            }
+        else:
+            refit_cfg = replace(chosen, seed=cfg.seed)
         tower, _ = train_sequential(item_vectors, hist_test, {}, refit_cfg, progress=False)
         assert tower.item_vectors is not None
         tower_index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
         ranked = rank_two_tower(
             tower, tower_index, test, hist_test, item_vectors=tower.item_vectors
         )
-        params = {
-            **asdict(refit_cfg),
-            "validation_recall@10": card["best_recall@10"],
-            "validation_blend": card["blend"],
-            "validation_blend_zero_shot": card["blend_zero_shot"],
-        }
-        return ranked, tower, tower_index, params
+        return ranked, tower, tower_index, {**asdict(refit_cfg), **validation}
 
+    other_seeds: list[tuple[int, Ranked, Any, Any]] = []  # (seed, ranking, tower, index)
+    pipeline_seeds: list[tuple[int, Ranked]] = []
     if sequential is not None:
         started = time.perf_counter()
         ranked, seq_tower, seq_index, params = trained_tower(sequential)
@@ -393,14 +410,24 @@ def run_eval(
         if reranker is not None and reranker.config.retrieval == seq_tower.name:
             first_stage = (seq_tower, seq_index)
         runs = [{"seed": sequential.seed, **_headline(methods["two_tower_trained"])}]
-        for extra in range(1, seeds):  # the same protocol with other seeds: how much is noise
+        chosen = replace(
+            sequential,
+            epochs=int(params["epochs"]),
+            cold_blend=float(params["cold_blend"]),
+            blend_grid=(),
+        )
+        for extra in range(1, seeds):
+            # Other seeds refit with the settings validated above: how much of the figure is
+            # the seed (initialisation and batch order), not the choice of epochs and blend.
             seed_cfg = replace(sequential, seed=sequential.seed + extra)
             progress(f"two_tower_trained: seed {seed_cfg.seed}")
-            ranked_s, *_ = trained_tower(seed_cfg)
+            ranked_s, tower_s, index_s, _ = trained_tower(seed_cfg, chosen)
             runs.append({"seed": seed_cfg.seed, **_headline(metrics_of(ranked_s, test, cold))})
+            other_seeds.append((seed_cfg.seed, ranked_s, tower_s, index_s))
         if seeds > 1:
             values = np.array([r["ndcg@10"] for r in runs])
             methods["two_tower_trained"]["seeds"] = {
+                "protocol": SEEDS_PROTOCOL,
                 "runs": runs,
                 "ndcg@10_mean": float(values.mean()),
                 "ndcg@10_std": float(values.std(ddof=1)),
@@ -443,16 +470,18 @@ def run_eval(
                 f"the reranker learned from a {reranker.config.retrieval} first stage; "
                 "evaluate it with that tower (--trained-tower)"
             )
-        pipeline_features = FeatureMaker(  # the features the reranker trained and serves with
-            *first_stage,
-            {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c},
-            reranker.config.features,
-            RatingStats.of(Interactions.concat([split.train, split.validation])),
-        )
+        test_counts = {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c}
+        test_ratings = RatingStats.of(Interactions.concat([split.train, split.validation]))
+
+        def features_of(tower: Any, index: Any) -> FeatureMaker:
+            """The features the reranker trained and serves with, from this first stage."""
+            return FeatureMaker(tower, index, test_counts, reranker.config.features, test_ratings)
+
+        pipeline_features = features_of(*first_stage)
         # The default pipeline's first stage (the trained tower, else the zero-shot one) and
-        # ALS (what the reranker adds on its own); 610 x 100 pairs each is most of the run.
+        # ALS (what the reranker adds on its own); 610 x 50 pairs each is most of the run.
         first = "two_tower_trained" if "two_tower_trained" in rankings else "two_tower_zero_shot"
-        bases = [first, "als"]
+        bases = [first, "als"] if rerank_als else [first]
         for base, name in ((b, f"{b}+reranker") for b in bases if b in rankings):
             started = time.perf_counter()
             ranked = rerank_top(
@@ -467,6 +496,22 @@ def run_eval(
             methods[name]["candidate_recall@100"] = methods[base]["recall@100"]
             methods[name]["calibration"] = calibration_curve(ranked.target_score, test.like)
             methods[name]["ece"] = expected_calibration_error(ranked.target_score, test.like)
+        if first == "two_tower_trained" and other_seeds and first_stage[0] is seq_tower:
+            # The headline over seeds: each seed's tower, its candidates and its features.
+            pipeline_seeds.append(
+                (int(methods[first]["params"]["seed"]), rankings[f"{first}+reranker"])
+            )
+            for seed_s, ranked_s, tower_s, index_s in other_seeds:
+                progress(f"{first}+reranker: seed {seed_s}")
+                features_s = features_of(tower_s, index_s)
+                pipeline_seeds.append(
+                    (
+                        seed_s,
+                        rerank_top(
+                            ranked_s, test, catalog, reranker, features_s, hist_test, template
+                        ),
+                    )
+                )
     if "als" in rankings:  # the collaborative reference every method is compared with
         reference = per_user_ndcg10(rankings["als"], test)
         for name, ranked in rankings.items():
@@ -479,6 +524,22 @@ def run_eval(
                     if methods["als"]["ndcg@10"]
                     else None
                 )
+    if pipeline_seeds:
+        runs = []
+        for seed_s, ranked_s in pipeline_seeds:
+            run: dict[str, Any] = {"seed": seed_s, **_headline(metrics_of(ranked_s, test, cold))}
+            if "als" in rankings:
+                diff = per_user_ndcg10(ranked_s, test) - per_user_ndcg10(rankings["als"], test)
+                run["ndcg@10_vs_als"] = run["ndcg@10"] / methods["als"]["ndcg@10"]
+                run["ndcg@10_minus_als_ci95"] = list(bootstrap_ci(diff, seed=seed))
+            runs.append(run)
+        values = np.array([r["ndcg@10"] for r in runs])
+        methods["two_tower_trained+reranker"]["seeds"] = {
+            "runs": runs,
+            "ndcg@10_mean": float(values.mean()),
+            "ndcg@10_std": float(values.std(ddof=1)),
+            "protocol": SEEDS_PROTOCOL,
+        }
     return {
         "dataset": catalog.source,
         "protocol": {

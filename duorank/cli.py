@@ -689,7 +689,13 @@ def train_tower_cmd(
     is_flag=True,
     help="Text only: no retrieval score, popularity or mean-rating inputs.",
 )
-@click.option("--val-users", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--val-users",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Validation users (seeded sample); only lists holding the held-out item are scored.",
+)
 @click.option(
     "--tower",
     "tower_path",
@@ -700,8 +706,13 @@ def train_tower_cmd(
     "Default: zero-shot pooling of recent liked item vectors.",
 )
 @click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint.")
+@click.option(
+    "--eval-before",
+    is_flag=True,
+    help="Also validate the untrained model, as a baseline (one more validation pass).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 30 val users.")
+@click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 200 val users.")
 @click.pass_obj
 def train_reranker_cmd(
     settings: Settings,
@@ -722,6 +733,7 @@ def train_reranker_cmd(
     val_users: int,
     tower_path: Path | None,
     resume: bool,
+    eval_before: bool,
     seed: int,
     quick: bool,
 ) -> None:
@@ -747,8 +759,9 @@ def train_reranker_cmd(
         hard_negatives=hard_negatives,
         threshold=threshold,
         features=() if no_features else DEFAULT_FEATURES,
-        val_users=30 if quick else val_users,
+        val_users=min(200, val_users) if quick else val_users,
         val_candidates=20 if quick else 50,
+        eval_before=eval_before,
     )
     with runtime(settings) as rt:
         encoder, ids, vectors = _item_vectors(rt, catalog)
@@ -766,7 +779,8 @@ def train_reranker_cmd(
         )
     from benchmarks.contract import format_table
 
-    rows = [{"model": "before training", **card["before_training"]}]
+    before = card["before_training"]
+    rows = [{"model": "before training", **before}] if before else []
     rows += [
         {
             "model": f"epoch {e['epoch']}",
@@ -922,6 +936,13 @@ def bench(settings: Settings, name: str, quick: bool, output: Path | None) -> No
     show_default=True,
     help="Train and test the trained tower with this many seeds (seed, seed+1, ...).",
 )
+@click.option(
+    "--rerank-als/--no-rerank-als",
+    default=True,
+    show_default=True,
+    help="Also rerank ALS's candidates (what the reranker adds on its own; one more rerank "
+    "pass over every test user).",
+)
 @click.option("--quick", is_flag=True, help="100 users and small grids, for CI.")
 @click.pass_obj
 def eval_cmd(
@@ -934,6 +955,7 @@ def eval_cmd(
     trained_tower: bool,
     seed: int,
     seeds: int,
+    rerank_als: bool,
     quick: bool,
 ) -> None:
     """Offline evaluation: full ranking, baselines, bootstrap intervals, report and plots."""
@@ -964,6 +986,7 @@ def eval_cmd(
             quick=quick,
             seed=seed,
             seeds=seeds,
+            rerank_als=rerank_als,
             progress=lambda m: click.echo(m, err=True),
         )
     report["machine"] = machine_info()
@@ -1082,9 +1105,9 @@ def _user_encoder(settings: Settings, text_users: bool) -> Iterator[Any]:
 @click.option(
     "--candidates",
     type=click.IntRange(min=1, max=5000),
-    default=100,
+    default=50,
     show_default=True,
-    help="Retrieved candidates passed to the reranker.",
+    help="Retrieved candidates passed to the reranker (its fusion is fitted on the top 50).",
 )
 @_serving_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -1288,9 +1311,10 @@ def quickstart(
             hard_negatives=1,
             threshold=4.0,
             no_features=False,
-            val_users=200,
+            val_users=1000,
             tower_path=tower_dir,
             resume=False,
+            eval_before=False,
             seed=0,
             quick=True,
         )

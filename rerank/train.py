@@ -64,7 +64,9 @@ class RerankerTrainConfig:
         val_users: validate on a seeded sample of this many users (None = all).
         val_candidates: retrieval candidates reranked for validation NDCG@10.
         patience: epochs without AUC improvement before stopping.
-        calibrate: fit a temperature on validation.
+        calibrate: fit the fusion (binary head) or a temperature (rating head) on validation.
+        eval_before: also validate the untrained model (a baseline for the card; one more
+            validation pass, minutes on a CPU).
         seed: seeds Python, numpy and torch.
     """
 
@@ -84,10 +86,11 @@ class RerankerTrainConfig:
     max_liked: int = 10
     max_disliked: int = 5
     features: tuple[str, ...] = DEFAULT_FEATURES
-    val_users: int | None = 200
+    val_users: int | None = 1000
     val_candidates: int = 50
     patience: int = 1
     calibrate: bool = True
+    eval_before: bool = False
     seed: int = 0
 
 
@@ -178,12 +181,20 @@ def predict_logits(
 
 
 def validation_examples(
-    catalog: Catalog, split: Split, stage: Stage, cfg: RerankerTrainConfig
+    catalog: Catalog,
+    split: Split,
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    *,
+    every_list: bool = False,
 ) -> tuple[list[Example], list[list[Example]], list[str]]:
     """Held-out validation pairs (for AUC) and, per user, the retrieval candidates (for NDCG).
 
     The user text and features use the whole training history (all of it precedes the
-    validation interaction). Returns (labelled pairs, candidate lists, held-out item per list).
+    validation interaction). A list whose candidates miss the held-out item is left empty
+    unless ``every_list``: no order of it can score, so it costs the reranker nothing to skip
+    (about two thirds of the lists; NDCG@10 still averages over every user).
+    Returns (labelled pairs, candidate lists, held-out item per list).
     """
     histories = group_histories(split.train, seed=cfg.seed)
     targets = {
@@ -221,6 +232,10 @@ def validation_examples(
         seen = {e.item_id for e in history}
         result = stage.features.index.search(uvec[None, :], cfg.val_candidates, exclude=[seen])
         cands = [i for i in result.ids[0] if i in stage.item_text]
+        if item_id not in cands and not every_list:
+            lists.append([])
+            held.append(item_id)
+            continue
         feats = stage.features.features(uvec, cands, history)
         lists.append(
             [
@@ -263,94 +278,79 @@ def fit_temperature(
     return best_t
 
 
+USER_LEVEL = frozenset({"user_mean_rating"})
+"""Features constant within a user's candidate list: they calibrate, they cannot reorder."""
+
+
 def fit_fusion(
     net: RerankerNet,
-    tokenizer: Any,
-    stage: Stage,
-    cfg: RerankerTrainConfig,
+    logits_l: npt.NDArray[np.float32],
+    logits_c: npt.NDArray[np.float32],
     labelled: Sequence[Example],
     lists: Sequence[Sequence[Example]],
-    *,
-    steps: int = 800,
-    l2: float = 1e-4,
-) -> dict[str, Any]:
-    """Refits the binary head's last layer on validation: ``a * text logit + w . features + b``.
+    seed: int = 0,
+) -> tuple[dict[str, Any], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Refits the binary head's last layer on validation (:mod:`rerank.fusion`).
 
-    The cross-encoder's text logit and the scalar features (first-stage score, popularity,
-    mean ratings) are fused by weights fitted on validation only: binary cross-entropy on the
-    held-out interactions' like/dislike labels (calibrates, and weighs what separates likes
-    from dislikes) plus a softmax over each candidate list that holds the held-out item (weighs
-    what ranks it first). The result is written into ``net.head`` and ``net.feature_head``, so
-    every backend and the ONNX export carry it; probabilities stay a sigmoid of one logit.
+    ``logits_l``/``logits_c`` are the net's logits of the labelled pairs and of the flattened
+    candidate lists (one validation pass, reused). The fused weights are written into
+    ``net.head`` (the text logit's scale) and ``net.feature_head``, so every backend and the
+    ONNX export carry them; probabilities stay a sigmoid of one logit.
 
     Returns:
-        The fitted weights.
+        The card's record, and the fused logits of the labelled pairs and of the candidates.
     """
     import torch
 
+    from rerank import fusion
+
     assert net.feature_head is not None and net.config.head == "binary"
-    w_f = net.feature_head.weight.detach()[0].double()
-    b_f = net.feature_head.bias.detach()[0].double()
+    w_f = net.feature_head.weight.detach()[0].double().numpy()
+    b_f = float(net.feature_head.bias.detach()[0])
+    names = tuple(net.config.features)
 
-    def parts(examples: Sequence[Example]) -> tuple[Any, Any]:
-        logits = torch.from_numpy(predict_logits(net, tokenizer, examples, stage, cfg)[:, 0])
-        feats = torch.tensor([e.features for e in examples], dtype=torch.float64)
-        return logits.double() - (feats @ w_f + b_f), feats  # text logit, features
+    def rows(logits: npt.NDArray[np.float32], examples: Sequence[Example]) -> Any:
+        feats = np.array([e.features for e in examples], dtype=np.float64).reshape(-1, len(names))
+        text = logits[:, 0].astype(np.float64) - (feats @ w_f + b_f)
+        return np.column_stack([text, feats])
 
-    text_l, feats_l = parts(labelled)
-    labels = torch.tensor([e.label for e in labelled], dtype=torch.float64)
-    flat = [e for lst in lists for e in lst]
-    text_c, feats_c = parts(flat) if flat else (torch.zeros(0), torch.zeros(0, len(w_f)))
-    bounds, start = [], 0
+    x_l = rows(logits_l, labelled)
+    x_c = rows(logits_c, [e for lst in lists for e in lst])
+    with_target, targets, start = [], [], 0
     for lst in lists:
         hit = [n for n, e in enumerate(lst) if e.label == 1.0]
         if hit:
-            bounds.append((start, start + len(lst), start + hit[0]))
+            with_target.append(x_c[start : start + len(lst)])
+            targets.append(hit[0])
         start += len(lst)
-    # Fitted on standardised inputs (a cosine differs by hundredths between candidates, a mean
-    # rating by a star), then mapped back to raw units.
-    every = torch.cat([feats_l, feats_c]) if len(feats_c) else feats_l
-    mu, sigma = every.mean(0), every.std(0).clamp(min=1e-6)
-    t_sigma = torch.cat([text_l, text_c]).std().clamp(min=1e-6) if len(text_c) else 1.0
-    z_l, z_c = (feats_l - mu) / sigma, (feats_c - mu) / sigma
-    a = torch.ones((), dtype=torch.float64, requires_grad=True)
-    w = torch.zeros(len(w_f), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.Adam([a, w, b], lr=0.05)
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            a * text_l / t_sigma + z_l @ w + b, labels
-        )
-        if bounds:
-            scores = a * text_c / t_sigma + z_c @ w
-            ranking = torch.stack(
-                [torch.logsumexp(scores[s:e], 0) - scores[t] for s, e, t in bounds]
-            ).mean()
-            loss = loss + ranking
-        loss = loss + l2 * (w.square().sum() + a.square())
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+    fit = fusion.fit(
+        ("text", *names),
+        x_l,
+        np.array([e.label for e in labelled]),
+        with_target,
+        targets,
+        user_level=[n for n in names if n in USER_LEVEL],
+        seed=seed,
+    )
     with torch.no_grad():
-        a = a / t_sigma
-        b = b - (w * mu / sigma).sum()
-        w = w / sigma
-        net.head.weight.mul_(float(a))
-        net.head.bias.mul_(float(a))
-        net.feature_head.weight[0] = w.to(net.feature_head.weight.dtype)
-        net.feature_head.bias[0] = b.to(net.feature_head.bias.dtype)
-    return {
-        "text_scale": float(a),
-        "feature_weights": dict(zip(net.config.features, w.tolist(), strict=True)),
-        "bias": float(b),
-        "lists_with_target": len(bounds),
+        net.head.weight.mul_(float(fit.weights[0]))
+        net.head.bias.mul_(float(fit.weights[0]))
+        net.feature_head.weight[0] = torch.from_numpy(fit.weights[1:]).to(
+            net.feature_head.weight.dtype
+        )
+        net.feature_head.bias[0] = fit.bias
+    record = {
+        "text_scale": float(fit.weights[0]),
+        "feature_weights": dict(zip(names, fit.weights[1:].tolist(), strict=True)),
+        "bias": fit.bias,
+        **fit.record,
     }
+    return record, fit.logits(x_l), fit.logits(x_c)
 
 
 def _fuse(
     net: RerankerNet,
-    tokenizer: Any,
-    stage: Stage,
+    logits: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
     cfg: RerankerTrainConfig,
     labelled: Sequence[Example],
     lists: Sequence[Sequence[Example]],
@@ -359,13 +359,13 @@ def _fuse(
     before: dict[str, float],
 ) -> dict[str, Any]:
     """Fits the fusion and returns the card's calibration record (validation before/after)."""
-    fusion = fit_fusion(net, tokenizer, stage, cfg, labelled, lists)
-    after = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
-    log.info("validation after fusion %s: %s", fusion, after)
+    fitted, fused_l, fused_c = fit_fusion(net, *logits, labelled, lists, seed=cfg.seed)
+    after = _val_metrics(fused_l[:, None], fused_c[:, None], labelled, lists, held, config)
+    log.info("validation after fusion %s: %s", fitted, after)
     return {
         "method": "fusion",
         "temperature": 1.0,
-        **fusion,
+        **fitted,
         "before": before,
         "after": after,
         "ece_before": before["ece"],
@@ -375,26 +375,38 @@ def _fuse(
     }
 
 
-def evaluate(
+def _val_logits(
     net: RerankerNet,
     tokenizer: Any,
     stage: Stage,
     cfg: RerankerTrainConfig,
     labelled: Sequence[Example],
     lists: Sequence[Sequence[Example]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """One validation pass: logits of the labelled pairs and of the flattened candidate lists."""
+    flat = [e for lst in lists for e in lst]
+    return (
+        predict_logits(net, tokenizer, labelled, stage, cfg),
+        predict_logits(net, tokenizer, flat, stage, cfg),
+    )
+
+
+def _val_metrics(
+    logits_l: npt.NDArray[Any],
+    logits_c: npt.NDArray[Any],
+    labelled: Sequence[Example],
+    lists: Sequence[Sequence[Example]],
     held: Sequence[str],
     config: RerankerConfig,
 ) -> dict[str, float]:
-    """Validation AUC, log loss, ECE and NDCG@10 of reranking vs retrieval order."""
+    """Validation AUC, log loss, ECE and NDCG@10 of reranking vs retrieval order, from logits."""
     from metrics import auc, logloss
     from metrics import expected_calibration_error as ece
     from rerank.inference import probability_np
 
-    logits = predict_logits(net, tokenizer, labelled, stage, cfg)
-    probs = probability_np(logits, config)
+    probs = probability_np(logits_l, config)
     labels = np.array([e.label for e in labelled])
-    flat = [e for lst in lists for e in lst]
-    cand_probs = probability_np(predict_logits(net, tokenizer, flat, stage, cfg), config)
+    cand_probs = probability_np(logits_c, config) if len(logits_c) else np.zeros(0)
     reranked, retrieval = [], []
     pos = 0
     for lst in lists:
@@ -410,7 +422,23 @@ def evaluate(
         "ndcg@10_retrieval": _ndcg10(retrieval, held),
         "pairs": float(len(labelled)),
         "lists": float(len(lists)),
+        "lists_scored": float(sum(1 for lst in lists if lst)),
     }
+
+
+def evaluate(
+    net: RerankerNet,
+    tokenizer: Any,
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    labelled: Sequence[Example],
+    lists: Sequence[Sequence[Example]],
+    held: Sequence[str],
+    config: RerankerConfig,
+) -> dict[str, float]:
+    """Validation AUC, log loss, ECE and NDCG@10 of reranking vs retrieval order."""
+    logits = _val_logits(net, tokenizer, stage, cfg, labelled, lists)
+    return _val_metrics(*logits, labelled, lists, held, config)
 
 
 def _save_checkpoint(
@@ -550,10 +578,16 @@ def train_reranker(
     history: list[dict[str, Any]] = state["history"] if state else []
     step = int(state["step"]) if state else 0
     first_epoch = int(state["epoch"]) if state else 0
-    initial = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
-    log.info("before training: %s", initial)
+    initial = (
+        evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+        if cfg.eval_before and state is None
+        else None
+    )
+    if initial is not None:
+        log.info("before training: %s", initial)
     best_auc = max([h["auc"] for h in history], default=-1.0)
     best_state = copy.deepcopy(net.state_dict())
+    best_logits: tuple[Any, Any] | None = None  # the kept epoch's validation pass, for the fusion
     stale = 0
     loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.head == "binary" else torch.nn.CrossEntropyLoss()
     for epoch in range(first_epoch, cfg.epochs):
@@ -582,7 +616,8 @@ def train_reranker(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             step += 1
-        metrics = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+        logits = _val_logits(net, tokenizer, stage, cfg, labelled, lists)
+        metrics = _val_metrics(*logits, labelled, lists, held, config)
         record = {
             "epoch": epoch + 1,
             "steps": step,
@@ -593,6 +628,7 @@ def train_reranker(
         log.info("epoch %d validation: %s", epoch + 1, metrics)
         if metrics["auc"] > best_auc:
             best_auc, best_state, stale = metrics["auc"], copy.deepcopy(net.state_dict()), 0
+            best_logits = logits
         else:
             stale += 1
         _save_checkpoint(
@@ -607,20 +643,18 @@ def train_reranker(
     net.load_state_dict(best_state)
     calibration: dict[str, Any] = {"temperature": 1.0}
     if cfg.calibrate and labelled and cfg.head == "binary" and net.feature_head is not None:
-        best = max(history, key=lambda h: h["auc"]) if history else None
-        before = (  # the kept epoch's validation, computed already
-            {k: v for k, v in best.items() if k not in ("epoch", "steps", "train_loss")}
-            if best is not None and best["auc"] == best_auc
-            else evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
-        )
-        calibration = _fuse(net, tokenizer, stage, cfg, labelled, lists, held, config, before)
+        if best_logits is None:  # resumed past the best epoch: one more pass
+            best_logits = _val_logits(net, tokenizer, stage, cfg, labelled, lists)
+        before = _val_metrics(best_logits[0], best_logits[1], labelled, lists, held, config)
+        calibration = _fuse(net, best_logits, cfg, labelled, lists, held, config, before)
     elif cfg.calibrate and labelled:
         logits = predict_logits(net, tokenizer, labelled, stage, cfg)
         labels = np.array([e.label for e in labelled])
         temperature = fit_temperature(logits, labels, config)
-        before = evaluate(net, tokenizer, stage, cfg, labelled, [], [], config)
+        none = np.zeros((0, logits.shape[1]), dtype=np.float32)
+        before = _val_metrics(logits, none, labelled, [], [], config)
         config = replace(config, temperature=temperature)
-        after = evaluate(net, tokenizer, stage, cfg, labelled, [], [], config)
+        after = _val_metrics(logits, none, labelled, [], [], config)
         calibration = {
             "method": "temperature",
             "temperature": temperature,
@@ -690,9 +724,10 @@ def recalibrate(
     cfg = RerankerTrainConfig(**raw)
     stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
-    before = evaluate(net, tokenizer, stage, cfg, labelled, lists, held, config)
+    logits = _val_logits(net, tokenizer, stage, cfg, labelled, lists)
+    before = _val_metrics(*logits, labelled, lists, held, config)
     card["calibration"] = {
-        **_fuse(net, tokenizer, stage, cfg, labelled, lists, held, config, before),
+        **_fuse(net, logits, cfg, labelled, lists, held, config, before),
         "refitted": True,
     }
     with atomic_dir(root) as staging:

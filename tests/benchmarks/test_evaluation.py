@@ -12,10 +12,11 @@ import scipy.sparse as sp
 from benchmarks.baselines import ImplicitScorer, ItemKNNScorer, PopularityScorer
 from benchmarks.evaluation import bootstrap_ci, run_eval, write_report
 from catalog import Catalog, ItemTextTemplate, leave_one_out
+from catalog.history import group_histories
 from rerank import Reranker
 from rerank.train import RerankerTrainConfig, train_reranker
 from retrieval.encoder import Encoder
-from retrieval.sequential import SequentialConfig
+from retrieval.sequential import SequentialConfig, train_sequential
 from retrieval.vectors import ItemVectors
 from tests.conftest import tiny_catalog
 
@@ -58,16 +59,20 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     cfg = RerankerTrainConfig(
         max_steps=1, batch_size=8, targets_per_user=1, val_users=3, val_candidates=5, hard_pool=5
     )
-    train_reranker(
-        catalog, leave_one_out(catalog.interactions), vectors, tmp_path / "rr", cfg, progress=False
+    split = leave_one_out(catalog.interactions)
+    tower_cfg = SequentialConfig(dim=8, epochs=2, batch_size=4)
+    tower, _ = train_sequential(
+        vectors, group_histories(split.train), {}, tower_cfg, progress=False
     )
+    # The reranker learns from the trained tower, as in the default pipeline.
+    train_reranker(catalog, split, vectors, tmp_path / "rr", cfg, progress=False, tower=tower)
     report = run_eval(
         catalog,
         item_vectors=vectors,
         quick=True,
         reranker=Reranker(tmp_path / "rr"),
         retriever=encoder,  # the bundled model stands in for a fine-tuned one
-        sequential=SequentialConfig(dim=8, epochs=2, batch_size=4),
+        sequential=tower_cfg,
         seeds=2,
     )
     assert set(report["methods"]) == {
@@ -85,6 +90,13 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert [r["seed"] for r in trained["seeds"]["runs"]] == [0, 1]
     assert trained["seeds"]["runs"][0]["ndcg@10"] == trained["ndcg@10"]
     assert trained["params"]["cold_blend"] in SequentialConfig().blend_grid
+    # The headline (the pipeline) is repeated per seed with that seed's tower and features.
+    pipeline = report["methods"]["two_tower_trained+reranker"]
+    assert [r["seed"] for r in pipeline["seeds"]["runs"]] == [0, 1]
+    assert pipeline["seeds"]["runs"][0]["ndcg@10"] == pipeline["ndcg@10"]
+    assert all(len(r["ndcg@10_minus_als_ci95"]) == 2 for r in pipeline["seeds"]["runs"])
+    # Seed 1 refits with what seed 0 chose on validation.
+    assert trained["seeds"]["protocol"].startswith("the first seed chooses")
     lo, hi = report["methods"]["popularity"]["ndcg@10_minus_als_ci95"]
     assert lo <= hi and "ndcg@10_minus_als_ci95" not in report["methods"]["als"]
     reranked = report["methods"]["als+reranker"]

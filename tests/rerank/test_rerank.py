@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,13 @@ def _vectors(catalog: Catalog, encoder: Encoder) -> ItemVectors:
 
 
 CFG = RerankerTrainConfig(
-    max_steps=2, batch_size=8, targets_per_user=3, val_users=6, val_candidates=10, hard_pool=10
+    max_steps=2,
+    batch_size=8,
+    targets_per_user=3,
+    val_users=6,
+    val_candidates=10,
+    hard_pool=10,
+    eval_before=True,
 )
 
 
@@ -109,6 +116,7 @@ def test_binary_head_saves_a_standard_folder(trained: tuple[Path, Catalog]) -> N
     assert (out / "head.safetensors").exists()
     card = json.loads((out / "duorank-card.json").read_text())
     assert set(card["epochs"][0]) >= {"auc", "logloss", "ece", "ndcg@10_rerank"}
+    assert set(card["before_training"]) >= {"auc", "ndcg@10_rerank", "ndcg@10_retrieval"}
     # The fusion fitted on validation is written into the saved head (every backend has it).
     fusion = card["calibration"]
     assert fusion["method"] == "fusion" and fusion["temperature"] == 1.0
@@ -149,6 +157,16 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
     out, catalog = trained
     written = export_onnx(out)
     assert [p.name for p in written] == ["model.onnx", "model-int8.onnx"]
+    # The heads stay fp32 in the int8 file: quantizing the feature head's input would put the
+    # retrieval score, popularity and ratings on one 8-bit scale.
+    import onnx
+
+    from rerank.inference import _head_nodes
+
+    assert len(_head_nodes(written[0])) == 4  # two Gemms, and the MatMuls they become
+    int8_nodes = onnx.load(str(written[1])).graph.node
+    quantized = [n.name for n in int8_nodes if n.op_type == "MatMulInteger"]
+    assert quantized and not [n for n in quantized if "head/" in n]
     texts = [ItemTextTemplate().render(item) for item in catalog.items.values()]
     rng = np.random.default_rng(0)
     n = len(texts)
@@ -231,22 +249,22 @@ def test_resume_continues_from_the_last_checkpoint(
         patience=5,
         calibrate=False,
     )
-    real = train_module.evaluate
+    real = train_module._val_logits  # one validation pass
     calls = {"n": 0}
 
-    def crash_in_second_epoch(*args: object, **kwargs: object) -> dict[str, float]:
+    def crash_in_second_epoch(*args: object, **kwargs: object) -> Any:
         calls["n"] += 1
-        if calls["n"] == 3:  # before training, after epoch 1, after epoch 2 -> crash here
+        if calls["n"] == 2:  # after epoch 1, after epoch 2 -> crash here
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(train_module, "evaluate", crash_in_second_epoch)
+    monkeypatch.setattr(train_module, "_val_logits", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_reranker(catalog, split, vectors, tmp_path / "r", cfg, progress=False)
     checkpoint = Path(str(tmp_path / "r") + ".checkpoint")
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["epoch"] == 1 and not (tmp_path / "r").exists()
-    monkeypatch.setattr(train_module, "evaluate", real)
+    monkeypatch.setattr(train_module, "_val_logits", real)
     card = train_reranker(catalog, split, vectors, tmp_path / "r", cfg, resume=True, progress=False)
     assert [e["epoch"] for e in card["epochs"]] == [1, 2]
     assert card["steps"] == 2 * state["step"]
