@@ -298,3 +298,26 @@ def test_recalibrate_refits_the_fusion_in_place(
     train_reranker(catalog, split, _vectors(catalog, encoder), rating, cfg, progress=False)
     with pytest.raises(ValueError, match="only a binary head"):
         recalibrate(catalog, split, _vectors(catalog, encoder), rating)
+
+
+def test_validation_scores_only_the_lists_that_can_score(encoder: Encoder) -> None:
+    from rerank.train import _ndcg10, validation_examples
+
+    catalog = _catalog()
+    split = leave_one_out(catalog.interactions)
+    cfg = RerankerTrainConfig(val_users=None, val_candidates=15)
+    stage = prepare_stage(catalog, split, _vectors(catalog, encoder), cfg)
+    _, every, held = validation_examples(catalog, split, stage, cfg, every_list=True)
+    _, some, held_some = validation_examples(catalog, split, stage, cfg)
+    assert held_some == held and len(some) == len(every) == len(held)
+    skipped = 0
+    for full, kept, target in zip(every, some, held, strict=True):
+        if any(e.item_id == target for e in full):
+            assert [e.item_id for e in kept] == [e.item_id for e in full]
+        else:
+            assert kept == []
+            skipped += 1
+    assert 0 < skipped < len(held)  # some of each at 15 candidates out of 30 items
+    # NDCG@10 still averages over every user: the skipped lists count as the zeros they are.
+    orders = [[e.item_id for e in lst] for lst in every]
+    assert _ndcg10([[e.item_id for e in lst] for lst in some], held) == _ndcg10(orders, held)
