@@ -258,6 +258,17 @@ def rerank_top(
     return Ranked(top, target, probabilities=True)
 
 
+def _seed_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The per-seed runs of one method with the mean and spread of their NDCG@10."""
+    values = np.array([r["ndcg@10"] for r in runs])
+    return {
+        "protocol": SEEDS_PROTOCOL,
+        "runs": list(runs),
+        "ndcg@10_mean": float(values.mean()),
+        "ndcg@10_std": float(values.std(ddof=1)),
+    }
+
+
 def _headline(m: Mapping[str, Any]) -> dict[str, float]:
     keys = ("ndcg@10", "recall@10", "recall@100", "cold_recall@100")
     return {k: float(m.get(k, float("nan"))) for k in keys}
@@ -425,13 +436,7 @@ def run_eval(
             runs.append({"seed": seed_cfg.seed, **_headline(metrics_of(ranked_s, test, cold))})
             other_seeds.append((seed_cfg.seed, ranked_s, tower_s, index_s))
         if seeds > 1:
-            values = np.array([r["ndcg@10"] for r in runs])
-            methods["two_tower_trained"]["seeds"] = {
-                "protocol": SEEDS_PROTOCOL,
-                "runs": runs,
-                "ndcg@10_mean": float(values.mean()),
-                "ndcg@10_std": float(values.std(ddof=1)),
-            }
+            methods["two_tower_trained"]["seeds"] = _seed_summary(runs)
 
     if retriever is not None:
         # The fine-tuned tower, used as it was trained: user history text -> item text.
@@ -533,13 +538,7 @@ def run_eval(
                 run["ndcg@10_vs_als"] = run["ndcg@10"] / methods["als"]["ndcg@10"]
                 run["ndcg@10_minus_als_ci95"] = list(bootstrap_ci(diff, seed=seed))
             runs.append(run)
-        values = np.array([r["ndcg@10"] for r in runs])
-        methods["two_tower_trained+reranker"]["seeds"] = {
-            "runs": runs,
-            "ndcg@10_mean": float(values.mean()),
-            "ndcg@10_std": float(values.std(ddof=1)),
-            "protocol": SEEDS_PROTOCOL,
-        }
+        methods["two_tower_trained+reranker"]["seeds"] = _seed_summary(runs)
     return {
         "dataset": catalog.source,
         "protocol": {
