@@ -8,6 +8,11 @@ held-out item (the same lists for every backend), and achieved GFLOP/s against t
 The straightforward baseline is ``sentence_transformers.CrossEncoder.predict`` in fp32 on the
 same backbone and the same pairs (its head is the library's own, so only its latency is
 compared; the quality reference is duorank's own fp32 path on the trained model).
+
+A ``user_prefix`` model's backends compute the user side once per call and then the item
+tokens alone (ONNX through the exported user and item graphs). Achieved GFLOP/s count the
+tokens a backend computes; ``pair_gflops`` counts every token of every pair (what the
+straightforward call computes), so it shows the work saved as well as the speed of the work.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
 from rerank import Reranker, export_onnx
+from rerank.inference import ONNX_FILES, PREFIX_FILES
+from rerank.model import read_config, split_pair_ids
 from rerank.train import RerankerTrainConfig, prepare_stage, validation_examples
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
@@ -83,7 +90,10 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             f"no trained reranker at {folder}: run `duorank train reranker "
             f"--out {folder}` (or the quickstart) first"
         )
-    if not (folder / "onnx" / "model-int8.onnx").is_file():
+    files = [ONNX_FILES["onnx-int8"]]
+    if read_config(folder).attention == "user_prefix":
+        files += PREFIX_FILES["onnx-int8"]
+    if not all((folder / "onnx" / name).is_file() for name in files):
         export_onnx(folder)
     n_users = 10 if quick else 40
     catalog = load_movielens(ctx.data)
@@ -123,6 +133,10 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         for lst in lists
     ]
     tokens = [sum(len(r) for r in reference.encode_pairs(u, texts)) for u, _, texts, _ in calls]
+    prefix_tokens = []  # what a backend that computes the user side once computes
+    for u, _, texts, _ in calls:
+        prefix, items = split_pair_ids(reference.tokenizer, u, texts, reference.config.max_length)
+        prefix_tokens.append(len(prefix) + sum(len(r) for r in items))
     peak = cpu_peak_gflops()
 
     rows: list[dict[str, Any]] = []
@@ -132,7 +146,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
 
     outputs: dict[str, list[Any]] = {}
 
-    def measure(name: str, fn: Any, ranked_fn: Any | None) -> dict[str, Any]:
+    def measure(
+        name: str, fn: Any, ranked_fn: Any | None, computed: list[int] = tokens
+    ) -> dict[str, Any]:
         fn(calls[0])  # warm-up
         times = []
         ranked = []
@@ -145,9 +161,14 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             if ranked_fn is not None:
                 ranked.append(ranked_fn(call, out))
         p50 = statistics.median(times)
-        gflops = float(
-            np.median([t * FLOP_PER_TOKEN / s / 1e9 for t, s in zip(tokens, times, strict=True)])
-        )
+
+        def rate(counts: list[int]) -> float:
+            return float(
+                np.median(
+                    [t * FLOP_PER_TOKEN / s / 1e9 for t, s in zip(counts, times, strict=True)]
+                )
+            )
+
         return {
             "backend": name,
             "calls": len(calls),
@@ -155,7 +176,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "p50_ms": p50 * 1000,
             "p95_ms": float(np.percentile(times, 95)) * 1000,
             "ndcg@10": _ndcg10(ranked, held) if ranked else None,
-            "gflops": gflops,
+            "tokens_computed": float(np.mean(computed)),
+            "gflops": rate(computed),
+            "pair_gflops": rate(tokens),
         }
 
     def by_prob(call: Any, probs: Any) -> list[str]:
@@ -174,7 +197,14 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     )
     for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
         reranker = Reranker(folder, backend=backend, batch_size=32)
-        rows.append(measure(backend, lambda c, r=reranker: r.score(c[0], c[2], c[3]), by_prob))
+        rows.append(
+            measure(
+                backend,
+                lambda c, r=reranker: r.score(c[0], c[2], c[3]),
+                by_prob,
+                prefix_tokens if reranker.core.prefix_once else tokens,
+            )
+        )
     for row in rows[1:]:  # rank agreement with fp32 on every call: median Spearman
         row["spearman_vs_fp32"] = float(
             np.median(
@@ -215,6 +245,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "cpu": cpu_model(),
             "peak_gflops": peak,
             "mean_tokens_per_call": float(np.mean(tokens)),
+            "attention": reference.config.attention,
         },
         results={
             "backends": rows,

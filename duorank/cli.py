@@ -711,6 +711,15 @@ def train_tower_cmd(
     is_flag=True,
     help="Also validate the untrained model, as a baseline (one more validation pass).",
 )
+@click.option(
+    "--attention",
+    type=click.Choice(["user_prefix", "full"]),
+    default="user_prefix",
+    show_default=True,
+    help="user_prefix: item tokens attend to the user's, not the reverse, so serving encodes "
+    "the user once per call (about 5x fewer tokens for 100 candidates); full: a standard "
+    "cross-encoder (any backbone).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 200 val users.")
 @click.pass_obj
@@ -734,6 +743,7 @@ def train_reranker_cmd(
     tower_path: Path | None,
     resume: bool,
     eval_before: bool,
+    attention: str,
     seed: int,
     quick: bool,
 ) -> None:
@@ -762,6 +772,7 @@ def train_reranker_cmd(
         val_users=min(200, val_users) if quick else val_users,
         val_candidates=20 if quick else 50,
         eval_before=eval_before,
+        attention=attention,
     )
     with runtime(settings) as rt:
         encoder, ids, vectors = _item_vectors(rt, catalog)
@@ -1315,6 +1326,7 @@ def quickstart(
             tower_path=tower_dir,
             resume=False,
             eval_before=False,
+            attention="user_prefix",
             seed=0,
             quick=True,
         )
@@ -1325,7 +1337,7 @@ def quickstart(
         recommend,
         user_id=user_id,
         k=10,
-        candidates=100,
+        candidates=50,
         data_path=dataset,
         root=root,
         reranker_path=reranker_dir,

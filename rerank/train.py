@@ -38,7 +38,15 @@ from rerank.data import (
     item_texts,
     user_text_at,
 )
-from rerank.model import DEFAULT_FEATURES, RerankerConfig, RerankerNet, new_net, save_net
+from rerank.model import (
+    DEFAULT_FEATURES,
+    RerankerConfig,
+    RerankerNet,
+    new_net,
+    pad_rows,
+    save_net,
+    split_pair_ids,
+)
 from retrieval.index import FlatIndex
 from retrieval.towers import MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
@@ -67,6 +75,8 @@ class RerankerTrainConfig:
         calibrate: fit the fusion (binary head) or a temperature (rating head) on validation.
         eval_before: also validate the untrained model (a baseline for the card; one more
             validation pass, minutes on a CPU).
+        attention: ``user_prefix`` (the user side computed once per user at serving) or
+            ``full`` (a standard cross-encoder); see :mod:`rerank.model`.
         seed: seeds Python, numpy and torch.
     """
 
@@ -91,6 +101,7 @@ class RerankerTrainConfig:
     patience: int = 1
     calibrate: bool = True
     eval_before: bool = False
+    attention: str = "user_prefix"
     seed: int = 0
 
 
@@ -138,8 +149,34 @@ def prepare_stage(
 
 
 def _batch(
-    tokenizer: Any, examples: Sequence[Example], stage: Stage, cfg: RerankerTrainConfig, torch: Any
+    tokenizer: Any,
+    examples: Sequence[Example],
+    stage: Stage,
+    cfg: RerankerTrainConfig,
+    torch: Any,
+    attention: str = "full",
 ) -> dict[str, Any]:
+    """Whole pairs, padded. ``user_prefix`` pairs are cut as serving cuts them
+    (:func:`rerank.model.split_pair_ids`), so training sees the tokens serving scores."""
+    features = torch.tensor([e.features for e in examples], dtype=torch.float32).reshape(
+        len(examples), len(cfg.features)
+    )
+    if attention == "user_prefix":
+        pairs = [
+            split_pair_ids(tokenizer, e.user_text, [stage.item_text[e.item_id]], cfg.max_length)
+            for e in examples
+        ]
+        ids, mask, types = pad_rows(
+            [prefix + items[0] for prefix, items in pairs],
+            tokenizer.pad_token_id or 0,
+            [len(prefix) for prefix, _ in pairs],
+        )
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": types,
+            "features": features,
+        }
     enc = tokenizer(
         [e.user_text for e in examples],
         [stage.item_text[e.item_id] for e in examples],
@@ -152,9 +189,7 @@ def _batch(
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
         "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])),
-        "features": torch.tensor([e.features for e in examples], dtype=torch.float32).reshape(
-            len(examples), len(cfg.features)
-        ),
+        "features": features,
     }
 
 
@@ -166,16 +201,39 @@ def predict_logits(
     cfg: RerankerTrainConfig,
     batch_size: int = 64,
 ) -> npt.NDArray[np.float32]:
-    """Logits for examples (eval mode, no grad), in order."""
+    """Logits for examples (eval mode, no grad), in order. A ``user_prefix`` model encodes
+    each user text once for all of its examples, as serving does."""
     import torch
 
     net.eval()
     out = np.zeros((len(examples), net.config.n_outputs), dtype=np.float32)
-    order = np.argsort([len(e.user_text) + len(stage.item_text[e.item_id]) for e in examples])
+    attention = net.config.attention
     with torch.inference_mode():
+        if attention == "user_prefix":
+            by_user: dict[str, list[int]] = {}
+            for i, e in enumerate(examples):
+                by_user.setdefault(e.user_text, []).append(i)
+            for text, members in by_user.items():
+                prefix, items = split_pair_ids(
+                    tokenizer,
+                    text,
+                    [stage.item_text[examples[i].item_id] for i in members],
+                    cfg.max_length,
+                )
+                user = net.encode_prefix(torch.tensor([prefix], dtype=torch.long))
+                for start in range(0, len(members), batch_size):
+                    rows = items[start : start + batch_size]
+                    chosen = members[start : start + batch_size]
+                    ids, mask, _ = pad_rows(rows, tokenizer.pad_token_id or 0)
+                    feats = torch.tensor(
+                        [examples[i].features for i in chosen], dtype=torch.float32
+                    ).reshape(len(chosen), len(cfg.features))
+                    out[chosen] = net.prefixed(user, ids, mask, feats).float().numpy()
+            return out
+        order = np.argsort([len(e.user_text) + len(stage.item_text[e.item_id]) for e in examples])
         for start in range(0, len(examples), batch_size):
             idx = order[start : start + batch_size]
-            batch = _batch(tokenizer, [examples[i] for i in idx], stage, cfg, torch)
+            batch = _batch(tokenizer, [examples[i] for i in idx], stage, cfg, torch, attention)
             out[idx] = net(**batch).float().numpy()
     return out
 
@@ -552,6 +610,7 @@ def train_reranker(
         user_template=asdict(stage.template),
         base_model=base,
         retrieval=stage.features.tower.name,
+        attention=cfg.attention,
     )
     net, tokenizer = new_net(base, config)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
@@ -601,7 +660,7 @@ def train_reranker(
             if step >= total:
                 break
             chunk = [examples[i] for i in idx]
-            batch = _batch(tokenizer, chunk, stage, cfg, torch)
+            batch = _batch(tokenizer, chunk, stage, cfg, torch, config.attention)
             logits = net(**batch)
             if cfg.head == "binary":
                 target = torch.tensor([e.label for e in chunk], dtype=torch.float32)

@@ -156,7 +156,9 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
 
     out, catalog = trained
     written = export_onnx(out)
-    assert [p.name for p in written] == ["model.onnx", "model-int8.onnx"]
+    # Whole pairs, then (user_prefix) the user side and the item side as two graphs; int8 of each.
+    names = ["model.onnx", "user.onnx", "items.onnx"]
+    assert [p.name for p in written] == names + [n.replace(".", "-int8.") for n in names]
     # The heads stay fp32 in the int8 file: quantizing the feature head's input would put the
     # retrieval score, popularity and ratings on one 8-bit scale.
     import onnx
@@ -164,9 +166,10 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
     from rerank.inference import _head_nodes
 
     assert len(_head_nodes(written[0])) == 4  # two Gemms, and the MatMuls they become
-    int8_nodes = onnx.load(str(written[1])).graph.node
-    quantized = [n.name for n in int8_nodes if n.op_type == "MatMulInteger"]
-    assert quantized and not [n for n in quantized if "head/" in n]
+    for int8 in (written[3], written[5]):  # the whole pairs, the item side
+        int8_nodes = onnx.load(str(int8)).graph.node
+        quantized = [n.name for n in int8_nodes if n.op_type == "MatMulInteger"]
+        assert quantized and not [n for n in quantized if "head/" in n], int8.name
     texts = [ItemTextTemplate().render(item) for item in catalog.items.values()]
     rng = np.random.default_rng(0)
     n = len(texts)
@@ -187,9 +190,11 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
             rho = _spearman(reference, other)
             assert rho >= 0.98, (backend, rho)
     reference = Reranker(out).score(user, texts, feats)
-    np.testing.assert_allclose(
-        Reranker(out, backend="onnx").score(user, texts, feats), reference, atol=1e-4
-    )
+    onnx_fp32 = Reranker(out, backend="onnx")
+    assert onnx_fp32.core.prefix_once  # the two graphs: the user side once, as torch does
+    np.testing.assert_allclose(onnx_fp32.score(user, texts, feats), reference, atol=1e-4)
+    onnx_fp32.core.prefix_once = False  # the whole-pair graph gives the same numbers
+    np.testing.assert_allclose(onnx_fp32.score(user, texts, feats), reference, atol=1e-4)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -209,6 +214,16 @@ def test_onnx_loads_without_training_code(trained: tuple[Path, Catalog]) -> None
     session = ort.InferenceSession(str(out / "onnx" / "model.onnx"))
     names = [i.name for i in session.get_inputs()]
     assert names == ["input_ids", "attention_mask", "token_type_ids", "features"]
+    user = ort.InferenceSession(str(out / "onnx" / "user.onnx"))
+    items = ort.InferenceSession(str(out / "onnx" / "items.onnx"))
+    assert [i.name for i in user.get_inputs()] == ["prefix_ids"]
+    assert [i.name for i in items.get_inputs()] == [
+        "input_ids",
+        "attention_mask",
+        "past",
+        "total",
+        "features",
+    ]
 
 
 def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
@@ -321,3 +336,29 @@ def test_validation_scores_only_the_lists_that_can_score(encoder: Encoder) -> No
     # NDCG@10 still averages over every user: the skipped lists count as the zeros they are.
     orders = [[e.item_id for e in lst] for lst in every]
     assert _ndcg10([[e.item_id for e in lst] for lst in some], held) == _ndcg10(orders, held)
+
+
+def test_validation_scores_as_serving_and_training_do(
+    trained: tuple[Path, Catalog], encoder: Encoder
+) -> None:
+    """A user_prefix model validates with its user side once per user (serving's path); the
+    numbers equal the whole pairs training's loss sees."""
+    import torch
+
+    from rerank.model import load_net
+    from rerank.train import _batch, predict_logits, validation_examples
+
+    out, catalog = trained
+    net, tokenizer, config = load_net(out)
+    assert config.attention == "user_prefix"  # the default
+    split = leave_one_out(catalog.interactions)
+    cfg = RerankerTrainConfig(val_users=None, val_candidates=10)
+    stage = prepare_stage(catalog, split, _vectors(catalog, encoder), cfg)
+    labelled, lists, _ = validation_examples(catalog, split, stage, cfg, every_list=True)
+    examples = labelled + [e for lst in lists for e in lst]
+    assert len({e.user_text for e in examples}) < len(examples)  # users share their side
+    once = predict_logits(net, tokenizer, examples, stage, cfg, batch_size=4)
+    with torch.inference_mode():
+        whole = net(**_batch(tokenizer, examples, stage, cfg, torch, "user_prefix")).numpy()
+    np.testing.assert_allclose(once, whole, atol=1e-4)
+    assert whole.std() > 0
