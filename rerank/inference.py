@@ -77,7 +77,7 @@ def native_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether the CPU computes in bf16 natively (AVX512_BF16 or AMX); None where unknown.
 
     Without it torch emulates bf16 autocast: on a 2-core Zen 3 (AVX2 only) scoring ran about
-    6x slower than fp32, where a Zen 4 with AVX512_BF16 ran it 2.35x faster.
+    6x slower than fp32, where a CPU with AVX512_BF16 ran it 2.35x faster.
     """
     if cpuinfo is None:
         try:
