@@ -16,6 +16,7 @@ export without them scores whole pairs, same numbers).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -151,15 +152,24 @@ class OnnxBackend(Backend):
         def session(file: Path) -> Any:
             return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
-        self.session = session(path)
+        self._session = session
+        self._path = path
         self.name = kind
-        self._inputs = {i.name for i in self.session.get_inputs()}
         user, items = (path.with_name(name) for name in PREFIX_FILES[kind])
         # A user_prefix model's export also holds the user side and the item side as two
         # graphs; an export without them scores whole pairs (same numbers, more tokens).
         self.prefix_once = user.is_file() and items.is_file()
         if self.prefix_once:
             self._user, self._items = session(user), session(items)
+
+    @functools.cached_property
+    def session(self) -> Any:
+        """The whole-pair graph, loaded on first use (a two-graph export never needs it)."""
+        return self._session(self._path)
+
+    @functools.cached_property
+    def _inputs(self) -> set[str]:
+        return {i.name for i in self.session.get_inputs()}
 
     def logits(self, batch: dict[str, npt.NDArray[np.int64]], features: Floats) -> Floats:
         feed: dict[str, Any] = {k: v for k, v in batch.items() if k in self._inputs}

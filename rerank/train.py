@@ -441,12 +441,12 @@ def _val_logits(
     labelled: Sequence[Example],
     lists: Sequence[Sequence[Example]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """One validation pass: logits of the labelled pairs and of the flattened candidate lists."""
-    flat = [e for lst in lists for e in lst]
-    return (
-        predict_logits(net, tokenizer, labelled, stage, cfg),
-        predict_logits(net, tokenizer, flat, stage, cfg),
+    """One validation pass: logits of the labelled pairs and of the flattened candidate lists
+    (scored together, so a ``user_prefix`` model encodes each user's side once)."""
+    logits = predict_logits(
+        net, tokenizer, [*labelled, *(e for lst in lists for e in lst)], stage, cfg
     )
+    return logits[: len(labelled)], logits[len(labelled) :]
 
 
 def _val_metrics(
