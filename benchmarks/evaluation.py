@@ -46,8 +46,8 @@ from retrieval.vectors import ItemVectors
 log = logging.getLogger(__name__)
 
 KS = (10, 20, 50, 100)
-RERANK_DEPTH = 50
-"""Candidates reranked per user: the serving default, and the depth the fusion is fitted on."""
+RERANK_DEPTH = 100
+"""Candidates reranked per user: the serving default (and what every @100 column needs)."""
 COLD_THRESHOLD = 5
 SEEDS_PROTOCOL = (
     "the first seed chooses epochs and cold-item blend on validation; every seed refits on "
@@ -388,16 +388,18 @@ def run_eval(
             val_tower, card = train_sequential(
                 item_vectors, hist_val, targets_val, cfg, progress=False
             )
-            refit_cfg = replace(  # the epochs and cold-item blend chosen on validation
-                cfg,
+            refit_cfg = replace(  # the epochs, blends and ALS fit chosen on validation
+                val_tower.cfg,
+                seed=cfg.seed,
                 epochs=max(1, int(card["best_epoch"])),
-                cold_blend=val_tower.cfg.cold_blend,
                 blend_grid=(),
+                collab_grid=(),
             )
             validation = {
                 "validation_recall@10": card["best_recall@10"],
                 "validation_blend": card["blend"],
                 "validation_blend_zero_shot": card["blend_zero_shot"],
+                "validation_collab_als": card["collab_als"],
             }
         else:
             refit_cfg = replace(chosen, seed=cfg.seed)
@@ -421,12 +423,7 @@ def run_eval(
         if reranker is not None and reranker.config.retrieval == seq_tower.name:
             first_stage = (seq_tower, seq_index)
         runs = [{"seed": sequential.seed, **_headline(methods["two_tower_trained"])}]
-        chosen = replace(
-            sequential,
-            epochs=int(params["epochs"]),
-            cold_blend=float(params["cold_blend"]),
-            blend_grid=(),
-        )
+        chosen = seq_tower.cfg  # the refit settings (blend grids already empty)
         for extra in range(1, seeds):
             # Other seeds refit with the settings validated above: how much of the figure is
             # the seed (initialisation and batch order), not the choice of epochs and blend.

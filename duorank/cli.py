@@ -599,6 +599,11 @@ def _bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
 @click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--no-ids", is_flag=True, help="Text only: no per-item ID vectors.")
+@click.option(
+    "--no-collab",
+    is_flag=True,
+    help="No collaborative (ALS) block: the tower's own score and the cold-item blend only.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="CI size: 3 epochs.")
 @click.pass_obj
@@ -609,10 +614,13 @@ def train_tower_cmd(
     dim: int,
     epochs: int,
     no_ids: bool,
+    no_collab: bool,
     seed: int,
     quick: bool,
 ) -> None:
     """Train the sequential user tower on cached item vectors (minutes on a CPU)."""
+    from dataclasses import replace
+
     from catalog import leave_one_out, load_catalog
     from catalog.fsutil import atomic_dir, write_json
     from catalog.history import group_histories
@@ -626,6 +634,8 @@ def train_tower_cmd(
         encoder, ids, vectors = _item_vectors(rt, catalog)
         fingerprint = encoder.fingerprint
     cfg = SequentialConfig(dim=dim, epochs=3 if quick else epochs, use_ids=not no_ids, seed=seed)
+    if no_collab:
+        cfg = replace(cfg, collab_grid=())
     validation = dict(
         zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
     )
@@ -638,7 +648,8 @@ def train_tower_cmd(
         write_json(staging / "duorank-card.json", card)
     click.echo(
         f"saved {out}: validation Recall@10 {card['best_recall@10']:.4f} at epoch "
-        f"{card['best_epoch']} ({card['train_seconds']:.0f} s)"
+        f"{card['best_epoch']}; cold blend {tower.cfg.cold_blend:g}, collaborative "
+        f"{tower.cfg.collab_weight:g} ({card['train_seconds']:.0f} s)"
     )
 
 
@@ -1116,9 +1127,9 @@ def _user_encoder(settings: Settings, text_users: bool) -> Iterator[Any]:
 @click.option(
     "--candidates",
     type=click.IntRange(min=1, max=5000),
-    default=50,
+    default=100,
     show_default=True,
-    help="Retrieved candidates passed to the reranker (its fusion is fitted on the top 50).",
+    help="Retrieved candidates passed to the reranker.",
 )
 @_serving_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -1282,6 +1293,7 @@ def quickstart(
             dim=64,
             epochs=tower_epochs,
             no_ids=False,
+            no_collab=False,
             seed=0,
             quick=False,
         )
@@ -1337,7 +1349,7 @@ def quickstart(
         recommend,
         user_id=user_id,
         k=10,
-        candidates=50,
+        candidates=100,
         data_path=dataset,
         root=root,
         reranker_path=reranker_dir,

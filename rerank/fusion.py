@@ -10,8 +10,10 @@ ranking quality. (A joint fit of both objectives on shared weights traded one fo
 validation it reranked the trained tower's top 50 to NDCG@10 0.045 against the tower's 0.051.)
 
 The ranking weights are shrunk toward "the retrieval score alone" (its scale fitted first) by an
-L2 strength chosen by cross-validation over the lists, so that with few lists, or features that
-carry nothing, the fusion keeps the first stage's order.
+L2 strength chosen by cross-validation over the lists, with the prior itself as the most shrunk
+candidate and the one-standard-error rule (the most shrunk candidate within one standard error
+of the best cross-validated loss), so that with few lists, or features that carry nothing the
+lists can measure, the fusion keeps the first stage's order exactly.
 """
 
 from __future__ import annotations
@@ -148,22 +150,40 @@ def fit(
         w_prior[anchor_pos] = float(scale.clamp(min=0.0)[0])
         fold_of = np.random.default_rng(seed).permutation(len(lists)) % max(1, folds)
         cv: dict[str, float] = {}
+        se: dict[str, float] = {}
+        choice = "prior"  # too few lists to choose: keep the first stage's order
         if len(lists) >= 2 * folds:
-            for lam in LAMBDAS:
+            for lam in (None, *LAMBDAS):  # None: the prior itself (its scale from the fold)
                 losses = []
                 for f in range(folds):
                     held = torch.as_tensor(fold_of == f)
-                    w = _fit_rank(zi_c[~held], mask[~held], target[~held], w_prior, lam)
+                    if lam is None:
+                        scale = _fit_rank(
+                            one[~held], mask[~held], target[~held], torch.ones(1).double(), 0.0
+                        )
+                        w = torch.zeros_like(w_prior)
+                        w[anchor_pos] = float(scale.clamp(min=0.0)[0])
+                    else:
+                        w = _fit_rank(zi_c[~held], mask[~held], target[~held], w_prior, lam)
                     losses.append(float(_list_loss(zi_c[held] @ w, mask[held], target[held])))
-                cv[str(lam)] = float(np.mean(losses))
-            lam_best = float(min(cv, key=lambda k: cv[k]))
-        else:  # too few lists to choose: stay near the first stage's order
-            lam_best = max(LAMBDAS)
-        w_rank = _fit_rank(zi_c, mask, target, w_prior, lam_best)
+                key = "prior" if lam is None else str(lam)
+                cv[key] = float(np.mean(losses))
+                se[key] = float(np.std(losses, ddof=1) / np.sqrt(folds))
+            # The one-standard-error rule: the most shrunk candidate whose cross-validated
+            # loss is within one standard error of the best one's, so features the lists
+            # cannot tell from noise do not reorder the first stage.
+            best = min(cv, key=lambda k: cv[k])
+            order = ["prior", *(str(lam) for lam in sorted(LAMBDAS, reverse=True))]
+            choice = next(k for k in order if cv[k] <= cv[best] + se[best])
+        w_rank = (
+            w_prior if choice == "prior" else _fit_rank(zi_c, mask, target, w_prior, float(choice))
+        )
         record.update(
             prior_scale=float(w_prior[anchor_pos]),
-            l2=lam_best,
+            l2=None if choice == "prior" else float(choice),
+            chosen=choice,
             cv_list_loss=cv,
+            cv_list_loss_se=se,
             list_loss_prior=float(_list_loss(zi_c @ w_prior, mask, target)),
             list_loss=float(_list_loss(zi_c @ w_rank, mask, target)),
         )

@@ -19,16 +19,25 @@ vectors; ``z_mean``: its average over the training users), so one inner-product 
 (cold_scale + n_i)`` (``n_i`` = the item's training interactions; 0 for new items). Centering
 makes the text term say "closer to this user than to the average user" rather than adding a
 flat bonus to every rare item. The weight is chosen on validation by :func:`train_sequential`.
+
+Collaborative block: the GRU reads an ordered window, a matrix factorisation the whole history
+as a set. With ``collab_weight > 0`` items also carry their implicit-ALS factors ``y_i`` (zeros
+for items never seen in training) and users ``s_u * x_u``, ``x_u`` being ALS's own user step
+over the history (:func:`fold_in`: exact, no refit for new users or events) and ``s_u`` the
+per-user ratio of the main score's spread over the catalog to the ALS score's, times the weight:
+a per-user z-score blend inside one inner-product search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +51,8 @@ from retrieval.vectors import ItemVectors, normalize
 
 log = logging.getLogger(__name__)
 Matrix = npt.NDArray[np.float32]
+COLLAB_KEY = "collab.item_factors"
+"""The ALS item factors' name in ``model.safetensors`` (beside the network's weights)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,14 @@ class SequentialConfig:
         blend_grid: ``cold_blend`` values tried on validation after training (empty: keep
             ``cold_blend``): the best validation NDCG@10 among the weights whose Recall@100 on
             cold targets (< 5 training interactions) reaches the zero-shot text tower's.
+        collab_weight: weight of the collaborative block (0: off): a matrix-factorisation
+            score (implicit ALS item factors, the user folded in from their history) added to
+            the tower's score after both are standardised over the catalog for that user.
+        collab_factors, collab_reg, collab_alpha, collab_iterations: the ALS fit (when
+            ``collab_grid`` is searched, the factors/regularisation/alpha come from
+            :data:`COLLAB_SETTINGS`, chosen by the ALS score's own validation NDCG@10).
+        collab_grid: ``collab_weight`` values tried on validation, jointly with ``blend_grid``
+            and under the same cold-recall rule (empty: keep ``collab_weight``).
     """
 
     dim: int = 64
@@ -81,12 +100,119 @@ class SequentialConfig:
     cold_scale: float = 1.0
     blend_recent: int = 5
     blend_grid: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2, 1.6, 2.4, 3.2)
+    collab_weight: float = 0.0
+    collab_factors: int = 32
+    collab_reg: float = 0.01
+    collab_alpha: float = 10.0
+    collab_iterations: int = 20
+    collab_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+
+
+COLLAB_SETTINGS: tuple[tuple[int, float, float], ...] = tuple(
+    (f, r, a) for f in (32, 64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)
+)
+"""(factors, regularisation, alpha) of the ALS fits tried on validation for the collaborative
+block: the grid the offline evaluation tunes its ALS baseline over."""
 
 
 def _torch() -> Any:
     import torch
 
     return torch
+
+
+@contextlib.contextmanager
+def _reuse_freed_memory() -> Iterator[None]:
+    """Keeps glibc from handing each large tensor back to the kernel when it is freed.
+
+    Every step allocates the (positions x catalog) logits and their gradient, hundreds of MB
+    that glibc serves with ``mmap`` and unmaps on free, so the next step faults in and zeroes
+    fresh pages: on ml-latest-small that was 57 s of system time in 65 s for 3 epochs. With
+    ``mmap`` off and no trimming the freed blocks are reused (30 s, the same losses; peak
+    memory 1.2 -> 2.3 GB). Restored afterwards; a no-op without glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**30)
+    try:
+        yield
+    finally:  # glibc's defaults, and the kept memory back to the kernel
+        mallopt(m_mmap_max, 65536)
+        mallopt(m_trim_threshold, 128 * 1024)
+        libc.malloc_trim(0)
+
+
+def fit_als(
+    histories: Mapping[str, Sequence[HistoryEvent]],
+    item_rows: Mapping[str, int],
+    cfg: SequentialConfig,
+) -> Matrix:
+    """Implicit ALS item factors by ID row (row 0, "no ID vector", stays zero).
+
+    The interactions are binary (a repeated event counts once), as in the ALS baseline.
+    """
+    import implicit
+    import scipy.sparse as sp
+    from threadpoolctl import threadpool_limits
+
+    rows: list[int] = []
+    cols: list[int] = []
+    for n, user in enumerate(sorted(histories)):
+        known = {item_rows[e.item_id] for e in histories[user] if e.item_id in item_rows}
+        rows += [n] * len(known)
+        cols += sorted(known)
+    matrix = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)),
+        shape=(len(histories), len(item_rows) + 1),
+    )
+    with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=cfg.collab_factors,
+            regularization=cfg.collab_reg,
+            alpha=cfg.collab_alpha,
+            iterations=cfg.collab_iterations,
+            random_state=cfg.seed,
+            calculate_training_loss=False,
+        )
+        model.fit(matrix, show_progress=False)
+    factors: Matrix = np.array(model.item_factors, dtype=np.float32)
+    factors[0] = 0.0
+    return factors
+
+
+def als_gram(factors: Matrix, reg: float) -> npt.NDArray[np.float64]:
+    """``Y'Y + reg I``: the part of every user's ALS system shared by all users."""
+    y = factors.astype(np.float64)
+    gram: npt.NDArray[np.float64] = y.T @ y + reg * np.eye(y.shape[1])
+    return gram
+
+
+def fold_in(
+    factors: Matrix,
+    user_rows: Sequence[Sequence[int]],
+    reg: float,
+    alpha: float,
+    gram: npt.NDArray[np.float64] | None = None,
+) -> Matrix:
+    """ALS's own user step for each user's item rows (exact least squares, implicit's
+    confidence ``alpha`` on interacted items), so a user needs no refit: new users and new
+    events are folded in at request time. ``gram``: :func:`als_gram`, when cached."""
+    y = factors
+    gram = als_gram(factors, reg) if gram is None else gram
+    out = np.zeros((len(user_rows), y.shape[1]), dtype=np.float32)
+    for n, rows in enumerate(user_rows):
+        known = sorted({r for r in rows if r > 0})
+        if not known:
+            continue
+        yu = y[known].astype(np.float64)
+        out[n] = np.linalg.solve(gram + (alpha - 1.0) * yu.T @ yu, alpha * yu.sum(axis=0))
+    return out
 
 
 class _Net:  # built lazily so importing this module does not import torch
@@ -132,6 +258,7 @@ class SequentialTower(UserTower):
         text_dim: width of the frozen text vectors.
         item_counts: item id -> training interactions (for the cold-item blend weight).
         text_center: the average user text vector ``z_mean`` (for the cold-item blend).
+        collab: ALS item factors by ID row (for the collaborative block).
 
     ``item_vectors`` are the indexed item vectors users are read from; set with :meth:`bind`
     (e.g. from a published index version).
@@ -147,7 +274,16 @@ class SequentialTower(UserTower):
         text_dim: int,
         item_counts: Mapping[str, int] | None = None,
         text_center: npt.ArrayLike | None = None,
+        collab: npt.ArrayLike | None = None,
     ) -> None:
+        if config.collab_weight > 0 and collab is None:
+            raise ValueError("collab_weight > 0 needs the ALS item factors (collab)")
+        self.collab = None if collab is None else np.asarray(collab, dtype=np.float32)
+        if self.collab is not None and self.collab.shape[0] != len(item_rows) + 1:
+            raise ValueError(
+                f"collab has {self.collab.shape[0]} rows, expected {len(item_rows) + 1} "
+                "(one per ID row, and row 0)"
+            )
         self.net = net.eval()
         self.text_center = (
             np.zeros(text_dim, dtype=np.float32)
@@ -161,20 +297,35 @@ class SequentialTower(UserTower):
         self.item_vectors: ItemVectors | None = None
         self._learned: ItemVectors | None = None
         self._text: MeanItemsTower | None = None
+        self._main_cov: npt.NDArray[np.float64] | None = None
+        self._collab_cov: npt.NDArray[np.float64] | None = None
+        self._gram = None if self.collab is None else als_gram(self.collab, self.cfg.collab_reg)
+
+    @property
+    def main_dim(self) -> int:
+        """Width of the learned + cold-blend blocks (the collaborative block follows)."""
+        return self.cfg.dim + (self.text_dim if self.cfg.cold_blend > 0 else 0)
+
+    @property
+    def collab_dim(self) -> int:
+        return 0 if self.collab is None or self.cfg.collab_weight <= 0 else self.collab.shape[1]
 
     @property
     def dim(self) -> int:
-        return self.cfg.dim + (self.text_dim if self.cfg.cold_blend > 0 else 0)
+        return self.main_dim + self.collab_dim
 
-    def with_blend(self, cold_blend: float) -> SequentialTower:
-        """The same network with another cold-item blend weight (unbound)."""
+    def with_blend(self, cold_blend: float, collab_weight: float | None = None) -> SequentialTower:
+        """The same network with other blend weights (unbound); ``None`` keeps the
+        collaborative weight."""
+        weight = self.cfg.collab_weight if collab_weight is None else collab_weight
         return SequentialTower(
             self.net,
-            replace(self.cfg, cold_blend=cold_blend),
+            replace(self.cfg, cold_blend=cold_blend, collab_weight=weight),
             self.item_rows,
             self.text_dim,
             self.item_counts,
             self.text_center,
+            self.collab,
         )
 
     def blend_weights(self, ids: Sequence[str]) -> Matrix:
@@ -195,6 +346,9 @@ class SequentialTower(UserTower):
         vectors: Matrix = out.numpy().astype(np.float32)
         if self.cfg.cold_blend > 0:
             vectors = np.hstack([vectors, self.blend_weights(ids)[:, None] * normalize(text)])
+        if self.collab_dim:
+            assert self.collab is not None
+            vectors = np.hstack([vectors, self.collab[rows.numpy()]])  # new items: zeros
         return vectors
 
     def bind(self, item_vectors: ItemVectors) -> SequentialTower:
@@ -205,10 +359,14 @@ class SequentialTower(UserTower):
         learned = np.ascontiguousarray(item_vectors.matrix[:, : self.cfg.dim])
         self._learned = ItemVectors(item_vectors.ids, learned)
         if self.cfg.cold_blend > 0:  # the text part, rescaled to unit length
-            text = normalize(item_vectors.matrix[:, self.cfg.dim :])
+            text = normalize(item_vectors.matrix[:, self.cfg.dim : self.main_dim])
             self._text = MeanItemsTower(
                 ItemVectors(item_vectors.ids, text), n_recent=self.cfg.blend_recent
             )
+        if self.collab_dim:  # score spreads over the indexed catalog, per block
+            matrix = item_vectors.matrix.astype(np.float64)
+            self._main_cov = np.cov(matrix[:, : self.main_dim], rowvar=False, bias=True)
+            self._collab_cov = np.cov(matrix[:, self.main_dim :], rowvar=False, bias=True)
         return self
 
     def embed(self, users: Sequence[UserState]) -> Matrix:
@@ -227,12 +385,29 @@ class SequentialTower(UserTower):
                 out[n] = self.net.users(seq)[0, -1].numpy()
         out = normalize(out)
         if self._text is None:
-            return out
+            return self._with_collab(users, out)
         text = self._text.embed(users)
         has_text = np.any(text, axis=1)
         text[has_text] -= self.text_center
         text[~np.any(out, axis=1)] = 0.0  # no learned vector -> no vector (popularity fallback)
-        return np.hstack([out, text])
+        return self._with_collab(users, np.hstack([out, text]))
+
+    def _with_collab(self, users: Sequence[UserState], main: Matrix) -> Matrix:
+        """Appends the collaborative block, scaled per user so that the ALS score's spread
+        over the catalog is ``collab_weight`` times the main score's (a per-user z-score
+        blend, done inside the inner product)."""
+        if not self.collab_dim:
+            return main
+        assert self.collab is not None and self._main_cov is not None
+        assert self._collab_cov is not None
+        rows = [[self.item_rows.get(e.item_id, 0) for e in user.history] for user in users]
+        x = fold_in(self.collab, rows, self.cfg.collab_reg, self.cfg.collab_alpha, self._gram)
+        spread_main = np.sqrt(((main @ self._main_cov) * main).sum(axis=1).clip(0))
+        spread_x = np.sqrt(((x @ self._collab_cov) * x).sum(axis=1).clip(0))
+        scale = np.where(spread_x > 0, spread_main / np.maximum(spread_x, 1e-12), 0.0)
+        scale[~np.any(main, axis=1)] = 0.0  # the popularity fallback stays a zero vector
+        part = (self.cfg.collab_weight * scale)[:, None] * x
+        return np.hstack([main, part.astype(np.float32)])
 
     def config(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "text_dim": self.text_dim}
@@ -241,12 +416,13 @@ class SequentialTower(UserTower):
         """``tower.json`` (config, item rows) and ``model.safetensors``."""
         from safetensors.torch import save_file
 
+        torch = _torch()
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in self.net.state_dict().items()},
-            str(root / "model.safetensors"),
-        )
+        tensors = {k: v.contiguous() for k, v in self.net.state_dict().items()}
+        if self.collab is not None:
+            tensors[COLLAB_KEY] = torch.from_numpy(np.ascontiguousarray(self.collab))
+        save_file(tensors, str(root / "model.safetensors"))
         path = root / "tower.json"
         path.write_text(
             json.dumps(
@@ -273,10 +449,18 @@ class SequentialTower(UserTower):
             raise ValueError(f"{root / 'tower.json'}: not a sequential tower")
         raw = dict(spec["config"]["config"])
         raw["blend_grid"] = tuple(raw.get("blend_grid", ()))
+        raw["collab_grid"] = tuple(raw.get("collab_grid", ()))  # absent before the block
         cfg = SequentialConfig(**raw)
         text_dim = int(spec["config"]["text_dim"])
         net = _Net.make(text_dim, len(spec["item_rows"]), cfg)
-        net.load_state_dict(load_file(str(root / "model.safetensors")))
+        tensors = load_file(str(root / "model.safetensors"))
+        collab = tensors.pop(COLLAB_KEY, None)
+        if collab is None and cfg.collab_weight > 0:
+            raise ValueError(
+                f"{root / 'model.safetensors'}: no {COLLAB_KEY!r} tensor, but tower.json has "
+                f"collab_weight {cfg.collab_weight}"
+            )
+        net.load_state_dict(tensors)
         return cls(
             net,
             cfg,
@@ -284,6 +468,7 @@ class SequentialTower(UserTower):
             text_dim,
             spec.get("item_counts", {}),
             spec.get("text_center"),
+            None if collab is None else collab.numpy(),
         )
 
 
@@ -356,54 +541,57 @@ def train_sequential(
     stale = 0
     best_epoch = cfg.epochs
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        net.train()
-        order = rng.permutation(len(seqs))
-        losses = []
-        for start in range(0, len(order), cfg.batch_size):
-            batch = [seqs[i] for i in order[start : start + cfg.batch_size]]
-            width = max(len(s) for s in batch) - 1
-            inputs = torch.zeros((len(batch), width), dtype=torch.long)
-            targets = torch.full((len(batch), width), -100, dtype=torch.long)
-            for b, seq in enumerate(batch):
-                n = len(seq) - 1
-                inputs[b, :n] = torch.tensor(seq[:-1])
-                targets[b, :n] = torch.tensor(seq[1:])
-            items = net.items(text, id_index, drop=cfg.id_dropout)  # all catalog items
-            users = net.users(items[inputs])
-            logits = users @ items.T / cfg.temperature
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    with _reuse_freed_memory():  # the logits of every step: see its docstring
+        for epoch in range(cfg.epochs):
+            net.train()
+            order = rng.permutation(len(seqs))
+            losses = []
+            for start in range(0, len(order), cfg.batch_size):
+                batch = [seqs[i] for i in order[start : start + cfg.batch_size]]
+                width = max(len(s) for s in batch) - 1
+                inputs = torch.zeros((len(batch), width), dtype=torch.long)
+                targets = torch.full((len(batch), width), -100, dtype=torch.long)
+                for b, seq in enumerate(batch):
+                    n = len(seq) - 1
+                    inputs[b, :n] = torch.tensor(seq[:-1])
+                    targets[b, :n] = torch.tensor(seq[1:])
+                items = net.items(text, id_index, drop=cfg.id_dropout)  # all catalog items
+                users = net.users(items[inputs])
+                logits = users @ items.T / cfg.temperature
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            if not val_users:  # no validation: a fixed number of epochs, keep the last
+                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+                best = (float("nan"), copy.deepcopy(net.state_dict()))
+                continue
+            tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
+            tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
+            assert tower.item_vectors is not None
+            recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
+                "recall@10"
+            ]
+            net.train()
+            history.append(
+                {"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall}
             )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        if not val_users:  # no validation: a fixed number of epochs, keep the last
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-            best = (float("nan"), copy.deepcopy(net.state_dict()))
-            continue
-        tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
-        tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
-        assert tower.item_vectors is not None
-        recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
-            "recall@10"
-        ]
-        net.train()
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall})
-        if progress:
-            log.info(
-                "sequential tower epoch %d: loss %.4f, validation Recall@10 %.4f",
-                epoch + 1,
-                np.mean(losses),
-                recall,
-            )
-        if recall > best[0]:
-            best, stale, best_epoch = (recall, copy.deepcopy(net.state_dict())), 0, epoch + 1
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+            if progress:
+                log.info(
+                    "sequential tower epoch %d: loss %.4f, validation Recall@10 %.4f",
+                    epoch + 1,
+                    np.mean(losses),
+                    recall,
+                )
+            if recall > best[0]:
+                best, stale, best_epoch = (recall, copy.deepcopy(net.state_dict())), 0, epoch + 1
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
     net.load_state_dict(best[1])
     net.eval()
     text_unit = ItemVectors(ids, normalize(text_vectors.matrix))
@@ -411,41 +599,43 @@ def train_sequential(
     pooled = text_tower.embed([UserState(u, {}, events) for u, events in train.items()])
     pooled = pooled[np.any(pooled, axis=1)]
     center = pooled.mean(axis=0) if len(pooled) else None
-    tower = SequentialTower(net, cfg, item_rows, text_vectors.dim, item_counts, center)
+    collab: Matrix | None = None
+    als_search: list[dict[str, float]] = []
+    searching = bool(val_users) and bool(cfg.blend_grid or cfg.collab_grid)
+    if searching and any(w > 0 for w in cfg.collab_grid):
+        collab, cfg, als_search = _choose_als(
+            text_vectors, train, validation, val_users, item_rows, item_counts, cfg
+        )
+    elif cfg.collab_weight > 0:
+        collab = fit_als(train, item_rows, cfg)
+    tower = SequentialTower(net, cfg, item_rows, text_vectors.dim, item_counts, center, collab)
     blends: list[dict[str, float]] = []
     zero_shot: dict[str, float] = {}
-    if val_users and cfg.blend_grid:
-        # The cold-item blend weight, on validation: the best NDCG@10 among the weights that
-        # keep the zero-shot text tower's Recall@100 on cold targets (else the best cold
-        # recall), ties to the smaller weight.
+    if searching:
+        # The blend weights, on validation: the best NDCG@10 among the (cold, collaborative)
+        # pairs that keep the zero-shot text tower's Recall@100 on cold targets (else the best
+        # cold recall), ties to the smaller weights.
         zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, item_counts)
-        for weight in cfg.blend_grid:
-            trial = tower.with_blend(weight)
-            trial.bind(ItemVectors(ids, trial.item_transform(ids, text_vectors.matrix)))
-            assert trial.item_vectors is not None
-            blends.append(
-                {
-                    "cold_blend": weight,
-                    **_val_metrics(
-                        trial, trial.item_vectors, train, validation, val_users, item_counts
-                    ),
-                }
-            )
+        blends = _blend_search(tower, text_vectors, train, validation, val_users)
         floor = zero_shot["cold_recall@100"]
         keeping = [r for r in blends if r["cold_recall@100"] >= floor or floor != floor]
         chosen = (
-            max(keeping, key=lambda r: (r["ndcg@10"], -r["cold_blend"]))
+            max(keeping, key=lambda r: (r["ndcg@10"], -r["collab_weight"], -r["cold_blend"]))
             if keeping
-            else max(blends, key=lambda r: (r["cold_recall@100"], -r["cold_blend"]))
+            else max(
+                blends, key=lambda r: (r["cold_recall@100"], -r["collab_weight"], -r["cold_blend"])
+            )
         )
-        tower = tower.with_blend(chosen["cold_blend"])
+        tower = tower.with_blend(chosen["cold_blend"], chosen["collab_weight"])
         cfg = tower.cfg
         if progress:
             log.info(
-                "cold-item blend %.2f chosen on validation (zero-shot %s): %s",
+                "blend chosen on validation: cold %.2f, collaborative %.2f (NDCG@10 %.4f; "
+                "zero-shot %s)",
                 cfg.cold_blend,
+                cfg.collab_weight,
+                chosen["ndcg@10"],
                 zero_shot,
-                blends,
             )
     tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
     card = {
@@ -456,6 +646,7 @@ def train_sequential(
         "train_seconds": time.perf_counter() - started,
         "blend": blends,
         "blend_zero_shot": zero_shot,
+        "collab_als": als_search,
         "sequences": len(seqs),
         "id_items": len(item_rows),
     }
@@ -475,7 +666,21 @@ def _val_metrics(
     excluded), and Recall@100 on targets with fewer than ``cold_threshold`` training
     interactions."""
     vectors = tower.embed([UserState(u, {}, train[u]) for u in users])
-    scores = vectors @ items.matrix.T
+    return _score_metrics(
+        vectors @ items.matrix.T, items, train, validation, users, item_counts, cold_threshold
+    )
+
+
+def _score_metrics(
+    scores: npt.NDArray[np.floating[Any]],
+    items: ItemVectors,
+    train: Mapping[str, Sequence[HistoryEvent]],
+    validation: Mapping[str, str],
+    users: Sequence[str],
+    item_counts: Mapping[str, int],
+    cold_threshold: int = 5,
+) -> dict[str, float]:
+    """:func:`_val_metrics` from a (users, catalog items) score matrix (modified in place)."""
     ranks = np.zeros(len(users), dtype=np.int64)
     cold = np.zeros(len(users), dtype=bool)
     for n, u in enumerate(users):
@@ -492,3 +697,83 @@ def _val_metrics(
         "cold_recall@100": float(np.mean(ranks[cold] < 100)) if cold.any() else float("nan"),
         "cold_users": int(cold.sum()),
     }
+
+
+def _choose_als(
+    text_vectors: ItemVectors,
+    train: Mapping[str, Sequence[HistoryEvent]],
+    validation: Mapping[str, str],
+    users: Sequence[str],
+    item_rows: Mapping[str, int],
+    item_counts: Mapping[str, int],
+    cfg: SequentialConfig,
+) -> tuple[Matrix, SequentialConfig, list[dict[str, float]]]:
+    """The ALS fit of :data:`COLLAB_SETTINGS` whose own score (users folded in) ranks the
+    validation items best: the collaborative block is as strong as the tuned ALS baseline."""
+    ids = text_vectors.ids
+    catalog_rows = np.array([item_rows.get(i, 0) for i in ids])
+    user_rows = [[item_rows.get(e.item_id, 0) for e in train[u]] for u in users]
+    items = ItemVectors(ids, np.zeros((len(ids), 1), dtype=np.float32))  # ids for the ranks
+    best: tuple[float, Matrix, SequentialConfig] | None = None
+    rows = []
+    for factors, reg, alpha in COLLAB_SETTINGS:
+        trial = replace(cfg, collab_factors=factors, collab_reg=reg, collab_alpha=alpha)
+        collab = fit_als(train, item_rows, trial)
+        x = fold_in(collab, user_rows, reg, alpha)
+        metrics = _score_metrics(
+            x @ collab[catalog_rows].T, items, train, validation, users, item_counts
+        )
+        rows.append({"factors": factors, "regularization": reg, "alpha": alpha, **metrics})
+        if best is None or metrics["ndcg@10"] > best[0]:
+            best = (metrics["ndcg@10"], collab, trial)
+    assert best is not None
+    return best[1], best[2], rows
+
+
+def _blend_search(
+    tower: SequentialTower,
+    text_vectors: ItemVectors,
+    train: Mapping[str, Sequence[HistoryEvent]],
+    validation: Mapping[str, str],
+    users: Sequence[str],
+) -> list[dict[str, float]]:
+    """Validation metrics of every (cold blend, collaborative weight) pair of the grids.
+
+    Each block's scores are computed once and combined per pair exactly as the bound tower's
+    inner product combines them (the per-user spread of each block over the catalog)."""
+    cfg = tower.cfg
+    ids = text_vectors.ids
+    states = [UserState(u, {}, train[u]) for u in users]
+    full = tower.with_blend(1.0, 1.0 if tower.collab is not None else 0.0)
+    indexed = full.item_transform(ids, text_vectors.matrix)
+    full.bind(ItemVectors(ids, indexed))
+    users_full = full.embed(states)
+    d, t = cfg.dim, full.main_dim
+    learned = users_full[:, :d] @ indexed[:, :d].T
+    text = users_full[:, d:t] @ normalize(text_vectors.matrix).T  # (z_u - z_mean) . x_i
+    unit = full.blend_weights(ids)  # w_i at cold_blend 1
+    collab = None
+    if full.collab_dim:
+        assert full.collab is not None
+        x = fold_in(
+            full.collab,
+            [[tower.item_rows.get(e.item_id, 0) for e in s.history] for s in states],
+            cfg.collab_reg,
+            cfg.collab_alpha,
+        )
+        collab = x @ indexed[:, t:].T
+    items = ItemVectors(ids, np.zeros((len(ids), 1), dtype=np.float32))
+    out = []
+    for weight in cfg.collab_grid or (cfg.collab_weight,):
+        for blend in cfg.blend_grid or (cfg.cold_blend,):
+            main = learned + blend * unit[None, :] * text
+            scores = main
+            if weight > 0 and collab is not None:
+                spread = collab.std(axis=1, keepdims=True)
+                scale = np.where(spread > 0, main.std(axis=1, keepdims=True) / spread, 0.0)
+                scores = main + weight * scale * collab
+            metrics = _score_metrics(
+                scores, items, train, validation, users, dict(tower.item_counts)
+            )
+            out.append({"cold_blend": blend, "collab_weight": weight, **metrics})
+    return out

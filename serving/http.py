@@ -68,7 +68,7 @@ class RecommendRequest(BaseModel):
     history: list[Event] | None = None
     profile: dict[str, str] | None = None
     k: int = Field(default=10, ge=1)
-    candidates: int = Field(default=50, ge=1)
+    candidates: int = Field(default=100, ge=1)
     exclude_seen: bool = True
     allow: list[str] | None = None
 

@@ -207,7 +207,7 @@ class Recommender:
         history: Sequence[HistoryEvent] | None = None,
         profile: Mapping[str, str] | None = None,
         k: int = 10,
-        candidates: int = 50,
+        candidates: int = 100,
         exclude_seen: bool = True,
         allow: Collection[str] | None = None,
     ) -> Recommendation:

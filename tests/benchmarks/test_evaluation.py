@@ -90,6 +90,8 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert [r["seed"] for r in trained["seeds"]["runs"]] == [0, 1]
     assert trained["seeds"]["runs"][0]["ndcg@10"] == trained["ndcg@10"]
     assert trained["params"]["cold_blend"] in SequentialConfig().blend_grid
+    assert trained["params"]["collab_weight"] in SequentialConfig().collab_grid
+    assert not trained["params"]["collab_grid"]  # the refit keeps what validation chose
     # The headline (the pipeline) is repeated per seed with that seed's tower and features.
     pipeline = report["methods"]["two_tower_trained+reranker"]
     assert [r["seed"] for r in pipeline["seeds"]["runs"]] == [0, 1]

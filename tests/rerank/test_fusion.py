@@ -62,3 +62,25 @@ def test_noise_features_leave_the_first_stage_order() -> None:
     w0 = dict(zip(COLUMNS, fit0.weights, strict=True))
     assert w0["retrieval_score"] > 0 and w0["text"] == 0 and w0["log_popularity"] == 0
     assert fit0.record["lists_with_target"] == 0
+
+
+def test_gains_the_lists_cannot_measure_keep_the_first_stage_order_exactly() -> None:
+    rng = np.random.default_rng(2)
+    lists, targets = [], []
+    for _ in range(60):  # the target follows the retrieval score loosely; the rest is noise
+        rows = rng.normal(size=(20, len(COLUMNS)))
+        rows[:, 3] = rng.normal()
+        p = np.exp(rows[:, 1]) / np.exp(rows[:, 1]).sum()
+        lists.append(rows)
+        targets.append(int(rng.choice(20, p=p)))
+    rows, labels = _labelled(rng, 100)
+    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_mean_rating"])
+    cv, se = fit.record["cv_list_loss"], fit.record["cv_list_loss_se"]
+    best = min(cv, key=lambda k: cv[k])
+    assert fit.record["chosen"] == "prior" and cv["prior"] <= cv[best] + se[best]
+    w = dict(zip(COLUMNS, fit.weights, strict=True))
+    assert w["text"] == 0 and w["log_popularity"] == 0 and w["retrieval_score"] > 0
+    for lst in lists:  # the served order is the retrieval order, item for item
+        np.testing.assert_array_equal(
+            np.argsort(-fit.logits(lst), kind="stable"), np.argsort(-lst[:, 1], kind="stable")
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,15 @@ import pytest
 from catalog import Catalog, leave_one_out
 from catalog.history import group_histories
 from catalog.text import HistoryEvent
-from retrieval.sequential import SequentialConfig, SequentialTower, train_sequential
+from retrieval.sequential import (
+    COLLAB_SETTINGS,
+    SequentialConfig,
+    SequentialTower,
+    _val_metrics,
+    fit_als,
+    fold_in,
+    train_sequential,
+)
 from retrieval.towers import MeanItemsTower, UserState
 from retrieval.vectors import ItemVectors, normalize
 from tests.conftest import tiny_catalog
@@ -30,7 +39,9 @@ def _setup() -> tuple[ItemVectors, dict, dict]:
     return vectors, train, val
 
 
-CFG = SequentialConfig(dim=8, max_len=4, epochs=3, batch_size=4, patience=3, blend_grid=())
+CFG = SequentialConfig(
+    dim=8, max_len=4, epochs=3, batch_size=4, patience=3, blend_grid=(), collab_grid=()
+)
 
 
 def test_trains_and_embeds_unit_vectors() -> None:
@@ -108,7 +119,9 @@ def test_cold_blend_scores_learned_plus_weighted_text_similarity() -> None:
 
 def test_blend_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
     vectors, train, val = _setup()
-    cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(0.0, 0.3))
+    cfg = SequentialConfig(
+        dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(0.0, 0.3), collab_grid=()
+    )
     tower, card = train_sequential(vectors, train, val, cfg, progress=False)
     assert [row["cold_blend"] for row in card["blend"]] == [0.0, 0.3]
     floor = card["blend_zero_shot"]["cold_recall@100"]
@@ -129,3 +142,107 @@ def test_blend_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="dims"):
         loaded.bind(ItemVectors(vectors.ids, vectors.matrix))  # text vectors, not indexed ones
+
+
+def test_fold_in_solves_the_als_user_step_exactly() -> None:
+    rng = np.random.default_rng(1)
+    factors = rng.normal(size=(12, 4)).astype(np.float32)
+    factors[0] = 0.0
+    rows = [3, 5, 5, 9, 0]  # a repeat counts once; row 0 (no ID vector) is ignored
+    reg, alpha = 0.1, 10.0
+    x = fold_in(factors, [rows, []], reg, alpha)
+    # the weighted least squares ALS solves for one user: confidence alpha on the three
+    # interacted rows (preference 1), 1 elsewhere (preference 0), ridge reg
+    y = factors.astype(np.float64)
+    conf = np.ones(len(y))
+    pref = np.zeros(len(y))
+    conf[[3, 5, 9]], pref[[3, 5, 9]] = alpha, 1.0
+    a = y.T @ (conf[:, None] * y) + reg * np.eye(4)
+    expected = np.linalg.solve(a, y.T @ (conf * pref))
+    np.testing.assert_allclose(x[0], expected, rtol=1e-4, atol=1e-5)
+    assert not x[1].any()  # no history: no collaborative vector
+
+
+def test_collab_block_adds_the_standardised_als_score() -> None:
+    vectors, train, val = _setup()
+    plain, _ = train_sequential(vectors, train, val, CFG, progress=False)
+    rows = plain.item_rows
+    collab = fit_als(train, rows, CFG)
+    assert collab.shape == (len(rows) + 1, CFG.collab_factors) and not collab[0].any()
+    with pytest.raises(ValueError, match="ALS item factors"):
+        SequentialTower(plain.net, replace(CFG, collab_weight=0.5), rows, 16)
+    tower = SequentialTower(
+        plain.net, replace(CFG, collab_weight=0.5), rows, 16, plain.item_counts, None, collab
+    )
+    ids = [*vectors.ids, "brand-new"]
+    text = np.vstack([vectors.matrix, vectors.matrix[:1]])
+    indexed = tower.item_transform(ids, text)
+    assert indexed.shape == (len(ids), 8 + CFG.collab_factors)
+    assert not indexed[-1, 8:].any()  # a new item has no factors: its text alone places it
+    tower.bind(ItemVectors(ids, indexed))
+    user = UserState("u0", {}, train["u0"])
+    score = tower.embed([user])[0] @ indexed.T
+    plain.bind(ItemVectors(ids, plain.item_transform(ids, text)))
+    main = plain.embed([user])[0] @ plain.item_vectors.matrix.T  # type: ignore[union-attr]
+    x = fold_in(collab, [[rows.get(e.item_id, 0) for e in train["u0"]]], 0.01, 10.0)[0]
+    als = indexed[:, 8:] @ x
+    assert als.std() > 0
+    expected = main + 0.5 * (main.std() / als.std()) * als
+    np.testing.assert_allclose(score, expected, atol=1e-4)
+    assert not tower.embed([UserState("cold")]).any()  # still the popularity fallback
+
+
+def test_collab_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
+    vectors, train, val = _setup()
+    cfg = replace(CFG, epochs=2, blend_grid=(0.0, 0.3), collab_grid=(0.0, 0.2))
+    tower, card = train_sequential(vectors, train, val, cfg, progress=False)
+    assert len(card["collab_als"]) == len(COLLAB_SETTINGS)
+    best_als = max(card["collab_als"], key=lambda r: r["ndcg@10"])
+    assert (tower.cfg.collab_factors, tower.cfg.collab_reg, tower.cfg.collab_alpha) == (
+        best_als["factors"],
+        best_als["regularization"],
+        best_als["alpha"],
+    )
+    pairs = [(r["cold_blend"], r["collab_weight"]) for r in card["blend"]]
+    assert sorted(pairs) == [(0.0, 0.0), (0.0, 0.2), (0.3, 0.0), (0.3, 0.2)]
+    floor = card["blend_zero_shot"]["cold_recall@100"]
+    keeping = [r for r in card["blend"] if r["cold_recall@100"] >= floor or floor != floor]
+    key = "ndcg@10" if keeping else "cold_recall@100"
+    best = max(
+        keeping or card["blend"], key=lambda r: (r[key], -r["collab_weight"], -r["cold_blend"])
+    )
+    assert (tower.cfg.cold_blend, tower.cfg.collab_weight) == (
+        best["cold_blend"],
+        best["collab_weight"],
+    )
+    # the search's combined scores are the bound tower's own inner products
+    for row in card["blend"]:
+        trial = tower.with_blend(row["cold_blend"], row["collab_weight"])
+        trial.bind(ItemVectors(vectors.ids, trial.item_transform(vectors.ids, vectors.matrix)))
+        assert trial.item_vectors is not None
+        users = [u for u in val if u in train and val[u] in set(vectors.ids)]
+        got = _val_metrics(trial, trial.item_vectors, train, val, users, tower.item_counts)
+        assert got["ndcg@10"] == pytest.approx(row["ndcg@10"], abs=1e-6)
+        assert got["recall@100"] == pytest.approx(row["recall@100"], abs=1e-6)
+    saved = tower.with_blend(0.3, 0.2)
+    saved.save(tmp_path / "tower")
+    loaded = SequentialTower.load(tmp_path / "tower")
+    assert loaded.cfg.collab_weight == 0.2 and loaded.collab is not None
+    np.testing.assert_allclose(loaded.collab, saved.collab)  # type: ignore[arg-type]
+    indexed = loaded.item_transform(vectors.ids, vectors.matrix)
+    np.testing.assert_allclose(
+        indexed, saved.item_transform(vectors.ids, vectors.matrix), atol=1e-6
+    )
+    loaded.bind(ItemVectors(vectors.ids, indexed))
+    saved.bind(ItemVectors(vectors.ids, indexed))
+    user = UserState("u1", {}, train["u1"])
+    np.testing.assert_allclose(loaded.embed([user]), saved.embed([user]), atol=1e-6)
+    # a folder whose weights lost the factors is refused by name, not served without them
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "tower" / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors["collab.item_factors"]
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match=r"model\.safetensors.*collab_weight 0\.2"):
+        SequentialTower.load(tmp_path / "tower")

@@ -30,13 +30,16 @@ def test_index_version_carries_the_tower_and_serving_uses_it(
     ids = list(catalog.items)
     text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
     split = leave_one_out(catalog.interactions)
-    cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=())
+    cfg = SequentialConfig(  # with the collaborative block (ALS fitted at its settings)
+        dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(), collab_weight=0.2
+    )
     trained, _ = train_sequential(text, group_histories(split.train), {}, cfg, progress=False)
     tower = trained.with_blend(0.3)
     manifest = IndexBuild(tmp_path / "index", encoder, BuildConfig(), tower=tower).run(
         catalog.items, source={}, source_hash="x", progress=False
     )
-    assert manifest["tower"]["name"] == "sequential" and manifest["dims"] == 8 + 384
+    assert manifest["tower"]["name"] == "sequential"
+    assert manifest["dims"] == 8 + 384 + cfg.collab_factors
     assert {"tower.json", "model.safetensors"} <= set(manifest["files"])
 
     tower.bind(ItemVectors(ids, tower.item_transform(ids, text.matrix)))
@@ -55,6 +58,7 @@ def test_index_version_carries_the_tower_and_serving_uses_it(
     rec = Recommender(tmp_path / "index", catalog, reranker)
     served = rec._loaded.tower
     assert isinstance(served, SequentialTower) and served.cfg.cold_blend == pytest.approx(0.3)
+    assert served.cfg.collab_weight == pytest.approx(0.2) and served.collab is not None
     user = next(iter(rec.histories))
     out = rec.recommend(user, k=5, candidates=10)
     assert out.reranked and len(out.items) == 5
