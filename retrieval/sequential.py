@@ -203,14 +203,13 @@ def fold_in(
     """ALS's own user step for each user's item rows (exact least squares, implicit's
     confidence ``alpha`` on interacted items), so a user needs no refit: new users and new
     events are folded in at request time. ``gram``: :func:`als_gram`, when cached."""
-    y = factors
     gram = als_gram(factors, reg) if gram is None else gram
-    out = np.zeros((len(user_rows), y.shape[1]), dtype=np.float32)
+    out = np.zeros((len(user_rows), factors.shape[1]), dtype=np.float32)
     for n, rows in enumerate(user_rows):
         known = sorted({r for r in rows if r > 0})
         if not known:
             continue
-        yu = y[known].astype(np.float64)
+        yu = factors[known].astype(np.float64)
         out[n] = np.linalg.solve(gram + (alpha - 1.0) * yu.T @ yu, alpha * yu.sum(axis=0))
     return out
 
@@ -744,24 +743,19 @@ def _blend_search(
     cfg = tower.cfg
     ids = text_vectors.ids
     states = [UserState(u, {}, train[u]) for u in users]
-    full = tower.with_blend(1.0, 1.0 if tower.collab is not None else 0.0)
+    full = tower.with_blend(1.0, 0.0)  # learned + text blocks; the ALS block comes below
     indexed = full.item_transform(ids, text_vectors.matrix)
     full.bind(ItemVectors(ids, indexed))
     users_full = full.embed(states)
-    d, t = cfg.dim, full.main_dim
+    d = cfg.dim
     learned = users_full[:, :d] @ indexed[:, :d].T
-    text = users_full[:, d:t] @ normalize(text_vectors.matrix).T  # (z_u - z_mean) . x_i
+    text = users_full[:, d:] @ normalize(text_vectors.matrix).T  # (z_u - z_mean) . x_i
     unit = full.blend_weights(ids)  # w_i at cold_blend 1
     collab = None
-    if full.collab_dim:
-        assert full.collab is not None
-        x = fold_in(
-            full.collab,
-            [[tower.item_rows.get(e.item_id, 0) for e in s.history] for s in states],
-            cfg.collab_reg,
-            cfg.collab_alpha,
-        )
-        collab = x @ indexed[:, t:].T
+    if tower.collab is not None:
+        rows = [[tower.item_rows.get(e.item_id, 0) for e in s.history] for s in states]
+        x = fold_in(tower.collab, rows, cfg.collab_reg, cfg.collab_alpha)
+        collab = x @ tower.collab[[tower.item_rows.get(i, 0) for i in ids]].T
     items = ItemVectors(ids, np.zeros((len(ids), 1), dtype=np.float32))
     out = []
     for weight in cfg.collab_grid or (cfg.collab_weight,):
