@@ -733,6 +733,7 @@ def train_tower_cmd(
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="CI size: 30 steps, 2 targets/user, 200 val users.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
 @click.pass_obj
 def train_reranker_cmd(
     settings: Settings,
@@ -757,6 +758,7 @@ def train_reranker_cmd(
     attention: str,
     seed: int,
     quick: bool,
+    device: str | None,
 ) -> None:
     """Fine-tune the point-wise cross-encoder reranker on the training split."""
     from catalog import leave_one_out, load_catalog
@@ -798,6 +800,7 @@ def train_reranker_cmd(
             resume=resume,
             count_tokens=encoder.count_tokens,
             tower=tower,
+            device=device,
         )
     from benchmarks.contract import format_table
 

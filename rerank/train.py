@@ -193,6 +193,10 @@ def _batch(
     }
 
 
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def predict_logits(
     net: RerankerNet,
     tokenizer: Any,
@@ -206,6 +210,7 @@ def predict_logits(
     import torch
 
     net.eval()
+    dev = next(net.parameters()).device
     out = np.zeros((len(examples), net.config.n_outputs), dtype=np.float32)
     attention = net.config.attention
     with torch.inference_mode():
@@ -220,7 +225,7 @@ def predict_logits(
                     [stage.item_text[examples[i].item_id] for i in members],
                     cfg.max_length,
                 )
-                user = net.encode_prefix(torch.tensor([prefix], dtype=torch.long))
+                user = net.encode_prefix(torch.tensor([prefix], dtype=torch.long, device=dev))
                 for start in range(0, len(members), batch_size):
                     rows = items[start : start + batch_size]
                     chosen = members[start : start + batch_size]
@@ -228,13 +233,14 @@ def predict_logits(
                     feats = torch.tensor(
                         [examples[i].features for i in chosen], dtype=torch.float32
                     ).reshape(len(chosen), len(cfg.features))
-                    out[chosen] = net.prefixed(user, ids, mask, feats).float().numpy()
+                    logits = net.prefixed(user, ids.to(dev), mask.to(dev), feats.to(dev))
+                    out[chosen] = logits.float().cpu().numpy()
             return out
         order = np.argsort([len(e.user_text) + len(stage.item_text[e.item_id]) for e in examples])
         for start in range(0, len(examples), batch_size):
             idx = order[start : start + batch_size]
             batch = _batch(tokenizer, [examples[i] for i in idx], stage, cfg, torch, attention)
-            out[idx] = net(**batch).float().numpy()
+            out[idx] = net(**_to(batch, dev)).float().cpu().numpy()
     return out
 
 
@@ -363,7 +369,7 @@ def fit_fusion(
     from rerank import fusion
 
     assert net.feature_head is not None and net.config.head == "binary"
-    w_f = net.feature_head.weight.detach()[0].double().numpy()
+    w_f = net.feature_head.weight.detach()[0].double().cpu().numpy()
     b_f = float(net.feature_head.bias.detach()[0])
     names = tuple(net.config.features)
 
@@ -393,9 +399,7 @@ def fit_fusion(
     with torch.no_grad():
         net.head.weight.mul_(float(fit.weights[0]))
         net.head.bias.mul_(float(fit.weights[0]))
-        net.feature_head.weight[0] = torch.from_numpy(fit.weights[1:]).to(
-            net.feature_head.weight.dtype
-        )
+        net.feature_head.weight[0] = torch.from_numpy(fit.weights[1:]).to(net.feature_head.weight)
         net.feature_head.bias[0] = fit.bias
     record = {
         "text_scale": float(fit.weights[0]),
@@ -547,6 +551,7 @@ def train_reranker(
     progress: bool = True,
     count_tokens: Any = None,
     tower: UserTower | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Trains the reranker and saves the best epoch (calibrated) to ``out`` atomically.
 
@@ -562,6 +567,8 @@ def train_reranker(
         count_tokens: the tokenizer's counter for the user-text budget.
         tower: the first stage to learn from (its scores become the ``retrieval_score``
             feature; default: mean of recent liked ``item_vectors``).
+        device: where the network trains (``cpu``, ``cuda``; default: CUDA when present).
+            The saved model is the same either way; serving loads it on the CPU.
 
     Returns:
         The model card.
@@ -613,6 +620,8 @@ def train_reranker(
         attention=cfg.attention,
     )
     net, tokenizer = new_net(base, config)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(dev)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
     # The backbone fine-tunes gently; the heads start from scratch (the scalar features'
     # weights would barely move in a few hundred steps at the backbone's rate).
@@ -661,12 +670,12 @@ def train_reranker(
                 break
             chunk = [examples[i] for i in idx]
             batch = _batch(tokenizer, chunk, stage, cfg, torch, config.attention)
-            logits = net(**batch)
+            logits = net(**_to(batch, dev))
             if cfg.head == "binary":
-                target = torch.tensor([e.label for e in chunk], dtype=torch.float32)
+                target = torch.tensor([e.label for e in chunk], dtype=torch.float32, device=dev)
                 loss = loss_fn(logits[:, 0], target)
             else:
-                loss = loss_fn(logits, torch.tensor([e.level for e in chunk]))
+                loss = loss_fn(logits, torch.tensor([e.level for e in chunk], device=dev))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -734,6 +743,7 @@ def train_reranker(
             "validation_lists": len(lists),
         },
         "steps": step,
+        "device": str(dev),
         "train_seconds": time.perf_counter() - started,
         "before_training": initial,
         "epochs": history,
@@ -741,6 +751,7 @@ def train_reranker(
         "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
         "note": "calibration/fusion fitted on the same validation data it is reported on",
     }
+    net.to("cpu")
     with atomic_dir(Path(out)) as staging:
         save_net(net, tokenizer, staging, config, card)
     import shutil

@@ -97,6 +97,16 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert [r["seed"] for r in pipeline["seeds"]["runs"]] == [0, 1]
     assert pipeline["seeds"]["runs"][0]["ndcg@10"] == pipeline["ndcg@10"]
     assert all(len(r["ndcg@10_minus_als_ci95"]) == 2 for r in pipeline["seeds"]["runs"])
+    # The headline's interval: each user's NDCG@10 averaged over the seeds, minus ALS's.
+    als_ndcg = report["methods"]["als"]["ndcg@10"]
+    for method in (trained, pipeline):
+        summary = method["seeds"]
+        mean_diff = summary["ndcg@10_mean"] - als_ndcg
+        lo, hi = summary["ndcg@10_mean_minus_reference_ci95"]
+        assert lo - 1e-9 <= mean_diff <= hi + 1e-9
+        if als_ndcg:
+            ratio = summary["ndcg@10_mean"] / als_ndcg
+            assert summary["ndcg@10_mean_vs_reference"] == pytest.approx(ratio)
     # Seed 1 refits with what seed 0 chose on validation.
     assert trained["seeds"]["protocol"].startswith("the first seed chooses")
     lo, hi = report["methods"]["popularity"]["ndcg@10_minus_als_ci95"]

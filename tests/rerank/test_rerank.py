@@ -107,6 +107,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ca
     out = tmp_path_factory.mktemp("rr") / "reranker"
     card = train_reranker(catalog, split, _vectors(catalog, encoder), out, CFG, progress=False)
     assert card["steps"] == 2
+    import torch
+
+    # Default device: CUDA when present; the saved weights are the same CPU tensors either way.
+    assert card["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     yield out, catalog
 
 
