@@ -600,6 +600,20 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
             f"| {m['mrr@10']:.4f} | {m['recall@100']:.4f} | "
             f"{m.get('auc', float('nan')):.3f} | {m.get('cold_recall@100', float('nan')):.3f} |"
         )
+    seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
+    if seeded:  # the headline over seeds, with the interval of the seeds' mean
+        rows += [
+            "",
+            "| method | seeds | NDCG@10 mean +- sd | mean / ALS | paired 95% CI, mean - ALS |",
+            "|---|---|---|---|---|",
+        ]
+        for name, sm in seeded.items():
+            lo, hi = sm.get("ndcg@10_mean_minus_reference_ci95", (float("nan"),) * 2)
+            ratio = sm.get("ndcg@10_mean_vs_reference") or float("nan")
+            rows.append(
+                f"| {name} | {len(sm['runs'])} | {sm['ndcg@10_mean']:.4f} +- "
+                f"{sm['ndcg@10_std']:.4f} | {ratio:.2f}x | {lo:+.4f} to {hi:+.4f} |"
+            )
     table = output.with_suffix(".md")
     table.write_text("\n".join(rows) + "\n")
     written.append(table)

@@ -194,6 +194,7 @@ def _batch(
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The batch's tensors on the network's device (batches are built on the CPU)."""
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -124,4 +124,8 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert {p.suffix for p in written} == {".json", ".md", ".png"}
     assert (tmp_path / "report-calibration.png").exists()
     assert json.loads((tmp_path / "report.json").read_text())["methods"]
-    assert "| als |" in (tmp_path / "report.md").read_text()
+    table = (tmp_path / "report.md").read_text()
+    assert "| als |" in table
+    # The seeds' table: both seeded methods, two seeds each, with the mean's interval.
+    seeded = [line for line in table.splitlines() if line.startswith("| two_tower_trained")]
+    assert sum(" | 2 | " in line for line in seeded) == 2
