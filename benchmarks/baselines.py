@@ -84,24 +84,21 @@ class ImplicitScorer(Scorer):
         import implicit
         from threadpoolctl import threadpool_limits
 
+        from retrieval.sequential import implicit_als
+
         p = self.params
-        if self.kind == "als":
-            model = implicit.cpu.als.AlternatingLeastSquares(
-                factors=p["factors"],
-                regularization=p["regularization"],
-                iterations=p["iterations"],
-                alpha=p["alpha"],
-                random_state=p["seed"],
-                calculate_training_loss=False,
+        if self.kind == "als":  # the same fit as the trained tower's collaborative block
+            self.user_factors, self.item_factors = implicit_als(
+                matrix, p["factors"], p["regularization"], p["alpha"], p["iterations"], p["seed"]
             )
-        else:
-            model = implicit.cpu.bpr.BayesianPersonalizedRanking(
-                factors=p["factors"],
-                regularization=p["regularization"],
-                iterations=p["iterations"],
-                learning_rate=p["learning_rate"],
-                random_state=p["seed"],
-            )
+            return self
+        model = implicit.cpu.bpr.BayesianPersonalizedRanking(
+            factors=p["factors"],
+            regularization=p["regularization"],
+            iterations=p["iterations"],
+            learning_rate=p["learning_rate"],
+            random_state=p["seed"],
+        )
         with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
             model.fit(matrix.astype(np.float32), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)

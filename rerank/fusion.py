@@ -142,12 +142,18 @@ def fit(
     zi_c = z_c[:, :, item_idx]
     record: dict[str, Any] = {"lists_with_target": len(lists), "prior": cols[anchor]}
 
+    def prior_on(rows: Any) -> Any:
+        """The prior: the anchor column alone, at its scale fitted on these lists (kept
+        non-negative)."""
+        one = zi_c[rows, :, anchor_pos : anchor_pos + 1]
+        scale = _fit_rank(one, mask[rows], target[rows], torch.ones(1, dtype=torch.float64), 0.0)
+        w = torch.zeros(len(item_idx), dtype=torch.float64)
+        w[anchor_pos] = float(scale.clamp(min=0.0)[0])
+        return w
+
     w_prior = torch.zeros(len(item_idx), dtype=torch.float64)
     if len(lists):
-        # The prior: the anchor column alone, at its fitted scale (kept non-negative).
-        one = zi_c[:, :, anchor_pos : anchor_pos + 1]
-        scale = _fit_rank(one, mask, target, torch.ones(1, dtype=torch.float64), 0.0)
-        w_prior[anchor_pos] = float(scale.clamp(min=0.0)[0])
+        w_prior = prior_on(slice(None))
         fold_of = np.random.default_rng(seed).permutation(len(lists)) % max(1, folds)
         cv: dict[str, float] = {}
         se: dict[str, float] = {}
@@ -157,14 +163,11 @@ def fit(
                 losses = []
                 for f in range(folds):
                     held = torch.as_tensor(fold_of == f)
-                    if lam is None:
-                        scale = _fit_rank(
-                            one[~held], mask[~held], target[~held], torch.ones(1).double(), 0.0
-                        )
-                        w = torch.zeros_like(w_prior)
-                        w[anchor_pos] = float(scale.clamp(min=0.0)[0])
-                    else:
-                        w = _fit_rank(zi_c[~held], mask[~held], target[~held], w_prior, lam)
+                    w = (
+                        prior_on(~held)
+                        if lam is None
+                        else _fit_rank(zi_c[~held], mask[~held], target[~held], w_prior, lam)
+                    )
                     losses.append(float(_list_loss(zi_c[held] @ w, mask[held], target[held])))
                 key = "prior" if lam is None else str(lam)
                 cv[key] = float(np.mean(losses))

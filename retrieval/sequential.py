@@ -157,9 +157,7 @@ def fit_als(
 
     The interactions are binary (a repeated event counts once), as in the ALS baseline.
     """
-    import implicit
     import scipy.sparse as sp
-    from threadpoolctl import threadpool_limits
 
     rows: list[int] = []
     cols: list[int] = []
@@ -171,19 +169,40 @@ def fit_als(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)),
         shape=(len(histories), len(item_rows) + 1),
     )
-    with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
-        model = implicit.cpu.als.AlternatingLeastSquares(
-            factors=cfg.collab_factors,
-            regularization=cfg.collab_reg,
-            alpha=cfg.collab_alpha,
-            iterations=cfg.collab_iterations,
-            random_state=cfg.seed,
-            calculate_training_loss=False,
-        )
-        model.fit(matrix, show_progress=False)
-    factors: Matrix = np.array(model.item_factors, dtype=np.float32)
+    _, factors = implicit_als(
+        matrix,
+        cfg.collab_factors,
+        cfg.collab_reg,
+        cfg.collab_alpha,
+        cfg.collab_iterations,
+        cfg.seed,
+    )
     factors[0] = 0.0
     return factors
+
+
+def implicit_als(
+    matrix: Any, factors: int, reg: float, alpha: float, iterations: int, seed: int
+) -> tuple[Matrix, Matrix]:
+    """(user, item) factors of ``implicit``'s ALS on a (users, items) matrix: the one fit the
+    collaborative block and the ALS baseline share, so the block is as strong as the baseline."""
+    import implicit
+    from threadpoolctl import threadpool_limits
+
+    model = implicit.cpu.als.AlternatingLeastSquares(
+        factors=factors,
+        regularization=reg,
+        alpha=alpha,
+        iterations=iterations,
+        random_state=seed,
+        calculate_training_loss=False,
+    )
+    with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
+        model.fit(matrix.astype(np.float32), show_progress=False)
+    return (
+        np.array(model.user_factors, dtype=np.float32),
+        np.array(model.item_factors, dtype=np.float32),
+    )
 
 
 def als_gram(factors: Matrix, reg: float) -> npt.NDArray[np.float64]:
