@@ -575,7 +575,8 @@ def train_reranker(
         The model card.
 
     Raises:
-        ValueError: no training pairs could be built.
+        ValueError: no training pairs could be built, or ``device`` is CUDA where torch sees
+            none.
     """
     import torch
     from tqdm.auto import tqdm
@@ -584,6 +585,10 @@ def train_reranker(
     from retrieval.train import seed_everything, warmup_then_decay
 
     cfg = cfg or RerankerTrainConfig()
+    # The device first: a bad one fails before minutes of pair building, not after.
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (use cpu)")
     seed_everything(cfg.seed)
     base = str(base_model or bundled_model_path())
     started = time.perf_counter()
@@ -621,7 +626,6 @@ def train_reranker(
         attention=cfg.attention,
     )
     net, tokenizer = new_net(base, config)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(dev)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
     # The backbone fine-tunes gently; the heads start from scratch (the scalar features'

@@ -114,6 +114,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ca
     yield out, catalog
 
 
+def test_a_device_torch_cannot_use_fails_before_any_work(tmp_path: Path, encoder: Encoder) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    catalog = _catalog()
+    split = leave_one_out(catalog.interactions)
+    out = tmp_path / "reranker"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        train_reranker(
+            catalog, split, _vectors(catalog, encoder), out, CFG, progress=False, device="cuda"
+        )
+    assert not out.exists() and not Path(str(out) + ".checkpoint").exists()
+
+
 def test_binary_head_saves_a_standard_folder(trained: tuple[Path, Catalog]) -> None:
     out, catalog = trained
     assert (out / "backbone" / "model.safetensors").exists()
