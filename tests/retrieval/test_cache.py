@@ -187,3 +187,15 @@ def test_embedded_server_starts_and_stops(tmp_path: Path) -> None:
     with pytest.raises(redis.ConnectionError):
         client.get("k")
     server.close()  # idempotent
+
+
+def test_embedded_server_stops_while_another_client_is_connected(tmp_path: Path) -> None:
+    """close() stops the server even when CLIENT LIST still shows other connections (the race
+    where the server had not yet seen our own sockets close left it running)."""
+    client, server = open_redis(None, tmp_path / "home")
+    assert server is not None
+    other = redis.Redis(unix_socket_path=server.socket_path, socket_timeout=1)
+    assert other.ping() and client.ping()
+    server.close()
+    with pytest.raises(redis.ConnectionError):
+        other.ping()
