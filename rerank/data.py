@@ -140,6 +140,15 @@ class FeatureMaker:
         vector: npt.NDArray[np.float32] = self.tower.embed([UserState(history=history)])[0]
         return vector
 
+    def user_vectors(self, histories: Sequence[Sequence[HistoryEvent]]) -> npt.NDArray[np.float32]:
+        """:meth:`user_vector` for many histories in one tower call (row ``n`` for ``n``)."""
+        if not histories:
+            return np.zeros((0, self.item_vectors.dim), dtype=np.float32)
+        vectors: npt.NDArray[np.float32] = self.tower.embed(
+            [UserState(history=h) for h in histories]
+        )
+        return vectors
+
     def retrieval_scores(
         self, user_vector: npt.NDArray[np.float32], item_ids: Sequence[str]
     ) -> npt.NDArray[np.float32]:
@@ -234,14 +243,15 @@ def build_examples(
     for user_id in sorted(histories):
         events = list(histories[user_id])
         seen = {e.item_id for e in events}
-        for event in events[-targets_per_user:]:
-            if event.item_id not in item_text:
-                continue
-            past = [e for e in events if e.timestamp < event.timestamp]
+        targets = [e for e in events[-targets_per_user:] if e.item_id in item_text]
+        pasts = [[e for e in events if e.timestamp < t.timestamp] for t in targets]
+        uvecs = features.user_vectors(pasts) if targets else None
+        for event, past, uvec in zip(
+            targets, pasts, uvecs if uvecs is not None else [], strict=True
+        ):
             text = user_text_at(
                 template, users.get(user_id), past, items, event.timestamp, count_tokens
             )
-            uvec = features.user_vector(past)
             liked = (
                 event.label == 1
                 if event.label is not None

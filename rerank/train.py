@@ -77,6 +77,10 @@ class RerankerTrainConfig:
             validation pass, minutes on a CPU).
         attention: ``user_prefix`` (the user side computed once per user at serving) or
             ``full`` (a standard cross-encoder); see :mod:`rerank.model`.
+        freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
+            transformer layers stay as pretrained (0: fine-tune all): backward then stops
+            above them. 3 of MiniLM's 6 made CPU steps 1.4x faster at the same validation AUC
+            (5: 2x faster, AUC 0.03 lower).
         seed: seeds Python, numpy and torch.
     """
 
@@ -102,6 +106,7 @@ class RerankerTrainConfig:
     calibrate: bool = True
     eval_before: bool = False
     attention: str = "user_prefix"
+    freeze_layers: int = 3
     seed: int = 0
 
 
@@ -193,6 +198,40 @@ def _batch(
     }
 
 
+def _auc_rank(auc: float) -> float:
+    """Epochs are kept by validation AUC; one whose validation holds a single class (AUC
+    undefined) still ranks above the untrained start (-1), so its training is not thrown away."""
+    return auc if auc == auc else -0.5
+
+
+def freeze_bottom(net: RerankerNet, layers: int) -> list[Any]:
+    """Freezes the backbone's embeddings and first ``layers`` layers; returns the parameters
+    left to train.
+
+    Raises:
+        ValueError: ``layers`` is negative or not below the backbone's depth (the top layer
+            must learn), or the backbone has no BERT-style ``embeddings`` + ``encoder.layer``.
+    """
+    if layers == 0:
+        return list(net.parameters())
+    blocks = getattr(getattr(net.backbone, "encoder", None), "layer", None)
+    embeddings = getattr(net.backbone, "embeddings", None)
+    if blocks is None or embeddings is None:
+        raise ValueError(
+            "freeze_layers needs a BERT-style backbone (embeddings + encoder.layer[*]); "
+            f"this {type(net.backbone).__name__} has not: use freeze_layers 0"
+        )
+    if not 0 <= layers < len(blocks):
+        raise ValueError(
+            f"freeze_layers must be in 0..{len(blocks) - 1} for this {len(blocks)}-layer "
+            f"backbone, got {layers}"
+        )
+    for module in (embeddings, *blocks[:layers]):
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return [p for p in net.parameters() if p.requires_grad]
+
+
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     """The batch's tensors on the network's device (batches are built on the CPU)."""
     return {k: v.to(device) for k, v in batch.items()}
@@ -277,13 +316,13 @@ def validation_examples(
     labelled: list[Example] = []
     lists: list[list[Example]] = []
     held: list[str] = []
-    for user_id in users:
+    vectors = stage.features.user_vectors([histories.get(u, []) for u in users])
+    for user_id, uvec in zip(users, vectors, strict=True):
         history = histories.get(user_id, [])
         item_id, rating = targets[user_id]
         text = user_text_at(
             stage.template, catalog.users.get(user_id), history, catalog.items, 2**62
         )
-        uvec = stage.features.user_vector(history)
         rating_value = None if rating != rating else float(rating)
         liked = rating_value is None or rating_value >= cfg.threshold
         f = stage.features.features(uvec, [item_id], history)[0]
@@ -593,6 +632,20 @@ def train_reranker(
     base = str(base_model or bundled_model_path())
     started = time.perf_counter()
     stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
+    # The network before the pairs: a backbone that cannot be frozen as asked fails fast.
+    config = RerankerConfig(
+        head=cfg.head,
+        levels=stage.levels,
+        threshold=cfg.threshold,
+        features=cfg.features,
+        max_length=cfg.max_length,
+        user_template=asdict(stage.template),
+        base_model=base,
+        retrieval=stage.features.tower.name,
+        attention=cfg.attention,
+    )
+    net, tokenizer = new_net(base, config)
+    trainable = freeze_bottom(net, cfg.freeze_layers)
     histories = group_histories(split.train, seed=cfg.seed)
     examples = build_examples(
         histories,
@@ -614,18 +667,6 @@ def train_reranker(
         raise ValueError("no training pairs: the training split has no usable interactions")
     kinds = Counter(e.kind for e in examples)
     log.info("training pairs: %s", dict(kinds))
-    config = RerankerConfig(
-        head=cfg.head,
-        levels=stage.levels,
-        threshold=cfg.threshold,
-        features=cfg.features,
-        max_length=cfg.max_length,
-        user_template=asdict(stage.template),
-        base_model=base,
-        retrieval=stage.features.tower.name,
-        attention=cfg.attention,
-    )
-    net, tokenizer = new_net(base, config)
     net.to(dev)
     labelled, lists, held = validation_examples(catalog, split, stage, cfg)
     # The backbone fine-tunes gently; the heads start from scratch (the scalar features'
@@ -634,7 +675,7 @@ def train_reranker(
     head_ids = {id(p) for p in heads}
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in net.parameters() if id(p) not in head_ids], "lr": cfg.lr},
+            {"params": [p for p in trainable if id(p) not in head_ids], "lr": cfg.lr},
             {"params": heads, "lr": cfg.head_lr},
         ],
         weight_decay=0.01,
@@ -658,7 +699,7 @@ def train_reranker(
     )
     if initial is not None:
         log.info("before training: %s", initial)
-    best_auc = max([h["auc"] for h in history], default=-1.0)
+    best_auc = max([_auc_rank(h["auc"]) for h in history], default=-1.0)
     best_state = copy.deepcopy(net.state_dict())
     best_logits: tuple[Any, Any] | None = None  # the kept epoch's validation pass, for the fusion
     stale = 0
@@ -699,8 +740,9 @@ def train_reranker(
         }
         history.append(record)
         log.info("epoch %d validation: %s", epoch + 1, metrics)
-        if metrics["auc"] > best_auc:
-            best_auc, best_state, stale = metrics["auc"], copy.deepcopy(net.state_dict()), 0
+        if _auc_rank(metrics["auc"]) > best_auc:
+            best_auc, best_state = _auc_rank(metrics["auc"]), copy.deepcopy(net.state_dict())
+            stale = 0
             best_logits = logits
         else:
             stale += 1

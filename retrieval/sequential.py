@@ -51,6 +51,8 @@ from retrieval.vectors import ItemVectors, normalize
 
 log = logging.getLogger(__name__)
 Matrix = npt.NDArray[np.float32]
+EMBED_BATCH = 1024
+"""Users per GRU call in :meth:`SequentialTower.embed` (bounds its memory)."""
 COLLAB_KEY = "collab.item_factors"
 """The ALS item factors' name in ``model.safetensors`` (beside the network's weights)."""
 
@@ -224,8 +226,16 @@ def fold_in(
     events are folded in at request time. ``gram``: :func:`als_gram`, when cached."""
     gram = als_gram(factors, reg) if gram is None else gram
     out = np.zeros((len(user_rows), factors.shape[1]), dtype=np.float32)
-    for n, rows in enumerate(user_rows):
-        known = sorted({r for r in rows if r > 0})
+    known_rows = [sorted({r for r in rows if r > 0}) for rows in user_rows]
+    if alpha == 1.0:
+        # Unit confidence adds nothing to the Gram matrix: every user solves the same system,
+        # so one solve serves them all (the per-user loop cost minutes in pair building).
+        users = [n for n, known in enumerate(known_rows) if known]
+        if users:
+            sums = np.stack([factors[known_rows[n]].astype(np.float64).sum(axis=0) for n in users])
+            out[users] = np.linalg.solve(gram, sums.T).T
+        return out
+    for n, known in enumerate(known_rows):
         if not known:
             continue
         yu = factors[known].astype(np.float64)
@@ -392,15 +402,21 @@ class SequentialTower(UserTower):
             raise ValueError("bind() the tower to its item vectors first")
         torch = _torch()
         out = np.zeros((len(users), self.cfg.dim), dtype=np.float32)
+        # Histories of one length run through the GRU together (no padding, so each state is a
+        # lone call's up to float rounding); one call per user cost a minute of pair building.
+        by_length: dict[int, list[tuple[int, npt.NDArray[np.int64]]]] = {}
         for n, user in enumerate(users):
             events = sorted(user.history, key=lambda e: e.timestamp)[-self.cfg.max_len :]
             rows = self._learned.rows([e.item_id for e in events])
             rows = rows[rows >= 0]
-            if len(rows) == 0:
-                continue
-            seq = torch.from_numpy(self._learned.matrix[rows][None, :, :])
-            with torch.inference_mode():
-                out[n] = self.net.users(seq)[0, -1].numpy()
+            if len(rows):
+                by_length.setdefault(len(rows), []).append((n, rows))
+        for members in by_length.values():
+            for start in range(0, len(members), EMBED_BATCH):
+                chunk = members[start : start + EMBED_BATCH]
+                seq = torch.from_numpy(self._learned.matrix[np.stack([r for _, r in chunk])])
+                with torch.inference_mode():
+                    out[[n for n, _ in chunk]] = self.net.users(seq)[:, -1].numpy()
         out = normalize(out)
         if self._text is None:
             return self._with_collab(users, out)

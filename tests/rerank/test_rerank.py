@@ -129,6 +129,37 @@ def test_a_device_torch_cannot_use_fails_before_any_work(tmp_path: Path, encoder
     assert not out.exists() and not Path(str(out) + ".checkpoint").exists()
 
 
+def test_frozen_layers_keep_their_pretrained_weights(tmp_path: Path, encoder: Encoder) -> None:
+    from dataclasses import replace
+
+    from transformers import AutoModel
+
+    from retrieval.encoder import bundled_model_path
+
+    catalog = _catalog()
+    split = leave_one_out(catalog.interactions)
+    vectors = _vectors(catalog, encoder)
+    with pytest.raises(ValueError, match=r"freeze_layers must be in 0\.\.5 .* got 6"):
+        train_reranker(
+            catalog, split, vectors, tmp_path / "bad", replace(CFG, freeze_layers=6), progress=False
+        )
+    assert not (tmp_path / "bad").exists()
+    cfg = replace(CFG, freeze_layers=5, eval_before=False, calibrate=False)
+    card = train_reranker(catalog, split, vectors, tmp_path / "r", cfg, progress=False)
+    assert card["config"]["freeze_layers"] == 5
+    # The tiny validation holds likes only (AUC undefined): the trained epoch is kept anyway.
+    assert np.isnan(card["epochs"][0]["auc"])
+    base = AutoModel.from_pretrained(str(bundled_model_path())).state_dict()
+    tuned = AutoModel.from_pretrained(str(tmp_path / "r" / "backbone")).state_dict()
+    frozen = [
+        k for k in base if k.startswith("embeddings.") or re.match(r"encoder\.layer\.[0-4]\.", k)
+    ]
+    top = [k for k in base if k.startswith("encoder.layer.5.")]
+    assert frozen and top
+    assert all(base[k].equal(tuned[k]) for k in frozen)
+    assert not all(base[k].equal(tuned[k]) for k in top)  # the top layer learned
+
+
 def test_binary_head_saves_a_standard_folder(trained: tuple[Path, Catalog]) -> None:
     out, catalog = trained
     assert (out / "backbone" / "model.safetensors").exists()

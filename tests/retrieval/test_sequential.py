@@ -144,23 +144,44 @@ def test_blend_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
         loaded.bind(ItemVectors(vectors.ids, vectors.matrix))  # text vectors, not indexed ones
 
 
-def test_fold_in_solves_the_als_user_step_exactly() -> None:
+@pytest.mark.parametrize("alpha", [10.0, 1.0])  # 1.0: all users in one solve
+def test_fold_in_solves_the_als_user_step_exactly(alpha: float) -> None:
     rng = np.random.default_rng(1)
     factors = rng.normal(size=(12, 4)).astype(np.float32)
     factors[0] = 0.0
-    rows = [3, 5, 5, 9, 0]  # a repeat counts once; row 0 (no ID vector) is ignored
-    reg, alpha = 0.1, 10.0
-    x = fold_in(factors, [rows, []], reg, alpha)
-    # the weighted least squares ALS solves for one user: confidence alpha on the three
-    # interacted rows (preference 1), 1 elsewhere (preference 0), ridge reg
+    users = [[3, 5, 5, 9, 0], [], [1, 2]]  # a repeat counts once; row 0 (no ID) is ignored
+    reg = 0.1
+    x = fold_in(factors, users, reg, alpha)
+    # the weighted least squares ALS solves for one user: confidence alpha on the interacted
+    # rows (preference 1), 1 elsewhere (preference 0), ridge reg
     y = factors.astype(np.float64)
-    conf = np.ones(len(y))
-    pref = np.zeros(len(y))
-    conf[[3, 5, 9]], pref[[3, 5, 9]] = alpha, 1.0
-    a = y.T @ (conf[:, None] * y) + reg * np.eye(4)
-    expected = np.linalg.solve(a, y.T @ (conf * pref))
-    np.testing.assert_allclose(x[0], expected, rtol=1e-4, atol=1e-5)
+    for n, known in ((0, [3, 5, 9]), (2, [1, 2])):
+        conf = np.ones(len(y))
+        pref = np.zeros(len(y))
+        conf[known], pref[known] = alpha, 1.0
+        a = y.T @ (conf[:, None] * y) + reg * np.eye(4)
+        expected = np.linalg.solve(a, y.T @ (conf * pref))
+        np.testing.assert_allclose(x[n], expected, rtol=1e-4, atol=1e-5)
     assert not x[1].any()  # no history: no collaborative vector
+
+
+def test_embedding_many_users_equals_one_at_a_time() -> None:
+    """Histories are batched by length through the GRU: every row must be a lone call's."""
+    vectors, train, val = _setup()
+    tower, _ = train_sequential(vectors, train, val, CFG, progress=False)
+    events = train["u0"]
+    states = (
+        [UserState("cold")]
+        + [  # every length, past max_len too, and a no-history user
+            UserState("u0", {}, events[:n]) for n in range(1, len(events) + 1)
+        ]
+    )
+    states += [UserState(u, {}, h) for u, h in train.items()]
+    together = tower.embed(states)
+    alone = np.vstack([tower.embed([s]) for s in states])
+    assert len({min(len(s.history), CFG.max_len) for s in states}) >= 4
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert not together[0].any() and np.abs(together[1:]).sum(axis=1).min() > 0
 
 
 def test_collab_block_adds_the_standardised_als_score() -> None:
