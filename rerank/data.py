@@ -137,7 +137,7 @@ class FeatureMaker:
 
     def user_vector(self, history: Sequence[HistoryEvent]) -> npt.NDArray[np.float32]:
         """The tower's vector for this history (zero when it has no likes)."""
-        vector: npt.NDArray[np.float32] = self.tower.embed([UserState(history=history)])[0]
+        vector: npt.NDArray[np.float32] = self.user_vectors([history])[0]
         return vector
 
     def user_vectors(self, histories: Sequence[Sequence[HistoryEvent]]) -> npt.NDArray[np.float32]:
@@ -245,10 +245,7 @@ def build_examples(
         seen = {e.item_id for e in events}
         targets = [e for e in events[-targets_per_user:] if e.item_id in item_text]
         pasts = [[e for e in events if e.timestamp < t.timestamp] for t in targets]
-        uvecs = features.user_vectors(pasts) if targets else None
-        for event, past, uvec in zip(
-            targets, pasts, uvecs if uvecs is not None else [], strict=True
-        ):
+        for event, past, uvec in zip(targets, pasts, features.user_vectors(pasts), strict=True):
             text = user_text_at(
                 template, users.get(user_id), past, items, event.timestamp, count_tokens
             )
