@@ -22,6 +22,7 @@ from catalog.readers import (
     BadRowPolicy,
     iter_csv,
     iter_delimited,
+    no_interactions,
     parse_float,
     parse_int,
 )
@@ -47,6 +48,13 @@ OCCUPATIONS_1M = (
 )  # fmt: skip
 
 NO_GENRES = "(no genres listed)"
+
+LAYOUT_FILES = {
+    "csv": ("movies.csv", "ratings.csv"),
+    "100k": ("u.item", "u.data"),
+    "1m": ("movies.dat", "ratings.dat"),
+}
+"""Each layout's items and interactions files (named in errors)."""
 
 
 def detect_layout(path: Path) -> str:
@@ -95,6 +103,7 @@ def load_movielens(path: str | Path, *, skip_bad: bool = False) -> Catalog:
         rows,
         policy,
         {"loader": "movielens", "layout": layout, "path": str(root.resolve())},
+        (root / LAYOUT_FILES[layout][0], root / LAYOUT_FILES[layout][1]),
     )
 
 
@@ -107,9 +116,20 @@ def _assemble(
     rows: list[_Row],
     policy: BadRowPolicy,
     source: dict[str, str],
+    files: tuple[Path, Path],
 ) -> Catalog:
-    """Builds the catalog, counting (and reporting) interactions whose item is unknown."""
+    """Builds the catalog, counting (and reporting) interactions whose item is unknown.
+
+    Raises:
+        DataError: no item, or no interaction with a known item, is left to import.
+    """
+    if not items:
+        raise DataError("no items to import", path=files[0])
     known = [r for r in rows if r[1] in items]
+    if not known:
+        raise no_interactions(
+            files[1], parsed=len(rows), skipped=policy.skipped.get(files[1].name, 0)
+        )
     unknown = len(rows) - len(known)
     if unknown:
         sample = sorted({r[1] for r in rows if r[1] not in items})[:5]

@@ -50,6 +50,18 @@ class BadRowPolicy:
         return sum(self.skipped.values())
 
 
+def no_interactions(path: Path, *, parsed: int, skipped: int) -> DataError:
+    """The error for an import that would hold no interaction (an empty catalog trains
+    nothing and would only fail later, far from its cause)."""
+    if parsed:
+        why = f"all {parsed:,} parsed rows name item ids missing from the items file"
+    elif skipped:
+        why = f"every row was skipped as bad ({skipped:,})"
+    else:
+        why = "the file has no data rows"
+    return DataError(f"no interactions to import: {why}", path=path)
+
+
 def check_file(path: Path) -> None:
     """Raises a clear :class:`DataError` when ``path`` is missing, not a file or empty."""
     if not path.exists():
@@ -60,49 +72,80 @@ def check_file(path: Path) -> None:
         raise DataError("file is empty", path=path)
 
 
+def _decode_lines(path: Path, encoding: str, bad: dict[int, str]) -> Iterator[str]:
+    """The file's lines decoded one at a time, so a bad byte is charged to its own line.
+
+    A text-mode file decodes in 8 KiB blocks: a bad byte then surfaces at whatever row is being
+    read, and no row can be skipped. Here an undecodable line is decoded with replacement
+    characters (so parsing goes on) and recorded in ``bad`` (physical line -> reason) for the
+    caller to report or skip.
+    """
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                bad[line_no] = (
+                    f"cannot decode as {encoding}: {exc.reason} "
+                    f"(byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                )
+                yield raw.decode(encoding, errors="replace")
+
+
+def _bad_in(bad: dict[int, str], first: int, last: int) -> str | None:
+    """The decoding problem of a row spanning physical lines ``first..last``, if any."""
+    for line in range(first, last + 1):
+        if line in bad:
+            return bad[line]
+    return None
+
+
 def iter_csv(
     path: Path, *, delimiter: str = ",", encoding: str = "utf-8"
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yields ``(line, row)`` for a CSV file with a header row.
 
+    A row with the wrong number of fields, or a line that cannot be decoded, is yielded as
+    ``{"__error__": reason}`` with its own line number, for the caller's :class:`BadRowPolicy`
+    to report or skip.
+
     Raises:
-        DataError: the file is missing or empty, has no header, cannot be decoded, or a row has
-            the wrong number of fields (always raised: use :class:`BadRowPolicy` around the
-            caller's own parsing for recoverable errors; a wrong field count is recoverable via
-            ``policy``).
+        DataError: the file is missing or empty, has no header, its header cannot be decoded,
+            or the CSV quoting is broken.
     """
     check_file(path)
-    with path.open(newline="", encoding=encoding) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+    bad: dict[int, str] = {}
+    reader = csv.reader(_decode_lines(path, encoding, bad), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError("file has no header row", path=path) from None
+    except csv.Error as exc:
+        raise DataError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
+    problem = _bad_in(bad, 1, reader.line_num)
+    if problem:
+        raise DataError(f"header row: {problem}", path=path, line=1)
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    line = reader.line_num
+    while True:
         try:
-            header = next(reader)
+            fields = next(reader)
         except StopIteration:
-            raise DataError("file has no header row", path=path) from None
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"cannot decode as {encoding}: {exc.reason}", path=path, line=1
-            ) from None
-        header = [h.strip().lstrip("\ufeff") for h in header]
+            return
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
+        start = line + 1
         line = reader.line_num
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"cannot decode as {encoding}: {exc.reason}", path=path, line=reader.line_num
-                ) from None
-            except csv.Error as exc:
-                raise DataError(f"malformed CSV: {exc}", path=path, line=reader.line_num) from None
-            start = line + 1
-            line = reader.line_num
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                yield start, {"__error__": f"expected {len(header)} fields, found {len(fields)}"}
-                continue
-            yield start, dict(zip(header, fields, strict=True))
+        problem = _bad_in(bad, start, line)
+        if problem:
+            yield start, {"__error__": problem}
+            continue
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            yield start, {"__error__": f"expected {len(header)} fields, found {len(fields)}"}
+            continue
+        yield start, dict(zip(header, fields, strict=True))
 
 
 def iter_delimited(
@@ -110,38 +153,44 @@ def iter_delimited(
 ) -> Iterator[tuple[int, list[str]]]:
     """Yields ``(line, fields)`` for a header-less file split on ``sep`` (``::``, ``|`` or tab).
 
-    A row whose field count differs from ``n_fields`` is yielded as ``[]`` so the caller can
-    report or skip it with its line number.
+    A row whose field count differs from ``n_fields``, or that cannot be decoded, is yielded as
+    ``[]`` so the caller can report or skip it with its line number.
     """
     check_file(path)
-    with path.open(encoding=encoding, newline="") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            text = raw.rstrip("\r\n")
-            if not text.strip():
-                continue
-            fields = text.split(sep)
-            if n_fields is not None and len(fields) != n_fields:
-                yield line_no, []
-                continue
-            yield line_no, fields
+    bad: dict[int, str] = {}
+    for line_no, raw in enumerate(_decode_lines(path, encoding, bad), start=1):
+        if line_no in bad:
+            yield line_no, []
+            continue
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            continue
+        fields = text.split(sep)
+        if n_fields is not None and len(fields) != n_fields:
+            yield line_no, []
+            continue
+        yield line_no, fields
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields ``(line, object)`` for a JSON-lines file; a bad line yields an ``__error__`` row."""
     check_file(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line_no, {"__error__": f"invalid JSON: {exc.msg}"}
-                continue
-            if not isinstance(obj, dict):
-                yield line_no, {"__error__": "expected a JSON object"}
-                continue
-            yield line_no, obj
+    bad: dict[int, str] = {}
+    for line_no, raw in enumerate(_decode_lines(path, "utf-8", bad), start=1):
+        if line_no in bad:
+            yield line_no, {"__error__": bad[line_no]}
+            continue
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield line_no, {"__error__": f"invalid JSON: {exc.msg}"}
+            continue
+        if not isinstance(obj, dict):
+            yield line_no, {"__error__": "expected a JSON object"}
+            continue
+        yield line_no, obj
 
 
 def iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

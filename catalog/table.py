@@ -17,6 +17,7 @@ from catalog.model import NO_LABEL, Catalog, Interactions, Item, User
 from catalog.readers import (
     BadRowPolicy,
     iter_table,
+    no_interactions,
     parse_float,
     parse_int,
     parse_timestamp,
@@ -146,6 +147,10 @@ def load_table(
             unknown += 1
             continue
         rows.append(parsed)
+    if not rows:
+        raise no_interactions(
+            inter_path, parsed=unknown, skipped=policy.skipped.get(inter_path.name, 0)
+        )
     for r in rows:
         catalog_users.setdefault(r[0], User(r[0]))
     inter = Interactions(

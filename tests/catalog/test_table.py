@@ -84,11 +84,14 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
     _write_jsonl(inter, [{"user_id": "u", "item_id": "A", "timestamp": "yesterday"}])
     with pytest.raises(DataError, match=r"inter.jsonl:1: column 'timestamp' value 'yesterday'"):
         load_table(items, inter)
-    inter.write_text('{"user_id": "u", "item_id": "A", "label": 3}\nnot json\n')
+    inter.write_text(
+        '{"user_id": "u", "item_id": "A", "label": 3}\nnot json\n'
+        '{"user_id": "u", "item_id": "A", "timestamp": 5}\n'
+    )
     with pytest.raises(DataError, match="label must be 0 or 1"):
         load_table(items, inter)
     catalog = load_table(items, inter, skip_bad=True)
-    assert catalog.stats["skipped_rows"] == 2
+    assert catalog.stats["skipped_rows"] == 2 and len(catalog.interactions) == 1
 
 
 def test_unsupported_type_and_bad_mapping(tmp_path: Path) -> None:
