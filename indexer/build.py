@@ -9,6 +9,7 @@ reused, and added/changed/removed against the previous version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from catalog.model import Item
 from catalog.text import ItemTextTemplate
 from indexer.lock import BuildLock
 from indexer.store import MANIFEST, IndexRoot
-from retrieval.encoder import Encoder
+from retrieval.encoder import CacheAudit, Encoder
 from retrieval.index import make_index
 from retrieval.sequential import SequentialTower
 
@@ -93,6 +94,9 @@ class BuildConfig:
         template: item text template.
         wait: wait for another build's lock instead of failing.
         lock_timeout: seconds to wait for the lock (None = forever).
+        verify_cache_sample: before encoding, re-encode this many random items and compare
+            them with the cache; on any mismatch the cache is not trusted for this build
+            (every item re-encoded, its entries overwritten). 0 checks nothing.
     """
 
     index_type: str = "flat"
@@ -102,6 +106,7 @@ class BuildConfig:
     template: ItemTextTemplate = field(default_factory=ItemTextTemplate)
     wait: bool = False
     lock_timeout: float | None = None
+    verify_cache_sample: int = 0
 
 
 class IndexBuild:
@@ -130,6 +135,8 @@ class IndexBuild:
     ) -> None:
         if (config or BuildConfig()).keep < 1:
             raise ValueError("keep must be >= 1")
+        if (config or BuildConfig()).verify_cache_sample < 0:
+            raise ValueError("verify_cache_sample must be >= 0")
         if tower is not None and transform is not None:
             raise ValueError("pass a tower or a transform, not both")
         self.root = IndexRoot(Path(root))
@@ -217,6 +224,21 @@ class IndexBuild:
         all_items = list(items.values())
 
         started = time.perf_counter()
+        audit = self._audit_cache(all_items)
+        seconds["audit_cache"] = time.perf_counter() - started
+        encode: Callable[[Sequence[str]], Matrix] = self.encoder.encode
+        if audit is not None and audit.mismatched:
+            log.error(
+                "cache audit: %d of %d sampled cached vectors differ from the model (cosine "
+                "distance up to %.3g): the cache is not trusted for this build; every item is "
+                "re-encoded and its entry overwritten",
+                audit.mismatched,
+                audit.checked,
+                audit.worst_distance,
+            )
+            encode = functools.partial(self.encoder.encode, refresh=True)
+
+        started = time.perf_counter()
         ids: list[str] = []
         hashes: dict[str, str] = {}
         chunks: list[Matrix] = []
@@ -228,9 +250,7 @@ class IndexBuild:
             unit="batch",
             disable=(not progress) if progress is not None else None,
         ):
-            out = encode_items(
-                all_items[start : start + cfg.batch_size], cfg.template, self.encoder.encode
-            )
+            out = encode_items(all_items[start : start + cfg.batch_size], cfg.template, encode)
             ids += out.ids
             hashes.update({i: text_hash(t) for i, t in zip(out.ids, out.texts, strict=True)})
             skipped += out.skipped_empty
@@ -298,6 +318,9 @@ class IndexBuild:
                 "encoded": self.encoder.encoded - encoded_before,
                 "cache_hits": (cache.stats.hits - hits_before) if cache else 0,
                 "skipped_empty": len(skipped),
+                "cache_audit": (
+                    None if audit is None else {**asdict(audit), "trusted": audit.mismatched == 0}
+                ),
                 **diff,
                 "seconds": seconds,
             },
@@ -308,6 +331,21 @@ class IndexBuild:
         write_json(staging / MANIFEST, manifest)
         fsync_tree(staging)
         return manifest
+
+    def _audit_cache(self, items: Sequence[Item]) -> CacheAudit | None:
+        """The cache audit of ``verify_cache_sample`` items (None when off or uncached)."""
+        n = self.config.verify_cache_sample
+        if n == 0 or self.encoder.cache is None:
+            return None
+        texts = [t for t in (self.config.template.render(i) for i in items) if t]
+        audit = self.encoder.audit_cache(texts, sample=n)
+        log.info(
+            "cache audit: %d sampled, %d cached, %d differ from the model",
+            audit.sampled,
+            audit.checked,
+            audit.mismatched,
+        )
+        return audit
 
     def _diff(self, hashes: Mapping[str, str]) -> dict[str, int | str | None]:
         """Added/changed/removed/unchanged item counts against the current version."""

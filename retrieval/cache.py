@@ -3,7 +3,11 @@
 Key: ``<namespace>:<model fingerprint>:<sha256 of the exact text>``. Value: the vector as raw
 little-endian IEEE floats (``float32`` by default, ``float16`` to halve memory), never pickle.
 Redis is a cache, never the only copy: every Redis error is a miss, logged once per burst and
-counted, and a value of the wrong length is a miss that the next write overwrites.
+counted. A value that cannot be what we stored (the wrong length, a non-finite number, or with
+``unit_norm`` a norm away from 1) is *corrupt*: counted, treated as a miss, recomputed and
+overwritten by the caller. A finite unit vector of the right size that is simply wrong (another
+text's vector) cannot be told from the value alone; :func:`retrieval.encoder.Encoder.audit_cache`
+re-encodes a sample to check a cache one does not trust.
 """
 
 from __future__ import annotations
@@ -110,8 +114,14 @@ class EmbeddingCache:
         else:
             self._suppressed += 1
 
-    def get_many(self, fingerprint: str, texts: Sequence[str], dim: int) -> list[Vector | None]:
-        """Looks up vectors; None for a miss, a Redis error, or a value of the wrong size."""
+    NORM_TOLERANCE = 1e-2
+    """How far from 1 a unit vector's norm may be (float16 storage moves it by ~1e-3)."""
+
+    def get_many(
+        self, fingerprint: str, texts: Sequence[str], dim: int, *, unit_norm: bool = False
+    ) -> list[Vector | None]:
+        """Looks up vectors; None for a miss, a Redis error, or a corrupt value (the wrong
+        size, a non-finite number, or with ``unit_norm`` a norm off 1)."""
         out: list[Vector | None] = [None] * len(texts)
         expected = dim * self._np_dtype.itemsize
         for start in range(0, len(texts), self.chunk_size):
@@ -130,15 +140,21 @@ class EmbeddingCache:
                 if not isinstance(raw, bytes) or len(raw) != expected:
                     corrupt += 1
                     continue
-                out[start + offset] = np.frombuffer(raw, dtype=self._np_dtype).astype(np.float32)
+                vector = np.frombuffer(raw, dtype=self._np_dtype).astype(np.float32)
+                if not np.isfinite(vector).all() or (
+                    unit_norm and abs(float(np.linalg.norm(vector)) - 1.0) > self.NORM_TOLERANCE
+                ):
+                    corrupt += 1
+                    continue
+                out[start + offset] = vector
                 hits += 1
             self.stats.add(hits=hits, misses=len(chunk) - hits, corrupt=corrupt)
             if corrupt:
                 log.warning(
-                    "%d cached vectors had the wrong length (expected %d bytes); "
+                    "%d cached vectors were corrupt (wrong length, non-finite%s); "
                     "they will be recomputed and overwritten",
                     corrupt,
-                    expected,
+                    ", norm off 1" if unit_norm else "",
                 )
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class CacheAudit:
+    """What :meth:`Encoder.audit_cache` found: of ``sampled`` texts, ``checked`` were cached,
+    and ``mismatched`` of those differ from a fresh encoding (by up to ``worst_distance``)."""
+
+    sampled: int
+    checked: int
+    mismatched: int
+    worst_distance: float
 
 
 class Encoder:
@@ -124,8 +136,16 @@ class Encoder:
             self.encoded += len(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> Matrix:
+    def encode(
+        self, texts: Sequence[str], *, progress: bool = False, refresh: bool = False
+    ) -> Matrix:
         """Unit vectors for ``texts``; only cache misses reach the model.
+
+        Args:
+            texts: the texts.
+            progress: show a progress bar over the model's batches.
+            refresh: read nothing from the cache; encode every text and overwrite its entry
+                (for a cache found untrustworthy).
 
         Returns:
             A (len(texts), dim) float32 matrix with rows of unit length.
@@ -133,7 +153,11 @@ class Encoder:
         if self.cache is None:
             return self.encode_uncached(texts, progress=progress)
         unique = list(dict.fromkeys(texts))
-        found = self.cache.get_many(self.fingerprint, unique, self.dim)
+        found: list[npt.NDArray[np.float32] | None] = (
+            [None] * len(unique)
+            if refresh
+            else self.cache.get_many(self.fingerprint, unique, self.dim, unit_norm=True)
+        )
         missing = [t for t, v in zip(unique, found, strict=True) if v is None]
         fresh = self.encode_uncached(missing, progress=progress)
         if missing:
@@ -148,6 +172,44 @@ class Encoder:
         if self.cache.dtype != "float32":  # float16 storage: renormalize after rounding
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def audit_cache(
+        self, texts: Sequence[str], *, sample: int, seed: int = 0, tolerance: float = 1e-3
+    ) -> CacheAudit:
+        """Re-encodes a random sample of ``texts`` and compares it with what the cache holds.
+
+        For a cache one does not trust: a finite unit vector under the wrong key passes every
+        check on the value itself. Cached vectors that differ are overwritten with the fresh
+        ones; the caller decides whether the rest of the cache can be trusted.
+
+        Args:
+            texts: the texts the caller is about to encode (the sample is drawn from these).
+            sample: how many to check (all when there are fewer).
+            seed: the sample's seed.
+            tolerance: the largest cosine distance accepted (float16 storage: ~1e-4).
+        """
+        if self.cache is None:
+            raise ValueError("this encoder has no cache to audit")
+        unique = list(dict.fromkeys(texts))
+        rng = np.random.default_rng(seed)
+        picked = [unique[i] for i in sorted(rng.permutation(len(unique))[:sample])]
+        found = self.cache.get_many(self.fingerprint, picked, self.dim, unit_norm=True)
+        cached = [(t, v) for t, v in zip(picked, found, strict=True) if v is not None]
+        if not cached:
+            return CacheAudit(checked=0, sampled=len(picked), mismatched=0, worst_distance=0.0)
+        fresh = self.encode_uncached([t for t, _ in cached])
+        old = np.stack([v for _, v in cached])
+        old /= np.maximum(np.linalg.norm(old, axis=1, keepdims=True), 1e-12)
+        distance = 1.0 - np.sum(old * fresh, axis=1)
+        bad = np.flatnonzero(distance > tolerance)
+        if len(bad):
+            self.cache.put_many(self.fingerprint, [cached[i][0] for i in bad], fresh[bad])
+        return CacheAudit(
+            checked=len(cached),
+            sampled=len(picked),
+            mismatched=len(bad),
+            worst_distance=float(distance.max()),
+        )
 
     def describe(self) -> dict[str, Any]:
         """Model facts for manifests and model cards."""
