@@ -33,19 +33,33 @@ class DuorankGroup(click.Group):
     """Turns known error types into one clean line and a documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from catalog.errors import DataError
-
         try:
             return super().invoke(ctx)
-        except DataError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-        except KeyError as exc:
-            click.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-        except (FileNotFoundError, ValueError) as exc:  # a missing model folder, a bad value
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
+        except Exception as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(code)
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """The documented exit code of a known error type; None for anything else (a traceback).
+
+    The index store's errors are looked up only once it is loaded, so commands that never
+    touch an index do not import FAISS.
+    """
+    from catalog.errors import DataError
+
+    store = sys.modules.get("indexer.store")
+    if store is not None and isinstance(exc, store.VerifyError):
+        return EXIT_VERIFY  # a damaged index version: one line, never a traceback
+    if store is not None and isinstance(exc, store.NoVersionError):
+        return EXIT_USAGE
+    if isinstance(exc, (DataError, KeyError, FileNotFoundError, ValueError)):
+        return EXIT_USAGE  # bad input, a missing model folder, a bad value
+    return None
 
 
 def _setup_logging(level: str) -> None:
@@ -278,6 +292,15 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--lock-timeout", type=float, default=None, help="Seconds to wait with --wait.")
 @click.option(
+    "--verify-cache-sample",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Re-encode N random items and compare them with the cache first; on any mismatch, "
+    "re-encode every item and overwrite its cache entry (for a cache you do not trust).",
+)
+@click.option(
     "--tower",
     "tower_path",
     type=click.Path(path_type=Path),
@@ -305,6 +328,7 @@ def index_build(
     keep: int,
     wait: bool,
     lock_timeout: float | None,
+    verify_cache_sample: int,
     tower_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -334,6 +358,7 @@ def index_build(
         keep=keep,
         wait=wait,
         lock_timeout=lock_timeout,
+        verify_cache_sample=verify_cache_sample,
     )
     root.mkdir(parents=True, exist_ok=True)
     lock = BuildLock(root, wait=wait, timeout=lock_timeout)
@@ -368,6 +393,7 @@ def index_build(
         "added": build["added"],
         "changed": build["changed"],
         "removed": build["removed"],
+        "cache_audit": build["cache_audit"],
         "index_type": index_type,
         "root": str(root),
         "seconds": {k: round(v, 3) for k, v in build["seconds"].items()},
@@ -386,6 +412,13 @@ def index_build(
             "removed",
         ):
             click.echo(f"  {key:<14} {summary[key]:>8,}")
+        audit = summary["cache_audit"]
+        if audit is not None:
+            verdict = "trusted" if audit["trusted"] else "NOT trusted: every item re-encoded"
+            click.echo(
+                f"  cache audit    {audit['mismatched']} of {audit['checked']} cached vectors "
+                f"differ from the model ({verdict})"
+            )
 
 
 def _root(root: Path) -> Any:
@@ -425,18 +458,31 @@ def index_verify(root: Path, version: str | None) -> None:
 @index.command(name="list")
 @click.option("--root", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per version.")
-def index_list(root: Path, as_json: bool) -> None:
-    """List published versions, oldest first; * marks CURRENT."""
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip verifying each version (checksums of every file: slow for large indexes).",
+)
+def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
+    """List published versions, oldest first; * marks CURRENT, FAILED a damaged version."""
     store = _root(root)
     current = store.current()
+    if current is not None and current not in store.versions():
+        click.echo(
+            f"warning: {store.current_file} names {current[:80]!r}, not a published version",
+            err=True,
+        )
     for version in store.versions():
         try:
             m = store.manifest(version)
         except Exception as exc:  # a damaged version is still listed
             m = {"error": str(exc)}
+        problem = None if no_verify else store.check(version)
         row = {
             "version": version,
             "current": version == current,
+            "verified": None if no_verify else problem is None,
+            "problem": problem,
             "created_at": m.get("created_at"),
             "items": m.get("items"),
             "index": (m.get("index") or {}).get("type"),
@@ -446,9 +492,10 @@ def index_list(root: Path, as_json: bool) -> None:
             click.echo(json.dumps(row))
         else:
             mark = "*" if row["current"] else " "
+            status = "" if no_verify else ("  ok" if problem is None else f"  FAILED: {problem}")
             click.echo(
                 f"{mark} {version}  {row['created_at']}  {row['items']} items  "
-                f"{row['index']}  model {row['model_fingerprint']}"
+                f"{row['index']}  model {row['model_fingerprint']}{status}"
             )
 
 
@@ -462,10 +509,15 @@ def index_rollback(version: str | None, root: Path) -> None:
     store = _root(root)
     try:
         if version is None:
-            current = store.require_current()
+            current = store.current()
+            if current is None:
+                raise NoVersionError(f"{root}: nothing published, nothing to roll back")
             version = store.previous(current)
             if version is None:
-                raise NoVersionError(f"{root}: no version before {current} to roll back to")
+                raise NoVersionError(
+                    f"{root}: no version before {current[:80]!r} to roll back to "
+                    "(name one: `duorank index list`)"
+                )
         store.verify(version)
         store.set_current(version)
     except NoVersionError as exc:
@@ -1112,6 +1164,8 @@ def _open_recommender(
     reranker_path: Path | None,
     backend: str,
     user_encoder: Any = None,
+    *,
+    fallback: bool = False,
 ) -> Any:
     """The Recommender over the home's defaults (dataset, index, reranker when trained)."""
     from catalog import load_catalog
@@ -1124,7 +1178,9 @@ def _open_recommender(
     if reranker_path is None and (default_rr / "reranker.json").is_file():
         reranker_path = default_rr
     reranker = Reranker(reranker_path, backend=backend) if reranker_path else None
-    return Recommender(root, load_catalog(data_path), reranker, user_encoder=user_encoder)
+    return Recommender(
+        root, load_catalog(data_path), reranker, user_encoder=user_encoder, fallback=fallback
+    )
 
 
 @contextlib.contextmanager
@@ -1223,6 +1279,12 @@ def recommend(
     show_default=True,
     help="Seconds between checks of the index root's CURRENT.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse to start when the CURRENT version fails verification (exit 4) instead of "
+    "serving the newest version that verifies (logged, /readyz and a metric say so).",
+)
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -1236,6 +1298,7 @@ def serve(
     max_in_flight: int,
     max_queue: int,
     reload_interval: float,
+    strict: bool,
 ) -> None:
     """Serve the HTTP API (token from DUORANK_API_TOKEN, if set)."""
     import uvicorn
@@ -1243,7 +1306,9 @@ def serve(
     from serving.http import ServerLimits, create_app
 
     with _user_encoder(settings, text_users) as encoder:
-        recommender = _open_recommender(settings, data_path, root, reranker_path, backend, encoder)
+        recommender = _open_recommender(
+            settings, data_path, root, reranker_path, backend, encoder, fallback=not strict
+        )
         limits = ServerLimits(
             max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
         )

@@ -60,7 +60,14 @@ class IndexRoot:
 
     def version_dir(self, version: str) -> Path:
         """The folder of ``version`` (checked to be a plain name, not a path)."""
-        if not version or "/" in version or version.startswith("."):
+        if (
+            not version
+            or "/" in version
+            or "\\" in version
+            or "\0" in version
+            or version.startswith(".")
+            or len(version) > 200
+        ):
             raise NoVersionError(f"invalid version id {version!r}")
         return self.versions_dir / version
 
@@ -73,23 +80,41 @@ class IndexRoot:
         )
 
     def current(self) -> str | None:
-        """The version CURRENT names, or None before the first publish."""
+        """What CURRENT says (stripped), or None before the first publish.
+
+        Not checked: see :meth:`require_current`. Bytes that are not UTF-8 are kept visible
+        (backslash escapes), so a damaged pointer never looks like "nothing published".
+        """
         try:
-            value = self.current_file.read_text().strip()
+            raw = self.current_file.read_bytes()
         except FileNotFoundError:
             return None
+        value = raw.decode("utf-8", errors="backslashreplace").strip()
         return value or None
 
     def require_current(self) -> str:
-        """The current version id.
+        """The current version id, checked to name a published version folder.
 
         Raises:
             NoVersionError: nothing published yet.
+            VerifyError: CURRENT is damaged: empty, garbage, a path, or a version that does not
+                exist.
         """
         version = self.current()
         if version is None:
+            if self.current_file.exists():
+                raise VerifyError("CURRENT", [f"{self.current_file}: empty"])
             raise NoVersionError(
                 f"{self.path}: no published version yet (run `duorank index build`)"
+            )
+        try:
+            folder = self.version_dir(version)
+        except NoVersionError:
+            folder = None
+        if folder is None or not folder.is_dir():
+            raise VerifyError(
+                version[:80],
+                [f"{self.current_file}: names {version[:80]!r}, which is not a published version"],
             )
         return version
 
@@ -170,6 +195,30 @@ class IndexRoot:
         if problems:
             raise VerifyError(version, problems)
         return manifest
+
+    def check(self, version: str) -> str | None:
+        """None when ``version`` verifies, else one line saying what is wrong (for listings)."""
+        try:
+            self.verify(version)
+        except (VerifyError, NoVersionError) as exc:
+            return str(exc)
+        return None
+
+    def newest_verified(self, *, skip: str | None = None) -> tuple[str, list[str]]:
+        """The newest published version that verifies, and what was wrong with newer ones.
+
+        Raises:
+            NoVersionError: no version verifies.
+        """
+        failures: list[str] = []
+        for version in reversed(self.versions()):
+            if version == skip:
+                continue
+            problem = self.check(version)
+            if problem is None:
+                return version, failures
+            failures.append(problem)
+        raise NoVersionError(f"{self.path}: no published version verifies")
 
     def load(self, version: str | None = None) -> tuple[VectorIndex, dict[str, Any]]:
         """Verifies and loads a version (default: CURRENT); a corrupted one is refused.

@@ -2,32 +2,43 @@
 
 Model inference runs in worker threads, never on the event loop, behind a bounded admission
 gate: when ``max_in_flight`` calls are running and ``max_queue`` more are waiting, a new call is
-refused at once with 429 (a fast answer beats an unbounded queue). Request bodies over
-``max_body_bytes`` get 413, invalid fields 422 naming the field. With a token configured, every
-route but the probes (/healthz, /readyz) needs ``Authorization: Bearer <token>`` (compared in
-constant time).
-A background thread polls the index root's CURRENT and hot-swaps verified new versions.
-"""
+refused at once with 429 (a fast answer beats an unbounded queue). With a token configured,
+every route but the probes (/healthz, /readyz) needs ``Authorization: Bearer <token>`` (compared
+in constant time).
 
-from __future__ import annotations
+Everything a client controls is bounded before it costs memory: request bodies are counted as
+they are read (chunked or not) and refused with 413 past ``max_body_bytes``; metrics are
+labelled by the matched route template, never by the raw path; strings must be valid Unicode
+text and numbers finite (422 naming the field). A background thread polls the index root's
+CURRENT and hot-swaps verified new versions.
+"""
 
 import contextlib
 import hmac
+import json
 import logging
+import math
+import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.text import HistoryEvent
 from serving.recommender import Recommender
@@ -36,6 +47,12 @@ log = logging.getLogger(__name__)
 
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
 """Probes answer without the token (orchestrators' health checks carry none)."""
+
+UNMATCHED_ROUTE = "other"
+"""The metrics label of every path that matches no route (raw paths would be unbounded)."""
+
+SECRET_QUERY_PARAMS = ("token", "access_token", "api_key")
+"""Query parameters whose values never reach the access log."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,40 +63,117 @@ class ServerLimits:
     max_candidates: int = 1000
     max_history: int = 1000
     max_items: int = 1000
+    max_allow: int = 100_000
     max_body_bytes: int = 1 << 20
     max_in_flight: int = 2
     max_queue: int = 8
     reload_interval_s: float = 5.0
 
 
+def _unicode_text(value: str) -> str:
+    """Rejects lone surrogates: JSON escapes can spell them, but they are not text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode text: lone surrogate at position {exc.start}"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+Id = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
 class Event(BaseModel):
     """A past interaction sent with the request (for users the server has not seen)."""
 
-    item_id: str = Field(min_length=1, max_length=200)
+    item_id: Id
     timestamp: int = 0
-    rating: float | None = None
+    rating: float | None = Field(default=None, allow_inf_nan=False)
     label: int | None = Field(default=None, ge=0, le=1)
 
 
-class RecommendRequest(BaseModel):
-    """Who to recommend for (a known user id, or a history and profile) and how many."""
+class _UserRequest(BaseModel):
+    """Names a user by id, by history, or both ("user_id or history" in the schema too, so
+    generated clients and fuzzers know it)."""
 
-    user_id: str | None = Field(default=None, max_length=200)
-    history: list[Event] | None = None
-    profile: dict[str, str] | None = None
-    k: int = Field(default=10, ge=1)
-    candidates: int = Field(default=100, ge=1)
-    exclude_seen: bool = True
-    allow: list[str] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                {"required": ["history"], "properties": {"history": {"type": "array"}}},
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _user_id_or_history(self) -> "_UserRequest":
+        if getattr(self, "user_id", None) is None and getattr(self, "history", None) is None:
+            raise ValueError("give user_id or history (or both)")
+        return self
 
 
-class ScoreRequest(BaseModel):
-    """Point-wise scores of given items for a user."""
+def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The request bodies with this server's limits, so OpenAPI states them and 422 enforces."""
+    user: dict[str, Any] = {
+        "user_id": (Annotated[Text, Field(max_length=200)] | None, None),
+        "history": (list[Event] | None, Field(default=None, max_length=lim.max_history)),
+        "profile": (dict[Id, Annotated[Text, Field(max_length=1000)]] | None, None),
+    }
+    recommend = create_model(
+        "RecommendRequest",
+        __base__=_UserRequest,
+        __doc__="Who to recommend for (a known user id, or a history and profile) and how many.",
+        **user,
+        k=(int, Field(default=10, ge=1, le=lim.max_k)),
+        candidates=(int, Field(default=100, ge=1, le=lim.max_candidates)),
+        exclude_seen=(bool, True),
+        allow=(list[Id] | None, Field(default=None, max_length=lim.max_allow)),
+    )
+    score = create_model(
+        "ScoreRequest",
+        __base__=_UserRequest,
+        __doc__="Point-wise scores of given items for a user.",
+        **user,
+        item_ids=(list[Id], Field(min_length=1, max_length=lim.max_items)),
+    )
+    return recommend, score
 
-    user_id: str | None = Field(default=None, max_length=200)
-    history: list[Event] | None = None
-    profile: dict[str, str] | None = None
-    item_ids: list[str] = Field(min_length=1)
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that any input can be echoed in: non-ASCII escaped, so a lone surrogate in a
+    validation error's ``input`` cannot turn a 422 into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as strings: a 422 echoes the client's input,
+    and JSON has no Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class _Problem(BaseModel):
+    detail: Any
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": _Problem, "description": "The body is not UTF-8 JSON"},
+    401: {"model": _Problem, "description": "Missing or wrong bearer token"},
+    404: {"model": _Problem, "description": "Unknown user id (without a history) or item id"},
+    413: {"model": _Problem, "description": "Request body over the server's limit"},
+    429: {"model": _Problem, "description": "Overloaded: retry after the Retry-After seconds"},
+}
 
 
 class _Gate:
@@ -126,6 +220,142 @@ class _CacheCollector(Collector):
         )
 
 
+class _BodyTooLargeError(Exception):
+    """The body read so far is over the limit."""
+
+
+class _Guard:
+    """The outermost check of every HTTP request, as plain ASGI.
+
+    In order: a declared Content-Length over the limit (413), the bearer token (401), then the
+    body read in full up to the limit, whatever the framing (413 once over it, so a chunked
+    upload cannot grow memory), and replayed to the app. Every response, error handlers' and
+    unhandled exceptions' (500) included, is counted under the matched route template.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str,
+        max_body_bytes: int,
+        route_of: Callable[[Scope], str],
+        count: Callable[[str, str], None],
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.route_of = route_of
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.route_of(scope)
+        status: list[int] = []
+
+        async def send_counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_counted)
+        except Exception:
+            self.count(route, str(status[0]) if status else "500")  # ServerErrorMiddleware: 500
+            raise
+        self.count(route, str(status[0]) if status else "499")  # 499: client went away first
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes")
+            return
+        if self.token and scope["path"] not in OPEN_ROUTES:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                await self._refuse(
+                    scope,
+                    send,
+                    401,
+                    "missing or wrong bearer token",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        try:
+            body = await self._read_body(receive)
+        except _BodyTooLargeError:
+            await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes")
+            return
+        if body is None:  # the client disconnected mid-body: nobody to answer
+            return
+        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _BodyTooLargeError
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _refuse(
+        scope: Scope, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        response = SafeJSONResponse({"detail": detail}, status_code=status, headers=headers)
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class RedactSecrets(logging.Filter):
+    """Masks the values of :data:`SECRET_QUERY_PARAMS` in uvicorn's access-log lines."""
+
+    _pattern = re.compile(r"(?i)([?&](?:" + "|".join(SECRET_QUERY_PARAMS) + r")=)[^&#\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                self._pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = self._pattern.sub(r"\1***", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Installs :class:`RedactSecrets` on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
+
+
+def _swagger_assets() -> str | None:
+    """The folder of the installed Swagger UI bundle (so /docs works offline), if any."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return str(swagger_ui_path)
+
+
 def create_app(
     recommender: Recommender, *, token: str = "", limits: ServerLimits | None = None
 ) -> FastAPI:
@@ -133,7 +363,10 @@ def create_app(
     lim = limits or ServerLimits()
     registry = CollectorRegistry()
     requests = Counter(
-        "duorank_requests", "Requests by route and status", ["route", "status"], registry=registry
+        "duorank_requests",
+        "Requests by route template and status",
+        ["route", "status"],
+        registry=registry,
     )
     latency = Histogram(
         "duorank_stage_seconds",
@@ -148,6 +381,11 @@ def create_app(
     version_info = Gauge(
         "duorank_index_version_info", "Serving index version", ["version"], registry=registry
     )
+    degraded = Gauge(
+        "duorank_index_degraded",
+        "1 while serving an older verified version because CURRENT failed verification",
+        registry=registry,
+    )
     reloads = Counter(
         "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
     )
@@ -157,10 +395,13 @@ def create_app(
     registry.register(_CacheCollector(recommender))
     gate = _Gate(lim.max_in_flight, lim.max_queue)
     state: dict[str, Any] = {"ready": False, "stop": threading.Event()}
+    recommend_model, score_model = _request_models(lim)
+    redact_access_log()
 
     def set_version(version: str) -> None:
         version_info.clear()
         version_info.labels(version).set(1)
+        degraded.set(1 if recommender.degraded else 0)
 
     def warm_up() -> None:
         user = next(iter(recommender.histories), None)
@@ -178,6 +419,7 @@ def create_app(
             except Exception as exc:  # a bad version is refused; the old one keeps serving
                 reloads.labels("refused").inc()
                 log.warning("refused new index version: %s", exc)
+            degraded.set(1 if recommender.degraded else 0)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -186,37 +428,57 @@ def create_app(
         yield
         state["stop"].set()
 
+    assets = _swagger_assets()
     app = FastAPI(
         title="duorank",
         version="0.1.0",
         lifespan=lifespan,
         description="Two-stage recommendations: retrieval + point-wise reranking.",
+        default_response_class=SafeJSONResponse,
+        docs_url=None if assets else "/docs",
     )
 
-    @app.middleware("http")
-    async def _guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        route = request.url.path
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > lim.max_body_bytes:
-            requests.labels(route, "413").inc()
-            return JSONResponse(
-                {"detail": f"request body over {lim.max_body_bytes} bytes"}, status_code=413
+    if assets:
+        from starlette.staticfiles import StaticFiles
+
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="duorank - API",
+                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="/docs-assets/swagger-ui.css",
+                swagger_favicon_url="/docs-assets/favicon-32x32.png",
             )
-        if token and route not in OPEN_ROUTES:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                requests.labels(route, "401").inc()
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        response = await call_next(request)
-        requests.labels(route, str(response.status_code)).inc()
-        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
+        return SafeJSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+        return SafeJSONResponse(
+            {"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422
+        )
+
+    def route_of(scope: Scope) -> str:
+        for candidate in app.router.routes:
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(candidate, "path", UNMATCHED_ROUTE)) or UNMATCHED_ROUTE
+        return UNMATCHED_ROUTE
+
+    app.add_middleware(
+        _Guard,
+        token=token,
+        max_body_bytes=lim.max_body_bytes,
+        route_of=route_of,
+        count=lambda route, status: requests.labels(route, status).inc(),
+    )
 
     async def run_model(fn: Callable[[], Any]) -> Any:
         if not gate.try_enter():
@@ -232,45 +494,34 @@ def create_app(
         finally:
             gate.leave()
 
-    def check(value: int, limit: int, name: str) -> None:
-        if value > limit:
-            raise HTTPException(
-                status_code=422, detail=f"{name}: {value} is over the limit of {limit}"
-            )
-
     def history_of(events: list[Event] | None) -> list[HistoryEvent] | None:
         if events is None:
             return None
-        check(len(events), lim.max_history, "history")
         return [HistoryEvent(e.item_id, e.timestamp, e.rating, e.label) for e in events]
 
-    @app.post("/recommend")
-    async def post_recommend(body: RecommendRequest) -> dict[str, Any]:
+    @app.post("/recommend", responses=_ERRORS)
+    async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Top-k items: retrieval candidates reranked point-wise."""
-        check(body.k, lim.max_k, "k")
-        check(body.candidates, lim.max_candidates, "candidates")
-        if body.allow is not None:
-            check(len(body.allow), lim.max_items * 100, "allow")
-        if body.user_id is None and body.history is None:
-            raise HTTPException(status_code=422, detail="user_id or history: give at least one")
-        history = history_of(body.history)
+        req: Any = body
+        history = history_of(req.history)
         started = time.perf_counter()
         try:
             result = await run_model(
                 lambda: recommender.recommend(
-                    body.user_id,
+                    req.user_id,
                     history=history,
-                    profile=body.profile,
-                    k=body.k,
-                    candidates=max(body.candidates, body.k),
-                    exclude_seen=body.exclude_seen,
-                    allow=set(body.allow) if body.allow is not None else None,
+                    profile=req.profile,
+                    k=req.k,
+                    candidates=max(req.candidates, req.k),
+                    exclude_seen=req.exclude_seen,
+                    allow=set(req.allow) if req.allow is not None else None,
                 )
             )
         except KeyError as exc:
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except ValueError as exc:  # the same shape as every other 422
+            error = {"type": "value_error", "loc": ("body",), "msg": str(exc), "input": None}
+            raise RequestValidationError([error]) from None
         for stage, ms in result.timings_ms.items():
             latency.labels(stage).observe(ms / 1000)
         latency.labels("total").observe(time.perf_counter() - started)
@@ -278,18 +529,16 @@ def create_app(
             fallbacks.labels(result.fallback).inc()
         return asdict(result)
 
-    @app.post("/score")
-    async def post_score(body: ScoreRequest) -> dict[str, Any]:
+    @app.post("/score", responses=_ERRORS)
+    async def post_score(body: score_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Point-wise scores of the given items for the user."""
-        check(len(body.item_ids), lim.max_items, "item_ids")
-        if body.user_id is None and body.history is None:
-            raise HTTPException(status_code=422, detail="user_id or history: give at least one")
-        history = history_of(body.history)
+        req: Any = body
+        history = history_of(req.history)
         version = recommender.index_version
         try:
             items = await run_model(
                 lambda: recommender.score(
-                    body.user_id, body.item_ids, history=history, profile=body.profile
+                    req.user_id, req.item_ids, history=history, profile=req.profile
                 )
             )
         except KeyError as exc:
@@ -302,15 +551,23 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """Readiness: index and models loaded and warmed."""
+    async def readyz() -> SafeJSONResponse:
+        """Readiness: index and models loaded and warmed (``degraded`` says why an older
+        version serves, when CURRENT failed verification)."""
         if not state["ready"]:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready", "index_version": recommender.index_version})
+            return SafeJSONResponse({"status": "starting"}, status_code=503)
+        body: dict[str, Any] = {"status": "ready", "index_version": recommender.index_version}
+        if recommender.degraded:
+            body["degraded"] = recommender.degraded
+        return SafeJSONResponse(body)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics (text exposition format)."""
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

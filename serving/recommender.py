@@ -27,7 +27,7 @@ import numpy as np
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
-from indexer.store import IndexRoot
+from indexer.store import IndexRoot, VerifyError
 from rerank.data import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
@@ -80,6 +80,14 @@ class Recommender:
             versions built without a trained tower; it must be the model the index was built
             with (checked by fingerprint).
         user_template: the user text for ``user_encoder`` (default: the encoder's own budget).
+        fallback: when the version CURRENT names fails verification, serve the newest
+            version that verifies instead of raising, and say so in :attr:`degraded` (the
+            server's default: a damaged publish must not take the service down).
+
+    Raises:
+        indexer.NoVersionError: nothing published yet (or, with ``fallback``, nothing
+            verifies).
+        indexer.VerifyError: the CURRENT version is damaged (without ``fallback``).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class Recommender:
         n_recent: int = 5,
         user_encoder: Any | None = None,
         user_template: UserTextTemplate | None = None,
+        fallback: bool = False,
     ) -> None:
         self.user_encoder = user_encoder
         self.user_text_template = user_template
@@ -110,9 +119,43 @@ class Recommender:
             else UserTextTemplate()
         )
         self._lock = threading.Lock()
-        self._loaded = self._load(self.root.require_current())
+        self.degraded: str | None = None
+        """Why an older version serves (CURRENT failed verification), else None."""
+        self._refused: tuple[object, ...] | None = None
+        self._loaded = self._open(fallback)
 
     # ------------------------------------------------------------------ index versions
+    def _open(self, fallback: bool) -> _Loaded:
+        """The CURRENT version, or with ``fallback`` the newest that verifies, loudly."""
+        try:
+            return self._load(self.root.require_current())
+        except VerifyError as exc:
+            if not fallback:
+                raise
+            damaged = exc
+        version, failures = self.root.newest_verified()
+        loaded = self._load(version)
+        self.degraded = f"{damaged}; serving {version}, the newest version that verifies" + (
+            f" ({len(failures)} newer also failed)" if failures else ""
+        )
+        self._refused = self._signature(self.root.current())
+        log.error("DEGRADED: %s", self.degraded)
+        return loaded
+
+    def _signature(self, version: str | None) -> tuple[object, ...]:
+        """What CURRENT names and the sizes and times of that version's files: a refused
+        version is verified again only when one of these changes (hashing a large index every
+        few seconds would be a cost of its own)."""
+        files: list[tuple[str, int, int]] = []
+        try:
+            folder = self.root.version_dir(version or "")
+            for path in sorted(folder.iterdir()):
+                stat = path.stat()
+                files.append((path.name, stat.st_size, stat.st_mtime_ns))
+        except (OSError, LookupError):
+            pass
+        return (version, tuple(files))
+
     def _load(self, version: str) -> _Loaded:
         index, manifest = self.root.load(version)
         vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
@@ -165,17 +208,35 @@ class Recommender:
         """Loads and verifies the version CURRENT names, then swaps it in atomically.
 
         Calls in flight finish on the old version (they hold a reference to it). A version that
-        fails verification is refused and the old one keeps serving.
+        fails verification is refused and the old one keeps serving; the same refused version
+        is not verified again until its files or CURRENT change.
 
         Returns:
             True when a new version was swapped in.
+
+        Raises:
+            indexer.VerifyError: CURRENT names a damaged version (raised once per change).
         """
         version = self.root.current()
-        if version is None or version == self._loaded.version:
+        if version is None:
             return False
-        loaded = self._load(version)  # raises VerifyError for a damaged version
+        if version == self._loaded.version:
+            if self.degraded:  # CURRENT points at what we serve again (say, a rollback)
+                log.warning("CURRENT names %s again: no longer degraded", version)
+                self.degraded = None
+            return False
+        signature = self._signature(version)
+        if signature == self._refused:
+            return False
+        try:
+            loaded = self._load(version)  # VerifyError (or NoVersionError) when damaged
+        except Exception:
+            self._refused = signature
+            raise
         with self._lock:
             self._loaded = loaded
+            self._refused = None
+            self.degraded = None
         log.info("now serving index version %s", version)
         return True
 

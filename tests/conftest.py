@@ -85,6 +85,15 @@ def encoder() -> object:
 # ---------------------------------------------------------------------------- tiny data
 
 
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A saved tiny catalog, three published index versions and a tiny reranker (shared by
+    the serving and security suites)."""
+    from tests.live import build_stack
+
+    return build_stack(tmp_path_factory.mktemp("serving"))
+
+
 def tiny_catalog(n_items: int = 24, n_users: int = 8, per_user: int = 6) -> object:
     """A catalog small enough for one training step: films with genres, rated 2 or 5."""
     import numpy as np

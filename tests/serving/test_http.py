@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from indexer import IndexRoot
 from serving.http import ServerLimits
-from tests.serving.conftest import LiveServer, Stack, make_server
+from tests.live import LiveServer, Stack, make_server
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +234,7 @@ def test_reranker_failure_serves_retrieval_order(stack: Stack) -> None:
     from rerank import Reranker
     from serving.http import create_app
     from serving.recommender import Recommender
-    from tests.serving.conftest import LiveServer
+    from tests.live import LiveServer
 
     IndexRoot(stack.root).set_current(stack.versions[0])
     broken = _BrokenReranker(Reranker(stack.reranker))

@@ -22,7 +22,7 @@ from retrieval.encoder import Encoder
 from retrieval.redis_client import connect
 from serving.http import ServerLimits, create_app
 from serving.recommender import Recommender
-from tests.serving.conftest import LiveServer, Stack, free_port
+from tests.live import LiveServer, Stack, free_port
 
 pytestmark = pytest.mark.slow
 
