@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +27,7 @@ from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
 from catalog.splits import Split, leave_one_out
 from catalog.text import ItemTextTemplate, UserTextTemplate
+from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from metrics import (
     auc,
     coverage_at_k,
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 KS = (10, 20, 50, 100)
 RERANK_DEPTH = 100
 """Candidates reranked per user: the serving default (and what every @100 column needs)."""
-COLD_THRESHOLD = 5
 SEEDS_PROTOCOL = (
     "the first seed chooses epochs and cold-item blend on validation; every seed refits on "
     "train + validation with them (its own initialisation and batch order) and is tested once"
@@ -104,7 +105,10 @@ def make_fold(
     seen = [set(matrix[user_row[u]].indices.tolist()) for u in users]
     relevant = np.array([item_col[targets[u][0]] for u in users], dtype=np.int64)
     like = np.array(
-        [1.0 if (targets[u][1] != targets[u][1] or targets[u][1] >= 4.0) else 0.0 for u in users]
+        [
+            1.0 if (math.isnan(targets[u][1]) or targets[u][1] >= LIKE_THRESHOLD) else 0.0
+            for u in users
+        ]
     )
     return Fold(
         name, train, target, users, user_row, item_ids, item_col, matrix, seen, relevant, like
@@ -322,7 +326,7 @@ def run_eval(
         seed,
     )
     counts = np.asarray(test.matrix.sum(axis=0)).ravel()
-    cold = counts[test.relevant] < COLD_THRESHOLD
+    cold = counts[test.relevant] < COLD_ITEM_THRESHOLD
     methods: dict[str, dict[str, Any]] = {}
     rankings: dict[str, Ranked] = {}
 
@@ -574,8 +578,8 @@ def run_eval(
             "exclude": "train items (validation) / train+validation items (test)",
             "tuning": "validation NDCG@10; refit on train+validation for test",
             "users": {"validation": len(val.users), "test": len(test.users)},
-            "like_threshold": 4.0,
-            "cold_item_threshold": COLD_THRESHOLD,
+            "like_threshold": LIKE_THRESHOLD,
+            "cold_item_threshold": COLD_ITEM_THRESHOLD,
             "quick": quick,
         },
         "methods": methods,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -243,7 +244,7 @@ def parse_float(value: Any, *, path: Path, line: int, column: str) -> float:
         raise DataError(
             "expected a number", path=path, line=line, column=column, value=value
         ) from None
-    if out != out or out in (float("inf"), float("-inf")):
+    if not math.isfinite(out):
         raise DataError(
             "expected a finite number", path=path, line=line, column=column, value=value
         )

@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from catalog.errors import DataError
 from catalog.model import NO_LABEL, Interactions
+from catalog.thresholds import LIKE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def k_core(interactions: Interactions, k: int, *, item_k: int | None = None) -> 
         current = current.take(np.flatnonzero(keep))
 
 
-def label_by_rating(interactions: Interactions, threshold: float = 4.0) -> Interactions:
+def label_by_rating(interactions: Interactions, threshold: float = LIKE_THRESHOLD) -> Interactions:
     """Sets label 1 where rating >= ``threshold`` and 0 below it; rows without a rating keep
     their label (or none)."""
     ratings = interactions.ratings

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from catalog.model import NO_LABEL, Interactions, Item, User
+from catalog.thresholds import LIKE_THRESHOLD
 
 TokenCounter = Callable[[str], int]
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -128,7 +129,7 @@ class UserTextTemplate:
     max_liked: int = 20
     max_disliked: int = 0
     max_tokens: int = 200
-    like_threshold: float = 4.0
+    like_threshold: float = LIKE_THRESHOLD
     profile_fields: tuple[str, ...] = ("age", "gender", "occupation")
     version: int = 1
 

@@ -9,9 +9,8 @@ Backends: ``torch`` (fp32), ``torch-bf16`` (bf16 autocast on CPUs that support i
 files load with onnxruntime and the tokenizer alone, without the training code.
 
 For a ``user_prefix`` model (:mod:`rerank.model`) every backend encodes the user side once
-per call and then only the candidates' item tokens, about 5x fewer tokens for 100
-ml-latest-small candidates (ONNX: two exported graphs, ``user.onnx`` and ``items.onnx``; an
-export without them scores whole pairs, same numbers).
+per call and then only the candidates' item tokens (ONNX: two exported graphs, ``user.onnx``
+and ``items.onnx``; an export without them scores whole pairs, same numbers).
 """
 
 from __future__ import annotations
@@ -77,8 +76,8 @@ class Backend(ABC):
 def native_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether the CPU computes in bf16 natively (AVX512_BF16 or AMX); None where unknown.
 
-    Without it torch emulates bf16 autocast: on a 2-core Zen 3 (AVX2 only) scoring ran about
-    6x slower than fp32, where a CPU with AVX512_BF16 ran it 2.35x faster.
+    Without it torch emulates bf16 autocast, which is much slower than fp32 (the rerank
+    benchmark measures both).
     """
     if cpuinfo is None:
         try:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from catalog.thresholds import LIKE_THRESHOLD
 from rerank.data import FEATURES
 
 HEADS = ("binary", "rating")
@@ -69,7 +70,7 @@ class RerankerConfig:
 
     head: str = "binary"
     levels: tuple[float, ...] = ()
-    threshold: float = 4.0
+    threshold: float = LIKE_THRESHOLD
     features: tuple[str, ...] = DEFAULT_FEATURES
     max_length: int = 160
     temperature: float = 1.0

@@ -35,6 +35,7 @@ import copy
 import ctypes
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.text import HistoryEvent
+from catalog.thresholds import COLD_ITEM_THRESHOLD
 from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors, normalize
 
@@ -652,7 +654,7 @@ def train_sequential(
         zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, item_counts)
         blends = _blend_search(tower, text_vectors, train, validation, val_users)
         floor = zero_shot["cold_recall@100"]
-        keeping = [r for r in blends if r["cold_recall@100"] >= floor or floor != floor]
+        keeping = [r for r in blends if r["cold_recall@100"] >= floor or math.isnan(floor)]
         chosen = (
             max(keeping, key=lambda r: (r["ndcg@10"], -r["collab_weight"], -r["cold_blend"]))
             if keeping
@@ -694,7 +696,7 @@ def _val_metrics(
     validation: Mapping[str, str],
     users: Sequence[str],
     item_counts: Mapping[str, int],
-    cold_threshold: int = 5,
+    cold_threshold: int = COLD_ITEM_THRESHOLD,
 ) -> dict[str, float]:
     """Recall@10/100, NDCG@10 of the held-out item over the full catalog (training items
     excluded), and Recall@100 on targets with fewer than ``cold_threshold`` training
@@ -712,7 +714,7 @@ def _score_metrics(
     validation: Mapping[str, str],
     users: Sequence[str],
     item_counts: Mapping[str, int],
-    cold_threshold: int = 5,
+    cold_threshold: int = COLD_ITEM_THRESHOLD,
 ) -> dict[str, float]:
     """:func:`_val_metrics` from a (users, catalog items) score matrix (modified in place)."""
     ranks = np.zeros(len(users), dtype=np.int64)

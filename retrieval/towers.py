@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from catalog.model import Item, User
 from catalog.text import HistoryEvent, UserTextTemplate, is_positive
+from catalog.thresholds import LIKE_THRESHOLD
 from retrieval.encoder import Encoder
 from retrieval.vectors import ItemVectors, normalize
 
@@ -126,7 +127,7 @@ class MeanItemsTower(UserTower):
         n_recent: int = 5,
         weighting: str = "mean",
         half_life: float = 5.0,
-        like_threshold: float = 4.0,
+        like_threshold: float = LIKE_THRESHOLD,
     ) -> None:
         if weighting not in ("mean", "recency"):
             raise ValueError(f"weighting must be 'mean' or 'recency', got {weighting!r}")

@@ -27,6 +27,7 @@ from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.splits import Split
 from catalog.text import ItemTextTemplate, UserTextTemplate, is_positive
+from catalog.thresholds import LIKE_THRESHOLD
 from retrieval.encoder import Encoder
 from retrieval.evaluate import heldout_targets, recall_at_ks
 from retrieval.index import FlatIndex
@@ -73,7 +74,7 @@ class RetrieverTrainConfig:
     patience: int = 1
     max_val_users: int | None = None
     seed: int = 0
-    like_threshold: float = 4.0
+    like_threshold: float = LIKE_THRESHOLD
     max_user_tokens: int = 128
     item_template: ItemTextTemplate = field(default_factory=ItemTextTemplate)
 
