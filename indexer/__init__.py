@@ -2,16 +2,20 @@
 
 from indexer.build import BuildConfig, EncodedBatch, IndexBuild, encode_items
 from indexer.lock import BuildLock, LockHeldError
+from indexer.nightly import CatalogSource, TowerLoadError, publish_version
 from indexer.store import IndexRoot, NoVersionError, VerifyError
 
 __all__ = [
     "BuildConfig",
     "BuildLock",
+    "CatalogSource",
     "EncodedBatch",
     "IndexBuild",
     "IndexRoot",
     "LockHeldError",
     "NoVersionError",
+    "TowerLoadError",
     "VerifyError",
     "encode_items",
+    "publish_version",
 ]

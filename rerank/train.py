@@ -30,6 +30,7 @@ from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
 from catalog.text import ItemTextTemplate, UserTextTemplate
+from catalog.thresholds import LIKE_THRESHOLD
 from rerank.data import (
     Example,
     FeatureMaker,
@@ -79,8 +80,7 @@ class RerankerTrainConfig:
             ``full`` (a standard cross-encoder); see :mod:`rerank.model`.
         freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
             transformer layers stay as pretrained (0: fine-tune all): backward then stops
-            above them. 3 of MiniLM's 6 made CPU steps 1.4x faster at the same validation AUC
-            (5: 2x faster, AUC 0.03 lower).
+            above them, so steps are cheaper (results: docs/results.md).
         seed: seeds Python, numpy and torch.
     """
 
@@ -95,7 +95,7 @@ class RerankerTrainConfig:
     random_negatives: int = 1
     hard_negatives: int = 1
     hard_pool: int = 50
-    threshold: float = 4.0
+    threshold: float = LIKE_THRESHOLD
     max_length: int = 160
     max_liked: int = 10
     max_disliked: int = 5
@@ -108,6 +108,12 @@ class RerankerTrainConfig:
     attention: str = "user_prefix"
     freeze_layers: int = 3
     seed: int = 0
+
+    def reduced(self) -> RerankerTrainConfig:
+        """The reduced run of the quickstart and CI: 30 steps (unless set), 2 targets per
+        user, 20 validation candidates. Every validation user is kept: fewer leave the fusion
+        too few pairs to tie the probability to the item."""
+        return replace(self, max_steps=self.max_steps or 30, targets_per_user=2, val_candidates=20)
 
 
 @dataclass
@@ -323,7 +329,7 @@ def validation_examples(
         text = user_text_at(
             stage.template, catalog.users.get(user_id), history, catalog.items, 2**62
         )
-        rating_value = None if rating != rating else float(rating)
+        rating_value = None if math.isnan(rating) else float(rating)
         liked = rating_value is None or rating_value >= cfg.threshold
         f = stage.features.features(uvec, [item_id], history)[0]
         labelled.append(

@@ -1,0 +1,38 @@
+"""`duorank bench`: the speed suites, each printing a table and writing its JSON record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from duorank.cli.options import quick_option
+from duorank.settings import Settings
+
+
+@click.command()
+@click.argument("name")
+@quick_option("Small sizes, for CI.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON file to write (default benchmarks/results/NAME.json).",
+)
+@click.pass_obj
+def bench(settings: Settings, name: str, quick: bool, output: Path | None) -> None:
+    """Run benchmark NAME, print its table and write its JSON record.
+
+    Names: metrics, retrieval, indexer, rerank, serving. The home and Redis settings apply.
+    """
+    from benchmarks.contract import BenchContext
+    from benchmarks.registry import run_benchmark
+
+    ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None)
+    report = run_benchmark(name, quick, ctx)
+    click.echo(report.render())
+    path = report.write(output)
+    click.echo(f"\nwritten {path}")
+
+
+COMMANDS = [bench]

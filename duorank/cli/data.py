@@ -1,0 +1,119 @@
+"""`duorank data`: import and inspect datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from duorank.cli.options import json_option, out_option
+
+
+@click.group()
+def data() -> None:
+    """Import and inspect datasets."""
+
+
+@data.group(name="import")
+def data_import() -> None:
+    """Import a dataset into a normalized dataset folder."""
+
+
+def print_import(manifest: dict[str, Any], out: Path, as_json: bool) -> None:
+    """The import summary: counts and import statistics."""
+    summary = {
+        "out": str(out),
+        "users": manifest["users"],
+        "items": manifest["items"],
+        "interactions": manifest["interactions"],
+        **manifest["import_stats"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"dataset written to {out}")
+    for key in ("users", "items", "interactions"):
+        click.echo(f"  {key:<28} {summary[key]:>10,}")
+    for key, value in manifest["import_stats"].items():
+        click.echo(f"  {key:<28} {value:>10,}")
+
+
+@data_import.command(name="movielens")
+@click.argument("path", type=click.Path(path_type=Path))
+@out_option("Dataset folder to write (replaced atomically if it exists).")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
+@json_option()
+def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> None:
+    """Import MovieLens (latest-small/25M CSV, 100K or 1M layout) from PATH."""
+    from duorank.jobs import import_movielens as run
+
+    print_import(run(path, out, skip_bad=skip_bad), out, as_json)
+
+
+@data_import.command(name="table")
+@click.option(
+    "--items",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Items table (.csv, .tsv, .jsonl or .parquet).",
+)
+@click.option(
+    "--interactions", type=click.Path(path_type=Path), required=True, help="Interactions table."
+)
+@click.option(
+    "--users", type=click.Path(path_type=Path), default=None, help="Optional users table."
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Map a field (item_id, title, description, genres, tags, user_id, "
+    "timestamp, rating, label, event, list_separator) to a column. Repeatable.",
+)
+@out_option("Dataset folder to write.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
+@click.option(
+    "--duplicates",
+    type=click.Choice(["error", "last"]),
+    default="error",
+    show_default=True,
+    help="Duplicate item ids: fail, or keep the last row.",
+)
+@json_option()
+def import_table(
+    items: Path,
+    interactions: Path,
+    users: Path | None,
+    mapping: tuple[str, ...],
+    out: Path,
+    skip_bad: bool,
+    duplicates: str,
+    as_json: bool,
+) -> None:
+    """Import generic CSV/JSONL/Parquet tables with a column mapping."""
+    from catalog import ColumnMapping, load_table, save_catalog
+
+    catalog = load_table(
+        items,
+        interactions,
+        users,
+        mapping=ColumnMapping.from_pairs(list(mapping)),
+        skip_bad=skip_bad,
+        duplicates=duplicates,
+    )
+    print_import(save_catalog(catalog, out), out, as_json)
+
+
+@data.command(name="info")
+@click.argument("path", type=click.Path(path_type=Path))
+def data_info(path: Path) -> None:
+    """Print a dataset folder's manifest."""
+    from catalog.store import read_manifest
+
+    click.echo(json.dumps(read_manifest(path), indent=2, sort_keys=True))
+
+
+COMMANDS = [data]

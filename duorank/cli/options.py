@@ -1,0 +1,95 @@
+"""Options several commands share, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+
+
+def data_option(*, required: bool = True, help: str | None = None) -> Callable[[F], F]:
+    """``--data DIR``: a dataset folder written by ``duorank data import``."""
+    return click.option(
+        "--data",
+        "data_path",
+        type=click.Path(path_type=Path),
+        required=required,
+        default=None,
+        help=help or "Dataset folder (from `duorank data import`).",
+    )
+
+
+def out_option(help: str) -> Callable[[F], F]:
+    """``--out DIR``: the folder a command writes (always atomically)."""
+    return click.option("--out", type=click.Path(path_type=Path), required=True, help=help)
+
+
+def reranker_option(fn: F) -> F:
+    """``--reranker DIR``: a trained reranker, else the home's."""
+    return click.option(
+        "--reranker",
+        "reranker_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Reranker folder (default: HOME/models/reranker when present).",
+    )(fn)
+
+
+def seed_option(fn: F) -> F:
+    """``--seed``: seeds the split and the training (Python, numpy, torch)."""
+    return click.option("--seed", type=int, default=0, show_default=True)(fn)
+
+
+def json_option(help: str = "Print the summary as one JSON line.") -> Callable[[F], F]:
+    """``--json``: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def quick_option(help: str) -> Callable[[F], F]:
+    """``--quick``: the command's CI size (each command says what it reduces)."""
+    return click.option("--quick", is_flag=True, help=help)
+
+
+def device_option(fn: F) -> F:
+    """``--device``: where training runs."""
+    return click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")(
+        fn
+    )
+
+
+def backend_option(fn: F) -> F:
+    """``--backend``: the reranker's inference backend."""
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True
+    )(fn)
+
+
+def tower_option(help: str) -> Callable[[F], F]:
+    """``--tower DIR``: a trained sequential tower (``duorank train tower``)."""
+    return click.option(
+        "--tower", "tower_path", type=click.Path(path_type=Path), default=None, help=help
+    )
+
+
+def root_option(*, required: bool = True, help: str | None = None) -> Callable[[F], F]:
+    """``--root DIR``: an index root."""
+    return click.option(
+        "--root",
+        type=click.Path(path_type=Path),
+        required=required,
+        default=None,
+        help=help,
+    )
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Prints rows as an aligned table (the benchmarks' format)."""
+    from benchmarks.contract import format_table
+
+    click.echo(format_table(rows))

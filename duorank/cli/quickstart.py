@@ -1,0 +1,88 @@
+"""`duorank quickstart`: the main job end to end on bundled data, through the same job
+functions the other commands call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from duorank.settings import Settings
+
+QUICKSTART_TOWER_EPOCHS = 8
+"""The reduced tower training (the full run early-stops later)."""
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(path_type=Path),
+    default=Path("data/ml-latest-small"),
+    show_default=True,
+    help="MovieLens folder to start from.",
+)
+@click.option(
+    "--user", "user_id", default="1", show_default=True, help="User to recommend for at the end."
+)
+@click.option(
+    "--retrain", is_flag=True, help="Train the tower and reranker again even if they exist."
+)
+@click.option(
+    "--tower-epochs",
+    type=click.IntRange(min=1),
+    default=QUICKSTART_TOWER_EPOCHS,
+    show_default=True,
+    help="Epochs of the reduced tower training.",
+)
+@click.pass_obj
+def quickstart(
+    settings: Settings, data_path: Path, user_id: str, retrain: bool, tower_epochs: int
+) -> None:
+    """Run the main job end to end on bundled data.
+
+    import -> train the sequential tower (reduced) -> build the index with it -> train the
+    reranker on its candidates (reduced) -> recommend.
+    """
+    from duorank import jobs
+    from duorank.cli.data import print_import
+    from duorank.cli.index import print_build
+    from duorank.cli.serve import print_recommendation
+    from duorank.cli.train import print_reranker_card, print_tower
+    from indexer import BuildConfig
+    from rerank.train import RerankerTrainConfig
+    from retrieval.sequential import SequentialConfig
+
+    home = settings.layout
+    dataset = home.dataset(data_path.name)
+    click.echo(f"[1/5] importing {data_path} -> {dataset}")
+    print_import(jobs.import_movielens(data_path, dataset), dataset, as_json=False)
+
+    if retrain or home.trained_tower() is None:
+        click.echo(f"\n[2/5] training the sequential tower ({tower_epochs} epochs) -> {home.tower}")
+        tower, card = jobs.train_tower(
+            settings, dataset, home.tower, SequentialConfig(epochs=tower_epochs)
+        )
+        print_tower(home.tower, tower, card)
+    else:
+        click.echo(f"\n[2/5] tower already trained at {home.tower} (--retrain to redo)")
+
+    click.echo(f"\n[3/5] building the index under {home.index} (cached vectors are reused)")
+    job = jobs.IndexJob(home.index, data=dataset, tower=home.tower)
+    print_build(jobs.build_index(settings, job, BuildConfig(wait=True)), "flat", home.index, False)
+
+    if retrain or home.trained_reranker() is None:
+        click.echo(f"\n[4/5] training the reranker (reduced, --quick) -> {home.reranker}")
+        rr_job = jobs.RerankerJob(dataset, home.reranker, tower=home.tower)
+        card = jobs.train_reranker(settings, rr_job, RerankerTrainConfig().reduced())
+        print_reranker_card(card, home.reranker)
+    else:
+        click.echo(f"\n[4/5] reranker already trained at {home.reranker} (--retrain to redo)")
+
+    click.echo(f"\n[5/5] recommendations for user {user_id}")
+    serving = jobs.ServingJob(dataset, home.index, home.reranker)
+    with jobs.open_recommender(settings, serving) as recommender:
+        print_recommendation(recommender.recommend(user_id, k=10, candidates=100))
+
+
+COMMANDS = [quickstart]

@@ -1,0 +1,306 @@
+"""`duorank train`: the three trainable parts, each named for what it trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from catalog.thresholds import LIKE_THRESHOLD
+from duorank.cli.options import (
+    data_option,
+    device_option,
+    out_option,
+    print_table,
+    quick_option,
+    seed_option,
+    tower_option,
+)
+from duorank.settings import Settings
+
+
+@click.group(short_help="Train the tower, the reranker or the text model.")
+def train() -> None:
+    """Train a model: `tower` (the default first stage, minutes on a CPU), `reranker` (the
+    second stage), or `retriever` (full fine-tuning of the text model, a GPU job)."""
+
+
+@train.command(name="retriever", short_help="Fine-tune the text model itself (a GPU job).")
+@data_option()
+@out_option("Model folder to write (sentence-transformers format + duorank-card.json).")
+@click.option("--model", default=None, help="Base model folder or hub name (default: bundled).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-5, show_default=True)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many optimizer steps.",
+)
+@click.option(
+    "--hard-negatives",
+    is_flag=True,
+    help="Add one mined hard negative per pair (from the zero-shot ranking).",
+)
+@seed_option
+@quick_option("CI size: 20 steps, 5 pairs per user, 100 validation users.")
+@device_option
+def train_retriever_cmd(
+    data_path: Path,
+    out: Path,
+    model: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    max_steps: int | None,
+    hard_negatives: bool,
+    seed: int,
+    quick: bool,
+    device: str | None,
+) -> None:
+    """Fine-tune the text model itself (the sentence-transformer) with in-batch negatives.
+
+    Every transformer weight is trained: a GPU job. Its output is a sentence-transformers
+    folder to build an index with (`index build --model`). For the default first stage on a
+    CPU, see `train tower`.
+    """
+    from catalog import leave_one_out, load_catalog
+    from retrieval.train import RetrieverTrainConfig, train_retriever
+
+    catalog = load_catalog(data_path)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    cfg = RetrieverTrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        hard_negatives=int(hard_negatives),
+        max_steps=20 if quick and max_steps is None else max_steps,
+        pairs_per_user=5 if quick else 20,
+        max_val_users=100 if quick else None,
+    )
+    card = train_retriever(catalog, split, out, cfg, model=model, device=device)
+    rows = [{"model": "zero-shot", **card["zero_shot"]}]
+    rows += [
+        {"model": f"epoch {e['epoch']}", **{k: v for k, v in e.items() if k.startswith("recall")}}
+        for e in card["epochs"]
+    ]
+    print_table(rows)
+    click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
+
+
+@train.command(
+    name="tower", short_help="Train the sequential user tower (the default first stage)."
+)
+@data_option()
+@out_option("Tower folder to write (tower.json + model.safetensors).")
+@click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--no-ids", is_flag=True, help="Text only: no per-item ID vectors.")
+@click.option(
+    "--no-collab",
+    is_flag=True,
+    help="No collaborative (ALS) block: the tower's own score and the cold-item blend only.",
+)
+@seed_option
+@quick_option("CI size: 3 epochs.")
+@click.pass_obj
+def train_tower_cmd(
+    settings: Settings,
+    data_path: Path,
+    out: Path,
+    dim: int,
+    epochs: int,
+    no_ids: bool,
+    no_collab: bool,
+    seed: int,
+    quick: bool,
+) -> None:
+    """Train the sequential user tower (the default first stage) on cached item vectors.
+
+    The text model stays frozen: a small adaptor, per-item ID vectors, a GRU over the user's
+    recent items and an ALS block learn on its cached vectors, in minutes on a CPU. Publish it
+    with `index build --tower`.
+    """
+    from dataclasses import replace
+
+    from duorank.jobs import train_tower
+    from retrieval.sequential import SequentialConfig
+
+    cfg = SequentialConfig(dim=dim, epochs=3 if quick else epochs, use_ids=not no_ids, seed=seed)
+    if no_collab:
+        cfg = replace(cfg, collab_grid=())
+    tower, card = train_tower(settings, data_path, out, cfg, seed=seed)
+    print_tower(out, tower, card)
+
+
+def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
+    """Where the tower went, its validation figure and the blends chosen on validation."""
+    click.echo(
+        f"saved {out}: validation Recall@10 {card['best_recall@10']:.4f} at epoch "
+        f"{card['best_epoch']}; cold blend {tower.cfg.cold_blend:g}, collaborative "
+        f"{tower.cfg.collab_weight:g} ({card['train_seconds']:.0f} s)"
+    )
+
+
+@train.command(
+    name="reranker", short_help="Fine-tune the cross-encoder reranker (the second stage)."
+)
+@data_option()
+@out_option("Reranker folder to write.")
+@click.option("--model", default=None, help="Backbone folder (default: bundled MiniLM).")
+@click.option(
+    "--head",
+    type=click.Choice(["binary", "rating"]),
+    default="binary",
+    show_default=True,
+    help="Sigmoid like/click head, or softmax over rating levels.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-5,
+    show_default=True,
+    help="Backbone learning rate.",
+)
+@click.option(
+    "--head-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate of the heads over the pooled text and the scalar features.",
+)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None)
+@click.option("--targets-per-user", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--random-negatives", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--hard-negatives", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option(
+    "--threshold",
+    type=float,
+    default=LIKE_THRESHOLD,
+    show_default=True,
+    help="Rating at or above = like.",
+)
+@click.option(
+    "--no-features",
+    is_flag=True,
+    help="Text only: no retrieval score, popularity or mean-rating inputs.",
+)
+@click.option(
+    "--val-users",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Validation users (seeded sample); only lists holding the held-out item are scored.",
+)
+@tower_option(
+    "The trained sequential tower that serves the first stage (`duorank train tower`): "
+    "its candidates are the hard negatives and its score the retrieval feature. "
+    "Default: zero-shot pooling of recent liked item vectors."
+)
+@click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint.")
+@click.option(
+    "--eval-before",
+    is_flag=True,
+    help="Also validate the untrained model, as a baseline (one more validation pass).",
+)
+@click.option(
+    "--attention",
+    type=click.Choice(["user_prefix", "full"]),
+    default="user_prefix",
+    show_default=True,
+    help="user_prefix: item tokens attend to the user's, not the reverse, so serving encodes "
+    "the user once per call; full: a standard cross-encoder (any backbone).",
+)
+@click.option(
+    "--freeze-layers",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Keep the backbone's embeddings and first N layers as pretrained: backward stops "
+    "above them (cheaper steps); 0 tunes all.",
+)
+@seed_option
+@quick_option(
+    "Reduced: 30 steps, 2 targets/user, 20 validation candidates (all validation users: "
+    "fewer leave the fusion too little to tie the probability to the item)."
+)
+@device_option
+@click.pass_obj
+def train_reranker_cmd(
+    settings: Settings,
+    data_path: Path,
+    out: Path,
+    model: str | None,
+    head: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    head_lr: float,
+    max_steps: int | None,
+    targets_per_user: int,
+    random_negatives: int,
+    hard_negatives: int,
+    threshold: float,
+    no_features: bool,
+    val_users: int,
+    tower_path: Path | None,
+    resume: bool,
+    eval_before: bool,
+    attention: str,
+    freeze_layers: int,
+    seed: int,
+    quick: bool,
+    device: str | None,
+) -> None:
+    """Fine-tune the point-wise cross-encoder reranker (the second stage) on the training
+    split, over the first stage's candidates."""
+    from duorank.jobs import RerankerJob, train_reranker
+    from rerank.model import DEFAULT_FEATURES
+    from rerank.train import RerankerTrainConfig
+
+    cfg = RerankerTrainConfig(
+        head=head,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        seed=seed,
+        max_steps=max_steps,
+        targets_per_user=targets_per_user,
+        random_negatives=random_negatives,
+        hard_negatives=hard_negatives,
+        threshold=threshold,
+        features=() if no_features else DEFAULT_FEATURES,
+        val_users=val_users,
+        eval_before=eval_before,
+        attention=attention,
+        freeze_layers=freeze_layers,
+    )
+    if quick:
+        cfg = cfg.reduced()
+    job = RerankerJob(data_path, out, tower_path, model, resume, device, seed)
+    print_reranker_card(train_reranker(settings, job, cfg), out)
+
+
+def print_reranker_card(card: dict[str, Any], out: Path) -> None:
+    """Validation per epoch, the calibration, and where the model went."""
+    before = card["before_training"]
+    rows = [{"model": "before training", **before}] if before else []
+    rows += [
+        {
+            "model": f"epoch {e['epoch']}",
+            **{k: v for k, v in e.items() if k not in ("epoch", "steps")},
+        }
+        for e in card["epochs"]
+    ]
+    print_table(rows)
+    click.echo(f"calibration: {card['calibration']}")
+    click.echo(f"saved {out} ({card['steps']} steps, {card['train_seconds']:.0f} s)")
+
+
+COMMANDS = [train]

@@ -1,0 +1,284 @@
+"""The jobs the commands run, as plain functions: settings and a config in, a result out.
+
+The CLI parses and prints; the quickstart calls these same functions. Only this layer turns
+settings into a Redis client and an encoder (:func:`duorank.app.runtime`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duorank.app import Runtime, runtime
+from duorank.settings import Settings
+
+
+def item_vectors(rt: Runtime, catalog: Any) -> tuple[Any, list[str], Any]:
+    """The runtime's cached encoder, the ids of the items with text and their text vectors."""
+    from catalog import ItemTextTemplate
+
+    template = ItemTextTemplate()
+    encoder = rt.encoder()
+    ids = [i for i, item in catalog.items.items() if template.render(item)]
+    texts = [template.render(catalog.items[i]) for i in ids]
+    return encoder, ids, encoder.encode(texts, progress=True)
+
+
+def bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
+    """The sequential tower at ``path`` bound to its item vectors (None without a path)."""
+    if path is None:
+        return None
+    from retrieval.sequential import SequentialTower
+    from retrieval.vectors import ItemVectors
+
+    tower = SequentialTower.load(path)
+    return tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+
+
+def import_movielens(path: Path, out: Path, *, skip_bad: bool = False) -> dict[str, Any]:
+    """Imports a MovieLens folder into a dataset folder; returns its manifest."""
+    from catalog import load_movielens, save_catalog
+
+    return save_catalog(load_movielens(path, skip_bad=skip_bad), out)
+
+
+def train_tower(
+    settings: Settings, data: Path, out: Path, cfg: Any, *, seed: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """Trains the sequential user tower on cached item vectors and saves it atomically.
+
+    Args:
+        cfg: a :class:`retrieval.sequential.SequentialConfig`.
+        seed: the split's seed.
+
+    Returns:
+        The tower and its card.
+    """
+    from catalog import leave_one_out, load_catalog
+    from catalog.fsutil import atomic_dir, write_json
+    from catalog.history import group_histories
+    from retrieval.sequential import train_sequential
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    with runtime(settings) as rt:
+        encoder, ids, vectors = item_vectors(rt, catalog)
+        fingerprint = encoder.fingerprint
+    validation = dict(
+        zip(split.validation.user_ids.tolist(), split.validation.item_ids.tolist(), strict=True)
+    )
+    tower, card = train_sequential(
+        ItemVectors(ids, vectors), group_histories(split.train), validation, cfg
+    )
+    card["text_model_fingerprint"] = fingerprint
+    with atomic_dir(out) as staging:
+        tower.save(staging)
+        write_json(staging / "duorank-card.json", card)
+    return tower, card
+
+
+@dataclass(frozen=True)
+class RerankerJob:
+    """What :func:`train_reranker` needs beside the training arguments."""
+
+    data: Path
+    out: Path
+    tower: Path | None = None
+    base_model: str | None = None
+    resume: bool = False
+    device: str | None = None
+    seed: int = 0
+
+
+def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, Any]:
+    """Fine-tunes the point-wise cross-encoder on the training split; returns its card.
+
+    Args:
+        cfg: a :class:`rerank.train.RerankerTrainConfig`.
+    """
+    from catalog import leave_one_out, load_catalog
+    from rerank.train import train_reranker as train
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(job.data)
+    split = leave_one_out(catalog.interactions, seed=job.seed)
+    with runtime(settings) as rt:
+        encoder, ids, vectors = item_vectors(rt, catalog)
+        tower = bound_tower(job.tower, ids, vectors)
+        return train(
+            catalog,
+            split,
+            ItemVectors(ids, vectors),
+            job.out,
+            cfg,
+            base_model=job.base_model,
+            resume=job.resume,
+            count_tokens=encoder.count_tokens,
+            tower=tower,
+            device=job.device,
+        )
+
+
+def recalibrate_reranker(
+    settings: Settings,
+    folder: Path,
+    data: Path,
+    *,
+    tower: Path | None = None,
+    val_users: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Refits a binary reranker's validation fusion without retraining; returns its card."""
+    from catalog import leave_one_out, load_catalog
+    from rerank.train import recalibrate
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    with runtime(settings) as rt:
+        _, ids, vectors = item_vectors(rt, catalog)
+    bound = bound_tower(tower, ids, vectors)
+    return recalibrate(
+        catalog, split, ItemVectors(ids, vectors), folder, tower=bound, val_users=val_users
+    )
+
+
+@dataclass(frozen=True)
+class IndexJob:
+    """Where a build's items come from and where it publishes."""
+
+    root: Path
+    data: Path | None = None
+    items: Path | None = None
+    mapping: tuple[str, ...] = ()
+    duplicates: str = "error"
+    model: str | None = None
+    tower: Path | None = None
+
+
+def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any]:
+    """Builds and publishes one index version; returns its manifest.
+
+    Args:
+        config: an :class:`indexer.BuildConfig`.
+
+    Raises:
+        indexer.LockHeldError: another build holds the root's lock.
+        indexer.TowerLoadError: ``job.tower`` cannot be loaded.
+    """
+    from catalog.table import ColumnMapping
+    from indexer import CatalogSource, publish_version
+
+    if (job.data is None) == (job.items is None):
+        raise ValueError("give exactly one of a dataset folder or an items file")
+    source = (
+        CatalogSource.from_dataset(job.data)
+        if job.data is not None
+        else CatalogSource.from_items_file(
+            job.items,  # type: ignore[arg-type]
+            ColumnMapping.from_pairs(list(job.mapping)),
+            job.duplicates,
+        )
+    )
+
+    @contextlib.contextmanager
+    def open_encoder() -> Iterator[Any]:
+        with runtime(settings) as rt:
+            yield rt.encoder(job.model)
+
+    return publish_version(job.root, source, open_encoder, config, tower_path=job.tower)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """What :func:`evaluate` runs: the data, the optional models and the protocol's knobs."""
+
+    data: Path
+    reranker: Path | None = None
+    backend: str = "torch"
+    retriever: Path | None = None
+    trained_tower: bool = True
+    seed: int = 0
+    seeds: int = 1
+    rerank_als: bool = True
+    quick: bool = False
+    progress: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
+    """The offline evaluation's report, stamped with machine, date and commit."""
+    from benchmarks.contract import stamp
+    from benchmarks.evaluation import run_eval
+    from catalog import load_catalog
+    from rerank import Reranker
+    from retrieval.sequential import SequentialConfig
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(job.data)
+    reranker_path = job.reranker or settings.layout.trained_reranker()
+    reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
+    with runtime(settings) as rt:
+        _, ids, vectors = item_vectors(rt, catalog)
+        retriever = rt.encoder(job.retriever) if job.retriever else None
+        report = run_eval(
+            catalog,
+            item_vectors=ItemVectors(ids, vectors),
+            reranker=reranker,
+            retriever=retriever,
+            sequential=(
+                SequentialConfig(seed=job.seed, epochs=3 if job.quick else 30)
+                if job.trained_tower
+                else None
+            ),
+            quick=job.quick,
+            seed=job.seed,
+            seeds=job.seeds,
+            rerank_als=job.rerank_als,
+            **({"progress": job.progress} if job.progress else {}),
+        )
+    return stamp(report)
+
+
+@dataclass(frozen=True)
+class ServingJob:
+    """What the Recommender serves: every path defaults to the home's layout."""
+
+    data: Path | None = None
+    root: Path | None = None
+    reranker: Path | None = None
+    backend: str = "torch"
+    text_users: bool = False
+    fallback: bool = False
+
+
+@contextlib.contextmanager
+def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
+    """The Recommender over the job's (or the home's) dataset, index and reranker; with
+    ``text_users`` the cached text encoder stays open as long as the Recommender is used.
+
+    Raises:
+        indexer.NoVersionError: nothing published (or, with ``fallback``, nothing verifies).
+        indexer.VerifyError: the CURRENT version is damaged (without ``fallback``).
+    """
+    from catalog import load_catalog
+    from rerank import Reranker
+    from serving.recommender import Recommender
+
+    home = settings.layout
+    reranker_path = job.reranker or home.trained_reranker()
+    with contextlib.ExitStack() as stack:
+        encoder = None
+        if job.text_users:
+            encoder = stack.enter_context(runtime(settings)).encoder()
+        reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
+        yield Recommender(
+            job.root or home.index,
+            load_catalog(job.data or home.dataset()),
+            reranker,
+            user_encoder=encoder,
+            fallback=job.fallback,
+        )
