@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
+from metrics import list_ranks, ndcg_at_k_from_ranks
 from rerank import Reranker, export_onnx
 from rerank.inference import ONNX_FILES, PREFIX_FILES
 from rerank.model import read_config, split_pair_ids
@@ -70,11 +71,7 @@ def _spearman(a: Any, b: Any) -> float:
 
 
 def _ndcg10(ranked: list[list[str]], held: list[str]) -> float:
-    values = [
-        1.0 / np.log2(r[:10].index(h) + 2) if h in r[:10] else 0.0
-        for r, h in zip(ranked, held, strict=True)
-    ]
-    return float(np.mean(values))
+    return ndcg_at_k_from_ranks(list_ranks(ranked, held), 10)
 
 
 def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:

@@ -7,6 +7,13 @@ tested functions that the benchmarks report.
 from metrics._core import hits_and_counts, top_k
 from metrics.auc import auc, per_user_auc
 from metrics.coverage import coverage_at_k
+from metrics.heldout import (
+    ABSENT,
+    list_ranks,
+    ndcg_at_k_from_ranks,
+    recall_at_k_from_ranks,
+    target_ranks,
+)
 from metrics.hit_rate import hit_rate_at_k
 from metrics.logloss import expected_calibration_error, logloss
 from metrics.map import map_at_k
@@ -15,16 +22,21 @@ from metrics.ndcg import ndcg_at_k
 from metrics.recall import recall_at_k
 
 __all__ = [
+    "ABSENT",
     "auc",
     "coverage_at_k",
     "expected_calibration_error",
     "hit_rate_at_k",
     "hits_and_counts",
+    "list_ranks",
     "logloss",
     "map_at_k",
     "mrr_at_k",
     "ndcg_at_k",
+    "ndcg_at_k_from_ranks",
     "per_user_auc",
     "recall_at_k",
+    "recall_at_k_from_ranks",
+    "target_ranks",
     "top_k",
 ]

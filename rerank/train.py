@@ -366,11 +366,9 @@ def validation_examples(
 
 
 def _ndcg10(order_lists: Sequence[Sequence[str]], held: Sequence[str]) -> float:
-    values = []
-    for ranked, target in zip(order_lists, held, strict=True):
-        top = list(ranked[:10])
-        values.append(1.0 / math.log2(top.index(target) + 2) if target in top else 0.0)
-    return float(np.mean(values)) if values else float("nan")
+    from metrics import list_ranks, ndcg_at_k_from_ranks
+
+    return ndcg_at_k_from_ranks(list_ranks(order_lists, held), 10)
 
 
 def fit_temperature(

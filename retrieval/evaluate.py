@@ -1,7 +1,7 @@
 """Validation of a retriever during training: Recall@K with full ranking over the catalog.
 
-Kept here (not in ``benchmarks/``) because training needs it and imports point down only; with
-one held-out item per user, Recall@K is the hit rate, so the computation is a membership test.
+Kept here (not in ``benchmarks/``) because training needs it and imports point down only; the
+metric itself is :mod:`metrics`' (one held-out item per user: Recall@K from the target's rank).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 
 from catalog.model import Interactions
 from catalog.text import HistoryEvent
+from metrics import recall_at_k_from_ranks
 from retrieval.index import VectorIndex
 from retrieval.towers import UserState, UserTower
 
@@ -40,7 +41,7 @@ def recall_at_ks(
     if not users:
         return {f"recall@{k}": float("nan") for k in ks}
     kmax = max(ks)
-    hits = np.zeros((len(users), len(ks)), dtype=bool)
+    ranks = np.full(len(users), kmax, dtype=np.int64)  # a user left unembedded is a miss
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
         states = [UserState(u, (profiles or {}).get(u, {}), histories.get(u, ())) for u in chunk]
@@ -52,6 +53,5 @@ def recall_at_ks(
                 continue
             ranked = result.ids[row]
             target = targets[u]
-            rank = ranked.index(target) if target in ranked else kmax
-            hits[start + row] = [rank < k for k in ks]
-    return {f"recall@{k}": float(hits[:, i].mean()) for i, k in enumerate(ks)}
+            ranks[start + row] = ranked.index(target) if target in ranked else kmax
+    return {f"recall@{k}": recall_at_k_from_ranks(ranks, k) for k in ks}

@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from catalog.text import HistoryEvent
 from catalog.thresholds import COLD_ITEM_THRESHOLD
+from metrics import ndcg_at_k_from_ranks, recall_at_k_from_ranks, target_ranks
 from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors, normalize
 
@@ -717,20 +718,22 @@ def _score_metrics(
     cold_threshold: int = COLD_ITEM_THRESHOLD,
 ) -> dict[str, float]:
     """:func:`_val_metrics` from a (users, catalog items) score matrix (modified in place)."""
-    ranks = np.zeros(len(users), dtype=np.int64)
+    targets = np.zeros(len(users), dtype=np.int64)
     cold = np.zeros(len(users), dtype=bool)
     for n, u in enumerate(users):
         seen = items.rows([e.item_id for e in train[u]])
         scores[n, seen[seen >= 0]] = -np.inf
-        target = items.rows([validation[u]])[0]
-        ranks[n] = int((scores[n] > scores[n, target]).sum())
+        targets[n] = items.rows([validation[u]])[0]
         cold[n] = item_counts.get(validation[u], 0) < cold_threshold
-    ndcg = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+    if not len(users):
+        nothing = {"recall@10": 0.0, "ndcg@10": 0.0, "recall@100": 0.0}
+        return {**nothing, "cold_recall@100": float("nan"), "cold_users": 0}
+    ranks = target_ranks(scores, targets)
     return {
-        "recall@10": float(np.mean(ranks < 10)) if len(users) else 0.0,
-        "ndcg@10": float(np.mean(ndcg)) if len(users) else 0.0,
-        "recall@100": float(np.mean(ranks < 100)) if len(users) else 0.0,
-        "cold_recall@100": float(np.mean(ranks[cold] < 100)) if cold.any() else float("nan"),
+        "recall@10": recall_at_k_from_ranks(ranks, 10),
+        "ndcg@10": ndcg_at_k_from_ranks(ranks, 10),
+        "recall@100": recall_at_k_from_ranks(ranks, 100),
+        "cold_recall@100": recall_at_k_from_ranks(ranks[cold], 100) if cold.any() else math.nan,
         "cold_users": int(cold.sum()),
     }
 

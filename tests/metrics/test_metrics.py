@@ -162,3 +162,39 @@ def test_logloss_and_calibration() -> None:
     assert logloss([0.0], [1]) < 20  # clipped, finite
     assert expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 1, 0, 0]) == pytest.approx(0.1)
     assert expected_calibration_error([0.5, 0.5], [1, 0]) == pytest.approx(0.0)
+
+
+def test_single_target_metrics_from_ranks_equal_the_list_metrics() -> None:
+    """Training validates from the target's rank; on tie-free scores that is exactly the
+    list-based NDCG@K and Recall@K the benchmarks report."""
+    from metrics import (
+        ndcg_at_k,
+        ndcg_at_k_from_ranks,
+        recall_at_k,
+        recall_at_k_from_ranks,
+        target_ranks,
+        top_k,
+    )
+
+    rng = np.random.default_rng(3)
+    scores = rng.permutation(200 * 50).reshape(200, 50).astype(np.float64)  # no ties
+    targets = rng.integers(0, 50, size=200)
+    ranks = target_ranks(scores, targets)
+    ranked = top_k(scores, 50)
+    relevant = [[t] for t in targets]
+    for k in (1, 5, 10, 50):
+        assert ndcg_at_k_from_ranks(ranks, k) == pytest.approx(ndcg_at_k(ranked, relevant, k))
+        assert recall_at_k_from_ranks(ranks, k) == pytest.approx(recall_at_k(ranked, relevant, k))
+
+
+def test_target_ranks_give_ties_to_the_target_and_list_ranks_mark_absent() -> None:
+    from metrics import ABSENT, list_ranks, ndcg_at_k_from_ranks, target_ranks
+
+    scores = np.array([[0.5, 0.9, 0.5, -np.inf], [0.1, 0.2, 0.3, 0.4]])
+    assert target_ranks(scores, [0, 0]).tolist() == [1, 3]  # the tie at 0.5 is not above
+    ranks = list_ranks([["a", "b"], ["c"], []], ["b", "x", "y"])
+    assert ranks.tolist() == [1, ABSENT, ABSENT]
+    assert ndcg_at_k_from_ranks(ranks, 10) == pytest.approx((1 / np.log2(3)) / 3)
+    assert np.isnan(ndcg_at_k_from_ranks([], 10))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        ndcg_at_k_from_ranks(ranks, 0)
