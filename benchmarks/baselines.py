@@ -84,7 +84,7 @@ class ImplicitScorer(Scorer):
         import implicit
         from threadpoolctl import threadpool_limits
 
-        from retrieval.sequential import implicit_als
+        from retrieval.als import implicit_als
 
         p = self.params
         if self.kind == "als":  # the same fit as the trained tower's collaborative block

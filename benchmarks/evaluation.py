@@ -41,7 +41,8 @@ from metrics import (
 )
 from rerank.data import FeatureMaker, RatingStats
 from retrieval.index import FlatIndex, VectorIndex
-from retrieval.sequential import SequentialConfig, train_sequential
+from retrieval.sequential import SequentialConfig
+from retrieval.sequential_train import train_sequential
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
 

@@ -60,7 +60,7 @@ def train_tower(
     from catalog import leave_one_out, load_catalog
     from catalog.fsutil import atomic_dir, write_json
     from catalog.history import group_histories
-    from retrieval.sequential import train_sequential
+    from retrieval.sequential_train import train_sequential
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data)

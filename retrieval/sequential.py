@@ -18,7 +18,8 @@ vectors; ``z_mean``: its average over the training users), so one inner-product 
 ``cos_learned + w_i * (z_u - z_mean) . x_i`` with ``w_i = cold_blend * cold_scale /
 (cold_scale + n_i)`` (``n_i`` = the item's training interactions; 0 for new items). Centering
 makes the text term say "closer to this user than to the average user" rather than adding a
-flat bonus to every rare item. The weight is chosen on validation by :func:`train_sequential`.
+flat bonus to every rare item. The weight is chosen on validation by
+:func:`retrieval.sequential_train.train_sequential`.
 
 Collaborative block: the GRU reads an ordered window, a matrix factorisation the whole history
 as a set. With ``collab_weight > 0`` items also carry their implicit-ALS factors ``y_i`` (zeros
@@ -30,15 +31,9 @@ a per-user z-score blend inside one inner-product search.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import ctypes
 import json
 import logging
-import math
-import time
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,9 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from catalog.text import HistoryEvent
-from catalog.thresholds import COLD_ITEM_THRESHOLD
-from metrics import ndcg_at_k_from_ranks, recall_at_k_from_ranks, target_ranks
+from retrieval.als import als_gram, fold_in
 from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors, normalize
 
@@ -111,172 +104,6 @@ class SequentialConfig:
     collab_alpha: float = 10.0
     collab_iterations: int = 20
     collab_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
-
-
-COLLAB_SETTINGS: tuple[tuple[int, float, float], ...] = tuple(
-    (f, r, a) for f in (32, 64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)
-)
-"""(factors, regularisation, alpha) of the ALS fits tried on validation for the collaborative
-block: the grid the offline evaluation tunes its ALS baseline over."""
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-@contextlib.contextmanager
-def _reuse_freed_memory() -> Iterator[None]:
-    """Keeps glibc from handing each large tensor back to the kernel when it is freed.
-
-    Every step allocates the (positions x catalog) logits and their gradient, hundreds of MB
-    that glibc serves with ``mmap`` and unmaps on free, so the next step faults in and zeroes
-    fresh pages: on ml-latest-small that was 57 s of system time in 65 s for 3 epochs. With
-    ``mmap`` off and no trimming the freed blocks are reused (30 s, the same losses; peak
-    memory 1.2 -> 2.3 GB). Restored afterwards; a no-op without glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        yield
-        return
-    m_trim_threshold, m_mmap_max = -1, -4
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2**30)
-    try:
-        yield
-    finally:  # glibc's defaults, and the kept memory back to the kernel
-        mallopt(m_mmap_max, 65536)
-        mallopt(m_trim_threshold, 128 * 1024)
-        libc.malloc_trim(0)
-
-
-def fit_als(
-    histories: Mapping[str, Sequence[HistoryEvent]],
-    item_rows: Mapping[str, int],
-    cfg: SequentialConfig,
-) -> Matrix:
-    """Implicit ALS item factors by ID row (row 0, "no ID vector", stays zero).
-
-    The interactions are binary (a repeated event counts once), as in the ALS baseline.
-    """
-    import scipy.sparse as sp
-
-    rows: list[int] = []
-    cols: list[int] = []
-    for n, user in enumerate(sorted(histories)):
-        known = {item_rows[e.item_id] for e in histories[user] if e.item_id in item_rows}
-        rows += [n] * len(known)
-        cols += sorted(known)
-    matrix = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)),
-        shape=(len(histories), len(item_rows) + 1),
-    )
-    _, factors = implicit_als(
-        matrix,
-        cfg.collab_factors,
-        cfg.collab_reg,
-        cfg.collab_alpha,
-        cfg.collab_iterations,
-        cfg.seed,
-    )
-    factors[0] = 0.0
-    return factors
-
-
-def implicit_als(
-    matrix: Any, factors: int, reg: float, alpha: float, iterations: int, seed: int
-) -> tuple[Matrix, Matrix]:
-    """(user, item) factors of ``implicit``'s ALS on a (users, items) matrix: the one fit the
-    collaborative block and the ALS baseline share, so the block is as strong as the baseline."""
-    import implicit
-    from threadpoolctl import threadpool_limits
-
-    model = implicit.cpu.als.AlternatingLeastSquares(
-        factors=factors,
-        regularization=reg,
-        alpha=alpha,
-        iterations=iterations,
-        random_state=seed,
-        calculate_training_loss=False,
-    )
-    with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
-        model.fit(matrix.astype(np.float32), show_progress=False)
-    return (
-        np.array(model.user_factors, dtype=np.float32),
-        np.array(model.item_factors, dtype=np.float32),
-    )
-
-
-def als_gram(factors: Matrix, reg: float) -> npt.NDArray[np.float64]:
-    """``Y'Y + reg I``: the part of every user's ALS system shared by all users."""
-    y = factors.astype(np.float64)
-    gram: npt.NDArray[np.float64] = y.T @ y + reg * np.eye(y.shape[1])
-    return gram
-
-
-def fold_in(
-    factors: Matrix,
-    user_rows: Sequence[Sequence[int]],
-    reg: float,
-    alpha: float,
-    gram: npt.NDArray[np.float64] | None = None,
-) -> Matrix:
-    """ALS's own user step for each user's item rows (exact least squares, implicit's
-    confidence ``alpha`` on interacted items), so a user needs no refit: new users and new
-    events are folded in at request time. ``gram``: :func:`als_gram`, when cached."""
-    gram = als_gram(factors, reg) if gram is None else gram
-    out = np.zeros((len(user_rows), factors.shape[1]), dtype=np.float32)
-    known_rows = [sorted({r for r in rows if r > 0}) for rows in user_rows]
-    if alpha == 1.0:
-        # Unit confidence adds nothing to the Gram matrix: every user solves the same system,
-        # so one solve serves them all (the per-user loop cost minutes in pair building).
-        users = [n for n, known in enumerate(known_rows) if known]
-        if users:
-            sums = np.stack([factors[known_rows[n]].astype(np.float64).sum(axis=0) for n in users])
-            out[users] = np.linalg.solve(gram, sums.T).T
-        return out
-    for n, known in enumerate(known_rows):
-        if not known:
-            continue
-        yu = factors[known].astype(np.float64)
-        out[n] = np.linalg.solve(gram + (alpha - 1.0) * yu.T @ yu, alpha * yu.sum(axis=0))
-    return out
-
-
-class _Net:  # built lazily so importing this module does not import torch
-    @staticmethod
-    def make(text_dim: int, n_items: int, cfg: SequentialConfig) -> Any:
-        torch = _torch()
-        nn = torch.nn
-
-        class SeqNet(nn.Module):  # type: ignore[misc,name-defined]
-            def __init__(self) -> None:
-                super().__init__()
-                self.adaptor = nn.Sequential(nn.Linear(text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
-                self.ids = (
-                    nn.Embedding(n_items + 1, cfg.dim, padding_idx=0) if cfg.use_ids else None
-                )
-                self.gru = nn.GRU(cfg.dim, cfg.dim, batch_first=True)
-                self.out = nn.Linear(cfg.dim, cfg.dim)
-
-            def items(self, text: Any, id_rows: Any, drop: float = 0.0) -> Any:
-                vec = self.adaptor(text)
-                if self.ids is not None:
-                    idv = self.ids(id_rows)
-                    if drop > 0:
-                        keep = (torch.rand(idv.shape[0], 1) >= drop).to(idv.dtype)
-                        idv = idv * keep
-                    vec = vec + idv
-                return torch.nn.functional.normalize(vec, dim=-1)
-
-            def users(self, seq_vectors: Any) -> Any:
-                hidden, _ = self.gru(seq_vectors)
-                return torch.nn.functional.normalize(self.out(hidden), dim=-1)
-
-        return SeqNet()
 
 
 class SequentialTower(UserTower):
@@ -367,7 +194,8 @@ class SequentialTower(UserTower):
 
     def item_transform(self, ids: Sequence[str], text_vectors: Matrix) -> Matrix:
         """Indexed vectors for items (text vectors from the frozen encoder)."""
-        torch = _torch()
+        import torch
+
         text = np.ascontiguousarray(text_vectors, dtype=np.float32)
         if text.shape[1] != self.text_dim:
             raise ValueError(f"text vectors have {text.shape[1]} dims, the tower {self.text_dim}")
@@ -403,7 +231,8 @@ class SequentialTower(UserTower):
     def embed(self, users: Sequence[UserState]) -> Matrix:
         if self._learned is None:
             raise ValueError("bind() the tower to its item vectors first")
-        torch = _torch()
+        import torch
+
         out = np.zeros((len(users), self.cfg.dim), dtype=np.float32)
         # Histories of one length run through the GRU together (no padding, so each state is a
         # lone call's up to float rounding); one call per user cost a minute of pair building.
@@ -451,9 +280,9 @@ class SequentialTower(UserTower):
 
     def save(self, folder: str | Path) -> Path:
         """``tower.json`` (config, item rows) and ``model.safetensors``."""
+        import torch
         from safetensors.torch import save_file
 
-        torch = _torch()
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in self.net.state_dict().items()}
@@ -489,7 +318,9 @@ class SequentialTower(UserTower):
         raw["collab_grid"] = tuple(raw.get("collab_grid", ()))  # absent before the block
         cfg = SequentialConfig(**raw)
         text_dim = int(spec["config"]["text_dim"])
-        net = _Net.make(text_dim, len(spec["item_rows"]), cfg)
+        from retrieval.sequential_net import SeqNet
+
+        net = SeqNet(text_dim, len(spec["item_rows"]), cfg.dim, cfg.use_ids)
         tensors = load_file(str(root / "model.safetensors"))
         collab = tensors.pop(COLLAB_KEY, None)
         if collab is None and cfg.collab_weight > 0:
@@ -507,307 +338,3 @@ class SequentialTower(UserTower):
             spec.get("text_center"),
             None if collab is None else collab.numpy(),
         )
-
-
-def _sequences(
-    histories: Mapping[str, Sequence[HistoryEvent]], pos: Mapping[str, int], max_len: int
-) -> list[list[int]]:
-    """Each user's item positions in time order, cut from the end into windows of
-    ``max_len + 1`` (so long histories train on all their events, not just the last ones)."""
-    out = []
-    for events in histories.values():
-        seq = [
-            pos[e.item_id] for e in sorted(events, key=lambda e: e.timestamp) if e.item_id in pos
-        ]
-        end = len(seq)
-        while end >= 2:
-            out.append(seq[max(0, end - max_len - 1) : end])
-            end -= max_len
-    return out
-
-
-def train_sequential(
-    text_vectors: ItemVectors,
-    train: Mapping[str, Sequence[HistoryEvent]],
-    validation: Mapping[str, str],
-    cfg: SequentialConfig | None = None,
-    *,
-    train_items: set[str] | None = None,
-    progress: bool = True,
-) -> tuple[SequentialTower, dict[str, Any]]:
-    """Trains on next-item prediction over the training histories.
-
-    Args:
-        text_vectors: frozen text vectors of every catalog item.
-        train: user -> training events.
-        validation: user -> held-out validation item (early stopping on Recall@10, seen
-            training items excluded); empty: train ``cfg.epochs`` epochs and keep the last
-            (the refit on train + validation).
-        cfg: hyperparameters.
-        train_items: items that get an ID vector (default: those in ``train``).
-        progress: log each epoch.
-
-    Returns:
-        The tower (bound to its catalog item vectors) and a training card.
-    """
-    torch = _torch()
-    cfg = cfg or SequentialConfig()
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    ids = text_vectors.ids
-    pos = {i: n for n, i in enumerate(ids)}
-    seen_items = (
-        train_items
-        if train_items is not None
-        else {e.item_id for events in train.values() for e in events}
-    )
-    item_rows = {i: n + 1 for n, i in enumerate(sorted(seen_items & set(pos)))}
-    item_counts = dict(
-        Counter(e.item_id for events in train.values() for e in events if e.item_id in pos)
-    )
-    id_index = torch.tensor([item_rows.get(i, 0) for i in ids], dtype=torch.long)
-    text = torch.from_numpy(np.ascontiguousarray(text_vectors.matrix))
-    net = _Net.make(text_vectors.dim, len(item_rows), cfg)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    seqs = _sequences(train, pos, cfg.max_len)
-    if not seqs:
-        raise ValueError("no training sequences: users need at least two training items")
-    val_users = [u for u in validation if u in train and validation[u] in pos]
-    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(net.state_dict()))
-    history: list[dict[str, float]] = []
-    stale = 0
-    best_epoch = cfg.epochs
-    started = time.perf_counter()
-    with _reuse_freed_memory():  # the logits of every step: see its docstring
-        for epoch in range(cfg.epochs):
-            net.train()
-            order = rng.permutation(len(seqs))
-            losses = []
-            for start in range(0, len(order), cfg.batch_size):
-                batch = [seqs[i] for i in order[start : start + cfg.batch_size]]
-                width = max(len(s) for s in batch) - 1
-                inputs = torch.zeros((len(batch), width), dtype=torch.long)
-                targets = torch.full((len(batch), width), -100, dtype=torch.long)
-                for b, seq in enumerate(batch):
-                    n = len(seq) - 1
-                    inputs[b, :n] = torch.tensor(seq[:-1])
-                    targets[b, :n] = torch.tensor(seq[1:])
-                items = net.items(text, id_index, drop=cfg.id_dropout)  # all catalog items
-                users = net.users(items[inputs])
-                logits = users @ items.T / cfg.temperature
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            if not val_users:  # no validation: a fixed number of epochs, keep the last
-                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-                best = (float("nan"), copy.deepcopy(net.state_dict()))
-                continue
-            tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
-            tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
-            assert tower.item_vectors is not None
-            recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
-                "recall@10"
-            ]
-            net.train()
-            history.append(
-                {"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall}
-            )
-            if progress:
-                log.info(
-                    "sequential tower epoch %d: loss %.4f, validation Recall@10 %.4f",
-                    epoch + 1,
-                    np.mean(losses),
-                    recall,
-                )
-            if recall > best[0]:
-                best, stale, best_epoch = (recall, copy.deepcopy(net.state_dict())), 0, epoch + 1
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    net.load_state_dict(best[1])
-    net.eval()
-    text_unit = ItemVectors(ids, normalize(text_vectors.matrix))
-    text_tower = MeanItemsTower(text_unit, n_recent=cfg.blend_recent)
-    pooled = text_tower.embed([UserState(u, {}, events) for u, events in train.items()])
-    pooled = pooled[np.any(pooled, axis=1)]
-    center = pooled.mean(axis=0) if len(pooled) else None
-    collab: Matrix | None = None
-    als_search: list[dict[str, float]] = []
-    searching = bool(val_users) and bool(cfg.blend_grid or cfg.collab_grid)
-    if searching and any(w > 0 for w in cfg.collab_grid):
-        collab, cfg, als_search = _choose_als(
-            text_vectors, train, validation, val_users, item_rows, item_counts, cfg
-        )
-    elif cfg.collab_weight > 0:
-        collab = fit_als(train, item_rows, cfg)
-    tower = SequentialTower(net, cfg, item_rows, text_vectors.dim, item_counts, center, collab)
-    blends: list[dict[str, float]] = []
-    zero_shot: dict[str, float] = {}
-    if searching:
-        # The blend weights, on validation: the best NDCG@10 among the (cold, collaborative)
-        # pairs that keep the zero-shot text tower's Recall@100 on cold targets (else the best
-        # cold recall), ties to the smaller weights.
-        zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, item_counts)
-        blends = _blend_search(tower, text_vectors, train, validation, val_users)
-        floor = zero_shot["cold_recall@100"]
-        keeping = [r for r in blends if r["cold_recall@100"] >= floor or math.isnan(floor)]
-        chosen = (
-            max(keeping, key=lambda r: (r["ndcg@10"], -r["collab_weight"], -r["cold_blend"]))
-            if keeping
-            else max(
-                blends, key=lambda r: (r["cold_recall@100"], -r["collab_weight"], -r["cold_blend"])
-            )
-        )
-        tower = tower.with_blend(chosen["cold_blend"], chosen["collab_weight"])
-        cfg = tower.cfg
-        if progress:
-            log.info(
-                "blend chosen on validation: cold %.2f, collaborative %.2f (NDCG@10 %.4f; "
-                "zero-shot %s)",
-                cfg.cold_blend,
-                cfg.collab_weight,
-                chosen["ndcg@10"],
-                zero_shot,
-            )
-    tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
-    card = {
-        "config": asdict(cfg),
-        "epochs": history,
-        "best_recall@10": best[0],
-        "best_epoch": best_epoch if val_users else len(history),
-        "train_seconds": time.perf_counter() - started,
-        "blend": blends,
-        "blend_zero_shot": zero_shot,
-        "collab_als": als_search,
-        "sequences": len(seqs),
-        "id_items": len(item_rows),
-    }
-    return tower, card
-
-
-def _val_metrics(
-    tower: UserTower,
-    items: ItemVectors,
-    train: Mapping[str, Sequence[HistoryEvent]],
-    validation: Mapping[str, str],
-    users: Sequence[str],
-    item_counts: Mapping[str, int],
-    cold_threshold: int = COLD_ITEM_THRESHOLD,
-) -> dict[str, float]:
-    """Recall@10/100, NDCG@10 of the held-out item over the full catalog (training items
-    excluded), and Recall@100 on targets with fewer than ``cold_threshold`` training
-    interactions."""
-    vectors = tower.embed([UserState(u, {}, train[u]) for u in users])
-    return _score_metrics(
-        vectors @ items.matrix.T, items, train, validation, users, item_counts, cold_threshold
-    )
-
-
-def _score_metrics(
-    scores: npt.NDArray[np.floating[Any]],
-    items: ItemVectors,
-    train: Mapping[str, Sequence[HistoryEvent]],
-    validation: Mapping[str, str],
-    users: Sequence[str],
-    item_counts: Mapping[str, int],
-    cold_threshold: int = COLD_ITEM_THRESHOLD,
-) -> dict[str, float]:
-    """:func:`_val_metrics` from a (users, catalog items) score matrix (modified in place)."""
-    targets = np.zeros(len(users), dtype=np.int64)
-    cold = np.zeros(len(users), dtype=bool)
-    for n, u in enumerate(users):
-        seen = items.rows([e.item_id for e in train[u]])
-        scores[n, seen[seen >= 0]] = -np.inf
-        targets[n] = items.rows([validation[u]])[0]
-        cold[n] = item_counts.get(validation[u], 0) < cold_threshold
-    if not len(users):
-        nothing = {"recall@10": 0.0, "ndcg@10": 0.0, "recall@100": 0.0}
-        return {**nothing, "cold_recall@100": float("nan"), "cold_users": 0}
-    ranks = target_ranks(scores, targets)
-    return {
-        "recall@10": recall_at_k_from_ranks(ranks, 10),
-        "ndcg@10": ndcg_at_k_from_ranks(ranks, 10),
-        "recall@100": recall_at_k_from_ranks(ranks, 100),
-        "cold_recall@100": recall_at_k_from_ranks(ranks[cold], 100) if cold.any() else math.nan,
-        "cold_users": int(cold.sum()),
-    }
-
-
-def _choose_als(
-    text_vectors: ItemVectors,
-    train: Mapping[str, Sequence[HistoryEvent]],
-    validation: Mapping[str, str],
-    users: Sequence[str],
-    item_rows: Mapping[str, int],
-    item_counts: Mapping[str, int],
-    cfg: SequentialConfig,
-) -> tuple[Matrix, SequentialConfig, list[dict[str, float]]]:
-    """The ALS fit of :data:`COLLAB_SETTINGS` whose own score (users folded in) ranks the
-    validation items best: the collaborative block is as strong as the tuned ALS baseline."""
-    ids = text_vectors.ids
-    catalog_rows = np.array([item_rows.get(i, 0) for i in ids])
-    user_rows = [[item_rows.get(e.item_id, 0) for e in train[u]] for u in users]
-    items = ItemVectors(ids, np.zeros((len(ids), 1), dtype=np.float32))  # ids for the ranks
-    best: tuple[float, Matrix, SequentialConfig] | None = None
-    rows = []
-    for factors, reg, alpha in COLLAB_SETTINGS:
-        trial = replace(cfg, collab_factors=factors, collab_reg=reg, collab_alpha=alpha)
-        collab = fit_als(train, item_rows, trial)
-        x = fold_in(collab, user_rows, reg, alpha)
-        metrics = _score_metrics(
-            x @ collab[catalog_rows].T, items, train, validation, users, item_counts
-        )
-        rows.append({"factors": factors, "regularization": reg, "alpha": alpha, **metrics})
-        if best is None or metrics["ndcg@10"] > best[0]:
-            best = (metrics["ndcg@10"], collab, trial)
-    assert best is not None
-    return best[1], best[2], rows
-
-
-def _blend_search(
-    tower: SequentialTower,
-    text_vectors: ItemVectors,
-    train: Mapping[str, Sequence[HistoryEvent]],
-    validation: Mapping[str, str],
-    users: Sequence[str],
-) -> list[dict[str, float]]:
-    """Validation metrics of every (cold blend, collaborative weight) pair of the grids.
-
-    Each block's scores are computed once and combined per pair exactly as the bound tower's
-    inner product combines them (the per-user spread of each block over the catalog)."""
-    cfg = tower.cfg
-    ids = text_vectors.ids
-    states = [UserState(u, {}, train[u]) for u in users]
-    full = tower.with_blend(1.0, 0.0)  # learned + text blocks; the ALS block comes below
-    indexed = full.item_transform(ids, text_vectors.matrix)
-    full.bind(ItemVectors(ids, indexed))
-    users_full = full.embed(states)
-    d = cfg.dim
-    learned = users_full[:, :d] @ indexed[:, :d].T
-    text = users_full[:, d:] @ normalize(text_vectors.matrix).T  # (z_u - z_mean) . x_i
-    unit = full.blend_weights(ids)  # w_i at cold_blend 1
-    collab = None
-    if tower.collab is not None:
-        rows = [[tower.item_rows.get(e.item_id, 0) for e in s.history] for s in states]
-        x = fold_in(tower.collab, rows, cfg.collab_reg, cfg.collab_alpha)
-        collab = x @ tower.collab[[tower.item_rows.get(i, 0) for i in ids]].T
-    items = ItemVectors(ids, np.zeros((len(ids), 1), dtype=np.float32))
-    out = []
-    for weight in cfg.collab_grid or (cfg.collab_weight,):
-        for blend in cfg.blend_grid or (cfg.cold_blend,):
-            main = learned + blend * unit[None, :] * text
-            scores = main
-            if weight > 0 and collab is not None:
-                spread = collab.std(axis=1, keepdims=True)
-                scale = np.where(spread > 0, main.std(axis=1, keepdims=True) / spread, 0.0)
-                scores = main + weight * scale * collab
-            metrics = _score_metrics(
-                scores, items, train, validation, users, dict(tower.item_counts)
-            )
-            out.append({"cold_blend": blend, "collab_weight": weight, **metrics})
-    return out

@@ -16,7 +16,8 @@ from catalog.history import group_histories
 from rerank import Reranker
 from rerank.train import RerankerTrainConfig, train_reranker
 from retrieval.encoder import Encoder
-from retrieval.sequential import SequentialConfig, train_sequential
+from retrieval.sequential import SequentialConfig
+from retrieval.sequential_train import train_sequential
 from retrieval.vectors import ItemVectors
 from tests.conftest import tiny_catalog
 

@@ -11,15 +11,9 @@ import pytest
 from catalog import Catalog, leave_one_out
 from catalog.history import group_histories
 from catalog.text import HistoryEvent
-from retrieval.sequential import (
-    COLLAB_SETTINGS,
-    SequentialConfig,
-    SequentialTower,
-    _val_metrics,
-    fit_als,
-    fold_in,
-    train_sequential,
-)
+from retrieval.als import COLLAB_SETTINGS, fit_als, fold_in
+from retrieval.sequential import SequentialConfig, SequentialTower
+from retrieval.sequential_train import _val_metrics, train_sequential
 from retrieval.towers import MeanItemsTower, UserState
 from retrieval.vectors import ItemVectors, normalize
 from tests.conftest import tiny_catalog
@@ -144,27 +138,6 @@ def test_blend_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None:
         loaded.bind(ItemVectors(vectors.ids, vectors.matrix))  # text vectors, not indexed ones
 
 
-@pytest.mark.parametrize("alpha", [10.0, 1.0])  # 1.0: all users in one solve
-def test_fold_in_solves_the_als_user_step_exactly(alpha: float) -> None:
-    rng = np.random.default_rng(1)
-    factors = rng.normal(size=(12, 4)).astype(np.float32)
-    factors[0] = 0.0
-    users = [[3, 5, 5, 9, 0], [], [1, 2]]  # a repeat counts once; row 0 (no ID) is ignored
-    reg = 0.1
-    x = fold_in(factors, users, reg, alpha)
-    # the weighted least squares ALS solves for one user: confidence alpha on the interacted
-    # rows (preference 1), 1 elsewhere (preference 0), ridge reg
-    y = factors.astype(np.float64)
-    for n, known in ((0, [3, 5, 9]), (2, [1, 2])):
-        conf = np.ones(len(y))
-        pref = np.zeros(len(y))
-        conf[known], pref[known] = alpha, 1.0
-        a = y.T @ (conf[:, None] * y) + reg * np.eye(4)
-        expected = np.linalg.solve(a, y.T @ (conf * pref))
-        np.testing.assert_allclose(x[n], expected, rtol=1e-4, atol=1e-5)
-    assert not x[1].any()  # no history: no collaborative vector
-
-
 def test_embedding_many_users_equals_one_at_a_time() -> None:
     """Histories are batched by length through the GRU: every row must be a lone call's."""
     vectors, train, val = _setup()
@@ -188,7 +161,15 @@ def test_collab_block_adds_the_standardised_als_score() -> None:
     vectors, train, val = _setup()
     plain, _ = train_sequential(vectors, train, val, CFG, progress=False)
     rows = plain.item_rows
-    collab = fit_als(train, rows, CFG)
+    collab = fit_als(
+        train,
+        rows,
+        factors=CFG.collab_factors,
+        reg=CFG.collab_reg,
+        alpha=CFG.collab_alpha,
+        iterations=CFG.collab_iterations,
+        seed=CFG.seed,
+    )
     assert collab.shape == (len(rows) + 1, CFG.collab_factors) and not collab[0].any()
     with pytest.raises(ValueError, match="ALS item factors"):
         SequentialTower(plain.net, replace(CFG, collab_weight=0.5), rows, 16)

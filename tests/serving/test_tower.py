@@ -14,7 +14,8 @@ from indexer import BuildConfig, IndexBuild, IndexRoot, VerifyError
 from rerank import Reranker
 from rerank.train import RerankerTrainConfig, train_reranker
 from retrieval.encoder import Encoder
-from retrieval.sequential import SequentialConfig, SequentialTower, train_sequential
+from retrieval.sequential import SequentialConfig, SequentialTower
+from retrieval.sequential_train import train_sequential
 from retrieval.towers import UserState
 from retrieval.vectors import ItemVectors
 from serving.recommender import Recommender
