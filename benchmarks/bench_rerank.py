@@ -29,9 +29,11 @@ from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
 from metrics import list_ranks, ndcg_at_k_from_ranks
 from rerank import Reranker, export_onnx
+from rerank.evaluation import validation_set
 from rerank.inference import ONNX_FILES, PREFIX_FILES
 from rerank.model import read_config, split_pair_ids
-from rerank.train import RerankerTrainConfig, prepare_stage, validation_examples
+from rerank.stage import prepare_stage
+from rerank.training_args import RerankerTrainArgs
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
 from retrieval.redis_client import open_redis
@@ -106,7 +108,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         if server is not None:
             server.close()
     reference = Reranker(folder)
-    cfg = RerankerTrainConfig(
+    cfg = RerankerTrainArgs(
         val_users=n_users,
         val_candidates=100,
         threshold=reference.config.threshold,
@@ -119,7 +121,8 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         tower = SequentialTower.load(ctx.home / "models" / "tower")
         tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors.matrix)))
     stage = prepare_stage(catalog, split, vectors, cfg, tower=tower)
-    _, lists, held = validation_examples(catalog, split, stage, cfg, every_list=True)
+    val = validation_set(catalog, split, stage, cfg, every_list=True)
+    lists, held = val.lists, val.held
     calls = [
         (
             lst[0].user_text,

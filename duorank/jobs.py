@@ -98,10 +98,10 @@ def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, 
     """Fine-tunes the point-wise cross-encoder on the training split; returns its card.
 
     Args:
-        cfg: a :class:`rerank.train.RerankerTrainConfig`.
+        cfg: a :class:`rerank.training_args.RerankerTrainArgs`.
     """
     from catalog import leave_one_out, load_catalog
-    from rerank.train import train_reranker as train
+    from rerank.trainer import train_reranker as train
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(job.data)
@@ -134,7 +134,7 @@ def recalibrate_reranker(
 ) -> dict[str, Any]:
     """Refits a binary reranker's validation fusion without retraining; returns its card."""
     from catalog import leave_one_out, load_catalog
-    from rerank.train import recalibrate
+    from rerank.calibration import recalibrate
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data)

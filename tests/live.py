@@ -15,7 +15,8 @@ import uvicorn
 from catalog import Catalog, ItemTextTemplate, leave_one_out, save_catalog
 from indexer import BuildConfig, IndexBuild
 from rerank import Reranker
-from rerank.train import RerankerTrainConfig, train_reranker
+from rerank.trainer import train_reranker
+from rerank.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.vectors import ItemVectors
 from serving.http import ServerLimits, create_app
@@ -48,7 +49,7 @@ def build_stack(base: Path) -> Stack:
     ids = list(catalog.items)
     template = ItemTextTemplate()
     vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
-    cfg = RerankerTrainConfig(
+    cfg = RerankerTrainArgs(
         max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
     )
     train_reranker(

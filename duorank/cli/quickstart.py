@@ -50,7 +50,7 @@ def quickstart(
     from duorank.cli.serve import print_recommendation
     from duorank.cli.train import print_reranker_card, print_tower
     from indexer import BuildConfig
-    from rerank.train import RerankerTrainConfig
+    from rerank.training_args import RerankerTrainArgs
     from retrieval.sequential import SequentialConfig
 
     home = settings.layout
@@ -74,7 +74,7 @@ def quickstart(
     if retrain or home.trained_reranker() is None:
         click.echo(f"\n[4/5] training the reranker (reduced, --quick) -> {home.reranker}")
         rr_job = jobs.RerankerJob(dataset, home.reranker, tower=home.tower)
-        card = jobs.train_reranker(settings, rr_job, RerankerTrainConfig().reduced())
+        card = jobs.train_reranker(settings, rr_job, RerankerTrainArgs().reduced())
         print_reranker_card(card, home.reranker)
     else:
         click.echo(f"\n[4/5] reranker already trained at {home.reranker} (--retrain to redo)")

@@ -261,9 +261,9 @@ def train_reranker_cmd(
     split, over the first stage's candidates."""
     from duorank.jobs import RerankerJob, train_reranker
     from rerank.model import DEFAULT_FEATURES
-    from rerank.train import RerankerTrainConfig
+    from rerank.training_args import RerankerTrainArgs
 
-    cfg = RerankerTrainConfig(
+    cfg = RerankerTrainArgs(
         head=head,
         epochs=epochs,
         batch_size=batch_size,

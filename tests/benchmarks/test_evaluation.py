@@ -14,7 +14,8 @@ from benchmarks.evaluation import bootstrap_ci, run_eval, write_report
 from catalog import Catalog, ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from rerank import Reranker
-from rerank.train import RerankerTrainConfig, train_reranker
+from rerank.trainer import train_reranker
+from rerank.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.sequential import SequentialConfig
 from retrieval.sequential_train import train_sequential
@@ -57,7 +58,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     ids = list(catalog.items)
     template = ItemTextTemplate()
     vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
-    cfg = RerankerTrainConfig(
+    cfg = RerankerTrainArgs(
         max_steps=1, batch_size=8, targets_per_user=1, val_users=3, val_candidates=5, hard_pool=5
     )
     split = leave_one_out(catalog.interactions)

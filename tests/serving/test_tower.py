@@ -12,7 +12,8 @@ from catalog import Catalog, ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from indexer import BuildConfig, IndexBuild, IndexRoot, VerifyError
 from rerank import Reranker
-from rerank.train import RerankerTrainConfig, train_reranker
+from rerank.trainer import train_reranker
+from rerank.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.sequential import SequentialConfig, SequentialTower
 from retrieval.sequential_train import train_sequential
@@ -49,7 +50,7 @@ def test_index_version_carries_the_tower_and_serving_uses_it(
         split,
         text,
         tmp_path / "rr",
-        RerankerTrainConfig(max_steps=1, batch_size=8, targets_per_user=1, val_users=3),
+        RerankerTrainArgs(max_steps=1, batch_size=8, targets_per_user=1, val_users=3),
         progress=False,
         tower=tower,
     )

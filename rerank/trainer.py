@@ -1,0 +1,343 @@
+"""The training loop of `duorank train reranker`: the point-wise cross-encoder fine-tuned on
+the training split.
+
+Each epoch ends with validation: like/dislike AUC, log loss and expected calibration error of the
+held-out validation interactions, and NDCG@10 of reranking the retrieval stage's top candidates
+(next to the retrieval order's own NDCG@10 on the same lists). The best epoch by validation AUC
+is kept; then a fusion of its text logit and the scalar features (binary head,
+:func:`rerank.calibration.fit_fusion`) or a temperature (rating head), fitted on validation,
+calibrates the probabilities. Checkpoints at the end of each epoch let ``--resume`` continue an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalog.fsutil import atomic_dir
+from catalog.history import group_histories
+from catalog.model import Catalog
+from catalog.splits import Split
+from rerank.calibration import fit_temperature, fuse
+from rerank.collator import collate, to_device
+from rerank.data import build_examples
+from rerank.evaluation import (
+    ValidationSet,
+    auc_rank,
+    evaluate,
+    predict_logits,
+    validation_logits,
+    validation_metrics,
+    validation_set,
+)
+from rerank.model import RerankerConfig, RerankerNet, new_net, save_net
+from rerank.stage import prepare_stage
+from rerank.training_args import RerankerTrainArgs
+from retrieval.towers import UserTower
+from retrieval.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
+
+
+def freeze_bottom(net: RerankerNet, layers: int) -> list[Any]:
+    """Freezes the backbone's embeddings and first ``layers`` layers; returns the parameters
+    left to train.
+
+    Raises:
+        ValueError: ``layers`` is negative or not below the backbone's depth (the top layer
+            must learn), or the backbone has no BERT-style ``embeddings`` + ``encoder.layer``.
+    """
+    if layers == 0:
+        return list(net.parameters())
+    blocks = getattr(getattr(net.backbone, "encoder", None), "layer", None)
+    embeddings = getattr(net.backbone, "embeddings", None)
+    if blocks is None or embeddings is None:
+        raise ValueError(
+            "freeze_layers needs a BERT-style backbone (embeddings + encoder.layer[*]); "
+            f"this {type(net.backbone).__name__} has not: use freeze_layers 0"
+        )
+    if not 0 <= layers < len(blocks):
+        raise ValueError(
+            f"freeze_layers must be in 0..{len(blocks) - 1} for this {len(blocks)}-layer "
+            f"backbone, got {layers}"
+        )
+    for module in (embeddings, *blocks[:layers]):
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _save_checkpoint(
+    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> None:
+    """Weights (safetensors), optimizer and schedule state, and progress; state.json last."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(folder / "net.safetensors.tmp"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        folder / "optimizer.pt.tmp",
+    )
+    (folder / "state.json.tmp").write_text(json.dumps(state))
+    for name in ("net.safetensors", "optimizer.pt", "state.json"):  # state.json last: the marker
+        (folder / f"{name}.tmp").replace(folder / name)
+
+
+def _load_checkpoint(
+    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any
+) -> dict[str, Any] | None:
+    """Restores what :func:`_save_checkpoint` wrote; None when there is no checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        return None
+    net.load_state_dict(load_file(str(folder / "net.safetensors")))
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    return state
+
+
+def train_reranker(
+    catalog: Catalog,
+    split: Split,
+    item_vectors: ItemVectors,
+    out: str | Path,
+    cfg: RerankerTrainArgs | None = None,
+    *,
+    base_model: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    count_tokens: Any = None,
+    tower: UserTower | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Trains the reranker and saves the best epoch (calibrated) to ``out`` atomically.
+
+    Args:
+        catalog: items, users and interactions.
+        split: the temporal split; only ``train`` builds pairs, ``validation`` selects.
+        item_vectors: the retrieval stage's item vectors (for features and hard negatives).
+        out: the model folder to write.
+        cfg: hyperparameters.
+        base_model: backbone folder (default: the bundled MiniLM).
+        resume: continue from ``<out>.checkpoint`` if an earlier run left one.
+        progress: show progress bars.
+        count_tokens: the tokenizer's counter for the user-text budget.
+        tower: the first stage to learn from (its scores become the ``retrieval_score``
+            feature; default: mean of recent liked ``item_vectors``).
+        device: where the network trains (``cpu``, ``cuda``; default: CUDA when present).
+            The saved model is the same either way; serving loads it on the CPU.
+
+    Returns:
+        The model card.
+
+    Raises:
+        ValueError: no training pairs could be built, or ``device`` is CUDA where torch sees
+            none.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from retrieval.encoder import bundled_model_path
+    from retrieval.train import seed_everything, warmup_then_decay
+
+    cfg = cfg or RerankerTrainArgs()
+    # The device first: a bad one fails before minutes of pair building, not after.
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (use cpu)")
+    seed_everything(cfg.seed)
+    base = str(base_model or bundled_model_path())
+    started = time.perf_counter()
+    stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
+    # The network before the pairs: a backbone that cannot be frozen as asked fails fast.
+    config = RerankerConfig(
+        head=cfg.head,
+        levels=stage.levels,
+        threshold=cfg.threshold,
+        features=cfg.features,
+        max_length=cfg.max_length,
+        user_template=asdict(stage.template),
+        base_model=base,
+        retrieval=stage.features.tower.name,
+        attention=cfg.attention,
+    )
+    net, tokenizer = new_net(base, config)
+    trainable = freeze_bottom(net, cfg.freeze_layers)
+    histories = group_histories(split.train, seed=cfg.seed)
+    examples = build_examples(
+        histories,
+        catalog.users,
+        catalog.items,
+        stage.item_text,
+        stage.features,
+        stage.template,
+        targets_per_user=cfg.targets_per_user,
+        random_negatives=cfg.random_negatives,
+        hard_negatives=cfg.hard_negatives,
+        hard_pool=cfg.hard_pool,
+        threshold=cfg.threshold,
+        levels=stage.levels,
+        seed=cfg.seed,
+        count_tokens=count_tokens,
+    )
+    if not examples:
+        raise ValueError("no training pairs: the training split has no usable interactions")
+    kinds = Counter(e.kind for e in examples)
+    log.info("training pairs: %s", dict(kinds))
+    net.to(dev)
+    val = validation_set(catalog, split, stage, cfg)
+    # The backbone fine-tunes gently; the heads start from scratch (the scalar features'
+    # weights would barely move in a few hundred steps at the backbone's rate).
+    heads = [p for m in (net.head, net.feature_head) if m is not None for p in m.parameters()]
+    head_ids = {id(p) for p in heads}
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if id(p) not in head_ids], "lr": cfg.lr},
+            {"params": heads, "lr": cfg.head_lr},
+        ],
+        weight_decay=0.01,
+    )
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(total * cfg.warmup_ratio))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
+    checkpoint = Path(str(out) + ".checkpoint")
+    state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
+    history: list[dict[str, Any]] = state["history"] if state else []
+    step = int(state["step"]) if state else 0
+    first_epoch = int(state["epoch"]) if state else 0
+    initial = (
+        evaluate(net, tokenizer, stage, cfg, val, config)
+        if cfg.eval_before and state is None
+        else None
+    )
+    if initial is not None:
+        log.info("before training: %s", initial)
+    best_auc = max([auc_rank(h["auc"]) for h in history], default=-1.0)
+    best_state = copy.deepcopy(net.state_dict())
+    best_logits: tuple[Any, Any] | None = None  # the kept epoch's validation pass, for the fusion
+    stale = 0
+    loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.head == "binary" else torch.nn.CrossEntropyLoss()
+    for epoch in range(first_epoch, cfg.epochs):
+        order = list(range(len(examples)))
+        random.Random(cfg.seed + epoch).shuffle(order)
+        net.train()
+        losses: list[float] = []
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for idx in bar:
+            if step >= total:
+                break
+            chunk = [examples[i] for i in idx]
+            batch = collate(tokenizer, chunk, stage, cfg, torch, config.attention)
+            logits = net(**to_device(batch, dev))
+            if cfg.head == "binary":
+                target = torch.tensor([e.label for e in chunk], dtype=torch.float32, device=dev)
+                loss = loss_fn(logits[:, 0], target)
+            else:
+                loss = loss_fn(logits, torch.tensor([e.level for e in chunk], device=dev))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            step += 1
+        logits = validation_logits(net, tokenizer, stage, cfg, val)
+        metrics = validation_metrics(*logits, val, config)
+        record = {
+            "epoch": epoch + 1,
+            "steps": step,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            **metrics,
+        }
+        history.append(record)
+        log.info("epoch %d validation: %s", epoch + 1, metrics)
+        if auc_rank(metrics["auc"]) > best_auc:
+            best_auc, best_state = auc_rank(metrics["auc"]), copy.deepcopy(net.state_dict())
+            stale = 0
+            best_logits = logits
+        else:
+            stale += 1
+        _save_checkpoint(
+            checkpoint,
+            net,
+            optimizer,
+            scheduler,
+            {"epoch": epoch + 1, "step": step, "history": history},
+        )
+        if stale >= cfg.patience or step >= total:
+            break
+    net.load_state_dict(best_state)
+    calibration: dict[str, Any] = {"temperature": 1.0}
+    if cfg.calibrate and val.labelled and cfg.head == "binary" and net.feature_head is not None:
+        if best_logits is None:  # resumed past the best epoch: one more pass
+            best_logits = validation_logits(net, tokenizer, stage, cfg, val)
+        before = validation_metrics(best_logits[0], best_logits[1], val, config)
+        calibration = fuse(net, best_logits, cfg, val, config, before)
+    elif cfg.calibrate and val.labelled:
+        logits = predict_logits(net, tokenizer, val.labelled, stage, cfg)
+        labels = np.array([e.label for e in val.labelled])
+        temperature = fit_temperature(logits, labels, config)
+        none = np.zeros((0, logits.shape[1]), dtype=np.float32)
+        pairs_only = ValidationSet(val.labelled, [], [])
+        before = validation_metrics(logits, none, pairs_only, config)
+        config = replace(config, temperature=temperature)
+        after = validation_metrics(logits, none, pairs_only, config)
+        calibration = {
+            "method": "temperature",
+            "temperature": temperature,
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "logloss_before": before["logloss"],
+            "logloss_after": after["logloss"],
+        }
+    card = {
+        "kind": "duorank.reranker/1",
+        "base_model": base,
+        "config": asdict(cfg),
+        "data": {
+            "source": catalog.source,
+            "pairs": dict(kinds),
+            "train": len(split.train),
+            "validation_pairs": len(val.labelled),
+            "validation_lists": len(val.lists),
+        },
+        "steps": step,
+        "device": str(dev),
+        "train_seconds": time.perf_counter() - started,
+        "before_training": initial,
+        "epochs": history,
+        "calibration": calibration,
+        "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
+        "note": "calibration/fusion fitted on the same validation data it is reported on",
+    }
+    net.to("cpu")
+    with atomic_dir(Path(out)) as staging:
+        save_net(net, tokenizer, staging, config, card)
+    import shutil
+
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return card

@@ -1,0 +1,70 @@
+"""The reranker's training arguments, one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from catalog.thresholds import LIKE_THRESHOLD
+from rerank.model import DEFAULT_FEATURES
+
+
+@dataclass(frozen=True)
+class RerankerTrainArgs:
+    """How the reranker is trained (recorded in the model card as ``config``); what the
+    saved model is, is :class:`rerank.model.RerankerConfig`.
+
+    Attributes:
+        head: ``binary`` or ``rating``.
+        epochs, batch_size, lr, warmup_ratio, max_steps: optimisation (``lr``: the backbone).
+        head_lr: learning rate of the linear heads over the pooled text and the features.
+        targets_per_user: most recent training events per user used as targets.
+        random_negatives, hard_negatives: sampled negatives per positive.
+        hard_pool: hard negatives come from the retrieval stage's top ``hard_pool``.
+        threshold: rating at or above = like.
+        max_length: token cap of a pair.
+        max_liked, max_disliked: history items in the user text.
+        features: scalar features beside the text (empty tuple for text only).
+        val_users: validate on a seeded sample of this many users (None = all).
+        val_candidates: retrieval candidates reranked for validation NDCG@10.
+        patience: epochs without AUC improvement before stopping.
+        calibrate: fit the fusion (binary head) or a temperature (rating head) on validation.
+        eval_before: also validate the untrained model (a baseline for the card; one more
+            validation pass, minutes on a CPU).
+        attention: ``user_prefix`` (the user side computed once per user at serving) or
+            ``full`` (a standard cross-encoder); see :mod:`rerank.model`.
+        freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
+            transformer layers stay as pretrained (0: fine-tune all): backward then stops
+            above them, so steps are cheaper (results: docs/results.md).
+        seed: seeds Python, numpy and torch.
+    """
+
+    head: str = "binary"
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 3e-5
+    head_lr: float = 1e-3
+    warmup_ratio: float = 0.1
+    max_steps: int | None = None
+    targets_per_user: int = 10
+    random_negatives: int = 1
+    hard_negatives: int = 1
+    hard_pool: int = 50
+    threshold: float = LIKE_THRESHOLD
+    max_length: int = 160
+    max_liked: int = 10
+    max_disliked: int = 5
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    val_users: int | None = 1000
+    val_candidates: int = 50
+    patience: int = 1
+    calibrate: bool = True
+    eval_before: bool = False
+    attention: str = "user_prefix"
+    freeze_layers: int = 3
+    seed: int = 0
+
+    def reduced(self) -> RerankerTrainArgs:
+        """The reduced run of the quickstart and CI: 30 steps (unless set), 2 targets per
+        user, 20 validation candidates. Every validation user is kept: fewer leave the fusion
+        too few pairs to tie the probability to the item."""
+        return replace(self, max_steps=self.max_steps or 30, targets_per_user=2, val_candidates=20)
