@@ -98,6 +98,7 @@ class ImplicitScorer(Scorer):
             iterations=p["iterations"],
             learning_rate=p["learning_rate"],
             random_state=p["seed"],
+            num_threads=1,  # Hogwild SGD over several threads is not reproducible run to run
         )
         with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
             model.fit(matrix.astype(np.float32), show_progress=False)

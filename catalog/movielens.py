@@ -251,6 +251,11 @@ def _rating_row(
     return user_id, item_id, timestamp, value
 
 
+def _delimited_rating(fields: list[str], path: Path, line: int, names: tuple[str, ...]) -> _Row:
+    """A rating row of the 100K and 1M layouts: user, item, rating, timestamp."""
+    return _rating_row(fields[0], fields[1], fields[3], fields[2], path, line, names)
+
+
 def _load_100k(
     root: Path, policy: BadRowPolicy
 ) -> tuple[dict[str, Item], dict[str, User], list[_Row]]:
@@ -327,14 +332,8 @@ def _load_100k(
             if not fields:
                 raise DataError("expected 4 tab-separated fields", path=data_file, line=line)
             rows.append(
-                _rating_row(
-                    fields[0],
-                    fields[1],
-                    fields[3],
-                    fields[2],
-                    data_file,
-                    line,
-                    ("user id", "item id", "timestamp", "rating"),
+                _delimited_rating(
+                    fields, data_file, line, ("user id", "item id", "timestamp", "rating")
                 )
             )
         except DataError as exc:
@@ -402,14 +401,8 @@ def _load_1m(
                     "expected UserID::MovieID::Rating::Timestamp", path=rating_file, line=line
                 )
             rows.append(
-                _rating_row(
-                    fields[0],
-                    fields[1],
-                    fields[3],
-                    fields[2],
-                    rating_file,
-                    line,
-                    ("UserID", "MovieID", "Timestamp", "Rating"),
+                _delimited_rating(
+                    fields, rating_file, line, ("UserID", "MovieID", "Timestamp", "Rating")
                 )
             )
         except DataError as exc:

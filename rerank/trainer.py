@@ -17,9 +17,10 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from catalog.model import Catalog
 from catalog.splits import Split
 from rerank.calibration import fit_temperature, fuse
 from rerank.collator import collate, to_device
-from rerank.data import build_examples
+from rerank.data import Example, build_examples
 from rerank.evaluation import (
     ValidationSet,
     auc_rank,
@@ -42,7 +43,7 @@ from rerank.evaluation import (
     validation_set,
 )
 from rerank.model import RerankerConfig, RerankerNet, new_net, save_net
-from rerank.stage import prepare_stage
+from rerank.stage import Stage, prepare_stage
 from rerank.training_args import RerankerTrainArgs
 from retrieval.towers import UserTower
 from retrieval.vectors import ItemVectors
@@ -152,17 +153,11 @@ def train_reranker(
         ValueError: no training pairs could be built, or ``device`` is CUDA where torch sees
             none.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     from retrieval.encoder import bundled_model_path
-    from retrieval.train import seed_everything, warmup_then_decay
+    from retrieval.train import seed_everything
 
     cfg = cfg or RerankerTrainArgs()
-    # The device first: a bad one fails before minutes of pair building, not after.
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: torch sees no CUDA device here (use cpu)")
+    dev = _device(device)  # first: a bad one fails before minutes of pair building, not after
     seed_everything(cfg.seed)
     base = str(base_model or bundled_model_path())
     started = time.perf_counter()
@@ -181,6 +176,87 @@ def train_reranker(
     )
     net, tokenizer = new_net(base, config)
     trainable = freeze_bottom(net, cfg.freeze_layers)
+    examples = _training_pairs(catalog, split, stage, cfg, count_tokens)
+    kinds = Counter(e.kind for e in examples)
+    log.info("training pairs: %s", dict(kinds))
+    net.to(dev)
+    fit = _Fit(net, tokenizer, stage, cfg, config, validation_set(catalog, split, stage, cfg), dev)
+    optimizer, scheduler, total = _optimiser(net, trainable, cfg, len(examples))
+    checkpoint = Path(str(out) + ".checkpoint")
+    state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
+    initial = (
+        evaluate(net, tokenizer, stage, cfg, fit.val, config)
+        if cfg.eval_before and state is None
+        else None
+    )
+    if initial is not None:
+        log.info("before training: %s", initial)
+    history, step, best_logits = _train_epochs(
+        fit, examples, optimizer, scheduler, total, checkpoint, state, progress
+    )
+    calibration, config = _calibrate(fit, best_logits)
+    card = {
+        "kind": "duorank.reranker/1",
+        "base_model": base,
+        "config": asdict(cfg),
+        "data": {
+            "source": catalog.source,
+            "pairs": dict(kinds),
+            "train": len(split.train),
+            "validation_pairs": len(fit.val.labelled),
+            "validation_lists": len(fit.val.lists),
+        },
+        "steps": step,
+        "device": str(dev),
+        "train_seconds": time.perf_counter() - started,
+        "before_training": initial,
+        "epochs": history,
+        "calibration": calibration,
+        "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
+        "note": "calibration/fusion fitted on the same validation data it is reported on",
+    }
+    net.to("cpu")
+    with atomic_dir(Path(out)) as staging:
+        save_net(net, tokenizer, staging, config, card)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return card
+
+
+@dataclass
+class _Fit:
+    """What the loop and the calibration share."""
+
+    net: RerankerNet
+    tokenizer: Any
+    stage: Stage
+    cfg: RerankerTrainArgs
+    config: RerankerConfig
+    val: ValidationSet
+    device: Any
+
+
+def _device(device: str | None) -> Any:
+    """The torch device to train on (default: CUDA when present).
+
+    Raises:
+        ValueError: CUDA asked for where torch sees none.
+    """
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (use cpu)")
+    return dev
+
+
+def _training_pairs(
+    catalog: Catalog, split: Split, stage: Stage, cfg: RerankerTrainArgs, count_tokens: Any
+) -> list[Example]:
+    """Positives, random and hard negatives from the training histories.
+
+    Raises:
+        ValueError: no pair could be built.
+    """
     histories = group_histories(split.train, seed=cfg.seed)
     examples = build_examples(
         histories,
@@ -200,12 +276,21 @@ def train_reranker(
     )
     if not examples:
         raise ValueError("no training pairs: the training split has no usable interactions")
-    kinds = Counter(e.kind for e in examples)
-    log.info("training pairs: %s", dict(kinds))
-    net.to(dev)
-    val = validation_set(catalog, split, stage, cfg)
-    # The backbone fine-tunes gently; the heads start from scratch (the scalar features'
-    # weights would barely move in a few hundred steps at the backbone's rate).
+    return examples
+
+
+def _optimiser(
+    net: RerankerNet, trainable: list[Any], cfg: RerankerTrainArgs, n_examples: int
+) -> tuple[Any, Any, int]:
+    """AdamW with two learning rates, the warm-up-then-decay schedule, and the step budget.
+
+    The backbone fine-tunes gently; the heads start from scratch (the scalar features'
+    weights would barely move in a few hundred steps at the backbone's rate).
+    """
+    import torch
+
+    from retrieval.train import warmup_then_decay
+
     heads = [p for m in (net.head, net.feature_head) if m is not None for p in m.parameters()]
     head_ids = {id(p) for p in heads}
     optimizer = torch.optim.AdamW(
@@ -215,25 +300,39 @@ def train_reranker(
         ],
         weight_decay=0.01,
     )
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     warmup = max(1, int(total * cfg.warmup_ratio))
-
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
-    checkpoint = Path(str(out) + ".checkpoint")
-    state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
+    return optimizer, scheduler, total
+
+
+def _train_epochs(
+    fit: _Fit,
+    examples: list[Example],
+    optimizer: Any,
+    scheduler: Any,
+    total: int,
+    checkpoint: Path,
+    state: dict[str, Any] | None,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], int, tuple[Any, Any] | None]:
+    """The epochs (from a checkpoint's when resuming), each validated and checkpointed; the
+    best epoch by validation AUC is loaded back into the net.
+
+    Returns:
+        The per-epoch records, the steps taken, and the kept epoch's validation logits (None
+        when a resumed run kept an epoch before it).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    net, cfg, dev = fit.net, fit.cfg, fit.device
     history: list[dict[str, Any]] = state["history"] if state else []
     step = int(state["step"]) if state else 0
     first_epoch = int(state["epoch"]) if state else 0
-    initial = (
-        evaluate(net, tokenizer, stage, cfg, val, config)
-        if cfg.eval_before and state is None
-        else None
-    )
-    if initial is not None:
-        log.info("before training: %s", initial)
     best_auc = max([auc_rank(h["auc"]) for h in history], default=-1.0)
     best_state = copy.deepcopy(net.state_dict())
     best_logits: tuple[Any, Any] | None = None  # the kept epoch's validation pass, for the fusion
@@ -250,7 +349,7 @@ def train_reranker(
             if step >= total:
                 break
             chunk = [examples[i] for i in idx]
-            batch = collate(tokenizer, chunk, stage, cfg, torch, config.attention)
+            batch = collate(fit.tokenizer, chunk, fit.stage, cfg, torch, fit.config.attention)
             logits = net(**to_device(batch, dev))
             if cfg.head == "binary":
                 target = torch.tensor([e.label for e in chunk], dtype=torch.float32, device=dev)
@@ -265,8 +364,8 @@ def train_reranker(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             step += 1
-        logits = validation_logits(net, tokenizer, stage, cfg, val)
-        metrics = validation_metrics(*logits, val, config)
+        val_logits = validation_logits(net, fit.tokenizer, fit.stage, cfg, fit.val)
+        metrics = validation_metrics(*val_logits, fit.val, fit.config)
         record = {
             "epoch": epoch + 1,
             "steps": step,
@@ -278,7 +377,7 @@ def train_reranker(
         if auc_rank(metrics["auc"]) > best_auc:
             best_auc, best_state = auc_rank(metrics["auc"]), copy.deepcopy(net.state_dict())
             stale = 0
-            best_logits = logits
+            best_logits = val_logits
         else:
             stale += 1
         _save_checkpoint(
@@ -291,14 +390,23 @@ def train_reranker(
         if stale >= cfg.patience or step >= total:
             break
     net.load_state_dict(best_state)
+    return history, step, best_logits
+
+
+def _calibrate(
+    fit: _Fit, best_logits: tuple[Any, Any] | None
+) -> tuple[dict[str, Any], RerankerConfig]:
+    """The card's calibration record (the fusion for a binary head with features, else a
+    temperature), and the config to save (the temperature changes it)."""
+    net, cfg, config, val = fit.net, fit.cfg, fit.config, fit.val
     calibration: dict[str, Any] = {"temperature": 1.0}
     if cfg.calibrate and val.labelled and cfg.head == "binary" and net.feature_head is not None:
         if best_logits is None:  # resumed past the best epoch: one more pass
-            best_logits = validation_logits(net, tokenizer, stage, cfg, val)
+            best_logits = validation_logits(net, fit.tokenizer, fit.stage, cfg, val)
         before = validation_metrics(best_logits[0], best_logits[1], val, config)
         calibration = fuse(net, best_logits, cfg, val, config, before)
     elif cfg.calibrate and val.labelled:
-        logits = predict_logits(net, tokenizer, val.labelled, stage, cfg)
+        logits = predict_logits(net, fit.tokenizer, val.labelled, fit.stage, cfg)
         labels = np.array([e.label for e in val.labelled])
         temperature = fit_temperature(logits, labels, config)
         none = np.zeros((0, logits.shape[1]), dtype=np.float32)
@@ -314,30 +422,4 @@ def train_reranker(
             "logloss_before": before["logloss"],
             "logloss_after": after["logloss"],
         }
-    card = {
-        "kind": "duorank.reranker/1",
-        "base_model": base,
-        "config": asdict(cfg),
-        "data": {
-            "source": catalog.source,
-            "pairs": dict(kinds),
-            "train": len(split.train),
-            "validation_pairs": len(val.labelled),
-            "validation_lists": len(val.lists),
-        },
-        "steps": step,
-        "device": str(dev),
-        "train_seconds": time.perf_counter() - started,
-        "before_training": initial,
-        "epochs": history,
-        "calibration": calibration,
-        "retrieval": {"tower": stage.features.tower.name, **stage.features.tower.config()},
-        "note": "calibration/fusion fitted on the same validation data it is reported on",
-    }
-    net.to("cpu")
-    with atomic_dir(Path(out)) as staging:
-        save_net(net, tokenizer, staging, config, card)
-    import shutil
-
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    return card
+    return calibration, config

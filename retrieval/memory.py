@@ -13,9 +13,10 @@ def reuse_freed_memory() -> Iterator[None]:
 
     Every step allocates the (positions x catalog) logits and their gradient, hundreds of MB
     that glibc serves with ``mmap`` and unmaps on free, so the next step faults in and zeroes
-    fresh pages: on ml-latest-small that was 57 s of system time in 65 s for 3 epochs. With
-    ``mmap`` off and no trimming the freed blocks are reused (30 s, the same losses; peak
-    memory 1.2 -> 2.3 GB). Restored afterwards; a no-op without glibc.
+    fresh pages and most of a step's time goes to the kernel. With ``mmap`` off and no
+    trimming the freed blocks are reused: the same losses, in about half the time, for about
+    twice the peak memory (measured in docs/results.md). Restored afterwards; a no-op without
+    glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -45,6 +45,17 @@ def test_als_and_bpr_fit() -> None:
         ImplicitScorer("svd")
 
 
+def test_bpr_is_reproducible() -> None:
+    """Same seed, same factors: the baselines' figures must not depend on thread timing."""
+    rng = np.random.default_rng(0)
+    matrix = sp.csr_matrix((rng.random((60, 40)) < 0.15).astype(np.float32))
+    runs = [
+        ImplicitScorer("bpr", factors=8, iterations=20, seed=3).fit(matrix).scores(np.arange(60))
+        for _ in range(3)
+    ]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
 def test_bootstrap_interval_contains_the_mean() -> None:
     values = np.random.default_rng(0).uniform(size=500)
     lo, hi = bootstrap_ci(values)

@@ -1,0 +1,338 @@
+"""Each evaluated method as one step: it ranks the test fold and records the result.
+
+Every step takes the shared :class:`Evaluation` (folds, histories, the report so far) and adds
+its methods with :meth:`Evaluation.record`; the order of the steps is the report's order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.baselines import ImplicitScorer, ItemKNNScorer, PopularityScorer
+from benchmarks.evaluation.protocol import (
+    RERANK_DEPTH,
+    Fold,
+    Ranked,
+    bootstrap_ci,
+    calibration_curve,
+    metrics_of,
+    per_user_ndcg10,
+    rank_two_tower,
+    rank_with,
+    rerank_top,
+    tune,
+)
+from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
+from catalog.model import Catalog, Interactions
+from catalog.splits import Split
+from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
+from metrics import expected_calibration_error
+from rerank.data import FeatureMaker, RatingStats
+from retrieval.index import FlatIndex, VectorIndex
+from retrieval.sequential import SequentialConfig
+from retrieval.sequential_train import train_sequential
+from retrieval.towers import HistoryTextTower, MeanItemsTower
+from retrieval.vectors import ItemVectors
+
+
+@dataclass
+class Evaluation:
+    """What every step shares, and the report it fills."""
+
+    catalog: Catalog
+    split: Split
+    val: Fold
+    test: Fold
+    cold: npt.NDArray[np.bool_]
+    hist_val: Mapping[str, list[HistoryEvent]]
+    hist_test: Mapping[str, list[HistoryEvent]]
+    item_vectors: ItemVectors
+    index: VectorIndex
+    seed: int
+    quick: bool
+    progress: Callable[[str], None]
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rankings: dict[str, Ranked] = field(default_factory=dict)
+    grids: dict[str, Any] = field(default_factory=dict)
+
+    def record(
+        self, name: str, ranked: Ranked, params: Mapping[str, Any], seconds: float
+    ) -> dict[str, Any]:
+        """Adds a method's test metrics, its interval and parameters to the report."""
+        self.rankings[name] = ranked
+        self.methods[name] = {
+            **metrics_of(ranked, self.test, self.cold),
+            "train_seconds": seconds,
+            "params": dict(params),
+        }
+        lo, hi = bootstrap_ci(per_user_ndcg10(ranked, self.test), seed=self.seed)
+        self.methods[name]["ndcg@10_ci95"] = [lo, hi]
+        self.progress(f"{name}: NDCG@10 {self.methods[name]['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}]")
+        return self.methods[name]
+
+
+@dataclass
+class TowerRuns:
+    """The trained tower of the first seed (its ranking is in the report) and the other
+    seeds' (seed, ranking, tower, index)."""
+
+    tower: Any
+    index: Any
+    others: list[tuple[int, Ranked, Any, Any]]
+
+
+def popularity(ev: Evaluation) -> None:
+    """Most interacted items first."""
+    started = time.perf_counter()
+    pop = PopularityScorer().fit(ev.test.matrix)
+    ev.record("popularity", rank_with(pop, ev.test), {}, time.perf_counter() - started)
+
+
+def tuned_baselines(ev: Evaluation) -> None:
+    """ALS, BPR and item-kNN, each tuned on validation and refitted on train + validation."""
+    quick, seed = ev.quick, ev.seed
+    als_grid = [
+        ImplicitScorer("als", factors=f, regularization=r, alpha=a, seed=seed)
+        for f in ((32, 64) if quick else (32, 64, 128))
+        for r in (0.01, 0.1)
+        for a in ((1.0,) if quick else (1.0, 10.0))
+    ]
+    bpr_grid = [
+        ImplicitScorer("bpr", factors=f, learning_rate=lr, iterations=100, seed=seed)
+        for f in ((32,) if quick else (32, 64, 128))
+        for lr in (0.01, 0.05)
+    ]
+    knn_grid = [ItemKNNScorer(neighbours=n) for n in ((50,) if quick else (20, 50, 100, 200))]
+    for name, grid in (("als", als_grid), ("bpr", bpr_grid), ("itemknn", knn_grid)):
+        best, results = tune(grid, ev.val)
+        ev.grids[name] = results
+        started = time.perf_counter()
+        best.fit(ev.test.matrix)  # refit on train + validation
+        ev.record(name, rank_with(best, ev.test), best.params, time.perf_counter() - started)
+
+
+def zero_shot(ev: Evaluation) -> None:
+    """The bundled text model's vectors, users pooled from their recent likes (n on
+    validation)."""
+    best_n, best_v = 5, -1.0
+    for n_recent in (1, 5, 10, 20):
+        tower = MeanItemsTower(ev.item_vectors, n_recent=n_recent)
+        value = metrics_of(rank_two_tower(tower, ev.index, ev.val, ev.hist_val), ev.val)["ndcg@10"]
+        ev.grids.setdefault("two_tower_zero_shot", []).append(
+            {"params": {"n_recent": n_recent}, "ndcg@10": value}
+        )
+        if value > best_v:
+            best_n, best_v = n_recent, value
+    tower = MeanItemsTower(ev.item_vectors, n_recent=best_n)
+    m = ev.record(
+        "two_tower_zero_shot",
+        rank_two_tower(tower, ev.index, ev.test, ev.hist_test),
+        {"n_recent": best_n, "model": "all-MiniLM-L6-v2 (bundled)"},
+        0.0,
+    )
+    m["candidate_recall@100"] = m["recall@100"]
+
+
+def _train_tower(
+    ev: Evaluation, cfg: SequentialConfig, chosen: SequentialConfig | None = None
+) -> tuple[Ranked, Any, Any, dict[str, Any]]:
+    """Train on train (early stopping and blend weight on validation), refit on train +
+    validation for as many epochs, rank test: the protocol of every tuned method. With
+    ``chosen`` (the refit settings another seed validated) only the refit runs."""
+    validation: dict[str, Any] = {}
+    if chosen is None:
+        targets_val = dict(
+            zip(
+                ev.split.validation.user_ids.tolist(),
+                ev.split.validation.item_ids.tolist(),
+                strict=True,
+            )
+        )
+        val_tower, card = train_sequential(
+            ev.item_vectors, ev.hist_val, targets_val, cfg, progress=False
+        )
+        refit_cfg = replace(  # the epochs, blends and ALS fit chosen on validation
+            val_tower.cfg,
+            seed=cfg.seed,
+            epochs=max(1, int(card["best_epoch"])),
+            blend_grid=(),
+            collab_grid=(),
+        )
+        validation = {
+            "validation_recall@10": card["best_recall@10"],
+            "validation_blend": card["blend"],
+            "validation_blend_zero_shot": card["blend_zero_shot"],
+            "validation_collab_als": card["collab_als"],
+        }
+    else:
+        refit_cfg = replace(chosen, seed=cfg.seed)
+    tower, _ = train_sequential(ev.item_vectors, ev.hist_test, {}, refit_cfg, progress=False)
+    assert tower.item_vectors is not None
+    tower_index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+    ranked = rank_two_tower(
+        tower, tower_index, ev.test, ev.hist_test, item_vectors=tower.item_vectors
+    )
+    return ranked, tower, tower_index, {**asdict(refit_cfg), **validation}
+
+
+def trained_tower(ev: Evaluation, sequential: SequentialConfig, seeds: int) -> TowerRuns:
+    """The sequential tower over cached vectors, with ``seeds`` seeds: the first chooses the
+    settings on validation, every other refits with them (see :data:`SEEDS_PROTOCOL`)."""
+    started = time.perf_counter()
+    ranked, tower, index, params = _train_tower(ev, sequential)
+    m = ev.record("two_tower_trained", ranked, params, time.perf_counter() - started)
+    m["candidate_recall@100"] = m["recall@100"]
+    runs = [{"seed": sequential.seed, **headline(m)}]
+    chosen = tower.cfg  # the refit settings (blend grids already empty)
+    others: list[tuple[int, Ranked, Any, Any]] = []
+    for extra in range(1, seeds):
+        # Other seeds refit with the settings validated above: how much of the figure is
+        # the seed (initialisation and batch order), not the choice of epochs and blend.
+        seed_cfg = replace(sequential, seed=sequential.seed + extra)
+        ev.progress(f"two_tower_trained: seed {seed_cfg.seed}")
+        ranked_s, tower_s, index_s, _ = _train_tower(ev, seed_cfg, chosen)
+        runs.append({"seed": seed_cfg.seed, **headline(metrics_of(ranked_s, ev.test, ev.cold))})
+        others.append((seed_cfg.seed, ranked_s, tower_s, index_s))
+    if seeds > 1:
+        m["seeds"] = seed_summary(runs)
+    return TowerRuns(tower, index, others)
+
+
+def finetuned(ev: Evaluation, retriever: Any) -> None:
+    """The fine-tuned text model, used as it was trained: user history text -> item text."""
+    catalog = ev.catalog
+    started = time.perf_counter()
+    item_template = ItemTextTemplate()
+    ft_ids = [i for i in catalog.items if item_template.render(catalog.items[i])]
+    ft_vectors = ItemVectors(
+        ft_ids, retriever.encode([item_template.render(catalog.items[i]) for i in ft_ids])
+    )
+    ft_index = FlatIndex(ft_vectors.dim).build(ft_vectors.ids, ft_vectors.matrix)
+    card_path = Path(retriever.model_name) / "duorank-card.json"
+    trained_template = (
+        UserTextTemplate.from_dict(json.loads(card_path.read_text())["user_template"])
+        if card_path.is_file()
+        else None
+    )  # the user text the tower was trained on
+    ft_tower = HistoryTextTower(retriever, catalog.items, trained_template)
+    profiles = {u: dict(catalog.users[u].attributes) for u in ev.test.users if u in catalog.users}
+    m = ev.record(
+        "two_tower_finetuned",
+        rank_two_tower(
+            ft_tower, ft_index, ev.test, ev.hist_test, item_vectors=ft_vectors, profiles=profiles
+        ),
+        {"model": retriever.model_name, "tower": "history_text"},
+        time.perf_counter() - started,
+    )
+    m["candidate_recall@100"] = m["recall@100"]
+
+
+def reranked(
+    ev: Evaluation,
+    reranker: Any,
+    first_stage: tuple[Any, Any],
+    towers: TowerRuns | None,
+    rerank_als: bool,
+) -> list[tuple[int, Ranked]]:
+    """The reranker over the default first stage's candidates (and ALS's: what it adds on its
+    own); with several seeds, over each seed's tower too. Returns the pipeline's (seed,
+    ranking) per seed when there are several, else nothing."""
+    catalog, test = ev.catalog, ev.test
+    template = UserTextTemplate.from_dict(reranker.config.user_template)
+    item_counts = np.asarray(test.matrix.sum(axis=0)).ravel()
+    if reranker.config.retrieval != first_stage[0].name:
+        raise ValueError(
+            f"the reranker learned from a {reranker.config.retrieval} first stage; "
+            "evaluate it with that tower (--trained-tower)"
+        )
+    test_counts = {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c}
+    test_ratings = RatingStats.of(Interactions.concat([ev.split.train, ev.split.validation]))
+
+    def features_of(tower: Any, index: Any) -> FeatureMaker:
+        """The features the reranker trained and serves with, from this first stage."""
+        return FeatureMaker(tower, index, test_counts, reranker.config.features, test_ratings)
+
+    pipeline_features = features_of(*first_stage)
+    # The default pipeline's first stage (the trained tower, else the zero-shot one) and
+    # ALS (what the reranker adds on its own); 610 x 50 pairs each is most of the run.
+    first = "two_tower_trained" if "two_tower_trained" in ev.rankings else "two_tower_zero_shot"
+    bases = [first, "als"] if rerank_als else [first]
+    for base, name in ((b, f"{b}+reranker") for b in bases if b in ev.rankings):
+        started = time.perf_counter()
+        ranked = rerank_top(
+            ev.rankings[base], test, catalog, reranker, pipeline_features, ev.hist_test, template
+        )
+        m = ev.record(
+            name,
+            ranked,
+            {"base": base, "depth": RERANK_DEPTH, "backend": reranker.backend},
+            time.perf_counter() - started,
+        )
+        m["candidate_recall@100"] = ev.methods[base]["recall@100"]
+        m["calibration"] = calibration_curve(ranked.target_score, test.like)
+        m["ece"] = expected_calibration_error(ranked.target_score, test.like)
+    pipeline_seeds: list[tuple[int, Ranked]] = []
+    if first == "two_tower_trained" and towers and towers.others and first_stage[0] is towers.tower:
+        # The headline over seeds: each seed's tower, its candidates and its features.
+        pipeline_seeds.append(
+            (int(ev.methods[first]["params"]["seed"]), ev.rankings[f"{first}+reranker"])
+        )
+        for seed_s, ranked_s, tower_s, index_s in towers.others:
+            ev.progress(f"{first}+reranker: seed {seed_s}")
+            features_s = features_of(tower_s, index_s)
+            pipeline_seeds.append(
+                (
+                    seed_s,
+                    rerank_top(
+                        ranked_s, test, catalog, reranker, features_s, ev.hist_test, template
+                    ),
+                )
+            )
+    return pipeline_seeds
+
+
+def against_als(ev: Evaluation, towers: TowerRuns | None) -> None:
+    """Every method against ALS, the collaborative reference: the ratio and the paired
+    bootstrap interval of the difference (and of the tower seeds' mean)."""
+    reference = per_user_ndcg10(ev.rankings["als"], ev.test)
+    for name, ranked in ev.rankings.items():
+        if name != "als":
+            diff = per_user_ndcg10(ranked, ev.test) - reference
+            lo, hi = bootstrap_ci(diff, seed=ev.seed)
+            ev.methods[name]["ndcg@10_minus_als_ci95"] = [lo, hi]
+            ev.methods[name]["ndcg@10_vs_als"] = (
+                ev.methods[name]["ndcg@10"] / ev.methods["als"]["ndcg@10"]
+                if ev.methods["als"]["ndcg@10"]
+                else None
+            )
+    if towers and towers.others and "seeds" in ev.methods.get("two_tower_trained", {}):
+        tower_rankings = [ev.rankings["two_tower_trained"], *(r for _, r, _, _ in towers.others)]
+        ev.methods["two_tower_trained"]["seeds"].update(
+            seed_mean_vs(tower_rankings, ev.rankings["als"], ev.test, ev.seed)
+        )
+
+
+def pipeline_over_seeds(ev: Evaluation, pipeline_seeds: list[tuple[int, Ranked]]) -> None:
+    """The pipeline's figures per seed, their mean and spread, and against ALS."""
+    runs = []
+    for seed_s, ranked_s in pipeline_seeds:
+        run: dict[str, Any] = {"seed": seed_s, **headline(metrics_of(ranked_s, ev.test, ev.cold))}
+        if "als" in ev.rankings:
+            diff = per_user_ndcg10(ranked_s, ev.test) - per_user_ndcg10(ev.rankings["als"], ev.test)
+            run["ndcg@10_vs_als"] = run["ndcg@10"] / ev.methods["als"]["ndcg@10"]
+            run["ndcg@10_minus_als_ci95"] = list(bootstrap_ci(diff, seed=ev.seed))
+        runs.append(run)
+    summary = seed_summary(runs)
+    if "als" in ev.rankings:
+        summary.update(
+            seed_mean_vs([r for _, r in pipeline_seeds], ev.rankings["als"], ev.test, ev.seed)
+        )
+    ev.methods["two_tower_trained+reranker"]["seeds"] = summary

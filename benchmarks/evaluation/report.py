@@ -1,0 +1,91 @@
+"""The evaluation report on disk: JSON, a Markdown table and PNG plots beside it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.evaluation.protocol import KS
+
+
+def write_report(report: dict[str, Any], output: Path) -> list[Path]:
+    """Writes report.json, a Markdown table and PNG plots beside it."""
+    from catalog.fsutil import write_json
+
+    write_json(output, report)
+    written = [output]
+    rows = [
+        "| method | NDCG@10 (95% CI) | Recall@10 | MRR@10 | Recall@100 | AUC | cold Recall@100 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["methods"].items():
+        lo, hi = m["ndcg@10_ci95"]
+        rows.append(
+            f"| {name} | {m['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f}) | {m['recall@10']:.4f} "
+            f"| {m['mrr@10']:.4f} | {m['recall@100']:.4f} | "
+            f"{m.get('auc', float('nan')):.3f} | {m.get('cold_recall@100', float('nan')):.3f} |"
+        )
+    seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
+    if seeded:  # the headline over seeds, with the interval of the seeds' mean
+        rows += [
+            "",
+            "| method | seeds | NDCG@10 mean +- sd | mean / ALS | paired 95% CI, mean - ALS |",
+            "|---|---|---|---|---|",
+        ]
+        for name, sm in seeded.items():
+            lo, hi = sm.get("ndcg@10_mean_minus_reference_ci95", (float("nan"),) * 2)
+            ratio = sm.get("ndcg@10_mean_vs_reference") or float("nan")
+            rows.append(
+                f"| {name} | {len(sm['runs'])} | {sm['ndcg@10_mean']:.4f} +- "
+                f"{sm['ndcg@10_std']:.4f} | {ratio:.2f}x | {lo:+.4f} to {hi:+.4f} |"
+            )
+    table = output.with_suffix(".md")
+    table.write_text("\n".join(rows) + "\n")
+    written.append(table)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return written
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in report["methods"].items():
+        ax.plot(KS, [m[f"recall@{k}"] for k in KS], marker="o", label=name)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (test)")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    png = output.with_name(output.stem + "-recall.png")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    written.append(png)
+    curves = {n: m["calibration"] for n, m in report["methods"].items() if "calibration" in m}
+    if curves:
+        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+        for name, curve in curves.items():
+            ax.plot(
+                [c["predicted"] for c in curve],
+                [c["observed"] for c in curve],
+                marker="o",
+                label=name,
+            )
+        ax.set_xlabel("predicted P(like) of the held-out interaction")
+        ax.set_ylabel("observed like rate (rating >= 4)")
+        ax.legend(fontsize=7)
+        png = output.with_name(output.stem + "-calibration.png")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        plt.close(fig)
+        written.append(png)
+    return written
+
+
+def dumps(report: Mapping[str, Any]) -> str:
+    """Compact JSON (for logs)."""
+    return json.dumps(report, default=str)

@@ -1,0 +1,110 @@
+"""`duorank eval`: every method, one step each, on the same folds; the report's protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.evaluation import methods as steps
+from benchmarks.evaluation.protocol import KS, make_fold
+from catalog.history import group_histories
+from catalog.model import Catalog, Interactions
+from catalog.splits import leave_one_out
+from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
+from retrieval.index import FlatIndex
+from retrieval.sequential import SequentialConfig
+from retrieval.towers import MeanItemsTower
+from retrieval.vectors import ItemVectors
+
+log = logging.getLogger(__name__)
+
+
+def run_eval(
+    catalog: Catalog,
+    *,
+    item_vectors: ItemVectors,
+    reranker: Any | None = None,
+    retriever: Any | None = None,
+    sequential: SequentialConfig | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    seeds: int = 1,
+    rerank_als: bool = True,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Evaluates every method; returns the report (see docs/evaluation.md for its layout).
+
+    ``seeds`` > 1 repeats the trained tower with seeds ``seed + 1, ...`` and reports each
+    run's headline metrics beside the first (and of the pipeline, reranked per seed).
+    ``rerank_als`` also reranks ALS's candidates (what the reranker adds on its own).
+    """
+    ev = _evaluation(catalog, item_vectors, quick=quick, seed=seed, progress=progress)
+    steps.popularity(ev)
+    steps.tuned_baselines(ev)
+    steps.zero_shot(ev)
+    towers = steps.trained_tower(ev, sequential, seeds) if sequential is not None else None
+    if retriever is not None:
+        steps.finetuned(ev, retriever)
+    pipeline_seeds: list[Any] = []
+    if reranker is not None:
+        # The reranker's retrieval_score comes from the tower it trained with.
+        first_stage: tuple[Any, Any] = (MeanItemsTower(item_vectors, n_recent=5), ev.index)
+        if towers is not None and reranker.config.retrieval == towers.tower.name:
+            first_stage = (towers.tower, towers.index)
+        pipeline_seeds = steps.reranked(ev, reranker, first_stage, towers, rerank_als)
+    if "als" in ev.rankings:
+        steps.against_als(ev, towers)
+    if pipeline_seeds:
+        steps.pipeline_over_seeds(ev, pipeline_seeds)
+    return {
+        "dataset": catalog.source,
+        "protocol": {
+            "split": "per-user temporal leave-one-out; ties in time broken by a seeded random "
+            "order",
+            "seed": seed,
+            "ks": list(KS),
+            "full_ranking": True,
+            "exclude": "train items (validation) / train+validation items (test)",
+            "tuning": "validation NDCG@10; refit on train+validation for test",
+            "users": {"validation": len(ev.val.users), "test": len(ev.test.users)},
+            "like_threshold": LIKE_THRESHOLD,
+            "cold_item_threshold": COLD_ITEM_THRESHOLD,
+            "quick": quick,
+        },
+        "methods": ev.methods,
+        "grids": ev.grids,
+    }
+
+
+def _evaluation(
+    catalog: Catalog,
+    item_vectors: ItemVectors,
+    *,
+    quick: bool,
+    seed: int,
+    progress: Callable[[str], None],
+) -> steps.Evaluation:
+    """The split, both folds (100 users each with ``quick``), histories and the text index."""
+    split = leave_one_out(catalog.interactions, seed=seed)
+    max_users = 100 if quick else None
+    train_val = Interactions.concat([split.train, split.validation])
+    val = make_fold("validation", catalog, split.train, split.validation, max_users, seed)
+    test = make_fold("test", catalog, train_val, split.test, max_users, seed)
+    counts = np.asarray(test.matrix.sum(axis=0)).ravel()
+    return steps.Evaluation(
+        catalog=catalog,
+        split=split,
+        val=val,
+        test=test,
+        cold=counts[test.relevant] < COLD_ITEM_THRESHOLD,
+        hist_val=group_histories(split.train, seed=seed),
+        hist_test=group_histories(train_val, seed=seed),
+        item_vectors=item_vectors,
+        index=FlatIndex(item_vectors.dim).build(item_vectors.ids, item_vectors.matrix),
+        seed=seed,
+        quick=quick,
+        progress=progress,
+    )
