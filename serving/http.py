@@ -356,102 +356,143 @@ def _swagger_assets() -> str | None:
     return str(swagger_ui_path)
 
 
+class _Metrics:
+    """The service's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "duorank_requests",
+            "Requests by route template and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "duorank_stage_seconds",
+            "Latency per stage",
+            ["stage"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.rejected = Counter(
+            "duorank_rejected", "Requests refused by the overload policy", registry=registry
+        )
+        self.version_info = Gauge(
+            "duorank_index_version_info", "Serving index version", ["version"], registry=registry
+        )
+        self.degraded = Gauge(
+            "duorank_index_degraded",
+            "1 while serving an older verified version because CURRENT failed verification",
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
+        )
+        self.fallbacks = Counter(
+            "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
+        )
+        registry.register(_CacheCollector(recommender))
+
+    def count(self, route: str, status: str) -> None:
+        """One response of ``route`` (a template) with ``status``."""
+        self.requests.labels(route, status).inc()
+
+    def serving(self, recommender: Recommender) -> None:
+        """The version that serves, and whether it is a fallback."""
+        self.version_info.clear()
+        self.version_info.labels(recommender.index_version).set(1)
+        self.degraded.set(1 if recommender.degraded else 0)
+
+
+class _Lifecycle:
+    """Warm-up before ready, then the thread that hot-swaps verified new index versions."""
+
+    def __init__(self, recommender: Recommender, metrics: _Metrics, interval_s: float) -> None:
+        self.recommender = recommender
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.ready = False
+        self.stop = threading.Event()
+
+    def warm_up(self) -> None:
+        user = next(iter(self.recommender.histories), None)
+        if user is not None:
+            self.recommender.recommend(user, k=1, candidates=10)
+        self.metrics.serving(self.recommender)
+        self.ready = True
+
+    def reload_loop(self) -> None:
+        reloads = self.metrics.reloads
+        while not self.stop.wait(self.interval_s):
+            try:
+                if self.recommender.reload():
+                    reloads.labels("swapped").inc()
+                    self.metrics.serving(self.recommender)
+            except Exception as exc:  # a bad version is refused; the old one keeps serving
+                reloads.labels("refused").inc()
+                log.warning("refused new index version: %s", exc)
+            self.metrics.degraded.set(1 if self.recommender.degraded else 0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(self.warm_up)
+        threading.Thread(target=self.reload_loop, name="index-reload", daemon=True).start()
+        yield
+        self.stop.set()
+
+
 def create_app(
     recommender: Recommender, *, token: str = "", limits: ServerLimits | None = None
 ) -> FastAPI:
     """Builds the ASGI app around an opened :class:`Recommender`."""
     lim = limits or ServerLimits()
-    registry = CollectorRegistry()
-    requests = Counter(
-        "duorank_requests",
-        "Requests by route template and status",
-        ["route", "status"],
-        registry=registry,
-    )
-    latency = Histogram(
-        "duorank_stage_seconds",
-        "Latency per stage",
-        ["stage"],
-        registry=registry,
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-    )
-    rejected = Counter(
-        "duorank_rejected", "Requests refused by the overload policy", registry=registry
-    )
-    version_info = Gauge(
-        "duorank_index_version_info", "Serving index version", ["version"], registry=registry
-    )
-    degraded = Gauge(
-        "duorank_index_degraded",
-        "1 while serving an older verified version because CURRENT failed verification",
-        registry=registry,
-    )
-    reloads = Counter(
-        "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
-    )
-    fallbacks = Counter(
-        "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
-    )
-    registry.register(_CacheCollector(recommender))
-    gate = _Gate(lim.max_in_flight, lim.max_queue)
-    state: dict[str, Any] = {"ready": False, "stop": threading.Event()}
-    recommend_model, score_model = _request_models(lim)
+    metrics = _Metrics(recommender)
+    lifecycle = _Lifecycle(recommender, metrics, lim.reload_interval_s)
     redact_access_log()
-
-    def set_version(version: str) -> None:
-        version_info.clear()
-        version_info.labels(version).set(1)
-        degraded.set(1 if recommender.degraded else 0)
-
-    def warm_up() -> None:
-        user = next(iter(recommender.histories), None)
-        if user is not None:
-            recommender.recommend(user, k=1, candidates=10)
-        set_version(recommender.index_version)
-        state["ready"] = True
-
-    def reload_loop() -> None:
-        while not state["stop"].wait(lim.reload_interval_s):
-            try:
-                if recommender.reload():
-                    reloads.labels("swapped").inc()
-                    set_version(recommender.index_version)
-            except Exception as exc:  # a bad version is refused; the old one keeps serving
-                reloads.labels("refused").inc()
-                log.warning("refused new index version: %s", exc)
-            degraded.set(1 if recommender.degraded else 0)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(warm_up)
-        threading.Thread(target=reload_loop, name="index-reload", daemon=True).start()
-        yield
-        state["stop"].set()
-
     assets = _swagger_assets()
     app = FastAPI(
         title="duorank",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=lifecycle.lifespan,
         description="Two-stage recommendations: retrieval + point-wise reranking.",
         default_response_class=SafeJSONResponse,
         docs_url=None if assets else "/docs",
     )
-
     if assets:
-        from starlette.staticfiles import StaticFiles
+        _offline_docs(app, assets)
+    _error_handlers(app)
+    app.add_middleware(
+        _Guard,
+        token=token,
+        max_body_bytes=lim.max_body_bytes,
+        route_of=_route_label(app),
+        count=metrics.count,
+    )
+    _model_routes(app, recommender, metrics, lim)
+    _probe_routes(app, recommender, metrics, lifecycle)
+    return app
 
-        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title="duorank - API",
-                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                swagger_css_url="/docs-assets/swagger-ui.css",
-                swagger_favicon_url="/docs-assets/favicon-32x32.png",
-            )
+def _offline_docs(app: FastAPI, assets: str) -> None:
+    """Swagger UI from the installed bundle under /docs-assets (no CDN)."""
+    from starlette.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="duorank - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error body through :class:`SafeJSONResponse` (any input can be echoed)."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
@@ -465,6 +506,10 @@ def create_app(
             {"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422
         )
 
+
+def _route_label(app: FastAPI) -> Callable[[Scope], str]:
+    """The metrics label of a request: its route's template, or :data:`UNMATCHED_ROUTE`."""
+
     def route_of(scope: Scope) -> str:
         for candidate in app.router.routes:
             match, _ = candidate.matches(scope)
@@ -472,17 +517,25 @@ def create_app(
                 return str(getattr(candidate, "path", UNMATCHED_ROUTE)) or UNMATCHED_ROUTE
         return UNMATCHED_ROUTE
 
-    app.add_middleware(
-        _Guard,
-        token=token,
-        max_body_bytes=lim.max_body_bytes,
-        route_of=route_of,
-        count=lambda route, status: requests.labels(route, status).inc(),
-    )
+    return route_of
+
+
+def _history_of(events: list[Event] | None) -> list[HistoryEvent] | None:
+    if events is None:
+        return None
+    return [HistoryEvent(e.item_id, e.timestamp, e.rating, e.label) for e in events]
+
+
+def _model_routes(
+    app: FastAPI, recommender: Recommender, metrics: _Metrics, lim: ServerLimits
+) -> None:
+    """/recommend and /score: model calls in worker threads behind the admission gate."""
+    gate = _Gate(lim.max_in_flight, lim.max_queue)
+    recommend_model, score_model = _request_models(lim)
 
     async def run_model(fn: Callable[[], Any]) -> Any:
         if not gate.try_enter():
-            rejected.inc()
+            metrics.rejected.inc()
             raise HTTPException(
                 status_code=429,
                 detail="overloaded: try again shortly",
@@ -494,16 +547,11 @@ def create_app(
         finally:
             gate.leave()
 
-    def history_of(events: list[Event] | None) -> list[HistoryEvent] | None:
-        if events is None:
-            return None
-        return [HistoryEvent(e.item_id, e.timestamp, e.rating, e.label) for e in events]
-
     @app.post("/recommend", responses=_ERRORS)
     async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Top-k items: retrieval candidates reranked point-wise."""
         req: Any = body
-        history = history_of(req.history)
+        history = _history_of(req.history)
         started = time.perf_counter()
         try:
             result = await run_model(
@@ -523,17 +571,17 @@ def create_app(
             error = {"type": "value_error", "loc": ("body",), "msg": str(exc), "input": None}
             raise RequestValidationError([error]) from None
         for stage, ms in result.timings_ms.items():
-            latency.labels(stage).observe(ms / 1000)
-        latency.labels("total").observe(time.perf_counter() - started)
+            metrics.latency.labels(stage).observe(ms / 1000)
+        metrics.latency.labels("total").observe(time.perf_counter() - started)
         if result.fallback:
-            fallbacks.labels(result.fallback).inc()
+            metrics.fallbacks.labels(result.fallback).inc()
         return asdict(result)
 
     @app.post("/score", responses=_ERRORS)
     async def post_score(body: score_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Point-wise scores of the given items for the user."""
         req: Any = body
-        history = history_of(req.history)
+        history = _history_of(req.history)
         version = recommender.index_version
         try:
             items = await run_model(
@@ -545,6 +593,12 @@ def create_app(
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
         return {"items": [asdict(i) for i in items], "index_version": version}
 
+
+def _probe_routes(
+    app: FastAPI, recommender: Recommender, meters: _Metrics, lifecycle: _Lifecycle
+) -> None:
+    """/healthz, /readyz (both open without the token) and /metrics."""
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -554,7 +608,7 @@ def create_app(
     async def readyz() -> SafeJSONResponse:
         """Readiness: index and models loaded and warmed (``degraded`` says why an older
         version serves, when CURRENT failed verification)."""
-        if not state["ready"]:
+        if not lifecycle.ready:
             return SafeJSONResponse({"status": "starting"}, status_code=503)
         body: dict[str, Any] = {"status": "ready", "index_version": recommender.index_version}
         if recommender.degraded:
@@ -568,6 +622,4 @@ def create_app(
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus metrics (text exposition format)."""
-        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
+        return PlainTextResponse(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
