@@ -175,15 +175,12 @@ def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any
 
     if (job.data is None) == (job.items is None):
         raise ValueError("give exactly one of a dataset folder or an items file")
-    source = (
-        CatalogSource.from_dataset(job.data)
-        if job.data is not None
-        else CatalogSource.from_items_file(
-            job.items,  # type: ignore[arg-type]
-            ColumnMapping.from_pairs(list(job.mapping)),
-            job.duplicates,
-        )
-    )
+    if job.data is not None:
+        source = CatalogSource.from_dataset(job.data)
+    else:
+        assert job.items is not None  # exactly one of the two, checked above
+        mapping = ColumnMapping.from_pairs(list(job.mapping))
+        source = CatalogSource.from_items_file(job.items, mapping, job.duplicates)
 
     @contextlib.contextmanager
     def open_encoder() -> Iterator[Any]:
