@@ -204,22 +204,6 @@ class IndexRoot:
             return str(exc)
         return None
 
-    def newest_verified(self, *, skip: str | None = None) -> tuple[str, list[str]]:
-        """The newest published version that verifies, and what was wrong with newer ones.
-
-        Raises:
-            NoVersionError: no version verifies.
-        """
-        failures: list[str] = []
-        for version in reversed(self.versions()):
-            if version == skip:
-                continue
-            problem = self.check(version)
-            if problem is None:
-                return version, failures
-            failures.append(problem)
-        raise NoVersionError(f"{self.path}: no published version verifies")
-
     def load(self, version: str | None = None) -> tuple[VectorIndex, dict[str, Any]]:
         """Verifies and loads a version (default: CURRENT); a corrupted one is refused.
 

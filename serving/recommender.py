@@ -27,7 +27,7 @@ import numpy as np
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
-from indexer.store import IndexRoot, VerifyError
+from indexer.store import IndexRoot, NoVersionError, VerifyError
 from rerank.data import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
@@ -133,14 +133,23 @@ class Recommender:
             if not fallback:
                 raise
             damaged = exc
-        version, failures = self.root.newest_verified()
-        loaded = self._load(version)
-        self.degraded = f"{damaged}; serving {version}, the newest version that verifies" + (
-            f" ({len(failures)} newer also failed)" if failures else ""
-        )
-        self._refused = self._signature(self.root.current())
-        log.error("DEGRADED: %s", self.degraded)
-        return loaded
+        current = self.root.current()
+        others = 0  # newer versions, besides CURRENT's, that failed too
+        for version in reversed(self.root.versions()):  # newest first, each verified once
+            if version == current:
+                continue
+            try:
+                loaded = self._load(version)
+            except (VerifyError, NoVersionError):
+                others += 1
+                continue
+            self.degraded = f"{damaged}; serving {version}, the newest version that verifies" + (
+                f" ({others} newer also failed)" if others else ""
+            )
+            self._refused = self._signature(current)
+            log.error("DEGRADED: %s", self.degraded)
+            return loaded
+        raise NoVersionError(f"{self.root.path}: no published version verifies")
 
     def _signature(self, version: str | None) -> tuple[object, ...]:
         """What CURRENT names and the sizes and times of that version's files: a refused

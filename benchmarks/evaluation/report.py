@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +82,3 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
         plt.close(fig)
         written.append(png)
     return written
-
-
-def dumps(report: Mapping[str, Any]) -> str:
-    """Compact JSON (for logs)."""
-    return json.dumps(report, default=str)
