@@ -7,6 +7,7 @@ import importlib
 from benchmarks.contract import BenchContext, BenchReport
 
 BENCHMARKS: dict[str, str] = {
+    "baselines": "benchmarks.bench_baselines",
     "metrics": "benchmarks.bench_metrics",
     "retrieval": "benchmarks.bench_retrieval",
     "indexer": "benchmarks.bench_indexer",

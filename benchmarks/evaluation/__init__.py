@@ -14,15 +14,17 @@ from benchmarks.evaluation.protocol import (
     metrics_of,
 )
 from benchmarks.evaluation.report import write_report
-from benchmarks.evaluation.run import run_eval
+from benchmarks.evaluation.run import Folds, make_folds, run_eval
 
 __all__ = [
     "KS",
     "RERANK_DEPTH",
     "Fold",
+    "Folds",
     "Ranked",
     "bootstrap_ci",
     "make_fold",
+    "make_folds",
     "metrics_of",
     "run_eval",
     "write_report",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.baselines import ImplicitScorer, ItemKNNScorer, PopularityScorer
+from benchmarks.baselines import ItemKNNScorer, PopularityScorer
+from benchmarks.baselines.grids import BASELINES, baseline_grids
 from benchmarks.evaluation.protocol import (
     RERANK_DEPTH,
     Fold,
@@ -28,7 +29,7 @@ from benchmarks.evaluation.protocol import (
     rank_two_tower,
     rank_with,
     rerank_top,
-    tune,
+    tune_staged,
 )
 from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
 from catalog.model import Catalog, Interactions
@@ -61,7 +62,30 @@ class Evaluation:
     progress: Callable[[str], None]
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     rankings: dict[str, Ranked] = field(default_factory=dict)
+    extra_rankings: dict[str, list[Ranked]] = field(default_factory=dict)
+    """The other seeds' rankings of a method run with several (the first is in rankings)."""
     grids: dict[str, Any] = field(default_factory=dict)
+
+    def seed_rankings(self, name: str) -> list[Ranked]:
+        """Every seed's ranking of ``name``, the reported one first."""
+        return [self.rankings[name], *self.extra_rankings.get(name, [])]
+
+    def best_baseline(self) -> str | None:
+        """The baseline with the highest test NDCG@10 (its seeds' mean where it has
+        several): every claim is made against the strongest one of the run."""
+        scored = {
+            n: self.methods[n].get("seeds", {}).get("ndcg@10_mean", self.methods[n]["ndcg@10"])
+            for n in BASELINES
+            if n in self.methods
+        }
+        return max(scored, key=lambda n: scored[n]) if scored else None
+
+    def references(self) -> list[tuple[str, str]]:
+        """(label, method) of what every method is compared with: the best baseline, and ALS
+        (the reference of earlier reports) under its own name."""
+        best = self.best_baseline()
+        refs = [("best_baseline", best)] if best else []
+        return refs + ([("als", "als")] if "als" in self.rankings else [])
 
     def record(
         self, name: str, ranked: Ranked, params: Mapping[str, Any], seconds: float
@@ -92,31 +116,38 @@ class TowerRuns:
 def popularity(ev: Evaluation) -> None:
     """Most interacted items first."""
     started = time.perf_counter()
-    pop = PopularityScorer().fit(ev.test.matrix)
+    pop = PopularityScorer().fit(ev.test.data)
     ev.record("popularity", rank_with(pop, ev.test), {}, time.perf_counter() - started)
 
 
-def tuned_baselines(ev: Evaluation) -> None:
-    """ALS, BPR and item-kNN, each tuned on validation and refitted on train + validation."""
-    quick, seed = ev.quick, ev.seed
-    als_grid = [
-        ImplicitScorer("als", factors=f, regularization=r, alpha=a, seed=seed)
-        for f in ((32, 64) if quick else (32, 64, 128))
-        for r in (0.01, 0.1)
-        for a in ((1.0,) if quick else (1.0, 10.0))
-    ]
-    bpr_grid = [
-        ImplicitScorer("bpr", factors=f, learning_rate=lr, iterations=100, seed=seed)
-        for f in ((32,) if quick else (32, 64, 128))
-        for lr in (0.01, 0.05)
-    ]
-    knn_grid = [ItemKNNScorer(neighbours=n) for n in ((50,) if quick else (20, 50, 100, 200))]
-    for name, grid in (("als", als_grid), ("bpr", bpr_grid), ("itemknn", knn_grid)):
-        best, results = tune(grid, ev.val)
+def tuned_baselines(ev: Evaluation, seeds: int = 1, names: Sequence[str] | None = None) -> None:
+    """ALS, BPR, item-kNN, EASE and SASRec, each tuned on validation (its grid in
+    :mod:`benchmarks.baselines.grids`) and refitted on train + validation. SASRec trains
+    stochastically, so it refits with every seed as the trained tower does."""
+    for name, grid in baseline_grids(ev.quick, ev.seed).items():
+        if names is not None and name not in names:
+            continue
+        ev.progress(f"{name}: tuning on validation")
+        best, results = tune_staged(grid.make, grid.start, grid.stages, ev.val)
         ev.grids[name] = results
         started = time.perf_counter()
-        best.fit(ev.test.matrix)  # refit on train + validation
-        ev.record(name, rank_with(best, ev.test), best.params, time.perf_counter() - started)
+        final = best.refitted()
+        final.fit(ev.test.data)  # refit on train + validation
+        m = ev.record(name, rank_with(final, ev.test), final.params, time.perf_counter() - started)
+        ItemKNNScorer.release_cache()
+        m["tune_seconds"] = float(sum(r["seconds"] for r in results))
+        m["grid_size"] = len(results)
+        if grid.seeded and seeds > 1:
+            runs = [{"seed": ev.seed, **headline(m)}]
+            for extra in range(1, seeds):
+                params = {**final.params, "seed": ev.seed + extra}
+                ev.progress(f"{name}: seed {params['seed']}")
+                ranked_s = rank_with(grid.make(**params).fit(ev.test.data), ev.test)
+                ev.extra_rankings.setdefault(name, []).append(ranked_s)
+                runs.append(
+                    {"seed": params["seed"], **headline(metrics_of(ranked_s, ev.test, ev.cold))}
+                )
+            m["seeds"] = seed_summary(runs)
 
 
 def zero_shot(ev: Evaluation) -> None:
@@ -299,40 +330,49 @@ def reranked(
     return pipeline_seeds
 
 
-def against_als(ev: Evaluation, towers: TowerRuns | None) -> None:
-    """Every method against ALS, the collaborative reference: the ratio and the paired
-    bootstrap interval of the difference (and of the tower seeds' mean)."""
-    reference = per_user_ndcg10(ev.rankings["als"], ev.test)
-    for name, ranked in ev.rankings.items():
-        if name != "als":
+def against_references(ev: Evaluation, towers: TowerRuns | None) -> None:
+    """Every method against the best baseline of the run and against ALS (the reference of
+    earlier reports): the ratio of NDCG@10 and the paired bootstrap interval of the
+    difference; for methods with seeds, of the seeds' mean."""
+    for label, ref in ev.references():
+        ref_m = ev.methods[ref]
+        ref_value = ref_m.get("seeds", {}).get("ndcg@10_mean", ref_m["ndcg@10"])
+        reference = np.mean([per_user_ndcg10(r, ev.test) for r in ev.seed_rankings(ref)], axis=0)
+        for name, ranked in ev.rankings.items():
+            if name == ref:
+                continue
+            m = ev.methods[name]
             diff = per_user_ndcg10(ranked, ev.test) - reference
-            lo, hi = bootstrap_ci(diff, seed=ev.seed)
-            ev.methods[name]["ndcg@10_minus_als_ci95"] = [lo, hi]
-            ev.methods[name]["ndcg@10_vs_als"] = (
-                ev.methods[name]["ndcg@10"] / ev.methods["als"]["ndcg@10"]
-                if ev.methods["als"]["ndcg@10"]
-                else None
-            )
+            m[f"ndcg@10_minus_{label}_ci95"] = list(bootstrap_ci(diff, seed=ev.seed))
+            m[f"ndcg@10_vs_{label}"] = m["ndcg@10"] / ref_value if ref_value else None
     if towers and towers.others and "seeds" in ev.methods.get("two_tower_trained", {}):
         tower_rankings = [ev.rankings["two_tower_trained"], *(r for _, r, _, _ in towers.others)]
-        ev.methods["two_tower_trained"]["seeds"].update(
-            seed_mean_vs(tower_rankings, ev.rankings["als"], ev.test, ev.seed)
-        )
+        ev.methods["two_tower_trained"]["seeds"].update(seeds_against(ev, tower_rankings))
+
+
+def seeds_against(ev: Evaluation, rankings: Sequence[Ranked]) -> dict[str, Any]:
+    """A seeded method's mean against the best baseline (and ALS), each user's NDCG@10
+    averaged over the method's seeds and over the reference's."""
+    out: dict[str, Any] = {}
+    for label, ref in ev.references():
+        out[f"vs_{label}"] = seed_mean_vs(rankings, ev.seed_rankings(ref), ev.test, ev.seed, ref)
+    return out
 
 
 def pipeline_over_seeds(ev: Evaluation, pipeline_seeds: list[tuple[int, Ranked]]) -> None:
-    """The pipeline's figures per seed, their mean and spread, and against ALS."""
+    """The pipeline's figures per seed, their mean and spread, and against the best baseline
+    and ALS."""
     runs = []
     for seed_s, ranked_s in pipeline_seeds:
         run: dict[str, Any] = {"seed": seed_s, **headline(metrics_of(ranked_s, ev.test, ev.cold))}
-        if "als" in ev.rankings:
-            diff = per_user_ndcg10(ranked_s, ev.test) - per_user_ndcg10(ev.rankings["als"], ev.test)
-            run["ndcg@10_vs_als"] = run["ndcg@10"] / ev.methods["als"]["ndcg@10"]
-            run["ndcg@10_minus_als_ci95"] = list(bootstrap_ci(diff, seed=ev.seed))
+        for label, ref in ev.references():
+            reference = np.mean(
+                [per_user_ndcg10(r, ev.test) for r in ev.seed_rankings(ref)], axis=0
+            )
+            diff = per_user_ndcg10(ranked_s, ev.test) - reference
+            run[f"ndcg@10_vs_{label}"] = run["ndcg@10"] / float(reference.mean())
+            run[f"ndcg@10_minus_{label}_ci95"] = list(bootstrap_ci(diff, seed=ev.seed))
         runs.append(run)
     summary = seed_summary(runs)
-    if "als" in ev.rankings:
-        summary.update(
-            seed_mean_vs([r for _, r in pipeline_seeds], ev.rankings["als"], ev.test, ev.seed)
-        )
+    summary.update(seeds_against(ev, [r for _, r in pipeline_seeds]))
     ev.methods["two_tower_trained+reranker"]["seeds"] = summary

@@ -9,9 +9,10 @@ method ranks the full catalog minus the user's known items (train, and validatio
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from benchmarks.baselines import Scorer
+from benchmarks.baselines import Scorer, TrainData, Validation
+from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
 from catalog.text import ItemTextTemplate, UserTextTemplate
 from catalog.thresholds import LIKE_THRESHOLD
@@ -58,6 +60,18 @@ class Fold:
     seen: list[set[int]] = field(default_factory=list)
     relevant: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     like: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    sequences: list[npt.NDArray[np.int64]] = field(default_factory=list)
+
+    @property
+    def data(self) -> TrainData:
+        """What a baseline fits on: the matrix and each user row's ordered items."""
+        return TrainData(self.matrix, self.sequences)
+
+    @property
+    def validation(self) -> Validation:
+        """The held-out targets, for methods that early-stop on this fold."""
+        rows = np.array([self.user_row[u] for u in self.users], dtype=np.int64)
+        return Validation(rows, self.relevant)
 
 
 def make_fold(
@@ -79,6 +93,11 @@ def make_fold(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(all_users), len(item_ids))
     )
     matrix.data[:] = 1.0  # repeated events count once
+    histories = group_histories(train, seed=seed)  # time order, the splits' tie-break
+    sequences = [
+        np.array([item_col[e.item_id] for e in histories.get(u, [])], dtype=np.int64)
+        for u in all_users
+    ]
     targets = {
         u: (i, r)
         for u, i, r in zip(
@@ -97,7 +116,18 @@ def make_fold(
         ]
     )
     return Fold(
-        name, train, target, users, user_row, item_ids, item_col, matrix, seen, relevant, like
+        name,
+        train,
+        target,
+        users,
+        user_row,
+        item_ids,
+        item_col,
+        matrix,
+        seen,
+        relevant,
+        like,
+        sequences,
     )
 
 
@@ -203,18 +233,61 @@ def bootstrap_ci(
 def tune(
     candidates: Sequence[Scorer], fold: Fold, metric: str = "ndcg@10"
 ) -> tuple[Scorer, list[dict[str, Any]]]:
-    """Fits each candidate on the validation fold; returns the best and the grid's results."""
+    """Fits each candidate on the validation fold; returns the best and the grid's results.
+
+    A candidate that early-stops gets the fold's targets; its row records the epochs chosen.
+    """
     grid = []
     best: tuple[float, Scorer] | None = None
     for scorer in candidates:
         started = time.perf_counter()
-        scorer.fit(fold.matrix)
+        scorer.fit(fold.data, fold.validation)
         value = metrics_of(rank_with(scorer, fold), fold)[metric]
-        grid.append(
-            {"params": dict(scorer.params), metric: value, "seconds": time.perf_counter() - started}
-        )
+        row = {
+            "params": dict(scorer.params),
+            metric: value,
+            "seconds": time.perf_counter() - started,
+        }
+        if scorer.refit_params() != scorer.params:
+            row["refit_params"] = scorer.refit_params()
+        grid.append(row)
         if best is None or value > best[0]:
             best = (value, scorer)
+    assert best is not None
+    return best[1], grid
+
+
+def tune_staged(
+    make: Callable[..., Scorer],
+    start: Mapping[str, Any],
+    stages: Sequence[Mapping[str, Sequence[Any]]],
+    fold: Fold,
+    metric: str = "ndcg@10",
+) -> tuple[Scorer, list[dict[str, Any]]]:
+    """Coordinate search: each stage grids its settings with the rest at the best so far.
+
+    Costs the sum of the stages' grids instead of their product; the order of the stages is
+    the order of how much each setting matters (a shape first, then regularisation).
+    """
+    best_params = dict(start)
+    best: tuple[float, Scorer] | None = None
+    grid: list[dict[str, Any]] = []
+    tried: dict[str, float] = {}
+    for n, stage in enumerate(stages or [{}]):  # no stages: the starting settings alone
+        names = list(stage)
+        for values in itertools.product(*(stage[k] for k in names)):
+            params = {**best_params, **dict(zip(names, values, strict=True))}
+            key = repr(sorted(params.items()))
+            if key in tried:  # the best so far is usually in the next stage's grid too
+                continue
+            scorer, rows = tune([make(**params)], fold, metric)
+            rows[0]["stage"] = n + 1
+            grid += rows
+            tried[key] = rows[0][metric]
+            if best is None or rows[0][metric] > best[0]:
+                best = (rows[0][metric], scorer)
+        assert best is not None
+        best_params = {k: best[1].params[k] for k in best_params}
     assert best is not None
     return best[1], grid
 

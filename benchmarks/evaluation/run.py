@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks.evaluation import methods as steps
-from benchmarks.evaluation.protocol import KS, make_fold
+from benchmarks.evaluation.protocol import KS, Fold, make_fold
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions
-from catalog.splits import leave_one_out
+from catalog.splits import Split, leave_one_out
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from retrieval.index import FlatIndex
 from retrieval.sequential import SequentialConfig
@@ -43,7 +45,7 @@ def run_eval(
     """
     ev = _evaluation(catalog, item_vectors, quick=quick, seed=seed, progress=progress)
     steps.popularity(ev)
-    steps.tuned_baselines(ev)
+    steps.tuned_baselines(ev, seeds)
     steps.zero_shot(ev)
     towers = steps.trained_tower(ev, sequential, seeds) if sequential is not None else None
     if retriever is not None:
@@ -55,8 +57,7 @@ def run_eval(
         if towers is not None and reranker.config.retrieval == towers.tower.name:
             first_stage = (towers.tower, towers.index)
         pipeline_seeds = steps.reranked(ev, reranker, first_stage, towers, rerank_als)
-    if "als" in ev.rankings:
-        steps.against_als(ev, towers)
+    steps.against_references(ev, towers)
     if pipeline_seeds:
         steps.pipeline_over_seeds(ev, pipeline_seeds)
     return {
@@ -74,9 +75,32 @@ def run_eval(
             "cold_item_threshold": COLD_ITEM_THRESHOLD,
             "quick": quick,
         },
+        "best_baseline": ev.best_baseline(),
         "methods": ev.methods,
         "grids": ev.grids,
     }
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The split and both folds every method is measured on."""
+
+    split: Split
+    val: Fold
+    test: Fold
+    cold: npt.NDArray[np.bool_]
+
+
+def make_folds(catalog: Catalog, *, quick: bool, seed: int) -> Folds:
+    """The leave-one-out split, validation and test folds (100 users each with ``quick``) and
+    which test targets are cold items."""
+    split = leave_one_out(catalog.interactions, seed=seed)
+    max_users = 100 if quick else None
+    train_val = Interactions.concat([split.train, split.validation])
+    val = make_fold("validation", catalog, split.train, split.validation, max_users, seed)
+    test = make_fold("test", catalog, train_val, split.test, max_users, seed)
+    counts = np.asarray(test.matrix.sum(axis=0)).ravel()
+    return Folds(split, val, test, counts[test.relevant] < COLD_ITEM_THRESHOLD)
 
 
 def _evaluation(
@@ -87,19 +111,16 @@ def _evaluation(
     seed: int,
     progress: Callable[[str], None],
 ) -> steps.Evaluation:
-    """The split, both folds (100 users each with ``quick``), histories and the text index."""
-    split = leave_one_out(catalog.interactions, seed=seed)
-    max_users = 100 if quick else None
+    """The folds, histories and the text index."""
+    folds = make_folds(catalog, quick=quick, seed=seed)
+    split = folds.split
     train_val = Interactions.concat([split.train, split.validation])
-    val = make_fold("validation", catalog, split.train, split.validation, max_users, seed)
-    test = make_fold("test", catalog, train_val, split.test, max_users, seed)
-    counts = np.asarray(test.matrix.sum(axis=0)).ravel()
     return steps.Evaluation(
         catalog=catalog,
         split=split,
-        val=val,
-        test=test,
-        cold=counts[test.relevant] < COLD_ITEM_THRESHOLD,
+        val=folds.val,
+        test=folds.test,
+        cold=folds.cold,
         hist_val=group_histories(split.train, seed=seed),
         hist_test=group_histories(train_val, seed=seed),
         item_vectors=item_vectors,

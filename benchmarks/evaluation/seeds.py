@@ -28,19 +28,24 @@ def seed_summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def seed_mean_vs(
-    rankings: Sequence[Ranked], reference: Ranked, fold: Fold, seed: int
+    rankings: Sequence[Ranked],
+    reference: Sequence[Ranked],
+    fold: Fold,
+    seed: int,
+    reference_name: str,
 ) -> dict[str, Any]:
     """The seeds' mean NDCG@10 against the reference's: the ratio, and the paired bootstrap
-    interval of the difference, each user's NDCG@10 averaged over the seeds' models first.
+    interval of the difference, each user's NDCG@10 averaged over the seeds' models first
+    (and over the reference's seeds, when it has several).
 
     The headline is the mean over seeds, so its interval resamples users once with every
     seed's ranking of them: the spread left is the test users', not the initialisations'."""
     per_user = np.mean([per_user_ndcg10(r, fold) for r in rankings], axis=0)
-    ref = per_user_ndcg10(reference, fold)
+    ref = np.mean([per_user_ndcg10(r, fold) for r in reference], axis=0)
     return {
+        "reference": reference_name,
         "ndcg@10_mean_vs_reference": float(per_user.mean() / ref.mean()) if ref.mean() else None,
         "ndcg@10_mean_minus_reference_ci95": list(bootstrap_ci(per_user - ref, seed=seed)),
-        "reference": "als",
     }
 
 

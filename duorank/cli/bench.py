@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -19,16 +20,28 @@ from duorank.settings import Settings
     default=None,
     help="JSON file to write (default benchmarks/results/NAME.json).",
 )
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="MovieLens folder the suites read (default: the bundled ml-latest-small).",
+)
 @click.pass_obj
-def bench(settings: Settings, name: str, quick: bool, output: Path | None) -> None:
+def bench(
+    settings: Settings, name: str, quick: bool, output: Path | None, data_path: Path | None
+) -> None:
     """Run benchmark NAME, print its table and write its JSON record.
 
-    Names: metrics, retrieval, indexer, rerank, serving. The home and Redis settings apply.
+    Names: baselines, metrics, retrieval, indexer, rerank, serving. The home and Redis
+    settings apply.
     """
     from benchmarks.contract import BenchContext
     from benchmarks.registry import run_benchmark
 
     ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None)
+    if data_path is not None:
+        ctx = replace(ctx, data=data_path)
     report = run_benchmark(name, quick, ctx)
     click.echo(report.render())
     path = report.write(output)

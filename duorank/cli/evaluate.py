@@ -16,7 +16,15 @@ from duorank.cli.options import (
 )
 from duorank.settings import Settings
 
-HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "auc", "cold_recall@100")
+HEADLINE = (
+    "ndcg@10",
+    "ndcg@10_vs_best_baseline",
+    "recall@10",
+    "mrr@10",
+    "recall@100",
+    "auc",
+    "cold_recall@100",
+)
 
 
 @click.command(name="eval")
