@@ -7,6 +7,7 @@ tested functions that the benchmarks report.
 from metrics._core import hits_and_counts, top_k
 from metrics.auc import auc, per_user_auc
 from metrics.coverage import coverage_at_k
+from metrics.exposure import exposure_counts, gini_at_k, max_user_share_at_k, slot_share_at_k
 from metrics.heldout import (
     ABSENT,
     list_ranks,
@@ -26,17 +27,21 @@ __all__ = [
     "auc",
     "coverage_at_k",
     "expected_calibration_error",
+    "exposure_counts",
+    "gini_at_k",
     "hit_rate_at_k",
     "hits_and_counts",
     "list_ranks",
     "logloss",
     "map_at_k",
+    "max_user_share_at_k",
     "mrr_at_k",
     "ndcg_at_k",
     "ndcg_at_k_from_ranks",
     "per_user_auc",
     "recall_at_k",
     "recall_at_k_from_ranks",
+    "slot_share_at_k",
     "target_ranks",
     "top_k",
 ]

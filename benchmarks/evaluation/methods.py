@@ -345,16 +345,23 @@ def against_references(ev: Evaluation, towers: TowerRuns | None) -> None:
             diff = per_user_ndcg10(ranked, ev.test) - reference
             m[f"ndcg@10_minus_{label}_ci95"] = list(bootstrap_ci(diff, seed=ev.seed))
             m[f"ndcg@10_vs_{label}"] = m["ndcg@10"] / ref_value if ref_value else None
+    for name in ev.extra_rankings:  # the seeded baselines' means
+        ev.methods[name]["seeds"].update(seeds_against(ev, ev.seed_rankings(name), name))
     if towers and towers.others and "seeds" in ev.methods.get("two_tower_trained", {}):
         tower_rankings = [ev.rankings["two_tower_trained"], *(r for _, r, _, _ in towers.others)]
         ev.methods["two_tower_trained"]["seeds"].update(seeds_against(ev, tower_rankings))
 
 
-def seeds_against(ev: Evaluation, rankings: Sequence[Ranked]) -> dict[str, Any]:
+def seeds_against(
+    ev: Evaluation, rankings: Sequence[Ranked], name: str | None = None
+) -> dict[str, Any]:
     """A seeded method's mean against the best baseline (and ALS), each user's NDCG@10
-    averaged over the method's seeds and over the reference's."""
+    averaged over the method's seeds and over the reference's (``name``: the method itself,
+    which is not compared with itself)."""
     out: dict[str, Any] = {}
     for label, ref in ev.references():
+        if ref == name:
+            continue
         out[f"vs_{label}"] = seed_mean_vs(rankings, ev.seed_rankings(ref), ev.test, ev.seed, ref)
     return out
 

@@ -24,15 +24,18 @@ from benchmarks.baselines import Scorer, TrainData, Validation
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
 from catalog.text import ItemTextTemplate, UserTextTemplate
-from catalog.thresholds import LIKE_THRESHOLD
+from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from metrics import (
     auc,
     coverage_at_k,
+    gini_at_k,
     hit_rate_at_k,
     logloss,
+    max_user_share_at_k,
     mrr_at_k,
     ndcg_at_k,
     recall_at_k,
+    slot_share_at_k,
     top_k,
 )
 from rerank.data import FeatureMaker
@@ -202,7 +205,7 @@ def metrics_of(
         out[f"hr@{k}"] = float(hit_rate_at_k(ranked.top, rel, k))
         out[f"ndcg@{k}"] = float(ndcg_at_k(ranked.top, rel, k))
         out[f"mrr@{k}"] = float(mrr_at_k(ranked.top, rel, k))
-    out["coverage@10"] = coverage_at_k(ranked.top, 10, len(fold.item_ids))
+    out.update(exposure_of(ranked, fold))
     finite = np.isfinite(ranked.target_score)
     if finite.all() and len(set(fold.like.tolist())) == 2:
         out["auc"] = auc(ranked.target_score, fold.like)
@@ -212,6 +215,26 @@ def metrics_of(
         out["cold_items"] = int(cold.sum())
         out["cold_recall@100"] = float(recall_at_k(ranked.top[cold], rel[cold], 100))
     return out
+
+
+def exposure_of(ranked: Ranked, fold: Fold, k: int = 10) -> dict[str, Any]:
+    """Beyond accuracy, from the lists alone: catalog coverage and the Gini of exposure of
+    the top K, the largest share of users one item reaches, and for cold items (fewer than
+    :data:`COLD_ITEM_THRESHOLD` interactions in the fold's data) that share and their share
+    of all slots: a cold item in many users' lists is a hub, not a discovery."""
+    n_items = len(fold.item_ids)
+    cold = np.asarray(fold.matrix.sum(axis=0)).ravel() < COLD_ITEM_THRESHOLD
+    share, item = max_user_share_at_k(ranked.top, k, n_items)
+    cold_share, cold_item = max_user_share_at_k(ranked.top, k, n_items, among=cold)
+    return {
+        f"coverage@{k}": coverage_at_k(ranked.top, k, n_items),
+        f"gini@{k}": gini_at_k(ranked.top, k, n_items),
+        f"max_item_share@{k}": share,
+        f"max_item_share@{k}_item": fold.item_ids[item] if item >= 0 else None,
+        f"cold_max_item_share@{k}": cold_share,
+        f"cold_max_item_share@{k}_item": fold.item_ids[cold_item] if cold_item >= 0 else None,
+        f"cold_slot_share@{k}": slot_share_at_k(ranked.top, k, cold),
+    }
 
 
 def per_user_ndcg10(ranked: Ranked, fold: Fold) -> npt.NDArray[np.float64]:

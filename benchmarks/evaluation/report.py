@@ -32,6 +32,20 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
             f"{m.get('auc', float('nan')):.3f} | {m.get('cold_recall@100', float('nan')):.3f} "
             f"| {m.get('tune_seconds', 0.0) + m['train_seconds']:.0f} |"
         )
+    rows += [  # beyond accuracy: how the top 10 spreads over the catalog
+        "",
+        "| method | coverage@10 | Gini@10 | most shown item: share of users | most shown cold "
+        "item: share | cold items' share of slots |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["methods"].items():
+        if "gini@10" in m:
+            rows.append(
+                f"| {name} | {m['coverage@10']:.3f} | {m['gini@10']:.3f} "
+                f"| {m['max_item_share@10']:.3f} ({m['max_item_share@10_item']}) "
+                f"| {m['cold_max_item_share@10']:.3f} ({m['cold_max_item_share@10_item']}) "
+                f"| {m['cold_slot_share@10']:.3f} |"
+            )
     seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [

@@ -111,6 +111,9 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert reranked["candidate_recall@100"] == report["methods"]["als"]["recall@100"]
     assert reranked["calibration"] and 0 <= reranked["ece"] <= 1
     for m in report["methods"].values():
+        assert 0.0 <= m["gini@10"] <= 1.0 and 0.0 < m["max_item_share@10"] <= 1.0
+        assert m["cold_max_item_share@10"] <= m["max_item_share@10"]
+        assert 0.0 <= m["cold_slot_share@10"] <= 1.0
         assert 0.0 <= m["ndcg@10"] <= m["recall@10"] + 1e-9 <= 1.0 + 1e-9
         assert m["recall@10"] <= m["recall@100"] + 1e-9
         lo, hi = m["ndcg@10_ci95"]
@@ -125,3 +128,5 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     # The seeds' table: both seeded methods, two seeds each, with the mean's interval.
     seeded = [line for line in table.splitlines() if line.startswith("| two_tower_trained")]
     assert sum(" | 2 | " in line for line in seeded) == 2
+    assert any(line.startswith("| sasrec | 2 | ") for line in table.splitlines())
+    assert f"Best baseline of the run: {best}." in table and "| Gini@10 |" in table
