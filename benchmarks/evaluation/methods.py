@@ -130,7 +130,9 @@ def tuned_baselines(ev: Evaluation, seeds: int = 1, names: Sequence[str] | None 
         if names is not None and name not in names:
             continue
         ev.progress(f"{name}: tuning on validation")
-        best, results = tune_staged(grid.make, grid.start, grid.stages, ev.val)
+        best, results = tune_staged(
+            grid.make, grid.start, grid.stages, ev.val, progress=ev.progress
+        )
         ev.grids[name] = results
         started = time.perf_counter()
         final = best.refitted()
