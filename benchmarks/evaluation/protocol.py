@@ -279,7 +279,8 @@ def tune(
         grid.append(row)
         if progress is not None:
             progress(
-                f"{scorer.name}: {row['params']} -> validation {metric} {value:.4f} ({row['seconds']:.0f} s)"
+                f"{scorer.name}: {row['params']} -> validation {metric} {value:.4f} "
+                f"({row['seconds']:.0f} s)"
             )
         if best is None or value > best[0]:
             best = (value, scorer)
