@@ -8,6 +8,7 @@ chosen settings, the refit on train + validation and its test NDCG@10. The grids
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from benchmarks.contract import BenchContext, BenchReport, Target
 from benchmarks.evaluation.protocol import metrics_of, rank_with, tune_staged
 from benchmarks.evaluation.run import make_folds
 from catalog import load_movielens
+
+log = logging.getLogger(__name__)
 
 SASREC_MINUTES = 30.0
 """SASRec's whole grid must fit a nightly slot on a 2-core CPU."""
@@ -37,7 +40,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     points: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     for name, grid in baseline_grids(quick, seed).items():
-        best, rows = tune_staged(grid.make, grid.start, grid.stages, folds.val)
+        best, rows = tune_staged(grid.make, grid.start, grid.stages, folds.val, progress=log.info)
         started = time.perf_counter()
         final = best.refitted().fit(folds.test.data)
         refit_s = time.perf_counter() - started

@@ -247,7 +247,7 @@ class ServingJob:
     data: Path | None = None
     root: Path | None = None
     reranker: Path | None = None
-    backend: str = "torch"
+    backend: str = "auto"
     text_users: bool = False
     fallback: bool = False
 

@@ -111,6 +111,8 @@ class TowerRuns:
     tower: Any
     index: Any
     others: list[tuple[int, Ranked, Any, Any]]
+    val_tower: Any = None
+    """The first seed's tower trained on train only (what validation-time figures use)."""
 
 
 def popularity(ev: Evaluation) -> None:
@@ -128,7 +130,9 @@ def tuned_baselines(ev: Evaluation, seeds: int = 1, names: Sequence[str] | None 
         if names is not None and name not in names:
             continue
         ev.progress(f"{name}: tuning on validation")
-        best, results = tune_staged(grid.make, grid.start, grid.stages, ev.val)
+        best, results = tune_staged(
+            grid.make, grid.start, grid.stages, ev.val, progress=ev.progress
+        )
         ev.grids[name] = results
         started = time.perf_counter()
         final = best.refitted()
@@ -174,11 +178,14 @@ def zero_shot(ev: Evaluation) -> None:
 
 def _train_tower(
     ev: Evaluation, cfg: SequentialConfig, chosen: SequentialConfig | None = None
-) -> tuple[Ranked, Any, Any, dict[str, Any]]:
+) -> tuple[Ranked, Any, Any, dict[str, Any], Any]:
     """Train on train (early stopping and blend weight on validation), refit on train +
     validation for as many epochs, rank test: the protocol of every tuned method. With
-    ``chosen`` (the refit settings another seed validated) only the refit runs."""
+    ``chosen`` (the refit settings another seed validated) only the refit runs. Returns the
+    ranking, the refitted tower, its index, its settings and the train-only tower (None with
+    ``chosen``)."""
     validation: dict[str, Any] = {}
+    val_tower = None
     if chosen is None:
         targets_val = dict(
             zip(
@@ -211,14 +218,14 @@ def _train_tower(
     ranked = rank_two_tower(
         tower, tower_index, ev.test, ev.hist_test, item_vectors=tower.item_vectors
     )
-    return ranked, tower, tower_index, {**asdict(refit_cfg), **validation}
+    return ranked, tower, tower_index, {**asdict(refit_cfg), **validation}, val_tower
 
 
 def trained_tower(ev: Evaluation, sequential: SequentialConfig, seeds: int) -> TowerRuns:
     """The sequential tower over cached vectors, with ``seeds`` seeds: the first chooses the
     settings on validation, every other refits with them (see :data:`SEEDS_PROTOCOL`)."""
     started = time.perf_counter()
-    ranked, tower, index, params = _train_tower(ev, sequential)
+    ranked, tower, index, params, val_tower = _train_tower(ev, sequential)
     m = ev.record("two_tower_trained", ranked, params, time.perf_counter() - started)
     m["candidate_recall@100"] = m["recall@100"]
     runs = [{"seed": sequential.seed, **headline(m)}]
@@ -229,12 +236,12 @@ def trained_tower(ev: Evaluation, sequential: SequentialConfig, seeds: int) -> T
         # the seed (initialisation and batch order), not the choice of epochs and blend.
         seed_cfg = replace(sequential, seed=sequential.seed + extra)
         ev.progress(f"two_tower_trained: seed {seed_cfg.seed}")
-        ranked_s, tower_s, index_s, _ = _train_tower(ev, seed_cfg, chosen)
+        ranked_s, tower_s, index_s, _, _ = _train_tower(ev, seed_cfg, chosen)
         runs.append({"seed": seed_cfg.seed, **headline(metrics_of(ranked_s, ev.test, ev.cold))})
         others.append((seed_cfg.seed, ranked_s, tower_s, index_s))
     if seeds > 1:
         m["seeds"] = seed_summary(runs)
-    return TowerRuns(tower, index, others)
+    return TowerRuns(tower, index, others, val_tower)
 
 
 def finetuned(ev: Evaluation, retriever: Any) -> None:

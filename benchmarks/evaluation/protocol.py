@@ -254,7 +254,10 @@ def bootstrap_ci(
 
 
 def tune(
-    candidates: Sequence[Scorer], fold: Fold, metric: str = "ndcg@10"
+    candidates: Sequence[Scorer],
+    fold: Fold,
+    metric: str = "ndcg@10",
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Scorer, list[dict[str, Any]]]:
     """Fits each candidate on the validation fold; returns the best and the grid's results.
 
@@ -274,6 +277,11 @@ def tune(
         if scorer.refit_params() != scorer.params:
             row["refit_params"] = scorer.refit_params()
         grid.append(row)
+        if progress is not None:
+            progress(
+                f"{scorer.name}: {row['params']} -> validation {metric} {value:.4f} "
+                f"({row['seconds']:.0f} s)"
+            )
         if best is None or value > best[0]:
             best = (value, scorer)
     assert best is not None
@@ -286,6 +294,7 @@ def tune_staged(
     stages: Sequence[Mapping[str, Sequence[Any]]],
     fold: Fold,
     metric: str = "ndcg@10",
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Scorer, list[dict[str, Any]]]:
     """Coordinate search: each stage grids its settings with the rest at the best so far.
 
@@ -303,7 +312,7 @@ def tune_staged(
             key = repr(sorted(params.items()))
             if key in tried:  # the best so far is usually in the next stage's grid too
                 continue
-            scorer, rows = tune([make(**params)], fold, metric)
+            scorer, rows = tune([make(**params)], fold, metric, progress)
             rows[0]["stage"] = n + 1
             grid += rows
             tried[key] = rows[0][metric]

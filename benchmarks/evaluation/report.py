@@ -46,6 +46,27 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                 f"| {m['cold_max_item_share@10']:.3f} ({m['cold_max_item_share@10_item']}) "
                 f"| {m['cold_slot_share@10']:.3f} |"
             )
+    sources = report.get("candidate_sources")
+    if sources:  # the room the ranking stage has (validation)
+        depth = sources["depth"]
+        rows += [
+            "",
+            f"Candidate sources on validation ({depth} items each):",
+            "",
+            "| source | Recall@20 | Recall@50 | Recall@100 | merged without it |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in sources["sources"].items():
+            rows.append(
+                f"| {name} | {m['recall@20']:.3f} | {m['recall@50']:.3f} "
+                f"| {m['recall@100']:.3f} | {sources['without'][name]:.3f} |"
+            )
+        merged = sources["merged"]
+        rows.append(
+            f"| merged ({merged[f'size@{depth}']:.0f} items at {depth}) "
+            f"| {merged['recall@20']:.3f} | {merged['recall@50']:.3f} "
+            f"| {merged['recall@100']:.3f} | |"
+        )
     seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [

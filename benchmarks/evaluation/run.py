@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.evaluation import methods as steps
+from benchmarks.evaluation.candidates import candidate_sources
 from benchmarks.evaluation.protocol import KS, Fold, make_fold
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions
@@ -58,6 +59,15 @@ def run_eval(
             first_stage = (towers.tower, towers.index)
         pipeline_seeds = steps.reranked(ev, reranker, first_stage, towers, rerank_als)
     steps.against_references(ev, towers)
+    # The room the ranking stage has: each candidate source's recall on validation.
+    if towers is not None and towers.val_tower is not None:
+        val_tower = towers.val_tower
+        val_index = FlatIndex(val_tower.dim).build(
+            val_tower.item_vectors.ids, val_tower.item_vectors.matrix
+        )
+        sources = candidate_sources(ev, val_tower, val_index)
+    else:
+        sources = candidate_sources(ev, MeanItemsTower(item_vectors, n_recent=5), ev.index)
     if pipeline_seeds:
         steps.pipeline_over_seeds(ev, pipeline_seeds)
     return {
@@ -76,6 +86,7 @@ def run_eval(
             "quick": quick,
         },
         "best_baseline": ev.best_baseline(),
+        "candidate_sources": sources,
         "methods": ev.methods,
         "grids": ev.grids,
     }

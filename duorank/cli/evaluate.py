@@ -36,7 +36,7 @@ HEADLINE = (
     help="report.json to write (a Markdown table and PNG plots go beside it).",
 )
 @reranker_option
-@backend_option
+@backend_option("torch")  # the committed report's configuration
 @click.option(
     "--retriever",
     "retriever_path",

@@ -11,6 +11,9 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+AUTO = "auto"
+"""rerank.inference's names, repeated so that `duorank --help` imports no torch (a test
+holds them equal)."""
 
 
 def data_option(*, required: bool = True, help: str | None = None) -> Callable[[F], F]:
@@ -63,11 +66,17 @@ def device_option(fn: F) -> F:
     )
 
 
-def backend_option(fn: F) -> F:
-    """``--backend``: the reranker's inference backend."""
+def backend_option(default: str = AUTO) -> Callable[[F], F]:
+    """``--backend``: the reranker's inference backend; ``auto`` picks the fastest for this
+    CPU (native bf16, else exported int8, else fp32)."""
     return click.option(
-        "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True
-    )(fn)
+        "--backend",
+        type=click.Choice((AUTO, *BACKENDS)),
+        default=default,
+        show_default=True,
+        help="Reranker backend; auto: torch-bf16 on CPUs with native bf16, else onnx-int8 "
+        "when exported, else torch.",
+    )
 
 
 def tower_option(help: str) -> Callable[[F], F]:

@@ -32,7 +32,7 @@ def serving_options(fn: F) -> F:
             ),
             root_option(required=False, help="Index root (default: HOME/index)."),
             reranker_option,
-            backend_option,
+            backend_option(),
             click.option(
                 "--text-users",
                 is_flag=True,

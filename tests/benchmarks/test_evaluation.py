@@ -119,6 +119,15 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         lo, hi = m["ndcg@10_ci95"]
         assert lo <= m["ndcg@10"] <= hi
     assert report["protocol"]["users"]["test"] == 12
+    # The room the ranking stage has: every source's recall on validation, and the merge's.
+    sources = report["candidate_sources"]
+    assert set(sources["sources"]) == {"tower", "covisit", "als", "popular"}
+    merged = sources["merged"]
+    for n in (20, 50, 100):
+        assert merged[f"recall@{n}"] >= max(m[f"recall@{n}"] for m in sources["sources"].values())
+    for name, m in sources["sources"].items():
+        assert m["recall@20"] <= m["recall@50"] <= m["recall@100"] <= 1.0
+        assert sources["without"][name] <= merged["recall@100"]
     written = write_report(report, tmp_path / "report.json")
     assert {p.suffix for p in written} == {".json", ".md", ".png"}
     assert (tmp_path / "report-calibration.png").exists()
@@ -130,3 +139,4 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert sum(" | 2 | " in line for line in seeded) == 2
     assert any(line.startswith("| sasrec | 2 | ") for line in table.splitlines())
     assert f"Best baseline of the run: {best}." in table and "| Gini@10 |" in table
+    assert "| covisit |" in table and "| merged (" in table

@@ -19,6 +19,24 @@ def test_native_bf16_is_read_from_the_cpu_flags() -> None:
     assert native_bf16("flags : fpu avx2 avx512f vaes") is False
 
 
+def test_auto_picks_the_fastest_backend_for_the_cpu_and_folder(tmp_path: Path) -> None:
+    from duorank.cli import options
+    from rerank import inference
+    from rerank.inference import resolve_backend
+
+    bf16 = "flags : fpu avx2 avx512f avx512_bf16"
+    plain = "flags : fpu avx2 avx512f"
+    assert resolve_backend(tmp_path, "auto", bf16) == "torch-bf16"
+    assert resolve_backend(tmp_path, "auto", plain) == "torch"  # nothing exported
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model-int8.onnx").write_bytes(b"")
+    assert resolve_backend(tmp_path, "auto", plain) == "onnx-int8"
+    assert resolve_backend(tmp_path, "auto", bf16) == "torch-bf16"  # native bf16 is faster
+    assert resolve_backend(tmp_path, "onnx", bf16) == "onnx"  # a named backend is kept
+    # The CLI repeats the names so that --help imports no torch; they must not drift.
+    assert options.BACKENDS == inference.BACKENDS and options.AUTO == inference.AUTO
+
+
 def test_empty_unknown_and_bad_features(trained: tuple[Path, Catalog]) -> None:
     out, _ = trained
     reranker = Reranker(out)
@@ -28,8 +46,9 @@ def test_empty_unknown_and_bad_features(trained: tuple[Path, Catalog]) -> None:
         reranker.rerank_items("x", ["1", "nope"], {"1": "Film 1"}, k=2)
     with pytest.raises(ValueError, match=r"features must have shape \(2, 4\)"):
         reranker.score("x", ["a", "b"], np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; choose from auto, torch"):
         Reranker(out, backend="tensorrt")
+    assert Reranker(out, backend="auto").backend in ("torch", "torch-bf16")
     with pytest.raises(FileNotFoundError, match="not a reranker folder"):
         Reranker(out / "backbone")
 
