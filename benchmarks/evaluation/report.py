@@ -19,7 +19,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
         f"Best baseline of the run: {best}." if best else "No baseline in this run.",
         "",
         "| method | NDCG@10 (95% CI) | / best | Recall@10 | MRR@10 | Recall@100 | AUC "
-        "| cold Recall@100 | train s |",
+        "| cold Recall@100 | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["methods"].items():
