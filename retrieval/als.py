@@ -63,15 +63,17 @@ def implicit_als(
     import implicit
     from threadpoolctl import threadpool_limits
 
-    model = implicit.cpu.als.AlternatingLeastSquares(
-        factors=factors,
-        regularization=reg,
-        alpha=alpha,
-        iterations=iterations,
-        random_state=seed,
-        calculate_training_loss=False,
-    )
-    with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
+    # implicit's own advice: BLAS threads fight its solver. The model is built inside the limit
+    # too, since its constructor checks the BLAS threads and warns when they are not 1.
+    with threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=factors,
+            regularization=reg,
+            alpha=alpha,
+            iterations=iterations,
+            random_state=seed,
+            calculate_training_loss=False,
+        )
         model.fit(matrix.astype(np.float32), show_progress=False)
     return (
         np.array(model.user_factors, dtype=np.float32),

@@ -56,15 +56,15 @@ class ImplicitScorer(Scorer):
                 matrix, p["factors"], p["regularization"], p["alpha"], p["iterations"], p["seed"]
             )
             return self
-        model = implicit.cpu.bpr.BayesianPersonalizedRanking(
-            factors=p["factors"],
-            regularization=p["regularization"],
-            iterations=p["iterations"],
-            learning_rate=p["learning_rate"],
-            random_state=p["seed"],
-            num_threads=1,  # Hogwild SGD over several threads is not reproducible run to run
-        )
         with threadpool_limits(1, "blas"):  # implicit's own advice: BLAS threads fight it
+            model = implicit.cpu.bpr.BayesianPersonalizedRanking(
+                factors=p["factors"],
+                regularization=p["regularization"],
+                iterations=p["iterations"],
+                learning_rate=p["learning_rate"],
+                random_state=p["seed"],
+                num_threads=1,  # Hogwild SGD over several threads is not reproducible
+            )
             model.fit(matrix.astype(np.float32), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)

@@ -27,3 +27,21 @@ def test_fold_in_solves_the_als_user_step_exactly(alpha: float) -> None:
         expected = np.linalg.solve(a, y.T @ (conf * pref))
         np.testing.assert_allclose(x[n], expected, rtol=1e-4, atol=1e-5)
     assert not x[1].any()  # no history: no collaborative vector
+
+
+def test_als_fits_without_the_blas_threads_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """implicit checks the BLAS threads when a model is built; we limit them around the fit,
+    so the build must be inside the limit too, or every evaluation prints a false alarm."""
+    import warnings
+
+    import implicit.utils
+    import scipy.sparse as sp
+
+    from retrieval.als import implicit_als
+
+    monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
+    matrix = sp.csr_matrix((np.random.default_rng(0).random((30, 20)) < 0.2).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        users, items = implicit_als(matrix, 4, 0.1, 1.0, 2, 0)
+    assert users.shape == (30, 4) and items.shape == (20, 4)
