@@ -122,13 +122,11 @@ def popularity(ev: Evaluation) -> None:
     ev.record("popularity", rank_with(pop, ev.test), {}, time.perf_counter() - started)
 
 
-def tuned_baselines(ev: Evaluation, seeds: int = 1, names: Sequence[str] | None = None) -> None:
+def tuned_baselines(ev: Evaluation, seeds: int = 1) -> None:
     """ALS, BPR, item-kNN, EASE and SASRec, each tuned on validation (its grid in
     :mod:`benchmarks.baselines.grids`) and refitted on train + validation. SASRec trains
     stochastically, so it refits with every seed as the trained tower does."""
     for name, grid in baseline_grids(ev.quick, ev.seed).items():
-        if names is not None and name not in names:
-            continue
         ev.progress(f"{name}: tuning on validation")
         best, results = tune_staged(
             grid.make, grid.start, grid.stages, ev.val, progress=ev.progress
