@@ -319,7 +319,8 @@ def tune_staged(
             if best is None or rows[0][metric] > best[0]:
                 best = (rows[0][metric], scorer)
         assert best is not None
-        best_params = {k: best[1].params[k] for k in best_params}
+        # carry the best so far (start keys and every stage's keys) into the next stage
+        best_params = {k: best[1].params[k] for k in (*best_params, *names)}
     assert best is not None
     return best[1], grid
 
