@@ -51,7 +51,7 @@ class ItemKNNScorer(Scorer):
     """Item-kNN with tunable similarity, neighbours, shrinkage and recency."""
 
     name = "itemknn"
-    _gram: ClassVar[tuple[Any, ...] | None] = None  # (data, weighting, co, squared norms)
+    _gram: ClassVar[tuple[Any, ...] | None] = None  # (matrix, weighting, co, squared norms)
 
     def __init__(
         self,
@@ -92,13 +92,13 @@ class ItemKNNScorer(Scorer):
         kept, so a grid over the other settings computes it once per weighting."""
         weighting = self.params["weighting"]
         cached = ItemKNNScorer._gram
-        if cached is not None and cached[0] is data and cached[1] == weighting:
+        if cached is not None and cached[0] is data.matrix and cached[1] == weighting:
             return cached[2], cached[3]
         ItemKNNScorer._gram = None  # free the previous one before building the next
         x = weight_users(data.matrix, weighting)
         co = np.asarray((x.T @ x).toarray(), dtype=np.float32)
         sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel()
-        ItemKNNScorer._gram = (data, weighting, co, sq)
+        ItemKNNScorer._gram = (data.matrix, weighting, co, sq)
         return co, sq
 
     def fit(self, data: TrainData, validation: Validation | None = None) -> ItemKNNScorer:

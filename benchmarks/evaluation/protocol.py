@@ -9,6 +9,7 @@ method ranks the full catalog minus the user's known items (train, and validatio
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -65,7 +66,7 @@ class Fold:
     like: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     sequences: list[npt.NDArray[np.int64]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def data(self) -> TrainData:
         """What a baseline fits on: the matrix and each user row's ordered items."""
         return TrainData(self.matrix, self.sequences)

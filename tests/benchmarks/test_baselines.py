@@ -167,3 +167,18 @@ def test_bpr_is_reproducible() -> None:
         for _ in range(3)
     ]
     assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+def test_itemknn_grid_reuses_the_cooccurrence_of_the_same_data() -> None:
+    """A grid over neighbours, shrinkage and alpha computes items x items once per weighting."""
+    data = TrainData.from_sequences([[0, 1, 2], [1, 2], [0, 2, 3]], n_items=4)
+    ItemKNNScorer.release_cache()
+    ItemKNNScorer(neighbours=2).fit(data)
+    first = ItemKNNScorer._gram
+    assert first is not None
+    ItemKNNScorer(neighbours=3, shrink=0.0, alpha=0.3).fit(data)
+    assert ItemKNNScorer._gram is first  # same matrix, same weighting: reused
+    ItemKNNScorer(weighting="bm25").fit(data)
+    assert ItemKNNScorer._gram is not first  # another weighting: rebuilt
+    ItemKNNScorer.release_cache()
+    assert ItemKNNScorer._gram is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.evaluation import bootstrap_ci, run_eval, write_report
+from benchmarks.evaluation import bootstrap_ci, make_fold, run_eval, write_report
 from catalog import Catalog, ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from rerank import Reranker
@@ -19,6 +19,20 @@ from retrieval.sequential import SequentialConfig
 from retrieval.sequential_train import train_sequential
 from retrieval.vectors import ItemVectors
 from tests.conftest import tiny_catalog
+
+
+def test_fold_data_is_built_once_in_time_order() -> None:
+    """Baselines fit on ``fold.data``; one object per fold lets item-kNN's grid reuse its
+    co-occurrence matrix across grid points (it is keyed by the matrix)."""
+    catalog = tiny_catalog()
+    assert isinstance(catalog, Catalog)
+    split = leave_one_out(catalog.interactions)
+    fold = make_fold("validation", catalog, split.train, split.validation, None, 0)
+    assert fold.data is fold.data
+    histories = group_histories(split.train)
+    user = fold.users[0]
+    expected = [fold.item_col[e.item_id] for e in histories[user]]
+    assert fold.data.sequences[fold.user_row[user]].tolist() == expected
 
 
 def test_bootstrap_interval_contains_the_mean() -> None:
