@@ -37,6 +37,32 @@ class Proposal:
     scores: Floats
 
 
+def recency_weights(
+    sequences: Sequence[Sequence[int]],
+    n_items: int,
+    half_life: float,
+    last: int | None = None,
+) -> sp.csr_matrix:
+    """(users, items) weights of each user's item columns (oldest first):
+    ``0.5 ** (events since / half_life)``, a repeated item keeping its most recent weight;
+    only the ``last`` newest events when given. Item-kNN's recency option and co-visitation
+    share it."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for n, seq in enumerate(sequences):
+        recent = list(seq)[-last:] if last else list(seq)
+        latest: dict[int, float] = {}
+        for ago, c in enumerate(reversed(recent)):
+            latest.setdefault(int(c), 0.5 ** (ago / half_life))
+        rows += [n] * len(latest)
+        cols += list(latest)
+        vals += list(latest.values())
+    return sp.csr_matrix(
+        (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(sequences), n_items)
+    )
+
+
 def _before(history: Sequence[HistoryEvent], at: int | None) -> list[HistoryEvent]:
     """The events a request at ``at`` may see (all of them when ``at`` is None)."""
     return list(history) if at is None else [e for e in history if e.timestamp < at]
@@ -79,6 +105,10 @@ class _CatalogScorer(CandidateSource):
     def __init__(self, item_ids: Sequence[str]) -> None:
         self.item_ids = list(item_ids)
         self.item_col = {i: n for n, i in enumerate(self.item_ids)}
+
+    def _columns(self, history: Sequence[HistoryEvent]) -> list[int]:
+        """The history's item columns, oldest first (unknown items skipped)."""
+        return [self.item_col[e.item_id] for e in history if e.item_id in self.item_col]
 
     @abstractmethod
     def _scores(
@@ -208,13 +238,9 @@ class CoVisitationSource(_CatalogScorer):
     def _scores(
         self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
     ) -> npt.NDArray[np.float64]:
-        weights = sp.lil_matrix((len(histories), len(self.item_ids)), dtype=np.float32)
-        for n, history in enumerate(histories):
-            recent = [e.item_id for e in history if e.item_id in self.item_col][-self.n_recent :]
-            for ago, item in enumerate(reversed(recent)):
-                c = self.item_col[item]
-                weights[n, c] = max(weights[n, c], 0.5 ** (ago / self.half_life))
-        return np.asarray((weights.tocsr() @ self.table).toarray(), dtype=np.float64)
+        sequences = [self._columns(h) for h in histories]
+        weights = recency_weights(sequences, len(self.item_ids), self.half_life, self.n_recent)
+        return np.asarray((weights @ self.table).toarray(), dtype=np.float64)
 
 
 class FactorSource(_CatalogScorer):
@@ -267,10 +293,7 @@ class FactorSource(_CatalogScorer):
         from retrieval.als import fold_in
 
         padded = np.vstack([np.zeros((1, self.factors.shape[1]), np.float32), self.factors])
-        rows = [
-            [self.item_col[e.item_id] + 1 for e in h if e.item_id in self.item_col]
-            for h in histories
-        ]
+        rows = [[c + 1 for c in self._columns(h)] for h in histories]  # row 0: padding
         users = fold_in(padded, rows, self.reg, self.alpha)
         scores = (users @ self.factors.T).astype(np.float64)
         scores[~np.any(users, axis=1)] = -np.inf  # no known item: no proposal

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from benchmarks.baselines.base import Floats, Rows, Scorer, TrainData, Validation
+from retrieval.sources import recency_weights
 
 WEIGHTINGS = ("binary", "idf", "bm25")
 
@@ -127,21 +128,8 @@ class ItemKNNScorer(Scorer):
         half_life = float(self.params["half_life"])
         if half_life <= 0:
             return self.data.matrix[user_rows].astype(np.float32)
-        rows, cols, vals = [], [], []
-        for n, r in enumerate(user_rows.tolist()):
-            seq = self.data.sequences[r]
-            ago = np.arange(len(seq) - 1, -1, -1, dtype=np.float64)
-            w = np.power(0.5, ago / half_life)
-            latest: dict[int, float] = {}
-            for c, v in zip(seq.tolist(), w.tolist(), strict=True):
-                latest[c] = v  # a repeated item keeps its most recent weight
-            rows += [n] * len(latest)
-            cols += list(latest)
-            vals += list(latest.values())
-        return sp.csr_matrix(
-            (np.asarray(vals, dtype=np.float32), (rows, cols)),
-            shape=(len(user_rows), self.data.n_items),
-        )
+        sequences = [self.data.sequences[r] for r in user_rows.tolist()]
+        return recency_weights(sequences, self.data.n_items, half_life)
 
     def scores(self, user_rows: Rows) -> Floats:
         assert self.sim is not None
