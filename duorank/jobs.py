@@ -123,6 +123,77 @@ def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, 
         )
 
 
+def train_ranker(
+    settings: Settings,
+    data: Path,
+    tower_path: Path,
+    out: Path,
+    args: Any,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trains the ranking stage over the tower's candidates and saves it atomically; returns
+    the ranker's card (see :mod:`rerank.ranker_train`).
+
+    Args:
+        tower_path: the trained sequential tower (``train tower``): the served first stage.
+        args: a :class:`rerank.ranker_train.RankingStageArgs`.
+    """
+    import json
+
+    from catalog import leave_one_out, load_catalog
+    from catalog.history import group_histories
+    from catalog.text import HistoryEvent
+    from rerank.features import Request
+    from rerank.ranker_train import Validation, refit_config, train_ranking_stage
+    from rerank.stacking import request_time
+    from retrieval.index import FlatIndex
+    from retrieval.vectors import ItemVectors
+
+    catalog = load_catalog(data)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    with runtime(settings) as rt:
+        _, ids, vectors = item_vectors(rt, catalog)
+    tower = bound_tower(tower_path, ids, vectors)
+    card_path = tower_path / "duorank-card.json"
+    tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    histories = group_histories(split.train)
+    val = split.validation
+    requests, excludes, targets = [], [], []
+    for row in val:
+        history = histories.get(row.user_id, [])
+        requests.append(
+            Request(
+                row.user_id, history, request_time(HistoryEvent(row.item_id, int(row.timestamp)))
+            )
+        )
+        excludes.append({e.item_id for e in history})
+        targets.append(row.item_id)
+    index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+    trained = train_ranking_stage(
+        catalog.items,
+        histories,
+        Validation(requests, excludes, targets),
+        tower,
+        index,
+        ItemVectors(ids, vectors),
+        refit_config(tower, tower_card),
+        args,
+        progress=progress,
+    )
+    ranker = trained.ranker
+    ranker.record.update(
+        choice=trained.choice,
+        stage=args.as_dict(),
+        tower=str(tower_path),
+        data=str(data),
+        seconds=trained.seconds,
+    )
+    ranker.save(out)
+    return ranker.record
+
+
 def recalibrate_reranker(
     settings: Settings,
     folder: Path,
@@ -250,6 +321,8 @@ class ServingJob:
     backend: str = "auto"
     text_users: bool = False
     fallback: bool = False
+    ranker: Path | None = None
+    use_ranker: bool = True
 
 
 @contextlib.contextmanager
@@ -267,15 +340,28 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
 
     home = settings.layout
     reranker_path = job.reranker or home.trained_reranker()
+    ranker_path = (job.ranker or home.trained_ranker()) if job.use_ranker else None
+    catalog = load_catalog(job.data or home.dataset())
     with contextlib.ExitStack() as stack:
         encoder = None
         if job.text_users:
             encoder = stack.enter_context(runtime(settings)).encoder()
         reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
+        ranker, text_vectors = None, None
+        if ranker_path is not None:
+            from rerank.gbdt import GBDTRanker
+            from retrieval.vectors import ItemVectors
+
+            ranker = GBDTRanker.load(ranker_path)
+            with runtime(settings) as rt:  # the text vectors its cosines read (cached)
+                _, ids, vectors = item_vectors(rt, catalog)
+            text_vectors = ItemVectors(ids, vectors)
         yield Recommender(
             job.root or home.index,
-            load_catalog(job.data or home.dataset()),
+            catalog,
             reranker,
             user_encoder=encoder,
             fallback=job.fallback,
+            ranker=ranker,
+            text_vectors=text_vectors,
         )

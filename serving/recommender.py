@@ -37,6 +37,18 @@ from retrieval.vectors import ItemVectors
 log = logging.getLogger(__name__)
 
 
+def _ranker_serves(ranker: Any) -> bool:
+    """Whether a ranker's card chose it over the first stage's order on validation."""
+    served = ranker.record.get("choice", {}).get("served", "ranker")
+    if served != "ranker":
+        log.warning(
+            "the ranker did not beat the tower's order on validation (its card says %s "
+            "serves): serving the first stage's order",
+            served,
+        )
+    return bool(served == "ranker")
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
     """One recommendation with each stage's score."""
@@ -65,6 +77,7 @@ class _Loaded:
     tower: UserTower
     manifest: dict[str, Any]
     features: FeatureMaker
+    stage: Any = None  # the ranking stage's CandidateStage, when a ranker serves
 
 
 class Recommender:
@@ -83,6 +96,11 @@ class Recommender:
         fallback: when the version CURRENT names fails verification, serve the newest
             version that verifies instead of raising, and say so in :attr:`degraded` (the
             server's default: a damaged publish must not take the service down).
+        ranker: a :class:`rerank.gbdt.GBDTRanker` (``train ranker``): candidates from every
+            source, ordered by the ranker. It serves only where its card chose it on
+            validation. P(like) of the ``k`` items returned comes from its own head (no text
+            forward pass), or without one from the ``reranker``.
+        text_vectors: the catalog's text vectors, for a ranker that reads text cosines.
 
     Raises:
         indexer.NoVersionError: nothing published yet (or, with ``fallback``, nothing
@@ -100,18 +118,24 @@ class Recommender:
         user_encoder: Any | None = None,
         user_template: UserTextTemplate | None = None,
         fallback: bool = False,
+        ranker: Any | None = None,
+        text_vectors: ItemVectors | None = None,
     ) -> None:
         self.user_encoder = user_encoder
         self.user_text_template = user_template
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
         self.reranker = reranker
+        self.ranker = ranker if ranker is not None and _ranker_serves(ranker) else None
+        self.text_vectors = text_vectors
         self.n_recent = n_recent
         self.histories = group_histories(catalog.interactions)
         self.popularity = Popularity(catalog.interactions, list(catalog.items))
         self.item_template = ItemTextTemplate()
         self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
         self._counts = dict(Counter(catalog.interactions.item_ids.tolist()))
+        times = catalog.interactions.timestamps
+        self._log_end = int(times.max()) if len(times) else 0
         self._ratings = RatingStats.of(catalog.interactions)
         self.user_template = (
             UserTextTemplate.from_dict(reranker.config.user_template)
@@ -201,7 +225,24 @@ class Recommender:
             self._ratings,
             vectors,
         )
-        return _Loaded(version, index, tower, manifest, features)
+        stage = None
+        if self.ranker is not None:
+            from rerank.candidates import ALSParams, CandidateStage
+
+            settings = self.ranker.record.get("stage", {})
+            stage = CandidateStage.build(
+                self.catalog.items,
+                self.histories,
+                tower,
+                index,
+                self.text_vectors,
+                als=ALSParams(**settings["als"]) if "als" in settings else None,
+                depths=settings.get("depths"),
+            )
+            missing = [n for n in self.ranker.names if n not in stage.names]
+            if missing:
+                raise ValueError(f"the ranker reads features this stage lacks: {missing}")
+        return _Loaded(version, index, tower, manifest, features, stage)
 
     def cache_stats(self) -> dict[str, int | float] | None:
         """The user encoder's embedding-cache counters (None without a cached text tower)."""
@@ -310,6 +351,8 @@ class Recommender:
                 timings,
                 fallback="popularity",
             )
+        if loaded.stage is not None:
+            return self._ranked(loaded, state, vector, seen, k, candidates, allow, timings)
         start = time.perf_counter()
         result = loaded.index.search(vector[None, :], candidates, exclude=[seen], allow=allow)
         cand_ids = result.ids[0]
@@ -345,6 +388,68 @@ class Recommender:
         timings["rerank"] = (time.perf_counter() - start) * 1000
         order = np.argsort(-probs, kind="stable")[:k]
         items = [self._item(cand_ids[i], float(cand_scores[i]), float(probs[i])) for i in order]
+        return Recommendation(items, loaded.version, timings, reranked=True)
+
+    def request_time(self, history: Sequence[HistoryEvent]) -> int:
+        """A request's time for the ranking stage's windows: just after the later of the log's
+        last event and the user's (a dataset snapshot's clock, not the wall clock, so that the
+        windows hold what the ranker learned from)."""
+        last = max((e.timestamp for e in history), default=self._log_end)
+        return max(self._log_end, last) + 1
+
+    def _ranked(
+        self,
+        loaded: _Loaded,
+        state: UserState,
+        vector: Any,
+        seen: set[str],
+        k: int,
+        candidates: int,
+        allow: Collection[str] | None,
+        timings: dict[str, float],
+    ) -> Recommendation:
+        """Every source's candidates ordered by the ranker; P(like) of the top ``k`` only, from
+        the ranker's own head when it has one, else from the cross-encoder."""
+        from rerank.features import Request
+
+        assert self.ranker is not None and loaded.stage is not None
+        start = time.perf_counter()
+        request = Request(state.user_id or "", state.history, self.request_time(state.history))
+        lists = loaded.stage.lists(
+            [request], [seen], vectors=vector[None, :], depths={"tower": candidates}
+        )
+        timings["candidates"] = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        scores = self.ranker.score(lists.x)
+        ids = [loaded.stage.item_ids[c] for c in lists.cols]
+        if allow is not None:
+            scores = np.where([i in allow for i in ids], scores, -np.inf)
+        order = [int(o) for o in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[o])]
+        retrieval = lists.column("retrieval_score")
+        timings["rank"] = (time.perf_counter() - start) * 1000
+        probs: list[float | None] = [None] * len(order)
+        like = self.ranker.like
+        if like is not None and order:  # the stage's own P(like) head: no text forward pass
+            start = time.perf_counter()
+            cols = [lists.names.index(n) for n in like.names]
+            probs = [float(p) for p in like.probability(lists.x[order][:, cols])]
+            timings["p_like"] = (time.perf_counter() - start) * 1000
+        elif self.reranker is not None and order:
+            start = time.perf_counter()
+            try:
+                top = [ids[o] for o in order]
+                text = self.user_template.render(
+                    User(state.user_id or "", state.profile), state.history, self.catalog.items
+                )
+                feats = loaded.features.features(vector, top, state.history)
+                probs = [
+                    float(p)
+                    for p in self.reranker.score(text, [self.item_text[i] for i in top], feats)
+                ]
+            except Exception:  # P(like) is extra: a failure keeps the ranked order
+                log.exception("reranker failed; serving the ranking without P(like)")
+            timings["p_like"] = (time.perf_counter() - start) * 1000
+        items = [self._item(ids[o], float(retrieval[o]), probs[n]) for n, o in enumerate(order)]
         return Recommendation(items, loaded.version, timings, reranked=True)
 
     def score(

@@ -67,6 +67,27 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
             f"| {merged['recall@20']:.3f} | {merged['recall@50']:.3f} "
             f"| {merged['recall@100']:.3f} | |"
         )
+    stage = report.get("ranking_stage")
+    if stage:  # the ranking stage on validation: the served choice and the ablations
+        choice = stage["choice"]
+        rows += [
+            "",
+            f"Ranking stage on validation ({stage['stacked_lists']} stacked training lists, "
+            f"{stage['candidates_per_list']:.0f} candidates per list, target among them for "
+            f"{stage['candidate_recall']:.3f}): serves the {choice['served'].replace('_', ' ')} "
+            f"(first stage NDCG@10 {choice['first_stage_ndcg@10']:.4f}, ranker "
+            f"{choice['ndcg@10']:.4f}, difference {choice['minus_first_stage']:+.4f}, one "
+            f"standard error {choice['minus_first_stage_se']:.4f}).",
+            "",
+            "| variant | NDCG@10 | / first stage | difference (+- 1 se) | trees |",
+            "|---|---|---|---|---|",
+        ]
+        for name, a in stage["ablation"].items():
+            rows.append(
+                f"| {name} | {a['ndcg@10']:.4f} | {a['vs_first_stage']:.2f}x "
+                f"| {a['minus_first_stage']:+.4f} +- {a['minus_first_stage_se']:.4f} "
+                f"| {a['rounds']} |"
+            )
     seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from benchmarks.evaluation import methods as steps
 from benchmarks.evaluation.candidates import candidate_sources
 from benchmarks.evaluation.protocol import KS, Fold, make_fold
+from benchmarks.evaluation.ranking import quick_stage_args, ranking_stage
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions
 from catalog.splits import Split, leave_one_out
@@ -58,6 +59,10 @@ def run_eval(
         if towers is not None and reranker.config.retrieval == towers.tower.name:
             first_stage = (towers.tower, towers.index)
         pipeline_seeds = steps.reranked(ev, reranker, first_stage, towers, rerank_als)
+    ranking: dict[str, Any] | None = None
+    if towers is not None and towers.val_tower is not None:
+        # The ranking stage over every source's candidates, stacked on the trained tower.
+        ranking = ranking_stage(ev, towers, quick_stage_args() if quick else None)
     steps.against_references(ev, towers)
     # The room the ranking stage has: each candidate source's recall on validation.
     if towers is not None and towers.val_tower is not None:
@@ -87,6 +92,7 @@ def run_eval(
         },
         "best_baseline": ev.best_baseline(),
         "candidate_sources": sources,
+        "ranking_stage": ranking,
         "methods": ev.methods,
         "grids": ev.grids,
     }

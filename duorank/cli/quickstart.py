@@ -26,7 +26,9 @@ QUICKSTART_TOWER_EPOCHS = 8
     "--user", "user_id", default="1", show_default=True, help="User to recommend for at the end."
 )
 @click.option(
-    "--retrain", is_flag=True, help="Train the tower and reranker again even if they exist."
+    "--retrain",
+    is_flag=True,
+    help="Train the tower and the ranking stage again even if they exist.",
 )
 @click.option(
     "--tower-epochs",
@@ -42,15 +44,15 @@ def quickstart(
     """Run the main job end to end on bundled data.
 
     import -> train the sequential tower (reduced) -> build the index with it -> train the
-    reranker on its candidates (reduced) -> recommend.
+    ranking stage over its and three other sources' candidates -> recommend.
     """
     from duorank import jobs
     from duorank.cli.data import print_import
     from duorank.cli.index import print_build
     from duorank.cli.serve import print_recommendation
-    from duorank.cli.train import print_reranker_card, print_tower
+    from duorank.cli.train import print_ranker, print_tower
     from indexer import BuildConfig
-    from rerank.training_args import RerankerTrainArgs
+    from rerank.ranker_train import RankingStageArgs
     from retrieval.sequential import SequentialConfig
 
     home = settings.layout
@@ -71,16 +73,22 @@ def quickstart(
     job = jobs.IndexJob(home.index, data=dataset, tower=home.tower)
     print_build(jobs.build_index(settings, job, BuildConfig(wait=True)), "flat", home.index, False)
 
-    if retrain or home.trained_reranker() is None:
-        click.echo(f"\n[4/5] training the reranker (reduced, --quick) -> {home.reranker}")
-        rr_job = jobs.RerankerJob(dataset, home.reranker, tower=home.tower)
-        card = jobs.train_reranker(settings, rr_job, RerankerTrainArgs().reduced())
-        print_reranker_card(card, home.reranker)
+    if retrain or home.trained_ranker() is None:
+        click.echo(f"\n[4/5] training the ranking stage over every source -> {home.ranker}")
+        card = jobs.train_ranker(
+            settings,
+            dataset,
+            home.tower,
+            home.ranker,
+            RankingStageArgs(),
+            progress=lambda m: click.echo(m, err=True),
+        )
+        print_ranker(card, home.ranker)
     else:
-        click.echo(f"\n[4/5] reranker already trained at {home.reranker} (--retrain to redo)")
+        click.echo(f"\n[4/5] ranking stage already trained at {home.ranker} (--retrain to redo)")
 
     click.echo(f"\n[5/5] recommendations for user {user_id}")
-    serving = jobs.ServingJob(dataset, home.index, home.reranker)
+    serving = jobs.ServingJob(dataset, home.index, home.trained_reranker(), ranker=home.ranker)
     with jobs.open_recommender(settings, serving) as recommender:
         print_recommendation(recommender.recommend(user_id, k=10, candidates=100))
 

@@ -24,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def serving_options(fn: F) -> F:
-    """--data, --root, --reranker, --backend and --text-users, shared by both commands."""
+    """--data, --root, --reranker, --ranker, --backend and --text-users, shared by both
+    commands."""
     for option in reversed(
         (
             data_option(
@@ -32,6 +33,16 @@ def serving_options(fn: F) -> F:
             ),
             root_option(required=False, help="Index root (default: HOME/index)."),
             reranker_option,
+            click.option(
+                "--ranker",
+                "ranker_path",
+                type=click.Path(path_type=Path),
+                default=None,
+                help="Ranking stage folder (`train ranker`; default: HOME/models/ranker when "
+                "present). It orders every source's candidates where its card chose it on "
+                "validation; the reranker then only scores P(like) of the k returned.",
+            ),
+            click.option("--no-ranker", is_flag=True, help="Serve without the ranking stage."),
             backend_option(),
             click.option(
                 "--text-users",
@@ -67,6 +78,8 @@ def recommend(
     data_path: Path | None,
     root: Path | None,
     reranker_path: Path | None,
+    ranker_path: Path | None,
+    no_ranker: bool,
     backend: str,
     text_users: bool,
     as_json: bool,
@@ -76,7 +89,15 @@ def recommend(
 
     from duorank.jobs import ServingJob, open_recommender
 
-    job = ServingJob(data_path, root, reranker_path, backend, text_users)
+    job = ServingJob(
+        data_path,
+        root,
+        reranker_path,
+        backend,
+        text_users,
+        ranker=ranker_path,
+        use_ranker=not no_ranker,
+    )
     with open_recommender(settings, job) as recommender:
         result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
     if as_json:
@@ -147,6 +168,8 @@ def serve(
     data_path: Path | None,
     root: Path | None,
     reranker_path: Path | None,
+    ranker_path: Path | None,
+    no_ranker: bool,
     backend: str,
     text_users: bool,
     max_in_flight: int,
@@ -160,7 +183,16 @@ def serve(
     from duorank.jobs import ServingJob, open_recommender
     from serving.http import ServerLimits, create_app
 
-    job = ServingJob(data_path, root, reranker_path, backend, text_users, fallback=not strict)
+    job = ServingJob(
+        data_path,
+        root,
+        reranker_path,
+        backend,
+        text_users,
+        fallback=not strict,
+        ranker=ranker_path,
+        use_ranker=not no_ranker,
+    )
     with open_recommender(settings, job) as recommender:
         limits = ServerLimits(
             max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval

@@ -287,6 +287,87 @@ def train_reranker_cmd(
     print_reranker_card(train_reranker(settings, job, cfg), out)
 
 
+@train.command(
+    name="ranker",
+    short_help="Train the ranking stage over several candidate sources (LightGBM).",
+)
+@data_option()
+@out_option("Ranker folder to write (ranker.txt + ranker.json).")
+@click.option(
+    "--tower",
+    "tower_path",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="The trained sequential tower (`train tower`): the first stage it corrects.",
+)
+@click.option(
+    "--per-user",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Training targets per user (their newest training events).",
+)
+@click.option(
+    "--min-history",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Events a user keeps before their first target (shorter histories give no list).",
+)
+@seed_option
+@quick_option("CI size: 100 trees at most.")
+@click.pass_obj
+def train_ranker_cmd(
+    settings: Settings,
+    data_path: Path,
+    out: Path,
+    tower_path: Path,
+    per_user: int,
+    min_history: int,
+    seed: int,
+    quick: bool,
+) -> None:
+    """Train the ranking stage: candidates from the tower, co-visitation, ALS and recent
+    popularity, merged; a LightGBM lambdarank ranker learns the correction to the tower's score
+    from features one inner product cannot express, on lists built by a first stage that never
+    saw their targets. It serves only if it beats the tower's order on validation by more than
+    one standard error (the card says which serves).
+    """
+    from dataclasses import replace
+
+    from duorank.jobs import train_ranker
+    from rerank.gbdt import RankerConfig
+    from rerank.ranker_train import RankingStageArgs
+
+    args = RankingStageArgs(
+        per_user=per_user, min_history=min_history, ranker=RankerConfig(seed=seed)
+    )
+    if quick:
+        args = replace(args, ranker=replace(args.ranker, max_rounds=100))
+    card = train_ranker(
+        settings,
+        data_path,
+        tower_path,
+        out,
+        args,
+        seed=seed,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    print_ranker(card, out)
+
+
+def print_ranker(card: dict[str, Any], out: Path) -> None:
+    """The validation figures behind the served choice, and where the stage went."""
+    choice = card["choice"]
+    click.echo(
+        f"saved {out}: validation NDCG@10 {choice['ndcg@10']:.4f} vs the tower's "
+        f"{choice['first_stage_ndcg@10']:.4f} ({choice['minus_first_stage']:+.4f}, one "
+        f"standard error {choice['minus_first_stage_se']:.4f}): serves the "
+        f"{choice['served'].replace('_', ' ')}; {card['rounds']} trees "
+        f"({sum(card['seconds'].values()):.0f} s)"
+    )
+
+
 def print_reranker_card(card: dict[str, Any], out: Path) -> None:
     """Validation per epoch, the calibration, and where the model went."""
     before = card["before_training"]

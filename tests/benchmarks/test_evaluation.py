@@ -79,6 +79,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         "two_tower_zero_shot",
         "two_tower_trained",
         "als+reranker",
+        "ranking_stage",
     }  # the zero-shot tower is reranked only when no trained tower is evaluated
     trained = report["methods"]["two_tower_trained"]
     assert [r["seed"] for r in trained["seeds"]["runs"]] == [0, 1]
@@ -133,6 +134,22 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         lo, hi = m["ndcg@10_ci95"]
         assert lo <= m["ndcg@10"] <= hi
     assert report["protocol"]["users"]["test"] == 12
+    # The ranking stage: chosen on validation against its own first stage, ablated, tested
+    # per seed against the tower with the same seed.
+    stage = report["ranking_stage"]
+    assert stage["served"] in ("ranker", "first_stage")
+    assert stage["choice"]["served"] == stage["served"]
+    assert {"ranker", "without knn", "without source covisit"} <= set(stage["ablation"])
+    ranking = report["methods"]["ranking_stage"]
+    assert [r["seed"] for r in ranking["seeds"]["runs"]] == [0, 1]
+    assert ranking["seeds"]["runs"][0]["ndcg@10"] == ranking["ndcg@10"]
+    vs_first = ranking["seeds"]["vs_first_stage"]
+    lo, hi = vs_first["ndcg@10_mean_minus_reference_ci95"]
+    diff = ranking["seeds"]["ndcg@10_mean"] - trained["seeds"]["ndcg@10_mean"]
+    assert lo - 1e-9 <= diff <= hi + 1e-9
+    # the tiny catalog's events are all likes: no P(like) head, and the report says so
+    assert set(report["methods"]["popularity"]) >= {"ndcg@10"}
+    assert stage["ranker"]["like"].startswith("none: every training target is a like")
     # The room the ranking stage has: every source's recall on validation, and the merge's.
     sources = report["candidate_sources"]
     assert set(sources["sources"]) == {"tower", "covisit", "als", "popular"}

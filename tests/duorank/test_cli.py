@@ -131,6 +131,23 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     first = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(first["items"]) == 3 and first["fallback"] is None
 
+    # the ranking stage over the tower's candidates and three other sources
+    ranker = str(tmp_path / "ranker")
+    train = [*base, "train", "ranker", "--data", data, "--tower", tower, "--out", ranker]
+    result = runner.invoke(cli, [*train, "--quick", "--per-user", "3", "--min-history", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "ranker" / "ranker.json").read_text())
+    served = card["record"]["choice"]["served"]
+    assert f"serves the {served.replace('_', ' ')}" in result.output
+    assert card["record"]["stage"]["depths"]["tower"] == 100
+    result = runner.invoke(cli, [*recommend, "--ranker", ranker, "--json"])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(ranked["items"]) == 3
+    assert ("candidates" in ranked["timings_ms"]) == (served == "ranker")
+    result = runner.invoke(cli, [*recommend, "--ranker", ranker, "--no-ranker", "--json"])
+    assert "candidates" not in json.loads(result.stdout.strip().splitlines()[-1])["timings_ms"]
+
     result = runner.invoke(cli, build)  # a plain text-model version
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, [*recommend, "--text-users", "--json"])
@@ -151,6 +168,7 @@ def test_missing_tower_or_reranker_folder_is_a_clean_usage_error(tmp_path: Path)
     for args in (
         ["train", "reranker", "--data", data, "--out", str(tmp_path / "rr"), "--tower", missing],
         ["rerank", "calibrate", missing, "--data", data],
+        ["train", "ranker", "--data", data, "--out", str(tmp_path / "rr"), "--tower", missing],
     ):
         result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), *args])
         assert result.exit_code == EXIT_USAGE, result.output

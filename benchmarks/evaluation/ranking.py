@@ -1,0 +1,254 @@
+"""The ranking stage in the evaluation: stacked training, the validation ablation table, test.
+
+1. **Stacked training lists** (:mod:`rerank.stacking`): per user, the last
+   :data:`STACK_PER_USER` training events are targets; a tower (the trained tower's validated
+   settings), co-visitation, ALS and recent popularity are fitted on the events before each
+   user's first target and build the lists (every source's candidates, merged).
+2. **Validation lists** come from the full first stage fitted on train, as served; the ranker's
+   NDCG@10 on them is compared with the first stage's order of the same candidates.
+3. **Ablations** on validation: the ranker without each feature group, without each source
+   (its candidates and columns), learning from scratch instead of the correction, and the first
+   stage alone. Each is refitted on the same stacked lists.
+4. **The served choice**: the ranker serves when its validation NDCG@10 beats the first stage's
+   by more than one standard error of the paired difference (else the first stage's order: the
+   one-standard-error rule keeps the simpler model).
+5. **Test**: the ranker, unchanged, over the candidates of the first stage refitted on train +
+   validation (each seed's tower in turn).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.evaluation.protocol import KS, Fold, Ranked, calibration_curve, metrics_of
+from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
+from catalog.text import HistoryEvent
+from metrics import expected_calibration_error
+from rerank.candidates import ALSParams, CandidateStage, Lists
+from rerank.features import FEATURE_GROUPS, Request, source_features
+from rerank.gbdt import GBDTRanker, RankerConfig
+from rerank.ranker_train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
+from rerank.stacking import request_time
+from retrieval.index import FlatIndex
+
+
+def ranked_from(scores: npt.NDArray[np.floating], lists: Lists, fold: Fold) -> Ranked:
+    """The fold's top-``max(KS)`` item columns per user from scored lists (one per user)."""
+    depth = max(KS)
+    off = lists.offsets
+    top = np.full((len(fold.users), depth), -1, dtype=np.int64)
+    target = np.zeros(len(fold.users))
+    for n in range(len(fold.users)):
+        s = np.asarray(scores[off[n] : off[n + 1]], dtype=np.float64)
+        cols = lists.cols[off[n] : off[n + 1]]
+        order = np.argsort(-s, kind="stable")[:depth]
+        top[n, : len(order)] = cols[order]
+        hit = np.flatnonzero(cols == fold.relevant[n])
+        target[n] = float(s[hit[0]]) if len(hit) else float(s.min() - 1.0) if len(s) else 0.0
+    return Ranked(top, target)
+
+
+def _requests(fold: Fold, histories: Any, split: Any) -> list[Request]:
+    when = dict(zip(split.user_ids.tolist(), split.timestamps.tolist(), strict=True))
+    return [
+        Request(u, histories.get(u, []), request_time(HistoryEvent("", int(when[u]))))
+        for u in fold.users
+    ]
+
+
+def _fold_lists(stage: CandidateStage, fold: Fold, histories: Any, split: Any) -> Lists:
+    requests = _requests(fold, histories, split)
+    excludes = [{fold.item_ids[c] for c in seen} for seen in fold.seen]
+    targets: list[str | None] = [fold.item_ids[c] for c in fold.relevant]
+    return stage.lists(requests, excludes, targets)
+
+
+def quick_stage_args() -> RankingStageArgs:
+    """CI size: two targets per user from short histories, at most 20 trees."""
+    return RankingStageArgs(
+        per_user=2,
+        min_history=2,
+        ranker=RankerConfig(max_rounds=20, min_data_in_leaf=5, early_stopping=5),
+    )
+
+
+def ranking_stage(ev: Any, towers: Any, args: RankingStageArgs | None = None) -> dict[str, Any]:
+    """Trains and evaluates the ranking stage (see the module docstring); records the
+    ``ranking_stage`` method on test and returns the validation report."""
+    als_p = ev.methods.get("als", {}).get("params", {})
+    base = args or RankingStageArgs()
+    args = replace(
+        base,
+        als=ALSParams(
+            factors=int(als_p.get("factors", base.als.factors)),
+            regularization=float(als_p.get("regularization", base.als.regularization)),
+            alpha=float(als_p.get("alpha", base.als.alpha)),
+            iterations=int(als_p.get("iterations", base.als.iterations)),
+            seed=ev.seed,
+        ),
+        ranker=replace(base.ranker, seed=ev.seed),
+    )
+    started = time.perf_counter()
+    val_tower = towers.val_tower
+    val_index = FlatIndex(val_tower.dim).build(
+        val_tower.item_vectors.ids, val_tower.item_vectors.matrix
+    )
+    fold = ev.val
+    validation = Validation(
+        _requests(fold, ev.hist_val, ev.split.validation),
+        [{fold.item_ids[c] for c in seen} for seen in fold.seen],
+        [fold.item_ids[c] for c in fold.relevant],
+        fold.like.tolist(),
+    )
+    trained = train_ranking_stage(
+        ev.catalog.items,
+        ev.hist_val,
+        validation,
+        val_tower,
+        val_index,
+        ev.item_vectors,
+        replace(towers.tower.cfg, seed=ev.seed),  # the refit's settings: validated epochs
+        args,
+        progress=ev.progress,
+    )
+    train_lists, val_lists, cfg = trained.train_lists, trained.val_lists, args.ranker
+    stage_val = trained.stage_val
+    # 3. The ranker and its ablations.
+    first = list_ndcg10(val_lists.column("retrieval_score"), val_lists)
+    sources = [s.name for s in stage_val.sources]
+    variants: dict[str, tuple[Lists, Lists, RankerConfig]] = {
+        "ranker": (train_lists, val_lists, cfg),
+        "from scratch (no first-stage correction)": (
+            train_lists,
+            val_lists,
+            replace(cfg, residual=False),
+        ),
+    }
+    for group, names in FEATURE_GROUPS.items():
+        if group == "first_stage":
+            continue
+        variants[f"without {group}"] = (
+            train_lists.without_columns(names),
+            val_lists.without_columns(names),
+            cfg,
+        )
+    variants["without sources' scores and ranks"] = (
+        train_lists.without_columns(source_features(sources)),
+        val_lists.without_columns(source_features(sources)),
+        cfg,
+    )
+    for source in sources[1:]:
+        variants[f"without source {source}"] = (
+            _without_source(train_lists, source, sources),
+            _without_source(val_lists, source, sources),
+            cfg,
+        )
+    report: dict[str, Any] = {
+        "fold": "validation",
+        "stacked_lists": len(trained.stacked.lists),
+        "settings": args.as_dict(),
+        "seconds": trained.seconds,
+        "choice": trained.choice,
+        "candidates_per_list": float(np.mean(val_lists.sizes)),
+        "candidate_recall": float(
+            np.mean([lbl.any() for lbl in np.split(val_lists.labels, val_lists.offsets[1:-1])])
+        ),
+        "first_stage_ndcg@10": float(first.mean()),
+        "ablation": {},
+    }
+    ranker = trained.ranker
+    for name, (tr, va, c) in variants.items():
+        t0 = time.perf_counter()
+        model = ranker if name == "ranker" else GBDTRanker.fit(tr, c)
+        per_list = list_ndcg10(model.score(va.x), va)
+        diff = per_list - first
+        report["ablation"][name] = {
+            "ndcg@10": float(per_list.mean()),
+            "vs_first_stage": float(per_list.mean() / first.mean()) if first.mean() else None,
+            "minus_first_stage": float(diff.mean()),
+            "minus_first_stage_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+            "rounds": model.record["rounds"],
+            "seconds": time.perf_counter() - t0,
+        }
+        ev.progress(
+            f"ranking stage ({name}): validation NDCG@10 {per_list.mean():.4f} "
+            f"(first stage {first.mean():.4f})"
+        )
+    serve = trained.choice["served"] == "ranker"
+    report["served"] = trained.choice["served"]
+    report["importance"] = dict(sorted(ranker.importance().items(), key=lambda kv: -kv[1]))
+    report["ranker"] = ranker.record
+    # 5. Test: the first stage refitted on train + validation, each seed's tower.
+    stage_test = CandidateStage.build(
+        ev.catalog.items,
+        ev.hist_test,
+        towers.tower,
+        towers.index,
+        ev.item_vectors,
+        als=args.als,
+        depths=args.depths,
+    )
+    runs: list[dict[str, Any]] = []
+    rankings: list[Ranked] = []
+    for seed_s, tower_s, index_s in [
+        (ev.seed, towers.tower, towers.index),
+        *((s, t, i) for s, _r, t, i in towers.others),
+    ]:
+        stage_s = stage_test if tower_s is towers.tower else stage_test.with_tower(tower_s, index_s)
+        ranked, recall = _test_ranking(ev, stage_s, ranker, serve)
+        if not rankings:  # the first seed is the reported method
+            seconds = time.perf_counter() - started
+            m = ev.record(
+                "ranking_stage",
+                ranked,
+                {"served": report["served"], **args.as_dict(), **ranker.record},
+                seconds,
+            )
+            m["candidate_recall@all"] = recall
+            m["calibration"] = calibration_curve(ranked.target_score, ev.test.like)
+            m["ece"] = expected_calibration_error(ranked.target_score, ev.test.like)
+        else:
+            ev.extra_rankings.setdefault("ranking_stage", []).append(ranked)
+        rankings.append(ranked)
+        runs.append({"seed": seed_s, **headline(metrics_of(ranked, ev.test, ev.cold))})
+    if len(runs) > 1:
+        m["seeds"] = seed_summary(runs)
+    tower_rankings = [ev.rankings["two_tower_trained"], *(r for _s, r, _t, _i in towers.others)]
+    if len(tower_rankings) == len(rankings):  # the pipeline against its own first stage
+        m.setdefault("seeds", {})["vs_first_stage"] = seed_mean_vs(
+            rankings, tower_rankings, ev.test, ev.seed, "two_tower_trained"
+        )
+    return report
+
+
+def _test_ranking(
+    ev: Any, stage: CandidateStage, ranker: GBDTRanker, serve: bool
+) -> tuple[Ranked, float]:
+    """Test users' top 100 by the served order, P(like) of their held-out item, and the
+    share of test targets among the candidates."""
+    fold = ev.test
+    requests = _requests(fold, ev.hist_test, ev.split.test)
+    excludes = [{fold.item_ids[c] for c in seen} for seen in fold.seen]
+    targets = [fold.item_ids[c] for c in fold.relevant]
+    lists = stage.lists(requests, excludes, list(targets))
+    scores = ranker.score(lists.x) if serve else lists.column("retrieval_score")
+    ranked = ranked_from(scores, lists, fold)
+    if ranker.like is not None:
+        rows = stage.item_rows(requests, targets)
+        cols = [lists.names.index(n) for n in ranker.like.names]
+        ranked = Ranked(ranked.top, ranker.like.probability(rows[:, cols]), probabilities=True)
+    recall = float(np.mean([y.any() for y in np.split(lists.labels, lists.offsets[1:-1])]))
+    return ranked, recall
+
+
+def _without_source(lists: Lists, source: str, sources: list[str]) -> Lists:
+    """The lists without the candidates only ``source`` proposed, and its columns."""
+    present = np.stack([lists.column(f"{s}_present") for s in sources], axis=1) > 0
+    s = sources.index(source)
+    only = present[:, s] & ~np.delete(present, s, axis=1).any(axis=1)
+    return lists.without_rows(only).without_columns(source_features([source]))

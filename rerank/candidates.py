@@ -1,0 +1,357 @@
+"""The ranking stage's input: several candidate sources, merged, and their feature rows.
+
+:class:`CandidateStage` holds what a list is built from (the tower and its index, co-visitation,
+ALS, recent popularity, and the :class:`~rerank.features.RankingFeatures` tables), all fitted on
+one log. Training lists use a stage fitted before their targets (:mod:`rerank.stacking`);
+validation, test and serving use the stage fitted on everything before the request.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from catalog.model import Item
+from catalog.text import HistoryEvent
+from rerank.features import EventLog, RankingFeatures, Request, feature_names
+from retrieval.index import VectorIndex
+from retrieval.sources import (
+    CandidateSet,
+    CandidateSource,
+    CoVisitationSource,
+    FactorSource,
+    Proposal,
+    RecentPopularitySource,
+    TowerSource,
+    merge,
+)
+from retrieval.towers import UserState, UserTower
+from retrieval.vectors import ItemVectors
+
+Floats = npt.NDArray[np.float32]
+
+DEPTHS: dict[str, int] = {"tower": 100, "covisit": 50, "als": 50, "popular": 20}
+"""Items each source proposes per request (the merge holds at most their sum)."""
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    """The factor source's settings (the ALS baseline's, where a tuned one exists)."""
+
+    factors: int = 64
+    regularization: float = 0.01
+    alpha: float = 1.0
+    iterations: int = 20
+    seed: int = 0
+
+
+@dataclass
+class Lists:
+    """Feature rows of many candidate lists, list after list.
+
+    Attributes:
+        x: (rows, features) feature matrix.
+        sizes: candidates per list.
+        cols: each row's item column.
+        labels: 1 for a list's target, else 0 (all zero without targets).
+        names: the feature names (columns of ``x``).
+    """
+
+    x: Floats
+    sizes: npt.NDArray[np.int64]
+    cols: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.float32]
+    names: tuple[str, ...]
+    users: list[str] = field(default_factory=list)
+
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        """Start row of each list (and the end of the last)."""
+        return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    def without_rows(self, drop: npt.NDArray[np.bool_]) -> Lists:
+        """The same lists without the rows where ``drop`` is True."""
+        keep = ~drop
+        list_of = np.repeat(np.arange(len(self.sizes)), self.sizes)
+        sizes = np.bincount(list_of[keep], minlength=len(self.sizes)).astype(np.int64)
+        return Lists(
+            self.x[keep], sizes, self.cols[keep], self.labels[keep], self.names, self.users
+        )
+
+    def without_columns(self, names: Sequence[str]) -> Lists:
+        """The same rows without the named features."""
+        keep = [n for n, name in enumerate(self.names) if name not in set(names)]
+        return Lists(
+            self.x[:, keep],
+            self.sizes,
+            self.cols,
+            self.labels,
+            tuple(self.names[n] for n in keep),
+            self.users,
+        )
+
+    def column(self, name: str) -> Floats:
+        """One feature's values."""
+        out: Floats = self.x[:, self.names.index(name)]
+        return out
+
+    def select(self, lists: npt.NDArray[np.int64]) -> Lists:
+        """The given lists only, in that order."""
+        off = self.offsets
+        rows = (
+            np.concatenate([np.arange(off[n], off[n + 1]) for n in lists])
+            if len(lists)
+            else np.zeros(0, np.int64)
+        )
+        return Lists(
+            self.x[rows],
+            self.sizes[lists],
+            self.cols[rows],
+            self.labels[rows],
+            self.names,
+            [self.users[n] for n in lists] if self.users else [],
+        )
+
+
+def _rows_of(tower: UserTower, item_ids: Sequence[str]) -> Floats:
+    """The tower's indexed vector of each item (zero for items it has none of)."""
+    vectors = getattr(tower, "item_vectors", None)
+    if not isinstance(vectors, ItemVectors):
+        raise TypeError(f"{type(tower).__name__} has no bound item_vectors")
+    rows = vectors.rows(item_ids)
+    out: Floats = np.where(rows[:, None] >= 0, vectors.matrix[np.maximum(rows, 0)], 0.0).astype(
+        np.float32
+    )
+    return out
+
+
+class CandidateStage:
+    """Candidate sources and feature tables fitted on one log.
+
+    Args:
+        item_ids: catalog item ids (the columns of every table).
+        tower, index: the first stage (the index holds the tower's item vectors).
+        sources: every source, the tower's first.
+        features: the feature tables of the same log.
+        depths: items each source proposes.
+    """
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        tower: UserTower,
+        index: VectorIndex,
+        sources: Sequence[CandidateSource],
+        features: RankingFeatures,
+        depths: Mapping[str, int] | None = None,
+    ) -> None:
+        self.item_ids = list(item_ids)
+        self.tower = tower
+        self.index = index
+        self.sources = list(sources)
+        self.features = features
+        self.depths = {s.name: (depths or DEPTHS).get(s.name, 100) for s in self.sources}
+        self.learned = _rows_of(tower, self.item_ids)
+
+    def with_tower(self, tower: UserTower, index: VectorIndex) -> CandidateStage:
+        """The same tables with another first stage (e.g. another seed's tower)."""
+        stage = copy.copy(self)
+        stage.sources = [
+            TowerSource(tower, index) if s.name == "tower" else s for s in self.sources
+        ]
+        stage.tower, stage.index = tower, index
+        stage.features = copy.copy(self.features)
+        stage.features.learned = stage.learned = _rows_of(tower, self.item_ids)
+        return stage
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The feature columns of this stage's lists."""
+        return feature_names([s.name for s in self.sources])
+
+    @classmethod
+    def build(
+        cls,
+        items: Mapping[str, Item],
+        histories: Mapping[str, Sequence[HistoryEvent]],
+        tower: UserTower,
+        index: VectorIndex,
+        text_vectors: ItemVectors | None = None,
+        *,
+        als: ALSParams | None = None,
+        depths: Mapping[str, int] | None = None,
+        sources: Collection[str] = tuple(DEPTHS),
+    ) -> CandidateStage:
+        """Fits every source and feature table on ``histories`` (time-ordered events)."""
+        item_ids = list(items)
+        col = {i: n for n, i in enumerate(item_ids)}
+        als = als or ALSParams()
+        covisit = CoVisitationSource.build(item_ids, histories)
+        built: list[CandidateSource] = [TowerSource(tower, index)]
+        if "covisit" in sources:
+            built.append(covisit)
+        if "als" in sources:
+            built.append(
+                FactorSource.build(
+                    item_ids,
+                    histories,
+                    factors=als.factors,
+                    reg=als.regularization,
+                    alpha=als.alpha,
+                    iterations=als.iterations,
+                    seed=als.seed,
+                )
+            )
+        if "popular" in sources:
+            built.append(RecentPopularitySource.build(item_ids, histories))
+        user_pos = {u: n for n, u in enumerate(sorted(histories))}
+        pairs = np.array(
+            sorted(
+                {
+                    (col[e.item_id], user_pos[u])
+                    for u, h in histories.items()
+                    for e in h
+                    if e.item_id in col
+                }
+            ),
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        users_of = sp.csr_matrix(
+            (np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])),
+            shape=(len(item_ids), len(user_pos)),
+        )
+        text = None
+        if text_vectors is not None:
+            rows = text_vectors.rows(item_ids)
+            text = np.where(rows[:, None] >= 0, text_vectors.matrix[np.maximum(rows, 0)], 0.0)
+        learned_m = _rows_of(tower, item_ids)
+        genre_names = sorted({g for it in items.values() for g in it.genres})
+        gcol = {g: n for n, g in enumerate(genre_names)}
+        g_rows = [(n, gcol[g]) for n, i in enumerate(item_ids) for g in items[i].genres]
+        genres = sp.csr_matrix(
+            (np.ones(len(g_rows), np.float32), ([r for r, _ in g_rows], [c for _, c in g_rows])),
+            shape=(len(item_ids), max(len(genre_names), 1)),
+        )
+        features = RankingFeatures(
+            item_ids,
+            EventLog.of(col, histories),
+            covisit.table,
+            users_of,
+            text,
+            learned_m,
+            genres,
+        )
+        return cls(item_ids, tower, index, built, features, depths)
+
+    def candidates(
+        self,
+        requests: Sequence[Request],
+        excludes: Sequence[Collection[str]],
+        vectors: Floats | None = None,
+        depths: Mapping[str, int] | None = None,
+    ) -> tuple[list[CandidateSet], list[Floats]]:
+        """Each request's merged candidates and the tower's score for every one of them.
+
+        ``vectors``: the requests' user vectors when the caller has them (the tower runs once);
+        ``depths``: per-call depths of some sources (default: the stage's).
+        """
+        histories = [r.history for r in requests]
+        ats: list[int | None] = [r.at for r in requests]
+        depth = {**self.depths, **(depths or {})}
+        if vectors is None:
+            vectors = self.tower.embed([UserState(history=h) for h in histories])
+        proposals: dict[str, list[Proposal]] = {}
+        for source in self.sources:
+            if isinstance(source, TowerSource):  # the vectors above, searched once
+                result = self.index.search(vectors, depth[source.name], exclude=list(excludes))
+                proposals[source.name] = [
+                    Proposal(list(ids), result.scores[n, : len(ids)].astype(np.float32))
+                    if np.any(vectors[n])
+                    else Proposal([], np.zeros(0, np.float32))
+                    for n, ids in enumerate(result.ids)
+                ]
+            else:
+                proposals[source.name] = source.propose_many(
+                    histories, ats, depth[source.name], excludes
+                )
+        sets, scores = [], []
+        for n in range(len(requests)):
+            cands = merge({k: v[n] for k, v in proposals.items()}, depth)
+            cols = np.array([self.features.item_col[i] for i in cands.ids], dtype=np.int64)
+            sets.append(cands)
+            scores.append((self.learned[cols] @ vectors[n]).astype(np.float32))
+        return sets, scores
+
+    def item_rows(
+        self,
+        requests: Sequence[Request],
+        item_ids: Sequence[str],
+        vectors: Floats | None = None,
+    ) -> Floats:
+        """One feature row per request for a given item (say, the event whose like the P(like)
+        head learns): the item as a candidate no source proposed."""
+        if vectors is None:
+            vectors = self.tower.embed([UserState(history=r.history) for r in requests])
+        names = [s.name for s in self.sources]
+        sets, scores = [], []
+        for n, item in enumerate(item_ids):
+            col = self.features.item_col[item]
+            sets.append(
+                CandidateSet(
+                    [item],
+                    names,
+                    np.zeros((1, len(names)), np.float32),
+                    np.array([[self.depths[s] for s in names]], dtype=np.int64),
+                    np.zeros((1, len(names)), dtype=bool),
+                )
+            )
+            scores.append(np.array([self.learned[col] @ vectors[n]], dtype=np.float32))
+        x, _ = self.features.compute(requests, sets, scores)
+        return x
+
+    def lists(
+        self,
+        requests: Sequence[Request],
+        excludes: Sequence[Collection[str]],
+        targets: Sequence[str | None] | None = None,
+        batch: int = 512,
+        progress: Any = None,
+        *,
+        vectors: Floats | None = None,
+        depths: Mapping[str, int] | None = None,
+    ) -> Lists:
+        """Every request's candidates as feature rows (labels from ``targets`` when given;
+        ``vectors`` and ``depths`` as for :meth:`candidates`)."""
+        xs, sizes, cols, labels = [], [], [], []
+        for start in range(0, len(requests), batch):
+            part = requests[start : start + batch]
+            sets, scores = self.candidates(
+                part,
+                excludes[start : start + batch],
+                None if vectors is None else vectors[start : start + batch],
+                depths,
+            )
+            x, c = self.features.compute(part, sets, scores)
+            xs.append(x)
+            cols.append(c)
+            sizes += [len(s.ids) for s in sets]
+            for n, s in enumerate(sets):
+                target = targets[start + n] if targets is not None else None
+                labels.append(np.array([i == target for i in s.ids], dtype=np.float32))
+            if progress is not None:
+                progress(f"lists: {min(start + batch, len(requests))}/{len(requests)}")
+        width = len(self.names)
+        return Lists(
+            np.concatenate(xs) if xs else np.zeros((0, width), np.float32),
+            np.array(sizes, dtype=np.int64),
+            np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            np.concatenate(labels) if labels else np.zeros(0, np.float32),
+            self.names,
+            [r.user_id for r in requests],
+        )

@@ -1,0 +1,328 @@
+"""The ranking stage's features: what one inner product cannot express, in batch.
+
+A request is a user's history and a time ``at``; its candidates are the merged proposals of
+the candidate sources (:mod:`retrieval.sources`). Every feature reads only events strictly
+before ``at``: the windowed counts and the item's age come from the :class:`EventLog` cut at
+``at``, the history-based ones from the request's history (which the caller cuts at ``at``), and
+the tables (co-visitation, co-occurrence, factors) from the log the first stage was fitted on,
+which never holds the request's own target (see :mod:`rerank.stacking`).
+
+One definition for training, evaluation and serving: :meth:`RankingFeatures.compute` turns a
+batch of requests and their candidate lists into one ``(rows, features)`` matrix with numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from catalog.text import HistoryEvent
+from retrieval.sources import CandidateSet
+
+Floats = npt.NDArray[np.float32]
+DAY = 86_400
+WINDOWS = (7, 30, 365)
+"""Days of the windowed interaction counts."""
+LAST = (1, 5, 20)
+"""How many of the user's newest items the co-visitation and kNN features sum over."""
+RATED_RECENT = 50
+"""Newest rated items the user's rating of the candidate's neighbours is read from."""
+SHRINK = 5.0
+"""Pseudo-ratings every shrunk mean is pulled toward the global mean by."""
+
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "first_stage": ("retrieval_score",),
+    "popularity": (
+        *(f"pop_{d}d" for d in WINDOWS),
+        "pop_all",
+        "trend_7d_30d",
+        "age_days",
+    ),
+    "co_visitation": tuple(f"covisit_last{n}" for n in LAST),
+    "knn": tuple(f"knn_last{n}" for n in LAST),
+    "vectors": ("text_cos_last", "text_cos_mean", "learned_cos_last", "learned_cos_mean"),
+    "user": ("history_length", "days_since_last", "genre_match"),
+    "ratings": ("item_mean_rating", "user_mean_rating", "neighbour_rating"),
+}
+"""Every feature by group (the ablation table removes one group at a time). Each source's
+``{source}_score``, ``{source}_rank`` and ``{source}_present`` come after these, group
+``sources``."""
+
+
+def source_features(sources: Sequence[str]) -> tuple[str, ...]:
+    """The per-source columns, in the order :meth:`RankingFeatures.compute` writes them."""
+    return tuple(f"{s}_{kind}" for s in sources for kind in ("score", "rank", "present"))
+
+
+def feature_names(sources: Sequence[str]) -> tuple[str, ...]:
+    """Every column of :meth:`RankingFeatures.compute` for these sources, in order."""
+    return (*(n for g in FEATURE_GROUPS.values() for n in g), *source_features(sources))
+
+
+def group_of(name: str, sources: Sequence[str]) -> str:
+    """The group a feature belongs to (``sources`` for the per-source columns)."""
+    for group, names in FEATURE_GROUPS.items():
+        if name in names:
+            return group
+    if name in source_features(sources):
+        return "sources"
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One list to rank: a user's history (events before ``at``, oldest first) and the time."""
+
+    user_id: str
+    history: Sequence[HistoryEvent]
+    at: int
+
+
+class EventLog:
+    """Every event's item, time and rating, sorted by (item, time): counts and rating sums of
+    any item before any time are two binary searches."""
+
+    def __init__(
+        self,
+        n_items: int,
+        cols: npt.NDArray[np.int64],
+        times: npt.NDArray[np.int64],
+        ratings: npt.NDArray[np.float64],
+    ) -> None:
+        order = np.lexsort((times, cols))
+        self.n_items = n_items
+        self.cols = cols[order]
+        self.times = times[order]
+        self.t0 = int(self.times.min()) if len(times) else 0
+        self.span = (int(self.times.max()) - self.t0 + 2) if len(times) else 2
+        self.keys = self.cols * self.span + (self.times - self.t0)
+        self.offsets = np.searchsorted(self.cols, np.arange(n_items + 1), side="left")
+        rated = ~np.isnan(ratings[order])
+        values = np.where(rated, ratings[order], 0.0)
+        self.rating_sum = np.concatenate([[0.0], np.cumsum(values)])
+        self.rated = np.concatenate([[0], np.cumsum(rated)])
+        by_time = np.argsort(self.times, kind="stable")
+        self.all_times = self.times[by_time]
+        self.all_sum = np.concatenate([[0.0], np.cumsum(values[by_time])])
+        self.all_rated = np.concatenate([[0], np.cumsum(rated[by_time])])
+        self.global_mean = float(values.sum() / max(int(rated.sum()), 1)) if rated.any() else 0.0
+
+    @classmethod
+    def of(
+        cls, item_col: Mapping[str, int], histories: Mapping[str, Sequence[HistoryEvent]]
+    ) -> EventLog:
+        """From histories (events of unknown items are skipped)."""
+        rows = [
+            (item_col[e.item_id], e.timestamp, np.nan if e.rating is None else e.rating)
+            for h in histories.values()
+            for e in h
+            if e.item_id in item_col
+        ]
+        arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+        return cls(len(item_col), arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2])
+
+    def _position(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Index of the first event of ``cols`` at or after ``ats`` (broadcast)."""
+        t = np.clip(ats - self.t0, 0, self.span - 1)
+        return np.searchsorted(self.keys, cols * self.span + t, side="left")
+
+    def count_before(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Events of item ``cols`` strictly before ``ats`` (broadcast)."""
+        out: npt.NDArray[np.int64] = self._position(cols, ats) - self.offsets[cols]
+        return out
+
+    def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each item's first event time (meaningful where it has events)."""
+        first = np.minimum(self.offsets[cols], max(len(self.times) - 1, 0))
+        out: npt.NDArray[np.int64] = self.times[first] if len(self.times) else np.zeros_like(cols)
+        return out
+
+    def global_mean_before(self, at: int) -> float:
+        """The mean of every rating before ``at`` (the global mean when there is none)."""
+        end = int(np.searchsorted(self.all_times, at, side="left"))
+        n = int(self.all_rated[end])
+        return float(self.all_sum[end] / n) if n else self.global_mean
+
+    def shrunk_mean_before(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """The item's mean rating before ``ats``, shrunk toward the global mean, as the
+        deviation from it (0 = no evidence)."""
+        end = self._position(cols, ats)
+        start = self.offsets[cols]
+        total = self.rating_sum[end] - self.rating_sum[start]
+        n = self.rated[end] - self.rated[start]
+        g = np.array([self.global_mean_before(int(t)) for t in np.unique(ats)])
+        mean = g[np.searchsorted(np.unique(ats), ats)]
+        out: npt.NDArray[np.float64] = (total + SHRINK * mean) / (n + SHRINK) - mean
+        return out
+
+
+def _unit(matrix: npt.NDArray[np.floating]) -> Floats:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    out: Floats = (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+class RankingFeatures:
+    """Computes :func:`feature_names` for batches of requests and their candidates.
+
+    Args:
+        item_ids: the catalog's item ids (columns of every table).
+        log: the first stage's events (windowed counts, age, shrunk means).
+        covisit: (items, items) co-visitation table (:class:`retrieval.sources.CoVisitationSource`).
+        users_of: (items, users) binary matrix of the first stage's events (kNN similarity is
+            the cosine of two items' rows).
+        text_vectors: (items, d) text vectors (rows of ``item_ids``), or None.
+        learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
+        genres: (items, genres) binary genre (or tag) matrix, or None.
+    """
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        log: EventLog,
+        covisit: sp.csr_matrix,
+        users_of: sp.csr_matrix,
+        text_vectors: npt.NDArray[np.floating] | None = None,
+        learned_vectors: npt.NDArray[np.floating] | None = None,
+        genres: sp.csr_matrix | None = None,
+    ) -> None:
+        self.item_ids = list(item_ids)
+        self.item_col = {i: n for n, i in enumerate(self.item_ids)}
+        self.log = log
+        self.covisit = covisit.tocsr()
+        users_of = users_of.tocsr().astype(np.float32)
+        self.item_norm = np.sqrt(np.asarray(users_of.multiply(users_of).sum(axis=1))).ravel()
+        self.users_of = users_of
+        n = len(self.item_ids)
+        self.text = (
+            _unit(text_vectors) if text_vectors is not None else np.zeros((n, 1), np.float32)
+        )
+        self.learned = (
+            _unit(learned_vectors) if learned_vectors is not None else np.zeros((n, 1), np.float32)
+        )
+        g = genres.tocsr().astype(np.float32) if genres is not None else sp.csr_matrix((n, 1))
+        sizes = np.asarray(g.sum(axis=1)).ravel()
+        self.genres = sp.diags(1.0 / np.maximum(sizes, 1.0)) @ g  # each item's genres sum to 1
+
+    def cols_of(self, history: Sequence[HistoryEvent]) -> list[int]:
+        """The history's item columns, oldest first (unknown items skipped)."""
+        return [self.item_col[e.item_id] for e in history if e.item_id in self.item_col]
+
+    def compute(
+        self,
+        requests: Sequence[Request],
+        candidates: Sequence[CandidateSet],
+        tower_scores: Sequence[Floats],
+    ) -> tuple[Floats, npt.NDArray[np.int64]]:
+        """The feature rows of every request's candidates, stacked request after request.
+
+        Args:
+            requests: the lists' users, histories and times.
+            candidates: each request's merged candidates (the same sources for every request).
+            tower_scores: each request's first-stage score for every one of its candidates.
+
+        Returns:
+            (rows, features) float32 and each row's candidate column.
+        """
+        blocks: list[Floats] = []
+        cols_out: list[npt.NDArray[np.int64]] = []
+        for request, cands, tower in zip(requests, candidates, tower_scores, strict=True):
+            cols = np.array([self.item_col[i] for i in cands.ids], dtype=np.int64)
+            blocks.append(self._one(request, cols, cands, np.asarray(tower, np.float32)))
+            cols_out.append(cols)
+        width = len(feature_names(candidates[0].sources)) if candidates else 0
+        if not blocks:
+            return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(blocks), np.concatenate(cols_out)
+
+    def _one(
+        self,
+        request: Request,
+        cols: npt.NDArray[np.int64],
+        cands: CandidateSet,
+        tower: Floats,
+    ) -> Floats:
+        m = len(cols)
+        at = np.full(m, request.at, dtype=np.int64)
+        past = [e for e in request.history if e.timestamp < request.at]
+        hist = self.cols_of(past)
+        recent = np.array(hist[::-1][: max(LAST)], dtype=np.int64)  # newest first
+        out: list[npt.NDArray[np.floating]] = [tower]
+
+        # popularity: events in windows before at, all-time, trend and age
+        windows = [
+            self.log.count_before(cols, at) - self.log.count_before(cols, at - d * DAY)
+            for d in WINDOWS
+        ]
+        total = self.log.count_before(cols, at)
+        out += [np.log1p(w) for w in windows]
+        out.append(np.log1p(total))
+        out.append(np.log1p(windows[0]) - np.log1p(windows[1] * 7 / 30))
+        first = self.log.first_time(cols)
+        out.append(np.where(total > 0, (at - first) / DAY, np.nan))
+
+        # co-visitation and kNN similarity with the newest 1 / 5 / 20 items
+        if len(recent) and m:
+            visits = self.covisit[recent][:, cols].toarray()
+            co = (self.users_of[recent] @ self.users_of[cols].T).toarray()
+            knn = co / np.maximum(np.outer(self.item_norm[recent], self.item_norm[cols]), 1e-12)
+        else:
+            visits = knn = np.zeros((0, m))
+        out += [visits[:n].sum(axis=0) if len(visits) else np.zeros(m) for n in LAST]
+        out += [knn[:n].sum(axis=0) if len(knn) else np.zeros(m) for n in LAST]
+
+        # text and learned vectors: cosine to the newest item and to the recent mean
+        for table in (self.text, self.learned):
+            if len(recent):
+                last, mean = table[recent[0]], _unit(table[recent].mean(axis=0, keepdims=True))[0]
+                out += [table[cols] @ last, table[cols] @ mean]
+            else:
+                out += [np.zeros(m), np.zeros(m)]
+
+        # the user: history length, time since their last event, genre match
+        out.append(np.full(m, np.log1p(len(hist))))
+        last_time = max((e.timestamp for e in past), default=None)
+        out.append(np.full(m, np.nan if last_time is None else (request.at - last_time) / DAY))
+        if hist:
+            taste = np.asarray(self.genres[hist[-RATED_RECENT:]].mean(axis=0)).ravel()
+            out.append(self.genres[cols] @ taste)
+        else:
+            out.append(np.zeros(m))
+
+        # ratings: the item's and the user's shrunk means, the user's ratings of neighbours
+        out.append(self.log.shrunk_mean_before(cols, at))
+        rated = [
+            (self.item_col[e.item_id], e.rating)
+            for e in past
+            if e.rating is not None and e.item_id in self.item_col
+        ][-RATED_RECENT:]
+        g = self.log.global_mean_before(request.at)
+        values = np.array([r for _, r in rated], dtype=np.float64)
+        user_mean = (values.sum() + SHRINK * g) / (len(values) + SHRINK) if len(rated) else g
+        out.append(np.full(m, user_mean - g))
+        if rated and m:
+            rcols = np.array([c for c, _ in rated], dtype=np.int64)
+            co = (self.users_of[rcols] @ self.users_of[cols].T).toarray()
+            sim = co / np.maximum(np.outer(self.item_norm[rcols], self.item_norm[cols]), 1e-12)
+            out.append(((values - user_mean) @ sim) / (sim.sum(axis=0) + 1.0))
+        else:
+            out.append(np.zeros(m))
+
+        # every source's score, rank (log) and presence
+        for s in range(len(cands.sources)):
+            out += [
+                cands.score[:, s],
+                np.log1p(cands.rank[:, s].astype(np.float64)),
+                cands.present[:, s].astype(np.float64),
+            ]
+        return np.stack([np.asarray(c, dtype=np.float64) for c in out], axis=1).astype(np.float32)

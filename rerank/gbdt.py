@@ -1,0 +1,326 @@
+"""The features ranker: LightGBM ``lambdarank`` learning the correction to the first stage.
+
+The score of a pair is point-wise, ``s(u, i) = scale * retrieval_score + trees(features)``: every
+candidate is scored on its own and the final order is the sort of the scores. ``scale`` is the
+first stage's own order fitted alone (softmax cross-entropy of the target over each training
+list); the trees start from it (LightGBM's ``init_score``) and learn only what moves a target up,
+so a ranker with no trees is exactly the first stage. The number of trees is chosen by early
+stopping on held-out users' lists, then the model is refitted on every list for that many.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from catalog.fsutil import atomic_dir, write_json
+from rerank.candidates import Lists
+
+CARD = "ranker.json"
+MODEL = "ranker.txt"
+LIKE_MODEL = "like.txt"
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """LightGBM's settings (its names) and the protocol around them."""
+
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    max_rounds: int = 1000
+    early_stopping: int = 50
+    truncation_level: int = 30
+    holdout: float = 0.2
+    residual: bool = True
+    seed: int = 0
+    threads: int = 0
+
+    def params(self) -> dict[str, Any]:
+        """The LightGBM parameter dict."""
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "ndcg_eval_at": [10],
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2,
+            "lambdarank_truncation_level": self.truncation_level,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+
+
+def list_loss(scores: npt.NDArray[np.floating], lists: Lists) -> float:
+    """Mean softmax cross-entropy of the target over each list that holds one."""
+    off = lists.offsets
+    losses = []
+    for n in range(len(lists.sizes)):
+        s = np.asarray(scores[off[n] : off[n + 1]], dtype=np.float64)
+        y = lists.labels[off[n] : off[n + 1]]
+        if not y.any():
+            continue
+        top = s.max()
+        losses.append(np.log(np.exp(s - top).sum()) + top - s[y > 0].max())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def fit_scale(base: npt.NDArray[np.floating], lists: Lists) -> float:
+    """The non-negative scale of the first stage's score that best predicts the targets."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(
+        lambda s: list_loss(s * base, lists), bounds=(0.0, 500.0), method="bounded"
+    )
+    return float(result.x)
+
+
+def with_targets(lists: Lists) -> Lists:
+    """The lists that hold their target (the others carry no ranking signal)."""
+    off = lists.offsets
+    keep = [n for n in range(len(lists.sizes)) if lists.labels[off[n] : off[n + 1]].any()]
+    return lists.select(np.array(keep, dtype=np.int64))
+
+
+class GBDTRanker:
+    """A fitted features ranker (see the module docstring)."""
+
+    def __init__(
+        self,
+        booster: Any,
+        names: Sequence[str],
+        scale: float,
+        config: RankerConfig,
+        record: dict[str, Any],
+        base: str = "retrieval_score",
+        like: LikeModel | None = None,
+    ) -> None:
+        self.like = like
+        self.booster = booster
+        self.names = tuple(names)
+        self.scale = scale
+        self.config = config
+        self.record = record
+        self.base = base
+
+    @classmethod
+    def fit(
+        cls,
+        lists: Lists,
+        config: RankerConfig | None = None,
+        *,
+        base: str = "retrieval_score",
+        progress: Callable[[str], None] | None = None,
+    ) -> GBDTRanker:
+        """Fits on training lists (labels mark each list's target).
+
+        Raises:
+            ValueError: no list holds its target, or ``base`` is not a feature.
+        """
+        import lightgbm as lgb
+
+        cfg = config or RankerConfig()
+        if base not in lists.names:
+            raise ValueError(f"base feature {base!r} is not among {list(lists.names)}")
+        train = with_targets(lists)
+        if not len(train.sizes):
+            raise ValueError(
+                f"none of the {len(lists.sizes)} training lists holds its target: no source "
+                "proposed any target; deepen the sources or use more history"
+            )
+        b = list(lists.names).index(base)
+        scale = fit_scale(train.x[:, b], train) if cfg.residual else 0.0
+        users = sorted(set(train.users))
+        rng = np.random.default_rng(cfg.seed)
+        held = set(rng.choice(users, max(1, int(len(users) * cfg.holdout)), replace=False))
+        idx = np.arange(len(train.sizes))
+        fit_idx = np.array([n for n in idx if train.users[n] not in held], dtype=np.int64)
+        val_idx = np.array([n for n in idx if train.users[n] in held], dtype=np.int64)
+
+        def dataset(part: Lists, reference: Any = None) -> Any:
+            return lgb.Dataset(
+                part.x,
+                part.labels,
+                group=part.sizes,
+                init_score=scale * part.x[:, b],
+                feature_name=list(part.names),
+                reference=reference,
+                free_raw_data=False,
+            )
+
+        params = cfg.params()
+        fit_part, val_part = train.select(fit_idx), train.select(val_idx)
+        d_fit = dataset(fit_part)
+        d_val = dataset(val_part, d_fit)
+        curve: dict[str, Any] = {}
+        booster = lgb.train(
+            params,
+            d_fit,
+            num_boost_round=cfg.max_rounds,
+            valid_sets=[d_val],
+            valid_names=["held_out"],
+            callbacks=[
+                lgb.early_stopping(cfg.early_stopping, verbose=False),
+                lgb.record_evaluation(curve),
+            ],
+        )
+        rounds = max(1, int(booster.best_iteration or cfg.max_rounds))
+        if progress:
+            progress(f"ranker: {rounds} trees chosen on {len(val_idx)} held-out lists")
+        held_scores = scale * val_part.x[:, b] + booster.predict(val_part.x, num_iteration=rounds)
+        record = {
+            "lists": len(lists.sizes),
+            "lists_with_target": len(train.sizes),
+            "held_out_lists": len(val_idx),
+            "rounds": rounds,
+            "scale": scale,
+            "held_out_ndcg@10": float(curve["held_out"]["ndcg@10"][rounds - 1]),
+            "held_out_list_loss": list_loss(held_scores, val_part),
+            "held_out_list_loss_first_stage": list_loss(scale * val_part.x[:, b], val_part),
+        }
+        final = lgb.train(params, dataset(train), num_boost_round=rounds)
+        return cls(final, lists.names, scale, cfg, record, base)
+
+    def score(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """``scale * base + trees(x)`` for rows of :attr:`names` features."""
+        b = self.names.index(self.base)
+        trees = self.booster.predict(np.asarray(x, dtype=np.float32))
+        out: npt.NDArray[np.float64] = self.scale * np.asarray(x[:, b], np.float64) + trees
+        return out
+
+    def importance(self) -> dict[str, float]:
+        """Each feature's share of the trees' total gain."""
+        gain = self.booster.feature_importance(importance_type="gain")
+        total = float(gain.sum()) or 1.0
+        return {n: float(g) / total for n, g in zip(self.names, gain, strict=True)}
+
+    def save(self, folder: str | Path) -> Path:
+        """Writes ``ranker.txt`` (LightGBM's model), ``like.txt`` (the P(like) head, when
+        there is one) and ``ranker.json`` (the card); the folder is replaced whole or not at
+        all."""
+        card = {
+            "kind": "gbdt",
+            "names": list(self.names),
+            "base": self.base,
+            "scale": self.scale,
+            "config": asdict(self.config),
+            "record": self.record,
+        }
+        if self.like is not None:
+            card["like"] = {"names": list(self.like.names), "record": self.like.record}
+        with atomic_dir(Path(folder)) as staging:
+            (staging / MODEL).write_text(self.booster.model_to_string())
+            if self.like is not None:
+                (staging / LIKE_MODEL).write_text(self.like.booster.model_to_string())
+            write_json(staging / CARD, card)
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GBDTRanker:
+        """Reads what :meth:`save` wrote."""
+        import lightgbm as lgb
+
+        path = Path(folder)
+        card = json.loads((path / CARD).read_text())
+        booster = lgb.Booster(model_str=(path / MODEL).read_text())
+        like = None
+        if "like" in card:
+            like = LikeModel(
+                lgb.Booster(model_str=(path / LIKE_MODEL).read_text()),
+                card["like"]["names"],
+                card["like"]["record"],
+            )
+        return cls(
+            booster,
+            card["names"],
+            float(card["scale"]),
+            RankerConfig(**card["config"]),
+            card["record"],
+            card["base"],
+            like,
+        )
+
+
+class LikeModel:
+    """P(like) of a pair, a separate head: LightGBM's binary log loss on the like/dislike of
+    held-out events, over the features that do not depend on which source proposed the item
+    (the user's and the item's ratings, the neighbours' ratings, popularity, similarity). It
+    never reorders the ranking; a binary log loss makes its output a probability."""
+
+    def __init__(self, booster: Any, names: Sequence[str], record: dict[str, Any]) -> None:
+        self.booster = booster
+        self.names = tuple(names)
+        self.record = record
+
+    @classmethod
+    def fit(
+        cls,
+        x: npt.NDArray[np.floating],
+        labels: npt.NDArray[np.floating],
+        names: Sequence[str],
+        users: Sequence[str],
+        config: RankerConfig | None = None,
+    ) -> LikeModel:
+        """Fits on rows of ``names`` features with like (1) / dislike (0) labels; the number
+        of trees by early stopping on held-out users' rows.
+
+        Raises:
+            ValueError: the labels are all one class.
+        """
+        import lightgbm as lgb
+
+        cfg = config or RankerConfig()
+        y = np.asarray(labels, dtype=np.float32)
+        if len(set(y.tolist())) < 2:
+            raise ValueError(f"P(like) needs likes and dislikes; {len(y)} rows of one class")
+        rng = np.random.default_rng(cfg.seed)
+        distinct = sorted(set(users))
+        held = set(rng.choice(distinct, max(1, int(len(distinct) * cfg.holdout)), replace=False))
+        mask = np.array([u in held for u in users])
+        params = {
+            **cfg.params(),
+            "objective": "binary",
+            "metric": "binary_logloss",
+        }
+        for key in ("ndcg_eval_at", "lambdarank_truncation_level"):
+            params.pop(key)
+        fit = lgb.Dataset(x[~mask], y[~mask], feature_name=list(names), free_raw_data=False)
+        val = lgb.Dataset(x[mask], y[mask], reference=fit, free_raw_data=False)
+        booster = lgb.train(
+            params,
+            fit,
+            num_boost_round=cfg.max_rounds,
+            valid_sets=[val],
+            valid_names=["held_out"],
+            callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)],
+        )
+        rounds = max(1, int(booster.best_iteration or cfg.max_rounds))
+        final = lgb.train(
+            params, lgb.Dataset(x, y, feature_name=list(names)), num_boost_round=rounds
+        )
+        record = {"rows": len(y), "likes": float(y.mean()), "rounds": rounds}
+        return cls(final, names, record)
+
+    def probability(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """P(like) for rows of :attr:`names` features."""
+        out: npt.NDArray[np.float64] = np.asarray(
+            self.booster.predict(np.asarray(x, dtype=np.float32)), dtype=np.float64
+        )
+        return out

@@ -1,0 +1,232 @@
+"""Training the ranking stage: stacked lists, the features ranker, the served choice.
+
+One recipe for ``duorank train ranker`` and ``duorank eval``:
+
+1. Per user, the last ``per_user`` training events are targets (:func:`rerank.stacking.stack`).
+2. A tower with the served tower's settings (its validated epochs), co-visitation, ALS and
+   recent popularity are fitted on the events before each user's first target, and build every
+   training list (:class:`rerank.candidates.CandidateStage`).
+3. :class:`rerank.gbdt.GBDTRanker` learns the correction to the tower's score on those lists.
+4. The validation lists (each user's validation event) come from the served first stage: the
+   tower trained on the training split, every table fitted on it. The ranker serves only if its
+   NDCG@10 there beats the first stage's order of the same candidates by more than one standard
+   error of the paired difference; else the first stage's order serves (one-standard-error
+   rule: the simpler model wins ties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from catalog.model import Item
+from catalog.text import HistoryEvent, is_positive
+from catalog.thresholds import LIKE_THRESHOLD
+from rerank.candidates import DEPTHS, ALSParams, CandidateStage, Lists
+from rerank.features import Request, group_of
+from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig
+from rerank.stacking import Stacked, stack
+from retrieval.index import FlatIndex, VectorIndex
+from retrieval.vectors import ItemVectors
+
+
+@dataclass(frozen=True)
+class RankingStageArgs:
+    """The ranking stage's settings (recorded in the ranker's card)."""
+
+    per_user: int = 5
+    min_history: int = 5
+    depths: Mapping[str, int] = field(default_factory=lambda: dict(DEPTHS))
+    als: ALSParams = field(default_factory=ALSParams)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        return {
+            "per_user": self.per_user,
+            "min_history": self.min_history,
+            "depths": dict(self.depths),
+            "als": asdict(self.als),
+            "ranker": asdict(self.ranker),
+        }
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation requests: each user's history before their validation event, what
+    they may not be recommended, and the event's item."""
+
+    requests: Sequence[Request]
+    excludes: Sequence[Collection[str]]
+    targets: Sequence[str]
+    likes: Sequence[float] | None = None
+    """Like (1) / dislike (0) of each validation event, for the P(like) head's figures."""
+
+
+def list_ndcg10(scores: npt.NDArray[np.floating], lists: Lists) -> npt.NDArray[np.float64]:
+    """Per list, NDCG@10 of its target under ``scores`` (0 where the target is absent; ties
+    keep the list's order, as the stable sort that serves does: never in the target's
+    favour)."""
+    off = lists.offsets
+    out = np.zeros(len(lists.sizes))
+    for n in range(len(lists.sizes)):
+        y = lists.labels[off[n] : off[n + 1]]
+        if not y.any():
+            continue
+        s = np.asarray(scores[off[n] : off[n + 1]], dtype=np.float64)
+        t = int(np.flatnonzero(y)[0])
+        rank = int((s > s[t]).sum() + (s[:t] == s[t]).sum()) + 1
+        out[n] = 1.0 / np.log2(rank + 1) if rank <= 10 else 0.0
+    return out
+
+
+def one_se_choice(
+    ranker: npt.NDArray[np.float64], first: npt.NDArray[np.float64]
+) -> dict[str, Any]:
+    """Serve the ranker only if its mean per-list NDCG@10 beats the first stage's by more
+    than one standard error of the paired difference."""
+    diff = ranker - first
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    return {
+        "served": "ranker" if float(diff.mean()) > se else "first_stage",
+        "ndcg@10": float(ranker.mean()),
+        "first_stage_ndcg@10": float(first.mean()),
+        "minus_first_stage": float(diff.mean()),
+        "minus_first_stage_se": se,
+        "lists": len(diff),
+    }
+
+
+@dataclass
+class TrainedStage:
+    """The fitted ranker, the lists it learned and was validated on, and the choice."""
+
+    ranker: GBDTRanker
+    train_lists: Lists
+    val_lists: Lists
+    choice: dict[str, Any]
+    stacked: Stacked
+    stage_val: CandidateStage
+    seconds: dict[str, float]
+
+
+def refit_config(tower: Any, card: Mapping[str, Any]) -> Any:
+    """A trained sequential tower's settings for a fixed-length refit: its validated epochs
+    (``card["best_epoch"]``) and chosen blends, no grids."""
+    return replace(
+        tower.cfg,
+        epochs=max(1, int(card.get("best_epoch", tower.cfg.epochs))),
+        blend_grid=(),
+        collab_grid=(),
+    )
+
+
+def train_ranking_stage(
+    items: Mapping[str, Item],
+    histories: Mapping[str, Sequence[HistoryEvent]],
+    validation: Validation,
+    tower: Any,
+    index: VectorIndex,
+    text_vectors: ItemVectors,
+    tower_cfg: Any,
+    args: RankingStageArgs | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainedStage:
+    """The recipe of the module docstring.
+
+    Args:
+        items: the catalog's items.
+        histories: the training split's time-ordered events per user.
+        validation: each user's validation request (its history is ``histories``' user's).
+        tower: the served sequential tower, trained on ``histories``.
+        index: ``tower``'s index.
+        text_vectors: the catalog's text vectors.
+        tower_cfg: the stacked tower's settings: the served tower's, with its validated
+            epochs and blends and no grids (:func:`refit_config`).
+        args: settings.
+        progress: called with a line per step.
+    """
+    import time
+
+    from retrieval.sequential_train import train_sequential
+
+    args = args or RankingStageArgs()
+    say = progress or (lambda _m: None)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    stacked = stack(histories, args.per_user, args.min_history)
+    say(f"ranking stage: {len(stacked.lists)} stacked lists; fitting their first stage")
+    stack_tower, _ = train_sequential(
+        text_vectors, stacked.fit_histories, {}, tower_cfg, progress=False
+    )
+    assert stack_tower.item_vectors is not None
+    stack_index = FlatIndex(stack_tower.dim).build(
+        stack_tower.item_vectors.ids, stack_tower.item_vectors.matrix
+    )
+    seconds["stacked_tower"] = time.perf_counter() - started
+    started = time.perf_counter()
+    stage_fit = CandidateStage.build(
+        items,
+        stacked.fit_histories,
+        stack_tower,
+        stack_index,
+        text_vectors,
+        als=args.als,
+        depths=args.depths,
+    )
+    train_lists = stage_fit.lists(
+        [s.request for s in stacked.lists],
+        [{e.item_id for e in s.request.history} for s in stacked.lists],
+        [s.target.item_id for s in stacked.lists],
+    )
+    stage_val = CandidateStage.build(
+        items, histories, tower, index, text_vectors, als=args.als, depths=args.depths
+    )
+    val_lists = stage_val.lists(validation.requests, validation.excludes, list(validation.targets))
+    seconds["lists"] = time.perf_counter() - started
+    started = time.perf_counter()
+    ranker = GBDTRanker.fit(train_lists, args.ranker, progress=say)
+    seconds["ranker"] = time.perf_counter() - started
+    choice = one_se_choice(
+        list_ndcg10(ranker.score(val_lists.x), val_lists),
+        list_ndcg10(val_lists.column("retrieval_score"), val_lists),
+    )
+    started = time.perf_counter()
+    sources = [s.name for s in stage_fit.sources]
+    like_cols = [
+        n for n, name in enumerate(train_lists.names) if group_of(name, sources) != "sources"
+    ]
+    like_names = [train_lists.names[n] for n in like_cols]
+    rows = stage_fit.item_rows(
+        [s.request for s in stacked.lists], [s.target.item_id for s in stacked.lists]
+    )[:, like_cols]
+    liked = np.array(
+        [is_positive(s.target, LIKE_THRESHOLD) is not False for s in stacked.lists], np.float32
+    )
+    if len(set(liked.tolist())) < 2:  # implicit feedback: no dislike to tell a like from
+        say("ranking stage: every training target is a like; no P(like) head")
+        ranker.record["like"] = "none: every training target is a like (implicit feedback)"
+    else:
+        ranker.like = LikeModel.fit(
+            rows, liked, like_names, [s.request.user_id for s in stacked.lists], args.ranker
+        )
+    if ranker.like is not None and validation.likes is not None and len(set(validation.likes)) == 2:
+        from metrics import auc, expected_calibration_error
+
+        p = ranker.like.probability(
+            stage_val.item_rows(validation.requests, validation.targets)[:, like_cols]
+        )
+        ranker.like.record.update(
+            validation_auc=auc(p, np.asarray(validation.likes)),
+            validation_ece=expected_calibration_error(p, np.asarray(validation.likes)),
+        )
+    seconds["like"] = time.perf_counter() - started
+    say(
+        f"ranking stage: validation NDCG@10 {choice['ndcg@10']:.4f} vs first stage "
+        f"{choice['first_stage_ndcg@10']:.4f}; serving the {choice['served'].replace('_', ' ')}"
+    )
+    return TrainedStage(ranker, train_lists, val_lists, choice, stacked, stage_val, seconds)

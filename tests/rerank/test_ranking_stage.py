@@ -1,0 +1,215 @@
+"""The ranking stage: time-safe features, leak-free stacking, the features ranker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catalog.model import Item
+from catalog.text import HistoryEvent
+from rerank.candidates import CandidateStage, Lists
+from rerank.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
+from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig, list_loss
+from rerank.stacking import stack
+from retrieval.index import FlatIndex
+from retrieval.towers import MeanItemsTower
+from retrieval.vectors import ItemVectors, normalize
+
+N_ITEMS = 12
+ITEMS = {
+    f"i{n}": Item(f"i{n}", f"item {n}", genres=(("a",) if n % 2 else ("b",)))
+    for n in range(N_ITEMS)
+}
+T0 = 1_000_000_000
+
+
+def _events(
+    items: list[int], start: int, step: int = DAY, rating: float = 4.0
+) -> list[HistoryEvent]:
+    return [HistoryEvent(f"i{i}", start + n * step, rating) for n, i in enumerate(items)]
+
+
+def _log(extra: dict[str, list[HistoryEvent]] | None = None) -> dict[str, list[HistoryEvent]]:
+    rng = np.random.default_rng(0)
+    log = {
+        f"u{u}": _events([int(i) for i in rng.choice(N_ITEMS, 8, replace=False)], T0 + u * 3600)
+        for u in range(12)
+    }
+    log.update(extra or {})
+    return log
+
+
+def _stage(histories: dict[str, list[HistoryEvent]]) -> CandidateStage:
+    rng = np.random.default_rng(1)
+    vectors = ItemVectors(list(ITEMS), normalize(rng.normal(size=(N_ITEMS, 8))))
+    tower = MeanItemsTower(vectors, n_recent=5)
+    index = FlatIndex(8).build(vectors.ids, vectors.matrix)
+    return CandidateStage.build(
+        ITEMS,
+        histories,
+        tower,
+        index,
+        vectors,
+        depths={"tower": 6, "covisit": 4, "als": 4, "popular": 3},
+    )
+
+
+def test_event_log_counts_exactly_the_events_before_each_time() -> None:
+    rng = np.random.default_rng(3)
+    cols = rng.integers(0, 5, 300)
+    times = rng.integers(0, 1000, 300)
+    log = EventLog(5, cols.astype(np.int64), times.astype(np.int64), np.full(300, np.nan))
+    for c in range(5):
+        for t in (-5, 0, 1, 500, 999, 1000, 5000):
+            assert log.count_before(np.array([c]), np.array([t]))[0] == int(
+                ((cols == c) & (times < t)).sum()
+            )
+        assert log.first_time(np.array([c]))[0] == times[cols == c].min()
+
+
+def test_features_never_read_an_event_at_or_after_the_request_time() -> None:
+    """Another user's later events of the candidates would change the windowed counts, the
+    age and the mean rating; cut at ``at`` they change nothing. An earlier one does."""
+    history = _events([0, 1, 2], T0)
+    at = T0 + 30 * DAY
+    request = Request("u0", history, at)
+    later = {"z": [HistoryEvent(f"i{i}", at + s, 1.0) for i in range(N_ITEMS) for s in (0, 5)]}
+    earlier = {"z": [HistoryEvent(f"i{i}", at - 5, 1.0) for i in range(N_ITEMS)]}
+    base = _stage(_log())
+
+    def rows(log: dict[str, list[HistoryEvent]]) -> dict[str, np.ndarray]:
+        stage = _stage(log)
+        stage.features.log = EventLog.of(stage.features.item_col, log)  # only the log differs
+        sets, towers = base.candidates([request], [set()])
+        x, _ = base.features.compute([request], sets, towers)
+        stage_x, _ = stage.features.compute([request], sets, towers)
+        names = base.names
+        return {n: stage_x[:, k] for k, n in enumerate(names)} | {
+            f"base:{n}": x[:, k] for k, n in enumerate(names)
+        }
+
+    timed = (*FEATURE_GROUPS["popularity"], "item_mean_rating")
+    after = rows(_log(later))
+    for name in timed:
+        np.testing.assert_array_equal(after[name], after[f"base:{name}"], err_msg=name)
+    before = rows(_log(earlier))
+    assert any(not np.array_equal(before[n], before[f"base:{n}"]) for n in timed)
+
+
+def test_a_stacked_target_is_never_in_the_data_its_first_stage_fits_on() -> None:
+    histories = _log({"short": _events([1, 2, 3], T0)})
+    stacked = stack(histories, per_user=3, min_history=4)
+    assert "short" not in {s.request.user_id for s in stacked.lists}  # too short: no list
+    assert stacked.fit_histories["short"] == histories["short"]
+    stage = _stage(stacked.fit_histories)
+    for entry in stacked.lists:
+        user = entry.request.user_id
+        fitted = stacked.fit_histories[user]
+        assert entry.target not in fitted
+        # every fitted event precedes the user's first target; the request sees its past only
+        assert all(e.timestamp < entry.target.timestamp for e in fitted)
+        assert entry.target not in entry.request.history
+        assert entry.request.at > entry.target.timestamp >= entry.request.history[-1].timestamp
+        col = stage.features.item_col[entry.target.item_id]
+        fit_count = sum(
+            e.item_id == entry.target.item_id
+            for h in stacked.fit_histories.values()
+            for e in h
+            if e.timestamp < entry.request.at
+        )
+        assert (
+            stage.features.log.count_before(np.array([col]), np.array([entry.request.at]))[0]
+            == fit_count
+        )
+    assert len(stacked.lists) == 3 * 12
+    with pytest.raises(ValueError, match="per_user"):
+        stack(histories, per_user=0)
+
+
+def test_lists_merge_every_source_and_mark_the_target() -> None:
+    histories = _log()
+    stage = _stage(histories)
+    requests = [Request(u, h[:-1], h[-1].timestamp + 1) for u, h in sorted(histories.items())]
+    excludes = [{e.item_id for e in r.history} for r in requests]
+    targets = [histories[r.user_id][-1].item_id for r in requests]
+    lists = stage.lists(requests, excludes, targets)
+    ranker = GBDTRanker.fit(lists, RankerConfig(max_rounds=5, min_data_in_leaf=2, threads=1))
+    assert np.isfinite(ranker.score(lists.x)).all()
+    assert lists.names == feature_names(["tower", "covisit", "als", "popular"])
+    assert len(set(lists.names)) == len(lists.names)  # LightGBM needs unique names
+    assert lists.x.shape == (int(lists.sizes.sum()), len(lists.names))
+    off = lists.offsets
+    for n in range(len(requests)):
+        ids = [stage.item_ids[c] for c in lists.cols[off[n] : off[n + 1]]]
+        assert len(ids) == len(set(ids))  # deduplicated
+        assert not set(ids) & excludes[n]  # nothing the user has seen
+        labels = lists.labels[off[n] : off[n + 1]]
+        assert labels.sum() == (targets[n] in ids)
+    present = lists.x[:, [lists.names.index(f"{s}_present") for s in stage.depths]]
+    assert (present.sum(axis=1) >= 1).all()  # every candidate came from some source
+
+
+def _synthetic(n_lists: int, seed: int) -> Lists:
+    """Lists where the target is the candidate with the highest 'signal' (which the base score
+    knows only noisily): a ranker on the signal must beat the base."""
+    rng = np.random.default_rng(seed)
+    names = ("retrieval_score", "signal", "noise")
+    xs, labels = [], []
+    for _ in range(n_lists):
+        signal = rng.normal(size=20)
+        base = signal + rng.normal(scale=2.0, size=20)
+        xs.append(np.stack([base, signal, rng.normal(size=20)], axis=1))
+        y = np.zeros(20, np.float32)
+        y[np.argmax(signal)] = 1
+        labels.append(y)
+    users = [f"u{n}" for n in range(n_lists)]
+    return Lists(
+        np.concatenate(xs).astype(np.float32),
+        np.full(n_lists, 20, np.int64),
+        np.tile(np.arange(20), n_lists).astype(np.int64),
+        np.concatenate(labels),
+        names,
+        users,
+    )
+
+
+def test_the_ranker_learns_the_correction_and_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train, test = _synthetic(300, 0), _synthetic(200, 1)
+    ranker = GBDTRanker.fit(train, RankerConfig(max_rounds=60, min_data_in_leaf=20, threads=1))
+    assert ranker.scale > 0  # the base alone predicts the target somewhat
+    base = test.column("retrieval_score") * ranker.scale
+    assert list_loss(ranker.score(test.x), test) < list_loss(base, test) - 0.2
+    assert ranker.importance()["signal"] > ranker.importance()["noise"]
+    ranker.save(tmp_path / "ranker")
+    again = GBDTRanker.load(tmp_path / "ranker")
+    np.testing.assert_allclose(again.score(test.x), ranker.score(test.x))
+    empty = Lists(
+        train.x, train.sizes, train.cols, np.zeros_like(train.labels), train.names, train.users
+    )
+    with pytest.raises(ValueError, match="holds its target"):
+        GBDTRanker.fit(empty)
+    with pytest.raises(ValueError, match="base feature"):
+        GBDTRanker.fit(train.without_columns(["retrieval_score"]))
+
+
+def test_the_like_head_separates_likes_and_round_trips_with_the_ranker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from metrics import auc
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 3)).astype(np.float32)
+    liked = (x[:, 0] + 0.5 * rng.normal(size=2000) > 0).astype(np.float32)
+    users = [f"u{n % 200}" for n in range(2000)]
+    names = ("item_mean_rating", "noise_a", "noise_b")
+    like = LikeModel.fit(x[:1500], liked[:1500], names, users[:1500], RankerConfig(threads=1))
+    p = like.probability(x[1500:])
+    assert ((p > 0) & (p < 1)).all()
+    assert auc(p, liked[1500:]) > 0.8
+    with pytest.raises(ValueError, match="likes and dislikes"):
+        LikeModel.fit(x, np.ones(2000, np.float32), names, users)
+    train = _synthetic(100, 0)
+    ranker = GBDTRanker.fit(train, RankerConfig(max_rounds=5, min_data_in_leaf=20, threads=1))
+    ranker.like = like
+    ranker.save(tmp_path / "r")
+    again = GBDTRanker.load(tmp_path / "r")
+    assert again.like is not None and again.like.names == names
+    np.testing.assert_allclose(again.like.probability(x[1500:]), p)
