@@ -229,6 +229,37 @@ class IndexJob:
     duplicates: str = "error"
     model: str | None = None
     tower: Path | None = None
+    ranker: Path | None = None
+
+
+def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, Any]]:
+    """Fits the ranking stage's tables on the dataset's interactions, with the ALS settings of
+    the ranker's card, and writes them into an index version's staging folder."""
+    import json
+    from dataclasses import asdict
+
+    from catalog import load_catalog
+    from catalog.history import group_histories
+    from rerank.gbdt import CARD
+    from rerank.tables import ALSParams, StageTables
+
+    card = json.loads((ranker / CARD).read_text())
+    als = ALSParams(**card["record"]["stage"]["als"])
+
+    def write(text_vectors: Any, folder: Path) -> dict[str, Any]:
+        catalog = load_catalog(data)
+        tables = StageTables.fit(
+            catalog.items, group_histories(catalog.interactions), text_vectors, als
+        )
+        files = tables.save(folder)
+        return {
+            "files": [p.name for p in files],
+            "events": len(tables.log_cols),
+            "als": asdict(als),
+            "ranker": str(ranker),
+        }
+
+    return write
 
 
 def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any]:
@@ -258,7 +289,14 @@ def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any
         with runtime(settings) as rt:
             yield rt.encoder(job.model)
 
-    return publish_version(job.root, source, open_encoder, config, tower_path=job.tower)
+    stage = None
+    if job.ranker is not None:
+        if job.data is None:
+            raise ValueError("the ranking stage's tables need a dataset (--data)")
+        stage = stage_writer(job.data, job.ranker)
+    return publish_version(
+        job.root, source, open_encoder, config, tower_path=job.tower, stage=stage
+    )
 
 
 @dataclass(frozen=True)
@@ -347,15 +385,20 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
         if job.text_users:
             encoder = stack.enter_context(runtime(settings)).encoder()
         reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
-        ranker, text_vectors = None, None
+        ranker = None
         if ranker_path is not None:
             from rerank.gbdt import GBDTRanker
-            from retrieval.vectors import ItemVectors
 
             ranker = GBDTRanker.load(ranker_path)
-            with runtime(settings) as rt:  # the text vectors its cosines read (cached)
+
+        def text_vectors() -> Any:
+            """Only for an index version without stage tables: the cached text vectors."""
+            from retrieval.vectors import ItemVectors
+
+            with runtime(settings) as rt:
                 _, ids, vectors = item_vectors(rt, catalog)
-            text_vectors = ItemVectors(ids, vectors)
+            return ItemVectors(ids, vectors)
+
         yield Recommender(
             job.root or home.index,
             catalog,

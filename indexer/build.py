@@ -33,11 +33,15 @@ from indexer.store import MANIFEST, IndexRoot
 from retrieval.encoder import CacheAudit, Encoder
 from retrieval.index import make_index
 from retrieval.sequential import SequentialTower
+from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
 ItemTransform = Callable[[Sequence[str], Matrix], Matrix]
+StageWriter = Callable[[ItemVectors, Path], dict[str, Any]]
+"""Writes the ranking stage's tables into a folder from the items' text vectors; returns the
+manifest's ``stage`` entry."""
 """Maps (item ids, text vectors) to the vectors to index (e.g. a trained adaptor)."""
 
 
@@ -121,6 +125,10 @@ class IndexBuild:
         tower: a trained sequential tower: its item side is the transform, and the tower is
             saved inside the version (``tower.json``, ``model.safetensors``) so that serving
             swaps index and user tower together, atomically.
+        stage: writes the ranking stage's tables into the staging folder from the build's text
+            vectors and returns their manifest entry (``duorank.jobs`` fits them with
+            :class:`rerank.tables.StageTables`); they are checksummed and published with the
+            index and the tower.
     """
 
     def __init__(
@@ -132,6 +140,7 @@ class IndexBuild:
         transform: ItemTransform | None = None,
         transform_fingerprint: str | None = None,
         tower: SequentialTower | None = None,
+        stage: StageWriter | None = None,
     ) -> None:
         if (config or BuildConfig()).keep < 1:
             raise ValueError("keep must be >= 1")
@@ -145,6 +154,7 @@ class IndexBuild:
         self.transform = tower.item_transform if tower is not None else transform
         self.transform_fingerprint = transform_fingerprint
         self.tower = tower
+        self.stage = stage
 
     def run(
         self,
@@ -269,6 +279,12 @@ class IndexBuild:
                 ", ".join(skipped[:5]),
             )
 
+        stage_spec: dict[str, Any] | None = None
+        if self.stage is not None:
+            started = time.perf_counter()
+            stage_spec = self.stage(ItemVectors(ids, vectors), staging)
+            seconds["stage"] = time.perf_counter() - started
+
         if self.transform is not None:
             started = time.perf_counter()
             vectors = np.ascontiguousarray(self.transform(ids, vectors), dtype=np.float32)
@@ -303,6 +319,7 @@ class IndexBuild:
             "model_fingerprint": self.encoder.fingerprint,
             "transform_fingerprint": self.transform_fingerprint,
             "tower": tower_spec,
+            "stage": stage_spec,
             "text_template": {
                 "fingerprint": cfg.template.fingerprint(),
                 "params": {k: getattr(cfg.template, k) for k in cfg.template.__dataclass_fields__},

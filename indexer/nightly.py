@@ -13,7 +13,7 @@ from catalog.fsutil import sha256_file
 from catalog.model import Item
 from catalog.store import load_catalog, read_manifest
 from catalog.table import ColumnMapping, load_items
-from indexer.build import BuildConfig, IndexBuild
+from indexer.build import BuildConfig, IndexBuild, StageWriter
 from indexer.lock import BuildLock
 from retrieval.encoder import Encoder
 
@@ -59,6 +59,7 @@ def publish_version(
     config: BuildConfig | None = None,
     *,
     tower_path: Path | None = None,
+    stage: StageWriter | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Builds, verifies and publishes one version; returns its manifest.
@@ -82,7 +83,7 @@ def publish_version(
             except (OSError, ValueError, KeyError) as exc:
                 raise TowerLoadError(f"cannot load the tower at {tower_path}: {exc}") from None
         with open_encoder() as encoder:
-            build = IndexBuild(root, encoder, cfg, tower=tower)
+            build = IndexBuild(root, encoder, cfg, tower=tower, stage=stage)
             return build.run(
                 catalog.items,
                 source=catalog.source,

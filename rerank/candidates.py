@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
 from rerank.features import EventLog, RankingFeatures, Request, feature_names
+from rerank.tables import POPULAR_WINDOW, ALSParams, StageTables
 from retrieval.index import VectorIndex
 from retrieval.sources import (
     CandidateSet,
@@ -38,17 +38,6 @@ Floats = npt.NDArray[np.float32]
 
 DEPTHS: dict[str, int] = {"tower": 100, "covisit": 50, "als": 50, "popular": 20}
 """Items each source proposes per request (the merge holds at most their sum)."""
-
-
-@dataclass(frozen=True)
-class ALSParams:
-    """The factor source's settings (the ALS baseline's, where a tuned one exists)."""
-
-    factors: int = 64
-    regularization: float = 0.01
-    alpha: float = 1.0
-    iterations: int = 20
-    seed: int = 0
 
 
 @dataclass
@@ -189,63 +178,45 @@ class CandidateStage:
         sources: Collection[str] = tuple(DEPTHS),
     ) -> CandidateStage:
         """Fits every source and feature table on ``histories`` (time-ordered events)."""
-        item_ids = list(items)
-        col = {i: n for n, i in enumerate(item_ids)}
-        als = als or ALSParams()
-        covisit = CoVisitationSource.build(item_ids, histories)
+        tables = StageTables.fit(items, histories, text_vectors, als)
+        return cls.from_tables(tables, tower, index, depths=depths, sources=sources)
+
+    @classmethod
+    def from_tables(
+        cls,
+        tables: StageTables,
+        tower: UserTower,
+        index: VectorIndex,
+        *,
+        depths: Mapping[str, int] | None = None,
+        sources: Collection[str] = tuple(DEPTHS),
+    ) -> CandidateStage:
+        """The stage over fitted tables (say, the ones an index version carries)."""
+        item_ids = tables.item_ids
         built: list[CandidateSource] = [TowerSource(tower, index)]
         if "covisit" in sources:
-            built.append(covisit)
+            built.append(CoVisitationSource(item_ids, tables.covisit))
         if "als" in sources:
             built.append(
-                FactorSource.build(
+                FactorSource(
                     item_ids,
-                    histories,
-                    factors=als.factors,
-                    reg=als.regularization,
-                    alpha=als.alpha,
-                    iterations=als.iterations,
-                    seed=als.seed,
+                    tables.als_factors,
+                    reg=tables.als.regularization,
+                    alpha=tables.als.alpha,
                 )
             )
         if "popular" in sources:
-            built.append(RecentPopularitySource.build(item_ids, histories))
-        user_pos = {u: n for n, u in enumerate(sorted(histories))}
-        pairs = np.array(
-            sorted(
-                {
-                    (col[e.item_id], user_pos[u])
-                    for u, h in histories.items()
-                    for e in h
-                    if e.item_id in col
-                }
-            ),
-            dtype=np.int64,
-        ).reshape(-1, 2)
-        users_of = sp.csr_matrix(
-            (np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])),
-            shape=(len(item_ids), len(user_pos)),
-        )
-        text = None
-        if text_vectors is not None:
-            rows = text_vectors.rows(item_ids)
-            text = np.where(rows[:, None] >= 0, text_vectors.matrix[np.maximum(rows, 0)], 0.0)
-        learned_m = _rows_of(tower, item_ids)
-        genre_names = sorted({g for it in items.values() for g in it.genres})
-        gcol = {g: n for n, g in enumerate(genre_names)}
-        g_rows = [(n, gcol[g]) for n, i in enumerate(item_ids) for g in items[i].genres]
-        genres = sp.csr_matrix(
-            (np.ones(len(g_rows), np.float32), ([r for r, _ in g_rows], [c for _, c in g_rows])),
-            shape=(len(item_ids), max(len(genre_names), 1)),
-        )
+            built.append(
+                RecentPopularitySource(item_ids, tables.log_times, tables.log_cols, POPULAR_WINDOW)
+            )
         features = RankingFeatures(
             item_ids,
-            EventLog.of(col, histories),
-            covisit.table,
-            users_of,
-            text,
-            learned_m,
-            genres,
+            EventLog(len(item_ids), tables.log_cols, tables.log_times, tables.log_ratings),
+            tables.covisit,
+            tables.users_of,
+            tables.text,
+            _rows_of(tower, item_ids),
+            tables.genres,
         )
         return cls(item_ids, tower, index, built, features, depths)
 

@@ -26,10 +26,11 @@ import numpy.typing as npt
 from catalog.model import Item
 from catalog.text import HistoryEvent, is_positive
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.candidates import DEPTHS, ALSParams, CandidateStage, Lists
+from rerank.candidates import DEPTHS, CandidateStage, Lists
 from rerank.features import Request, group_of
 from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig
 from rerank.stacking import Stacked, stack
+from rerank.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
 

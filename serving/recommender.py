@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,8 @@ class Recommender:
             source, ordered by the ranker. It serves only where its card chose it on
             validation. P(like) of the ``k`` items returned comes from its own head (no text
             forward pass), or without one from the ``reranker``.
-        text_vectors: the catalog's text vectors, for a ranker that reads text cosines.
+        text_vectors: the catalog's text vectors (or a function that computes them), for a
+            ranker that reads text cosines and an index version that carries no stage tables.
 
     Raises:
         indexer.NoVersionError: nothing published yet (or, with ``fallback``, nothing
@@ -119,7 +120,7 @@ class Recommender:
         user_template: UserTextTemplate | None = None,
         fallback: bool = False,
         ranker: Any | None = None,
-        text_vectors: ItemVectors | None = None,
+        text_vectors: ItemVectors | Callable[[], ItemVectors] | None = None,
     ) -> None:
         self.user_encoder = user_encoder
         self.user_text_template = user_template
@@ -225,24 +226,44 @@ class Recommender:
             self._ratings,
             vectors,
         )
-        stage = None
-        if self.ranker is not None:
-            from rerank.candidates import ALSParams, CandidateStage
-
-            settings = self.ranker.record.get("stage", {})
-            stage = CandidateStage.build(
-                self.catalog.items,
-                self.histories,
-                tower,
-                index,
-                self.text_vectors,
-                als=ALSParams(**settings["als"]) if "als" in settings else None,
-                depths=settings.get("depths"),
-            )
-            missing = [n for n in self.ranker.names if n not in stage.names]
-            if missing:
-                raise ValueError(f"the ranker reads features this stage lacks: {missing}")
+        stage = self._stage(version, manifest, tower, index) if self.ranker is not None else None
         return _Loaded(version, index, tower, manifest, features, stage)
+
+    def _stage(
+        self, version: str, manifest: Mapping[str, Any], tower: UserTower, index: Any
+    ) -> Any:
+        """The ranking stage's sources and features: over the tables the version carries
+        (``index build --ranker``), else fitted from the catalog here (logged)."""
+        from rerank.candidates import CandidateStage
+        from rerank.tables import ALSParams, StageTables
+
+        assert self.ranker is not None
+        settings = self.ranker.record.get("stage", {})
+        depths = settings.get("depths")
+        if manifest.get("stage"):
+            tables = StageTables.load(self.root.version_dir(version))
+        else:
+            log.warning(
+                "index version %s carries no ranking-stage tables (index build --ranker): "
+                "fitting them from the catalog",
+                version,
+            )
+            text = [n for n in self.ranker.names if n.startswith("text_cos")]
+            vectors = self.text_vectors() if callable(self.text_vectors) else self.text_vectors
+            if text and vectors is None:
+                raise ValueError(
+                    f"the ranker reads {text}: pass the catalog's text vectors (text_vectors=) "
+                    "or serve an index version built with --ranker"
+                )
+            als = ALSParams(**settings["als"]) if "als" in settings else None
+            tables = StageTables.fit(self.catalog.items, self.histories, vectors, als)
+        if tables.text is None and any(n.startswith("text_cos") for n in self.ranker.names):
+            raise ValueError(f"index version {version}'s stage tables carry no text vectors")
+        stage = CandidateStage.from_tables(tables, tower, index, depths=depths)
+        missing = [n for n in self.ranker.names if n not in stage.names]
+        if missing:
+            raise ValueError(f"the ranker reads features this stage lacks: {missing}")
+        return stage
 
     def cache_stats(self) -> dict[str, int | float] | None:
         """The user encoder's embedding-cache counters (None without a cached text tower)."""

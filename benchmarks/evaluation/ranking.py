@@ -29,11 +29,12 @@ from benchmarks.evaluation.protocol import KS, Fold, Ranked, calibration_curve, 
 from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
 from catalog.text import HistoryEvent
 from metrics import expected_calibration_error
-from rerank.candidates import ALSParams, CandidateStage, Lists
+from rerank.candidates import CandidateStage, Lists
 from rerank.features import FEATURE_GROUPS, Request, source_features
 from rerank.gbdt import GBDTRanker, RankerConfig
 from rerank.ranker_train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
 from rerank.stacking import request_time
+from rerank.tables import ALSParams
 from retrieval.index import FlatIndex
 
 

@@ -102,6 +102,15 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     "A trained sequential tower (`duorank train tower`): indexed with the version and "
     "used to embed users when serving."
 )
+@click.option(
+    "--ranker",
+    "ranker_path",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="A trained ranking stage (`duorank train ranker`): fit its tables (co-visitation, "
+    "ALS at its settings, the event log, text vectors) on the dataset's interactions and "
+    "publish them inside the version, so serving swaps them with the index (needs --data).",
+)
 @json_option("Print the build summary as one JSON object on the last line.")
 @click.pass_obj
 def index_build(
@@ -119,6 +128,7 @@ def index_build(
     lock_timeout: float | None,
     verify_cache_sample: int,
     tower_path: Path | None,
+    ranker_path: Path | None,
     as_json: bool,
 ) -> None:
     """Build a new index version from the catalog and publish it atomically."""
@@ -127,6 +137,8 @@ def index_build(
 
     if (data_path is None) == (items_path is None):
         raise click.UsageError("give exactly one of --data DIR or --items FILE")
+    if ranker_path is not None and data_path is None:
+        raise click.UsageError("--ranker needs --data DIR (its tables come from the interactions)")
     config = BuildConfig(
         index_type=index_type,
         index_params=_index_params(params),
@@ -135,7 +147,7 @@ def index_build(
         lock_timeout=lock_timeout,
         verify_cache_sample=verify_cache_sample,
     )
-    job = IndexJob(root, data_path, items_path, mapping, duplicates, model, tower_path)
+    job = IndexJob(root, data_path, items_path, mapping, duplicates, model, tower_path, ranker_path)
     print_build(build_index(settings, job, config), index_type, root, as_json)
 
 

@@ -43,8 +43,9 @@ def quickstart(
 ) -> None:
     """Run the main job end to end on bundled data.
 
-    import -> train the sequential tower (reduced) -> build the index with it -> train the
-    ranking stage over its and three other sources' candidates -> recommend.
+    import -> train the sequential tower (reduced) -> train the ranking stage over its and
+    three other sources' candidates -> build the index with the tower and the stage's tables
+    -> recommend.
     """
     from duorank import jobs
     from duorank.cli.data import print_import
@@ -69,12 +70,8 @@ def quickstart(
     else:
         click.echo(f"\n[2/5] tower already trained at {home.tower} (--retrain to redo)")
 
-    click.echo(f"\n[3/5] building the index under {home.index} (cached vectors are reused)")
-    job = jobs.IndexJob(home.index, data=dataset, tower=home.tower)
-    print_build(jobs.build_index(settings, job, BuildConfig(wait=True)), "flat", home.index, False)
-
     if retrain or home.trained_ranker() is None:
-        click.echo(f"\n[4/5] training the ranking stage over every source -> {home.ranker}")
+        click.echo(f"\n[3/5] training the ranking stage over every source -> {home.ranker}")
         card = jobs.train_ranker(
             settings,
             dataset,
@@ -85,7 +82,11 @@ def quickstart(
         )
         print_ranker(card, home.ranker)
     else:
-        click.echo(f"\n[4/5] ranking stage already trained at {home.ranker} (--retrain to redo)")
+        click.echo(f"\n[3/5] ranking stage already trained at {home.ranker} (--retrain to redo)")
+
+    click.echo(f"\n[4/5] building the index under {home.index} (cached vectors are reused)")
+    job = jobs.IndexJob(home.index, data=dataset, tower=home.tower, ranker=home.ranker)
+    print_build(jobs.build_index(settings, job, BuildConfig(wait=True)), "flat", home.index, False)
 
     click.echo(f"\n[5/5] recommendations for user {user_id}")
     serving = jobs.ServingJob(dataset, home.index, home.trained_reranker(), ranker=home.ranker)

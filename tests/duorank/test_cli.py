@@ -140,6 +140,14 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     served = card["record"]["choice"]["served"]
     assert f"serves the {served.replace('_', ' ')}" in result.output
     assert card["record"]["stage"]["depths"]["tower"] == 100
+    result = runner.invoke(cli, [*build, "--tower", tower, "--ranker", ranker])
+    assert result.exit_code == 0, result.output  # the stage's tables published in the version
+    from indexer import IndexRoot
+
+    index_root = IndexRoot(tmp_path / "index")
+    manifest = index_root.manifest(index_root.require_current())
+    assert manifest["stage"]["files"] == ["stage.npz", "stage.json"]
+    assert {"stage.npz", "stage.json"} <= set(manifest["files"])
     result = runner.invoke(cli, [*recommend, "--ranker", ranker, "--json"])
     assert result.exit_code == 0, result.output
     ranked = json.loads(result.stdout.strip().splitlines()[-1])

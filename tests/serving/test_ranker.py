@@ -11,11 +11,12 @@ import pytest
 from catalog import ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from catalog.text import HistoryEvent
-from indexer import BuildConfig, IndexBuild
+from indexer import BuildConfig, IndexBuild, IndexRoot, VerifyError
 from rerank.features import Request
 from rerank.gbdt import GBDTRanker, RankerConfig
 from rerank.ranker_train import RankingStageArgs, Validation, train_ranking_stage
 from rerank.stacking import request_time
+from rerank.tables import StageTables
 from retrieval.encoder import Encoder
 from retrieval.index import FlatIndex
 from retrieval.sequential import SequentialConfig
@@ -60,9 +61,17 @@ def served(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> dict[s
     ranker = trained.ranker
     ranker.record.update(stage=args.as_dict(), choice={**trained.choice, "served": "ranker"})
     ranker.save(tmp / "ranker")
-    IndexBuild(tmp / "index", encoder, BuildConfig(), tower=tower).run(
-        catalog.items, source={}, source_hash="x", progress=False
-    )
+
+    def write_stage(vectors: ItemVectors, folder: Path) -> dict[str, object]:
+        tables = StageTables.fit(
+            catalog.items, group_histories(catalog.interactions), vectors, args.als
+        )
+        return {"files": [p.name for p in tables.save(folder)]}
+
+    for root, stage in (("index", write_stage), ("plain", None)):
+        IndexBuild(tmp / root, encoder, BuildConfig(), tower=tower, stage=stage).run(
+            catalog.items, source={}, source_hash="x", progress=False
+        )
     return {"tmp": tmp, "catalog": catalog, "text": text}
 
 
@@ -70,12 +79,8 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     tmp = served["tmp"]
     assert isinstance(tmp, Path)
     ranker = GBDTRanker.load(tmp / "ranker")
-    rec = Recommender(
-        tmp / "index",
-        served["catalog"],  # type: ignore[arg-type]
-        ranker=ranker,
-        text_vectors=served["text"],  # type: ignore[arg-type]
-    )
+    rec = Recommender(tmp / "index", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
+    assert rec._loaded.manifest["stage"]["files"] == ["stage.npz", "stage.json"]
     stage = rec._loaded.stage
     assert stage is not None and [s.name for s in stage.sources] == [
         "tower",
@@ -110,9 +115,42 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     present = lists.x[:, [lists.names.index(f"{s}_present") for s in ("covisit", "als")]]
     assert present.any()
 
+    # the tables the version carries are the ones fitted from the catalog at load
+    fitted = Recommender(
+        tmp / "plain",
+        served["catalog"],  # type: ignore[arg-type]
+        ranker=ranker,
+        text_vectors=lambda: served["text"],  # type: ignore[arg-type,return-value]
+    )
+    assert fitted._loaded.manifest["stage"] is None
+    assert [i.item_id for i in fitted.recommend(user, k=5, candidates=8).items] == expected
+
     allowed = set(expected[2:4])
     only = rec.recommend(user, k=5, candidates=8, allow=allowed)
     assert {i.item_id for i in only.items} <= allowed and only.items
+
+
+def test_a_ranker_reading_text_cosines_needs_the_text_vectors(served: dict[str, object]) -> None:
+    tmp = served["tmp"]
+    assert isinstance(tmp, Path)
+    with pytest.raises(ValueError, match=r"text_cos_last.*text_vectors="):
+        Recommender(tmp / "plain", served["catalog"], ranker=GBDTRanker.load(tmp / "ranker"))  # type: ignore[arg-type]
+
+
+def test_damaged_stage_tables_are_never_served(served: dict[str, object]) -> None:
+    tmp = served["tmp"]
+    assert isinstance(tmp, Path)
+    root = IndexRoot(tmp / "index")
+    version = root.current()
+    assert version is not None
+    npz = root.version_dir(version) / "stage.npz"
+    original = npz.read_bytes()
+    try:
+        npz.write_bytes(original[:-16])
+        with pytest.raises(VerifyError, match=r"stage\.npz"):
+            Recommender(tmp / "index", served["catalog"], ranker=GBDTRanker.load(tmp / "ranker"))  # type: ignore[arg-type]
+    finally:
+        npz.write_bytes(original)
 
 
 def test_a_ranker_its_card_did_not_choose_is_not_served(served: dict[str, object]) -> None:
