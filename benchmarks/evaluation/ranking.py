@@ -34,7 +34,6 @@ from rerank.features import FEATURE_GROUPS, Request, source_features
 from rerank.gbdt import GBDTRanker, RankerConfig
 from rerank.ranker_train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
 from rerank.stacking import request_time
-from rerank.tables import ALSParams
 from retrieval.index import FlatIndex
 
 
@@ -81,18 +80,9 @@ def quick_stage_args() -> RankingStageArgs:
 def ranking_stage(ev: Any, towers: Any, args: RankingStageArgs | None = None) -> dict[str, Any]:
     """Trains and evaluates the ranking stage (see the module docstring); records the
     ``ranking_stage`` method on test and returns the validation report."""
-    als_p = ev.methods.get("als", {}).get("params", {})
     base = args or RankingStageArgs()
-    args = replace(
-        base,
-        als=ALSParams(
-            factors=int(als_p.get("factors", base.als.factors)),
-            regularization=float(als_p.get("regularization", base.als.regularization)),
-            alpha=float(als_p.get("alpha", base.als.alpha)),
-            iterations=int(als_p.get("iterations", base.als.iterations)),
-            seed=ev.seed,
-        ),
-        ranker=replace(base.ranker, seed=ev.seed),
+    args = replace(  # the settings `train ranker` uses, seeded as the run
+        base, als=replace(base.als, seed=ev.seed), ranker=replace(base.ranker, seed=ev.seed)
     )
     started = time.perf_counter()
     val_tower = towers.val_tower
