@@ -174,7 +174,13 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     show_default=True,
     help="Learning rate of the heads over the pooled text and the scalar features.",
 )
-@click.option("--max-steps", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=0),
+    default=300,
+    show_default=True,
+    help="Optimiser steps (the measured configuration); 0: whole epochs (--epochs).",
+)
 @click.option("--targets-per-user", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--random-negatives", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--hard-negatives", type=click.IntRange(min=0), default=1, show_default=True)
@@ -259,6 +265,8 @@ def train_reranker_cmd(
 ) -> None:
     """Fine-tune the point-wise cross-encoder reranker (the second stage) on the training
     split, over the first stage's candidates."""
+    from dataclasses import replace
+
     from duorank.jobs import RerankerJob, train_reranker
     from rerank.model import DEFAULT_FEATURES
     from rerank.training_args import RerankerTrainArgs
@@ -270,7 +278,7 @@ def train_reranker_cmd(
         lr=lr,
         head_lr=head_lr,
         seed=seed,
-        max_steps=max_steps,
+        max_steps=max_steps or None,
         targets_per_user=targets_per_user,
         random_negatives=random_negatives,
         hard_negatives=hard_negatives,
@@ -282,6 +290,9 @@ def train_reranker_cmd(
         freeze_layers=freeze_layers,
     )
     if quick:
+        given = click.get_current_context().get_parameter_source("max_steps")
+        if given is click.core.ParameterSource.DEFAULT:  # --quick's own 30 steps
+            cfg = replace(cfg, max_steps=None)
         cfg = cfg.reduced()
     job = RerankerJob(data_path, out, tower_path, model, resume, device, seed)
     print_reranker_card(train_reranker(settings, job, cfg), out)

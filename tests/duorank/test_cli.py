@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from duorank.cli import EXIT_USAGE, cli
@@ -182,3 +183,45 @@ def test_missing_tower_or_reranker_folder_is_a_clean_usage_error(tmp_path: Path)
         assert result.exit_code == EXIT_USAGE, result.output
         assert "nowhere" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "rr").exists()  # nothing half-written
+
+
+def test_train_reranker_defaults_to_the_measured_300_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --max-steps the command trains what the README's figures measured; --quick
+    its CI size unless steps are given; 0 asks for whole epochs."""
+    from duorank import jobs
+
+    seen: list[object] = []
+
+    def fake(settings: object, job: object, cfg: object) -> dict[str, object]:
+        seen.append(cfg)
+        card = {"epoch": 1, "steps": 0}
+        return {
+            "before_training": None,
+            "epochs": [card],
+            "calibration": {},
+            "steps": 0,
+            "train_seconds": 0.0,
+        }
+
+    monkeypatch.setattr(jobs, "train_reranker", fake)
+    base = [
+        "--home",
+        str(tmp_path / "home"),
+        "train",
+        "reranker",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "rr"),
+    ]
+    for extra, steps in (
+        ([], 300),
+        (["--quick"], 30),
+        (["--quick", "--max-steps", "50"], 50),
+        (["--max-steps", "0"], None),
+    ):
+        result = CliRunner().invoke(cli, [*base, *extra])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].max_steps == steps, extra  # type: ignore[attr-defined]
