@@ -481,7 +481,8 @@ class Recommender:
         history: Sequence[HistoryEvent] | None = None,
         profile: Mapping[str, str] | None = None,
     ) -> list[RecommendedItem]:
-        """Point-wise scores for given items (retrieval cosine and rerank probability).
+        """Point-wise scores for given items: the retrieval score and P(like) (the ranking
+        stage's head when it serves, else the cross-encoder's).
 
         Raises:
             KeyError: an unknown user id, or an item id not in the serving index.
@@ -495,7 +496,19 @@ class Recommender:
         feats = loaded.features.features(vector, item_ids, state.history)
         retrieval = loaded.features.retrieval_scores(vector, item_ids)
         probs: list[float | None] = [None] * len(item_ids)
-        if self.reranker is not None and item_ids:
+        like = self.ranker.like if self.ranker is not None else None
+        if like is not None and loaded.stage is not None and item_ids:
+            from rerank.features import Request
+
+            known = [i for i in item_ids if i in loaded.stage.features.item_col]
+            request = Request(state.user_id or "", state.history, self.request_time(state.history))
+            rows = loaded.stage.item_rows(
+                [request] * len(known), known, np.tile(vector, (len(known), 1))
+            )
+            cols = [loaded.stage.names.index(n) for n in like.names]
+            p_of = dict(zip(known, like.probability(rows[:, cols]).tolist(), strict=True))
+            probs = [p_of.get(i) for i in item_ids]
+        elif self.reranker is not None and item_ids:
             text = self.user_template.render(
                 User(state.user_id or "", state.profile), state.history, self.catalog.items
             )

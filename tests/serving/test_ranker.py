@@ -115,6 +115,14 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     present = lists.x[:, [lists.names.index(f"{s}_present") for s in ("covisit", "als")]]
     assert present.any()
 
+    # point-wise scores of given items: the same P(like) as in the list
+    scored = rec.score(user, [i.item_id for i in out.items])
+    np.testing.assert_allclose(
+        [s.rerank_probability for s in scored], [i.rerank_probability for i in out.items]
+    )
+    np.testing.assert_allclose(
+        [s.retrieval_score for s in scored], [i.retrieval_score for i in out.items], atol=1e-5
+    )
     # the tables the version carries are the ones fitted from the catalog at load
     fitted = Recommender(
         tmp / "plain",
