@@ -436,24 +436,28 @@ class Recommender:
         assert self.ranker is not None and loaded.stage is not None
         start = time.perf_counter()
         request = Request(state.user_id or "", state.history, self.request_time(state.history))
-        lists = loaded.stage.lists(
-            [request], [seen], vectors=vector[None, :], depths={"tower": candidates}
+        stage = loaded.stage
+        sets, first = stage.candidates(
+            [request], [seen], vector[None, :], depths={"tower": candidates}
         )
         timings["candidates"] = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
-        scores = self.ranker.score(lists.x)
-        ids = [loaded.stage.item_ids[c] for c in lists.cols]
+        x, rows = stage.features.compute([request], sets, first)
+        timings["features"] = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        scores = self.ranker.score(x)
+        ids = [stage.item_ids[c] for c in rows]
         if allow is not None:
             scores = np.where([i in allow for i in ids], scores, -np.inf)
         order = [int(o) for o in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[o])]
-        retrieval = lists.column("retrieval_score")
+        retrieval = x[:, stage.names.index("retrieval_score")]
         timings["rank"] = (time.perf_counter() - start) * 1000
         probs: list[float | None] = [None] * len(order)
         like = self.ranker.like
         if like is not None and order:  # the stage's own P(like) head: no text forward pass
             start = time.perf_counter()
-            cols = [lists.names.index(n) for n in like.names]
-            probs = [float(p) for p in like.probability(lists.x[order][:, cols])]
+            cols = [stage.names.index(n) for n in like.names]
+            probs = [float(p) for p in like.probability(x[order][:, cols])]
             timings["p_like"] = (time.perf_counter() - start) * 1000
         elif self.reranker is not None and order:
             start = time.perf_counter()

@@ -93,7 +93,7 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     seen = {e.item_id for e in history}
     out = rec.recommend(user, k=5, candidates=8)
     assert out.reranked and len(out.items) == 5
-    assert {"embed", "candidates", "rank", "p_like"} <= set(out.timings_ms)
+    assert {"embed", "candidates", "features", "rank", "p_like"} <= set(out.timings_ms)
     assert not {i.item_id for i in out.items} & seen
     # P(like) from the stage's own head (likes and dislikes among the targets), no text model
     assert ranker.like is not None
