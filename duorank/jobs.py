@@ -244,7 +244,7 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, An
     from rerank.tables import ALSParams, StageTables
 
     card = json.loads((ranker / CARD).read_text())
-    als = ALSParams(**card["record"]["stage"]["als"])
+    als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
 
     def write(text_vectors: Any, folder: Path) -> dict[str, Any]:
         catalog = load_catalog(data)

@@ -241,12 +241,15 @@ class CandidateStage:
         for source in self.sources:
             if isinstance(source, TowerSource):  # the vectors above, searched once
                 result = self.index.search(vectors, depth[source.name], exclude=list(excludes))
-                proposals[source.name] = [
-                    Proposal(list(ids), result.scores[n, : len(ids)].astype(np.float32))
-                    if np.any(vectors[n])
-                    else Proposal([], np.zeros(0, np.float32))
-                    for n, ids in enumerate(result.ids)
-                ]
+                found = []
+                for n, ids in enumerate(result.ids):
+                    keep = [j for j, i in enumerate(ids) if i in self.features.item_col]
+                    found.append(  # items the tables know (a newer index may hold more)
+                        Proposal([ids[j] for j in keep], result.scores[n, keep].astype(np.float32))
+                        if np.any(vectors[n])
+                        else Proposal([], np.zeros(0, np.float32))
+                    )
+                proposals[source.name] = found
             else:
                 proposals[source.name] = source.propose_many(
                     histories, ats, depth[source.name], excludes

@@ -67,7 +67,7 @@ class Recommendation:
     index_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     reranked: bool = False
-    fallback: str | None = None  # "popularity" (cold user) or "rerank_failed"
+    fallback: str | None = None  # "popularity" (cold user), "rank_failed" or "rerank_failed"
 
 
 @dataclass
@@ -372,14 +372,19 @@ class Recommender:
                 timings,
                 fallback="popularity",
             )
+        failed = None
         if loaded.stage is not None:
-            return self._ranked(loaded, state, vector, seen, k, candidates, allow, timings)
+            try:
+                return self._ranked(loaded, state, vector, seen, k, candidates, allow, timings)
+            except Exception:  # a broken ranking stage degrades to the tower's order
+                log.exception("ranking stage failed; serving the first stage's order")
+                failed = "rank_failed"
         start = time.perf_counter()
         result = loaded.index.search(vector[None, :], candidates, exclude=[seen], allow=allow)
         cand_ids = result.ids[0]
         cand_scores = result.scores[0][: len(cand_ids)]
         timings["retrieve"] = (time.perf_counter() - start) * 1000
-        if self.reranker is None or not cand_ids:
+        if self.reranker is None or not cand_ids or failed:
             return Recommendation(
                 [
                     self._item(i, float(s), None)
@@ -387,6 +392,7 @@ class Recommender:
                 ],
                 loaded.version,
                 timings,
+                fallback=failed,
             )
         start = time.perf_counter()
         try:

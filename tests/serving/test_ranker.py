@@ -133,6 +133,14 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     assert fitted._loaded.manifest["stage"] is None
     assert [i.item_id for i in fitted.recommend(user, k=5, candidates=8).items] == expected
 
+    # a broken ranking stage degrades to the tower's order, flagged, never an error
+    broken = Recommender(tmp / "index", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
+    broken.ranker = GBDTRanker(None, ranker.names, ranker.scale, ranker.config, ranker.record)
+    degraded = broken.recommend(user, k=5, candidates=8)
+    assert degraded.fallback == "rank_failed" and len(degraded.items) == 5
+    scores = [i.retrieval_score for i in degraded.items]
+    assert scores == sorted(scores, reverse=True)
+
     allowed = set(expected[2:4])
     only = rec.recommend(user, k=5, candidates=8, allow=allowed)
     assert {i.item_id for i in only.items} <= allowed and only.items
