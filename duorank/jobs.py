@@ -144,7 +144,8 @@ def train_ranker(
 
     from catalog import leave_one_out, load_catalog
     from catalog.history import group_histories
-    from catalog.text import HistoryEvent
+    from catalog.text import HistoryEvent, is_positive
+    from catalog.thresholds import LIKE_THRESHOLD
     from rerank.features import Request
     from rerank.ranker_train import Validation, refit_config, train_ranking_stage
     from rerank.stacking import request_time
@@ -160,8 +161,10 @@ def train_ranker(
     tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     histories = group_histories(split.train)
     val = split.validation
-    requests, excludes, targets = [], [], []
+    requests, excludes, targets, likes = [], [], [], []
     for row in val:
+        liked = is_positive(HistoryEvent(row.item_id, 0, row.rating, row.label), LIKE_THRESHOLD)
+        likes.append(0.0 if liked is False else 1.0)
         history = histories.get(row.user_id, [])
         requests.append(
             Request(
@@ -174,7 +177,7 @@ def train_ranker(
     trained = train_ranking_stage(
         catalog.items,
         histories,
-        Validation(requests, excludes, targets),
+        Validation(requests, excludes, targets, likes),
         tower,
         index,
         ItemVectors(ids, vectors),
@@ -190,6 +193,8 @@ def train_ranker(
         data=str(data),
         seconds=trained.seconds,
     )
+    if ranker.like is not None:
+        ranker.record["like"] = ranker.like.record
     ranker.save(out)
     return ranker.record
 

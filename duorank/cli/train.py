@@ -377,6 +377,16 @@ def print_ranker(card: dict[str, Any], out: Path) -> None:
         f"{choice['served'].replace('_', ' ')}; {card['rounds']} trees "
         f"({sum(card['seconds'].values()):.0f} s)"
     )
+    like = card.get("like")
+    if isinstance(like, dict):
+        figures = (
+            f"validation AUC {like['validation_auc']:.3f}, ECE {like['validation_ece']:.3f}"
+            if "validation_auc" in like
+            else "no validation AUC (the validation events are all likes or all dislikes)"
+        )
+        click.echo(f"P(like) head: {like['rounds']} trees; {figures}")
+    elif isinstance(like, str):
+        click.echo(f"P(like) head: {like}")
 
 
 def print_reranker_card(card: dict[str, Any], out: Path) -> None:

@@ -140,6 +140,7 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     card = json.loads((tmp_path / "ranker" / "ranker.json").read_text())
     served = card["record"]["choice"]["served"]
     assert f"serves the {served.replace('_', ' ')}" in result.output
+    assert "P(like) head: " in result.output  # its validation AUC, or why there is none
     assert card["record"]["stage"]["depths"]["tower"] == 100
     result = runner.invoke(cli, [*build, "--tower", tower, "--ranker", ranker])
     assert result.exit_code == 0, result.output  # the stage's tables published in the version
