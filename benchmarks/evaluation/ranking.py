@@ -174,6 +174,7 @@ def ranking_stage(ev: Any, towers: Any, args: RankingStageArgs | None = None) ->
     report["served"] = trained.choice["served"]
     report["importance"] = dict(sorted(ranker.importance().items(), key=lambda kv: -kv[1]))
     report["ranker"] = ranker.record
+    report["like"] = ranker.like.record if ranker.like is not None else ranker.record.get("like")
     # 5. Test: the first stage refitted on train + validation, each seed's tower.
     stage_test = CandidateStage.build(
         ev.catalog.items,

@@ -150,6 +150,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     # the tiny catalog's events are all likes: no P(like) head, and the report says so
     assert set(report["methods"]["popularity"]) >= {"ndcg@10"}
     assert stage["ranker"]["like"].startswith("none: every training target is a like")
+    assert stage["like"] == stage["ranker"]["like"]
     # The room the ranking stage has: every source's recall on validation, and the merge's.
     sources = report["candidate_sources"]
     assert set(sources["sources"]) == {"tower", "covisit", "als", "popular"}
