@@ -69,20 +69,24 @@ class Validation:
 
 
 def list_ndcg10(scores: npt.NDArray[np.floating], lists: Lists) -> npt.NDArray[np.float64]:
-    """Per list, NDCG@10 of its target under ``scores`` (0 where the target is absent; ties
-    keep the list's order, as the stable sort that serves does: never in the target's
-    favour)."""
+    """Per list, NDCG@10 of its target under ``scores`` (0 where the target is absent). Ties
+    keep the list's order, as the stable sort that serves does: never in the target's favour.
+    The metric is :func:`metrics.ndcg_at_k` over positions within each list."""
+    from metrics import ndcg_at_k
+
     off = lists.offsets
-    out = np.zeros(len(lists.sizes))
-    for n in range(len(lists.sizes)):
-        y = lists.labels[off[n] : off[n + 1]]
-        if not y.any():
-            continue
-        s = np.asarray(scores[off[n] : off[n + 1]], dtype=np.float64)
-        t = int(np.flatnonzero(y)[0])
-        rank = int((s > s[t]).sum() + (s[:t] == s[t]).sum()) + 1
-        out[n] = 1.0 / np.log2(rank + 1) if rank <= 10 else 0.0
-    return out
+    n = len(lists.sizes)
+    top = np.full((n, 10), -1, dtype=np.int64)
+    target = np.full((n, 1), -1, dtype=np.int64)
+    for i in range(n):
+        s = np.asarray(scores[off[i] : off[i + 1]], dtype=np.float64)
+        order = np.argsort(-s, kind="stable")[:10]
+        top[i, : len(order)] = order
+        hit = np.flatnonzero(lists.labels[off[i] : off[i + 1]])
+        if len(hit):
+            target[i, 0] = hit[0]
+    values = np.asarray(ndcg_at_k(top, target, 10, per_user=True), dtype=np.float64)
+    return np.nan_to_num(values, nan=0.0)  # no target among the candidates: 0
 
 
 def one_se_choice(
