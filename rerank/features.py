@@ -82,6 +82,21 @@ class Request:
     at: int
 
 
+def event_arrays(
+    item_col: Mapping[str, int], histories: Mapping[str, Sequence[HistoryEvent]]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Every event's item column, time and rating (NaN: none), in the histories' order
+    (events of unknown items are skipped)."""
+    rows = [
+        (item_col[e.item_id], e.timestamp, np.nan if e.rating is None else e.rating)
+        for h in histories.values()
+        for e in h
+        if e.item_id in item_col
+    ]
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
+    return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2]
+
+
 class EventLog:
     """Every event's item, time and rating, sorted by (item, time): counts and rating sums of
     any item before any time are two binary searches."""
@@ -116,14 +131,7 @@ class EventLog:
         cls, item_col: Mapping[str, int], histories: Mapping[str, Sequence[HistoryEvent]]
     ) -> EventLog:
         """From histories (events of unknown items are skipped)."""
-        rows = [
-            (item_col[e.item_id], e.timestamp, np.nan if e.rating is None else e.rating)
-            for h in histories.values()
-            for e in h
-            if e.item_id in item_col
-        ]
-        arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
-        return cls(len(item_col), arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2])
+        return cls(len(item_col), *event_arrays(item_col, histories))
 
     def _position(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]

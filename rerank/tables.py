@@ -20,7 +20,8 @@ import scipy.sparse as sp
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from retrieval.sources import CoVisitationSource
+from rerank.features import event_arrays
+from retrieval.sources import CoVisitationSource, FactorSource
 from retrieval.vectors import ItemVectors
 
 Floats = npt.NDArray[np.float32]
@@ -79,22 +80,19 @@ class StageTables:
         als: ALSParams | None = None,
     ) -> StageTables:
         """Fits every table on ``histories`` (time-ordered events per user)."""
-        from retrieval.als import fit_als
-
         als = als or ALSParams()
         item_ids = list(items)
         col = {i: n for n, i in enumerate(item_ids)}
         covisit = CoVisitationSource.build(item_ids, histories).table
-        rows = {i: n + 1 for n, i in enumerate(item_ids)}  # fit_als keeps row 0 empty
-        factors = fit_als(
+        factors = FactorSource.build(
+            item_ids,
             histories,
-            rows,
             factors=als.factors,
             reg=als.regularization,
             alpha=als.alpha,
             iterations=als.iterations,
             seed=als.seed,
-        )[1:]
+        ).factors
         user_pos = {u: n for n, u in enumerate(sorted(histories))}
         pairs = np.array(
             sorted(
@@ -111,15 +109,7 @@ class StageTables:
             (np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])),
             shape=(len(item_ids), len(user_pos)),
         )
-        events = np.array(
-            [
-                (col[e.item_id], e.timestamp, np.nan if e.rating is None else e.rating)
-                for h in histories.values()
-                for e in h
-                if e.item_id in col
-            ],
-            dtype=np.float64,
-        ).reshape(-1, 3)
+        log_cols, log_times, log_ratings = event_arrays(col, histories)
         text = None
         if text_vectors is not None:
             r = text_vectors.rows(item_ids)
@@ -142,9 +132,9 @@ class StageTables:
             users_of,
             np.asarray(factors, dtype=np.float32),
             als,
-            events[:, 0].astype(np.int64),
-            events[:, 1].astype(np.int64),
-            events[:, 2],
+            log_cols,
+            log_times,
+            log_ratings,
             text,
             genres,
         )
