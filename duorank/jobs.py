@@ -240,15 +240,14 @@ class IndexJob:
 def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, Any]]:
     """Fits the ranking stage's tables on the dataset's interactions, with the ALS settings of
     the ranker's card, and writes them into an index version's staging folder."""
-    import json
     from dataclasses import asdict
 
     from catalog import load_catalog
     from catalog.history import group_histories
-    from rerank.gbdt import CARD
+    from rerank.gbdt import read_card
     from rerank.tables import ALSParams, StageTables
 
-    card = json.loads((ranker / CARD).read_text())
+    card = read_card(ranker)  # before any work: a wrong folder fails at once
     als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
 
     def write(text_vectors: Any, folder: Path) -> dict[str, Any]:

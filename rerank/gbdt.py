@@ -99,6 +99,27 @@ def with_targets(lists: Lists) -> Lists:
     return lists.select(np.array(keep, dtype=np.int64))
 
 
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """A ranker folder's ``ranker.json``.
+
+    Raises:
+        FileNotFoundError: the folder holds no ranker (names it).
+        ValueError: the card is not a ranker's card (names the file).
+    """
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path.parent}: not a ranker folder (no {CARD}; train one with `duorank train ranker`)"
+        )
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(card, dict) or card.get("kind") != "gbdt" or "names" not in card:
+        raise ValueError(f"{path}: not a ranker card (kind 'gbdt' with feature names)")
+    return card
+
+
 class GBDTRanker:
     """A fitted features ranker (see the module docstring)."""
 
@@ -238,8 +259,11 @@ class GBDTRanker:
         import lightgbm as lgb
 
         path = Path(folder)
-        card = json.loads((path / CARD).read_text())
-        booster = lgb.Booster(model_str=(path / MODEL).read_text())
+        card = read_card(path)
+        model = path / MODEL
+        if not model.is_file():
+            raise FileNotFoundError(f"{model}: missing (the ranker folder is incomplete)")
+        booster = lgb.Booster(model_str=model.read_text())
         like = None
         if "like" in card:
             like = LikeModel(

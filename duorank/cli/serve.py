@@ -36,7 +36,7 @@ def serving_options(fn: F) -> F:
             click.option(
                 "--ranker",
                 "ranker_path",
-                type=click.Path(path_type=Path),
+                type=click.Path(path_type=Path, exists=True, file_okay=False),
                 default=None,
                 help="Ranking stage folder (`train ranker`; default: HOME/models/ranker when "
                 "present). It orders every source's candidates where its card chose it on "

@@ -226,3 +226,29 @@ def test_train_reranker_defaults_to_the_measured_300_steps(
         result = CliRunner().invoke(cli, [*base, *extra])
         assert result.exit_code == 0, result.output
         assert seen[-1].max_steps == steps, extra  # type: ignore[attr-defined]
+
+
+def test_a_wrong_ranker_folder_is_a_clean_error_and_publishes_nothing(tmp_path: Path) -> None:
+    from catalog import save_catalog
+    from tests.conftest import tiny_catalog
+
+    save_catalog(tiny_catalog(), tmp_path / "data")  # type: ignore[arg-type]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ranker.json").write_text("{not json")
+    base = ["--home", str(tmp_path / "home")]
+    data, root = str(tmp_path / "data"), str(tmp_path / "index")
+    build = [*base, "index", "build", "--data", data, "--root", root, "--ranker"]
+    for folder, message in (("empty", "not a ranker folder"), ("bad", "not valid JSON")):
+        result = CliRunner().invoke(cli, [*build, str(tmp_path / folder)])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert message in result.output and folder in result.output
+    assert not (tmp_path / "index" / "versions").exists() or not any(
+        (tmp_path / "index" / "versions").iterdir()
+    )  # nothing published
+    items = [*base, "index", "build", "--items", data, "--root", root]
+    result = CliRunner().invoke(cli, [*items, "--ranker", str(tmp_path / "bad")])
+    assert result.exit_code == EXIT_USAGE and "--ranker needs --data" in result.output
+    recommend = [*base, "recommend", "--user", "u1", "--ranker", str(tmp_path / "nowhere")]
+    result = CliRunner().invoke(cli, recommend)
+    assert result.exit_code == EXIT_USAGE and "nowhere" in result.output
