@@ -155,8 +155,8 @@ class CandidateStage:
             TowerSource(tower, index) if s.name == "tower" else s for s in self.sources
         ]
         stage.tower, stage.index = tower, index
-        stage.features = copy.copy(self.features)
-        stage.features.learned = stage.learned = _rows_of(tower, self.item_ids)
+        stage.learned = _rows_of(tower, self.item_ids)
+        stage.features = self.features.with_learned(stage.learned)
         return stage
 
     @property

@@ -13,6 +13,7 @@ batch of requests and their candidate lists into one ``(rows, features)`` matrix
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -221,6 +222,12 @@ class RankingFeatures:
         g = genres.tocsr().astype(np.float32) if genres is not None else sp.csr_matrix((n, 1))
         sizes = np.asarray(g.sum(axis=1)).ravel()
         self.genres = sp.diags(1.0 / np.maximum(sizes, 1.0)) @ g  # each item's genres sum to 1
+
+    def with_learned(self, learned_vectors: npt.NDArray[np.floating]) -> RankingFeatures:
+        """The same tables with another tower's item vectors (normalised as at construction)."""
+        out = copy.copy(self)
+        out.learned = _unit(learned_vectors)
+        return out
 
     def cols_of(self, history: Sequence[HistoryEvent]) -> list[int]:
         """The history's item columns, oldest first (unknown items skipped)."""

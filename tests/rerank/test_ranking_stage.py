@@ -11,6 +11,7 @@ from rerank.candidates import CandidateStage, Lists
 from rerank.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
 from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig, list_loss
 from rerank.stacking import stack
+from rerank.tables import StageTables
 from retrieval.index import FlatIndex
 from retrieval.towers import MeanItemsTower
 from retrieval.vectors import ItemVectors, normalize
@@ -213,3 +214,21 @@ def test_the_like_head_separates_likes_and_round_trips_with_the_ranker(tmp_path)
     again = GBDTRanker.load(tmp_path / "r")
     assert again.like is not None and again.like.names == names
     np.testing.assert_allclose(again.like.probability(x[1500:]), p)
+
+
+def test_another_towers_stage_computes_what_a_stage_built_with_it_does() -> None:
+    """``with_tower`` (each seed's tower in the evaluation) reuses the tables; its features,
+    the learned-vector cosines included, equal those of a stage built with that tower."""
+    histories = _log()
+    tables = StageTables.fit(ITEMS, histories)
+    rng = np.random.default_rng(7)
+    vectors = ItemVectors(list(ITEMS), 3.0 * normalize(rng.normal(size=(N_ITEMS, 8))))
+    other = MeanItemsTower(vectors, n_recent=5)
+    index = FlatIndex(8).build(vectors.ids, vectors.matrix)
+    swapped = _stage(histories).with_tower(other, index)
+    built = CandidateStage.from_tables(tables, other, index, depths=swapped.depths)
+    requests = [Request(u, h[:-1], h[-1].timestamp + 1) for u, h in sorted(histories.items())]
+    excludes = [{e.item_id for e in r.history} for r in requests]
+    a, b = swapped.lists(requests, excludes), built.lists(requests, excludes)
+    for name in ("learned_cos_last", "learned_cos_mean", "retrieval_score"):
+        np.testing.assert_allclose(a.column(name), b.column(name), rtol=1e-5, atol=1e-6)
