@@ -14,6 +14,8 @@
    one-standard-error rule keeps the simpler model).
 5. **Test**: the ranker, unchanged, over the candidates of the first stage refitted on train +
    validation (each seed's tower in turn).
+6. **Text**, when a cross-encoder is given: its text logit alone, and added to the ranker's
+   score, on validation (:mod:`benchmarks.evaluation.text`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy.typing as npt
 
 from benchmarks.evaluation.protocol import KS, Fold, Ranked, calibration_curve, metrics_of
 from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
+from benchmarks.evaluation.text import text_side_by_side
 from catalog.text import HistoryEvent
 from metrics import expected_calibration_error
 from rerank.candidates import CandidateStage, Lists
@@ -77,9 +80,13 @@ def quick_stage_args() -> RankingStageArgs:
     )
 
 
-def ranking_stage(ev: Any, towers: Any, args: RankingStageArgs | None = None) -> dict[str, Any]:
+def ranking_stage(
+    ev: Any, towers: Any, args: RankingStageArgs | None = None, reranker: Any | None = None
+) -> dict[str, Any]:
     """Trains and evaluates the ranking stage (see the module docstring); records the
-    ``ranking_stage`` method on test and returns the validation report."""
+    ``ranking_stage`` method on test and returns the validation report. With a cross-encoder
+    ``reranker``, the report's ``text`` entry says whether its text earns weight
+    (:mod:`benchmarks.evaluation.text`)."""
     base = args or RankingStageArgs()
     args = replace(  # the settings `train ranker` uses, seeded as the run
         base, als=replace(base.als, seed=ev.seed), ranker=replace(base.ranker, seed=ev.seed)
@@ -169,6 +176,18 @@ def ranking_stage(ev: Any, towers: Any, args: RankingStageArgs | None = None) ->
         ev.progress(
             f"ranking stage ({name}): validation NDCG@10 {per_list.mean():.4f} "
             f"(first stage {first.mean():.4f})"
+        )
+    if reranker is not None:
+        ev.progress("ranking stage: the cross-encoder's text on validation")
+        report["text"] = text_side_by_side(
+            reranker,
+            ranker,
+            val_lists,
+            stage_val.features.item_ids,
+            ev.catalog,
+            ev.hist_val,
+            ev.seed,
+            ev.progress,
         )
     serve = trained.choice["served"] == "ranker"
     report["served"] = trained.choice["served"]

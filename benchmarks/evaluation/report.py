@@ -88,6 +88,23 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                 f"| {a['minus_first_stage']:+.4f} +- {a['minus_first_stage_se']:.4f} "
                 f"| {a['rounds']} |"
             )
+        text = stage.get("text")
+        if text:  # the cross-encoder's text against and beside the features ranker
+            rows += [
+                "",
+                f"Text on validation (the cross-encoder's logit over the tower's top "
+                f"{text['depth']}, {text['pairs']} pairs, {text['ms_per_pair']:.2f} ms a pair on "
+                f"{text['backend']}; blend weights cross-fitted on the other half of the users): "
+                f"serves the {text['served']}.",
+                "",
+                "| variant | NDCG@10 | difference to the ranker (+- 1 se) |",
+                "|---|---|---|",
+            ]
+            for name, t in text["variants"].items():
+                rows.append(
+                    f"| {name} | {t['ndcg@10']:.4f} "
+                    f"| {t['minus_ranker']:+.4f} +- {t['minus_ranker_se']:.4f} |"
+                )
     seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [

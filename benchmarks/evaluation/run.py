@@ -62,7 +62,7 @@ def run_eval(
     ranking: dict[str, Any] | None = None
     if towers is not None and towers.val_tower is not None:
         # The ranking stage over every source's candidates, stacked on the trained tower.
-        ranking = ranking_stage(ev, towers, quick_stage_args() if quick else None)
+        ranking = ranking_stage(ev, towers, quick_stage_args() if quick else None, reranker)
     steps.against_references(ev, towers)
     # The room the ranking stage has: each candidate source's recall on validation.
     if towers is not None and towers.val_tower is not None:

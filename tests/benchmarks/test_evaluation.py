@@ -147,6 +147,19 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     lo, hi = vs_first["ndcg@10_mean_minus_reference_ci95"]
     diff = ranking["seeds"]["ndcg@10_mean"] - trained["seeds"]["ndcg@10_mean"]
     assert lo - 1e-9 <= diff <= hi + 1e-9
+    # The cross-encoder's text beside the features ranker, on the tower's top lists.
+    text = stage["text"]
+    assert text["pairs"] > 0 and text["ms_per_pair"] > 0
+    assert set(text["variants"]) == {
+        "first stage",
+        "features ranker (served)",
+        "text only (cross-encoder)",
+        "first stage + text",
+        "features ranker + text",
+    }
+    assert text["variants"]["features ranker (served)"]["minus_ranker"] == 0.0
+    assert all(0.0 <= v["ndcg@10"] <= 1.0 for v in text["variants"].values())
+    assert len(text["fits"]["features ranker + text"]) == 2
     # the tiny catalog's events are all likes: no P(like) head, and the report says so
     assert set(report["methods"]["popularity"]) >= {"ndcg@10"}
     assert stage["ranker"]["like"].startswith("none: every training target is a like")
@@ -172,3 +185,4 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert any(line.startswith("| sasrec | 2 | ") for line in table.splitlines())
     assert f"Best baseline of the run: {best}." in table and "| Gini@10 |" in table
     assert "| covisit |" in table and "| merged (" in table
+    assert "Text on validation" in table and "| text only (cross-encoder) |" in table
