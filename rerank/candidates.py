@@ -38,6 +38,47 @@ Floats = npt.NDArray[np.float32]
 
 DEPTHS: dict[str, int] = {"tower": 100, "covisit": 50, "als": 50, "popular": 20}
 """Items each source proposes per request (the merge holds at most their sum)."""
+EXPOSURE_K = 10
+"""The exposure feature counts the first stage's top 10 (the list a user is shown)."""
+EXPOSURE_USERS = 10_000
+"""At most this many users (a seeded sample) measure the exposure: enough for shares of 0.1%."""
+EMBED_BATCH = 1024
+
+
+def exposure(
+    tower: UserTower,
+    index: VectorIndex,
+    histories: Mapping[str, Sequence[HistoryEvent]],
+    item_col: Mapping[str, int],
+    *,
+    k: int = EXPOSURE_K,
+    max_users: int = EXPOSURE_USERS,
+    seed: int = 0,
+) -> Floats:
+    """Each item's share of users whose top ``k`` by the first stage holds it (their own items
+    excluded): the first stage's hubs (k-occurrence, Radovanovic et al., JMLR 2010). An item the
+    tower shows nearly everyone, whoever they are, is rarely what one of them wants next; one
+    inner product cannot see that, a ranker given this count can discount it."""
+    users = sorted(u for u, h in histories.items() if h)
+    if len(users) > max_users:
+        picked = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+        users = [users[n] for n in sorted(picked)]
+    counts = np.zeros(len(item_col), dtype=np.float64)
+    shown = 0
+    for start in range(0, len(users), EMBED_BATCH):
+        chunk = users[start : start + EMBED_BATCH]
+        vectors = tower.embed([UserState(history=histories[u]) for u in chunk])
+        has = np.any(vectors, axis=1)
+        seen = [{e.item_id for e in histories[u]} for u in chunk]
+        result = index.search(vectors, k, exclude=seen)
+        for n, ids in enumerate(result.ids):
+            if has[n]:
+                shown += 1
+                for i in ids:
+                    if i in item_col:
+                        counts[item_col[i]] += 1
+    out: Floats = (counts / max(shown, 1)).astype(np.float32)
+    return out
 
 
 @dataclass
@@ -139,6 +180,7 @@ class CandidateStage:
         sources: Sequence[CandidateSource],
         features: RankingFeatures,
         depths: Mapping[str, int] | None = None,
+        histories: Mapping[str, Sequence[HistoryEvent]] | None = None,
     ) -> None:
         self.item_ids = list(item_ids)
         self.tower = tower
@@ -147,16 +189,23 @@ class CandidateStage:
         self.features = features
         self.depths = {s.name: (depths or DEPTHS).get(s.name, 100) for s in self.sources}
         self.learned = _rows_of(tower, self.item_ids)
+        self.histories = histories
 
     def with_tower(self, tower: UserTower, index: VectorIndex) -> CandidateStage:
-        """The same tables with another first stage (e.g. another seed's tower)."""
+        """The same tables with another first stage (e.g. another seed's tower): its item
+        vectors and, over the same users, its exposure."""
         stage = copy.copy(self)
         stage.sources = [
             TowerSource(tower, index) if s.name == "tower" else s for s in self.sources
         ]
         stage.tower, stage.index = tower, index
         stage.learned = _rows_of(tower, self.item_ids)
-        stage.features = self.features.with_learned(stage.learned)
+        shares = (
+            exposure(tower, index, self.histories, self.features.item_col)
+            if self.histories is not None
+            else None
+        )
+        stage.features = self.features.with_learned(stage.learned, shares)
         return stage
 
     @property
@@ -179,7 +228,9 @@ class CandidateStage:
     ) -> CandidateStage:
         """Fits every source and feature table on ``histories`` (time-ordered events)."""
         tables = StageTables.fit(items, histories, text_vectors, als)
-        return cls.from_tables(tables, tower, index, depths=depths, sources=sources)
+        return cls.from_tables(
+            tables, tower, index, depths=depths, sources=sources, histories=histories
+        )
 
     @classmethod
     def from_tables(
@@ -190,8 +241,10 @@ class CandidateStage:
         *,
         depths: Mapping[str, int] | None = None,
         sources: Collection[str] = tuple(DEPTHS),
+        histories: Mapping[str, Sequence[HistoryEvent]] | None = None,
     ) -> CandidateStage:
-        """The stage over fitted tables (say, the ones an index version carries)."""
+        """The stage over fitted tables (say, the ones an index version carries); the
+        exposure feature is measured over ``histories`` (the tables' log; zeros without)."""
         item_ids = tables.item_ids
         built: list[CandidateSource] = [TowerSource(tower, index)]
         if "covisit" in sources:
@@ -209,6 +262,7 @@ class CandidateStage:
             built.append(
                 RecentPopularitySource(item_ids, tables.log_times, tables.log_cols, POPULAR_WINDOW)
             )
+        col = {i: n for n, i in enumerate(item_ids)}
         features = RankingFeatures(
             item_ids,
             EventLog(len(item_ids), tables.log_cols, tables.log_times, tables.log_ratings),
@@ -217,8 +271,9 @@ class CandidateStage:
             tables.text,
             _rows_of(tower, item_ids),
             tables.genres,
+            exposure(tower, index, histories, col) if histories is not None else None,
         )
-        return cls(item_ids, tower, index, built, features, depths)
+        return cls(item_ids, tower, index, built, features, depths, histories)
 
     def candidates(
         self,

@@ -37,6 +37,7 @@ SHRINK = 5.0
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "first_stage": ("retrieval_score",),
+    "exposure": ("exposure_top10",),
     "popularity": (
         *(f"pop_{d}d" for d in WINDOWS),
         "pop_all",
@@ -193,6 +194,8 @@ class RankingFeatures:
         text_vectors: (items, d) text vectors (rows of ``item_ids``), or None.
         learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
         genres: (items, genres) binary genre (or tag) matrix, or None.
+        exposure: (items,) the first stage's exposure (:func:`rerank.candidates.exposure`),
+            or None (zeros).
     """
 
     def __init__(
@@ -204,6 +207,7 @@ class RankingFeatures:
         text_vectors: npt.NDArray[np.floating] | None = None,
         learned_vectors: npt.NDArray[np.floating] | None = None,
         genres: sp.csr_matrix | None = None,
+        exposure: npt.NDArray[np.floating] | None = None,
     ) -> None:
         self.item_ids = list(item_ids)
         self.item_col = {i: n for n, i in enumerate(self.item_ids)}
@@ -222,11 +226,21 @@ class RankingFeatures:
         g = genres.tocsr().astype(np.float32) if genres is not None else sp.csr_matrix((n, 1))
         sizes = np.asarray(g.sum(axis=1)).ravel()
         self.genres = sp.diags(1.0 / np.maximum(sizes, 1.0)) @ g  # each item's genres sum to 1
+        self.exposure = (
+            np.zeros(n, np.float32) if exposure is None else np.asarray(exposure, np.float32)
+        )
 
-    def with_learned(self, learned_vectors: npt.NDArray[np.floating]) -> RankingFeatures:
-        """The same tables with another tower's item vectors (normalised as at construction)."""
+    def with_learned(
+        self,
+        learned_vectors: npt.NDArray[np.floating],
+        exposure: npt.NDArray[np.floating] | None = None,
+    ) -> RankingFeatures:
+        """The same tables with another tower's item vectors (normalised as at construction)
+        and its exposure."""
         out = copy.copy(self)
         out.learned = _unit(learned_vectors)
+        if exposure is not None:
+            out.exposure = np.asarray(exposure, np.float32)
         return out
 
     def cols_of(self, history: Sequence[HistoryEvent]) -> list[int]:
@@ -272,7 +286,7 @@ class RankingFeatures:
         past = [e for e in request.history if e.timestamp < request.at]
         hist = self.cols_of(past)
         recent = np.array(hist[::-1][: max(LAST)], dtype=np.int64)  # newest first
-        out: list[npt.NDArray[np.floating]] = [tower]
+        out: list[npt.NDArray[np.floating]] = [tower, self.exposure[cols]]
 
         # popularity: events in windows before at, all-time, trend and age
         windows = [

@@ -7,7 +7,7 @@ import pytest
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from rerank.candidates import CandidateStage, Lists
+from rerank.candidates import CandidateStage, Lists, exposure
 from rerank.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
 from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig, list_loss
 from rerank.stacking import stack
@@ -226,9 +226,39 @@ def test_another_towers_stage_computes_what_a_stage_built_with_it_does() -> None
     other = MeanItemsTower(vectors, n_recent=5)
     index = FlatIndex(8).build(vectors.ids, vectors.matrix)
     swapped = _stage(histories).with_tower(other, index)
-    built = CandidateStage.from_tables(tables, other, index, depths=swapped.depths)
+    built = CandidateStage.from_tables(
+        tables, other, index, depths=swapped.depths, histories=histories
+    )
     requests = [Request(u, h[:-1], h[-1].timestamp + 1) for u, h in sorted(histories.items())]
     excludes = [{e.item_id for e in r.history} for r in requests]
     a, b = swapped.lists(requests, excludes), built.lists(requests, excludes)
-    for name in ("learned_cos_last", "learned_cos_mean", "retrieval_score"):
+    for name in ("learned_cos_last", "learned_cos_mean", "retrieval_score", "exposure_top10"):
         np.testing.assert_allclose(a.column(name), b.column(name), rtol=1e-5, atol=1e-6)
+    assert a.column("exposure_top10").any()
+
+
+def test_exposure_counts_the_first_stages_hubs() -> None:
+    """An item near every user's taste sits in nearly everyone's top k: its exposure is the
+    share of users who have not seen it; every user's k slots add up to k."""
+    rng = np.random.default_rng(3)
+    n_items, k = 40, 3
+    ids = [f"j{n}" for n in range(n_items)]
+    common = normalize(rng.normal(size=(1, 16)))  # a direction every item leans toward
+    matrix = normalize(common + 0.6 * normalize(rng.normal(size=(n_items, 16))))
+    matrix[0] = common[0]  # the hub: nearest to every user's mean
+    vectors = ItemVectors(ids, matrix)
+    tower = MeanItemsTower(vectors, n_recent=5)
+    index = FlatIndex(16).build(ids, matrix)
+    histories = {
+        f"u{u}": [HistoryEvent(ids[int(i)], T0 + n, 5.0) for n, i in enumerate(items)]
+        for u, items in enumerate(rng.choice(np.arange(1, n_items), size=(30, 5)))
+    }
+    histories["u0"] = [HistoryEvent("j0", T0, 5.0), *histories["u0"][1:]]  # one has seen it
+    col = {i: n for n, i in enumerate(ids)}
+    shares = exposure(tower, index, histories, col, k=k)
+    assert shares[0] == pytest.approx(29 / 30)
+    assert shares.sum() == pytest.approx(k) and shares.max() <= 1.0
+    assert shares[1:].max() < shares[0]
+    # a sample of users measures it the same way (here: 10 of 30 users)
+    sampled = exposure(tower, index, histories, col, k=k, max_users=10, seed=1)
+    assert sampled.sum() == pytest.approx(k) and sampled[0] >= 0.9
