@@ -8,7 +8,8 @@ share its interpreter) once per configuration, then each client thread sends
 time. Reports p50/p95/p99 latency, throughput, errors and 429s, and the per-stage split the
 server returns (the ranking stage's `candidates`, `rank` and `p_like`; the cross-encoder's
 `rerank`). The cross-encoder's single-stream ceiling is 1 / its median rerank time at one
-client.
+client. One more single-client level asks the default for explanations (``explain: true``,
+the explorer page's call), so their cost is measured beside the plain call.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def _free_port() -> int:
 
 
 def _level(
-    url: str, users: list[str], clients: int, requests: int, budget_s: float
+    url: str,
+    users: list[str],
+    clients: int,
+    requests: int,
+    budget_s: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import httpx
 
@@ -61,7 +67,8 @@ def _level(
                 start = time.perf_counter()
                 try:
                     r = client.post(
-                        f"{url}/recommend", json={"user_id": user, "k": 10, "candidates": 100}
+                        f"{url}/recommend",
+                        json={"user_id": user, "k": 10, "candidates": 100, **(extra or {})},
                     )
                     status = r.status_code
                     body = r.json() if status == 200 else {}
@@ -158,6 +165,7 @@ def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[str]:
 
 DEFAULT = "ranking stage (default)"
 PREVIOUS = "cross-encoder over the tower's top 100 (previous default)"
+EXPLAINED = "ranking stage + explain (the explorer page's call)"
 
 
 def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
@@ -185,6 +193,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         with _server(ctx, backend, extra) as url:
             for clients in (1, 4, 16):
                 rows.append({"config": name, **_level(url, users, clients, per_level, budget)})
+            if name == DEFAULT:  # what explanations cost, on the same server
+                explained = _level(url, users, 1, per_level, budget, {"explain": True})
+                rows.append({"config": EXPLAINED, **explained})
     targets = [Target("errors at every level", sum(r["errors"] for r in rows), 0, "<=")]
     single = {r["config"]: r for r in rows if r["clients"] == 1}
     if DEFAULT in single:
@@ -209,6 +220,15 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                 "<=",
             ),
         ]
+    if DEFAULT in single and EXPLAINED in single:
+        targets.append(
+            Target(
+                "1 client: explain p95 / default p95 (cheap enough for the page)",
+                round(single[EXPLAINED]["p95_ms"] / single[DEFAULT]["p95_ms"], 3),
+                1.5,
+                "<=",
+            )
+        )
     if DEFAULT in single and PREVIOUS in single:
         targets.append(
             Target(

@@ -226,6 +226,12 @@ class GBDTRanker:
         out: npt.NDArray[np.float64] = self.scale * np.asarray(x[:, b], np.float64) + trees
         return out
 
+    def contributions(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """Per row, each feature's part of the trees' output (TreeSHAP, LightGBM's
+        ``pred_contrib``): how the features moved the row against ``scale * base``."""
+        out = self.booster.predict(np.asarray(x, dtype=np.float32), pred_contrib=True)
+        return np.asarray(out, dtype=np.float64)[:, :-1]
+
     def importance(self) -> dict[str, float]:
         """Each feature's share of the trees' total gain."""
         gain = self.booster.feature_importance(importance_type="gain")

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -41,6 +42,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.text import HistoryEvent
+from serving.explorer import explorer_routes, is_open
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,22 @@ def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]
         candidates=(int, Field(default=100, ge=1, le=lim.max_candidates)),
         exclude_seen=(bool, True),
         allow=(list[Id] | None, Field(default=None, max_length=lim.max_allow)),
+        second_stage=(
+            bool,
+            Field(
+                default=True,
+                description="False: the first stage's order (no ranking stage or reranker), "
+                "to compare with.",
+            ),
+        ),
+        explain=(
+            bool,
+            Field(
+                default=False,
+                description="Per item: its sources, first-stage rank, the history items "
+                "closest to it and the ranking-stage features that moved it most.",
+            ),
+        ),
     )
     score = create_model(
         "ScoreRequest",
@@ -241,8 +259,10 @@ class _Guard:
         max_body_bytes: int,
         route_of: Callable[[Scope], str],
         count: Callable[[str, str], None],
+        is_open: Callable[[str], bool] = OPEN_ROUTES.__contains__,
     ) -> None:
         self.app = app
+        self.is_open = is_open
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.route_of = route_of
@@ -273,7 +293,7 @@ class _Guard:
         if length.isdigit() and int(length) > self.max_body_bytes:
             await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes")
             return
-        if self.token and scope["path"] not in OPEN_ROUTES:
+        if self.token and not self.is_open(scope["path"]):
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
                 await self._refuse(
@@ -443,9 +463,20 @@ class _Lifecycle:
 
 
 def create_app(
-    recommender: Recommender, *, token: str = "", limits: ServerLimits | None = None
+    recommender: Recommender,
+    *,
+    token: str = "",
+    limits: ServerLimits | None = None,
+    report: Path | None = None,
+    public_demo: bool = False,
 ) -> FastAPI:
-    """Builds the ASGI app around an opened :class:`Recommender`."""
+    """Builds the ASGI app around an opened :class:`Recommender`.
+
+    Args:
+        report: the offline evaluation report the explorer page shows (``duorank eval``'s
+            JSON; its PNG plots beside it).
+        public_demo: the explorer's read routes and /recommend answer without the token.
+    """
     lim = limits or ServerLimits()
     metrics = _Metrics(recommender)
     lifecycle = _Lifecycle(recommender, metrics, lim.reload_interval_s)
@@ -468,9 +499,11 @@ def create_app(
         max_body_bytes=lim.max_body_bytes,
         route_of=_route_label(app),
         count=metrics.count,
+        is_open=lambda path: path in OPEN_ROUTES or is_open(path, public_demo),
     )
     _model_routes(app, recommender, metrics, lim)
     _probe_routes(app, recommender, metrics, lifecycle)
+    explorer_routes(app, recommender, report)
     return app
 
 
@@ -563,6 +596,8 @@ def _model_routes(
                     candidates=max(req.candidates, req.k),
                     exclude_seen=req.exclude_seen,
                     allow=set(req.allow) if req.allow is not None else None,
+                    explain=req.explain,
+                    second_stage=req.second_stage,
                 )
             )
         except KeyError as exc:

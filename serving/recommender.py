@@ -33,6 +33,7 @@ from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
+from serving.explain import Explanation, because, feature_effects
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,16 @@ def _ranker_serves(ranker: Any) -> bool:
 
 @dataclass(frozen=True)
 class RecommendedItem:
-    """One recommendation with each stage's score."""
+    """One recommendation with each stage's score (``rank_score``: the ranking stage's, in its
+    own units; ``rerank_probability``: P(like)) and, when asked, why it is there."""
 
     item_id: str
     title: str
     retrieval_score: float | None
     rerank_probability: float | None
+    rank_score: float | None = None
+    genres: tuple[str, ...] = ()
+    explanation: Explanation | None = None
 
 
 @dataclass
@@ -78,6 +83,7 @@ class _Loaded:
     manifest: dict[str, Any]
     features: FeatureMaker
     stage: Any = None  # the ranking stage's CandidateStage, when a ranker serves
+    ranker_cols: Any = None  # the ranker's feature columns in the stage's rows (by name)
 
 
 class Recommender:
@@ -227,7 +233,10 @@ class Recommender:
             vectors,
         )
         stage = self._stage(version, manifest, tower, index) if self.ranker is not None else None
-        return _Loaded(version, index, tower, manifest, features, stage)
+        cols = None
+        if stage is not None and self.ranker is not None:  # a ranker reads its columns by name
+            cols = np.array([stage.names.index(n) for n in self.ranker.names], dtype=np.int64)
+        return _Loaded(version, index, tower, manifest, features, stage, cols)
 
     def _stage(
         self, version: str, manifest: Mapping[str, Any], tower: UserTower, index: Any
@@ -259,7 +268,9 @@ class Recommender:
             tables = StageTables.fit(self.catalog.items, self.histories, vectors, als)
         if tables.text is None and any(n.startswith("text_cos") for n in self.ranker.names):
             raise ValueError(f"index version {version}'s stage tables carry no text vectors")
-        stage = CandidateStage.from_tables(tables, tower, index, depths=depths)
+        stage = CandidateStage.from_tables(
+            tables, tower, index, depths=depths, histories=self.histories
+        )
         missing = [n for n in self.ranker.names if n not in stage.names]
         if missing:
             raise ValueError(f"the ranker reads features this stage lacks: {missing}")
@@ -342,8 +353,12 @@ class Recommender:
         candidates: int = 100,
         exclude_seen: bool = True,
         allow: Collection[str] | None = None,
+        explain: bool = False,
+        second_stage: bool = True,
     ) -> Recommendation:
-        """Top-``k`` items for a user: retrieve ``candidates``, rerank, cut to ``k``.
+        """Top-``k`` items for a user: retrieve ``candidates``, rerank, cut to ``k``; with
+        ``explain``, each item says why (:mod:`serving.explain`); without ``second_stage``,
+        the first stage's order (no ranking stage or reranker: what they change).
 
         Raises:
             KeyError: an unknown user id without a history.
@@ -366,16 +381,19 @@ class Recommender:
                 exclude=seen
                 | ({i for i in self.catalog.items if allow is not None and i not in allow}),
             )
+            why = Explanation(["popularity"], None) if explain else None
             return Recommendation(
-                [self._item(i, None, None) for i in ids],
+                [self._item(i, None, None, explanation=why) for i in ids],
                 loaded.version,
                 timings,
                 fallback="popularity",
             )
         failed = None
-        if loaded.stage is not None:
+        if loaded.stage is not None and second_stage:
             try:
-                return self._ranked(loaded, state, vector, seen, k, candidates, allow, timings)
+                return self._ranked(
+                    loaded, state, vector, seen, k, candidates, allow, timings, explain
+                )
             except Exception:  # a broken ranking stage degrades to the tower's order
                 log.exception("ranking stage failed; serving the first stage's order")
                 failed = "rank_failed"
@@ -384,11 +402,13 @@ class Recommender:
         cand_ids = result.ids[0]
         cand_scores = result.scores[0][: len(cand_ids)]
         timings["retrieve"] = (time.perf_counter() - start) * 1000
-        if self.reranker is None or not cand_ids or failed:
+        if self.reranker is None or not cand_ids or failed or not second_stage:
+            top = list(range(min(k, len(cand_ids))))
+            whys = self._tower_explanations(loaded, state, cand_ids, top, explain, timings)
             return Recommendation(
                 [
-                    self._item(i, float(s), None)
-                    for i, s in zip(cand_ids[:k], cand_scores[:k], strict=True)
+                    self._item(cand_ids[n], float(cand_scores[n]), None, explanation=whys[j])
+                    for j, n in enumerate(top)
                 ],
                 loaded.version,
                 timings,
@@ -413,9 +433,32 @@ class Recommender:
                 fallback="rerank_failed",
             )
         timings["rerank"] = (time.perf_counter() - start) * 1000
-        order = np.argsort(-probs, kind="stable")[:k]
-        items = [self._item(cand_ids[i], float(cand_scores[i]), float(probs[i])) for i in order]
+        order = [int(o) for o in np.argsort(-probs, kind="stable")[:k]]
+        whys = self._tower_explanations(loaded, state, cand_ids, order, explain, timings)
+        items = [
+            self._item(cand_ids[i], float(cand_scores[i]), float(probs[i]), explanation=whys[j])
+            for j, i in enumerate(order)
+        ]
         return Recommendation(items, loaded.version, timings, reranked=True)
+
+    def _tower_explanations(
+        self,
+        loaded: _Loaded,
+        state: UserState,
+        cand_ids: Sequence[str],
+        order: Sequence[int],
+        explain: bool,
+        timings: dict[str, float],
+    ) -> list[Explanation | None]:
+        """Explanations of the tower's candidates at ``order`` (retrieval positions)."""
+        if not explain:
+            return [None] * len(order)
+        start = time.perf_counter()
+        near = because(
+            loaded.index, [cand_ids[o] for o in order], state.history, self.catalog.items
+        )
+        timings["explain"] = (time.perf_counter() - start) * 1000
+        return [Explanation(["tower"], o + 1, b) for o, b in zip(order, near, strict=True)]
 
     def request_time(self, history: Sequence[HistoryEvent]) -> int:
         """A request's time for the ranking stage's windows: just after the later of the log's
@@ -434,6 +477,7 @@ class Recommender:
         candidates: int,
         allow: Collection[str] | None,
         timings: dict[str, float],
+        explain: bool = False,
     ) -> Recommendation:
         """Every source's candidates ordered by the ranker; P(like) of the top ``k`` only, from
         the ranker's own head when it has one, else from the cross-encoder."""
@@ -449,6 +493,7 @@ class Recommender:
         timings["candidates"] = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         x, rows = stage.features.compute([request], sets, first)
+        x = x[:, loaded.ranker_cols]  # the ranker's columns, in its order
         timings["features"] = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         scores = self.ranker.score(x)
@@ -456,13 +501,13 @@ class Recommender:
         if allow is not None:
             scores = np.where([i in allow for i in ids], scores, -np.inf)
         order = [int(o) for o in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[o])]
-        retrieval = x[:, stage.names.index("retrieval_score")]
+        retrieval = x[:, self.ranker.names.index("retrieval_score")]
         timings["rank"] = (time.perf_counter() - start) * 1000
         probs: list[float | None] = [None] * len(order)
         like = self.ranker.like
         if like is not None and order:  # the stage's own P(like) head: no text forward pass
             start = time.perf_counter()
-            cols = [stage.names.index(n) for n in like.names]
+            cols = [self.ranker.names.index(n) for n in like.names]
             probs = [float(p) for p in like.probability(x[order][:, cols])]
             timings["p_like"] = (time.perf_counter() - start) * 1000
         elif self.reranker is not None and order:
@@ -480,8 +525,43 @@ class Recommender:
             except Exception:  # P(like) is extra: a failure keeps the ranked order
                 log.exception("reranker failed; serving the ranking without P(like)")
             timings["p_like"] = (time.perf_counter() - start) * 1000
-        items = [self._item(ids[o], float(retrieval[o]), probs[n]) for n, o in enumerate(order)]
+        whys: list[Explanation | None] = [None] * len(order)
+        if explain and order:
+            start = time.perf_counter()
+            whys = self._stage_explanations(loaded, state, sets[0], x, ids, order)
+            timings["explain"] = (time.perf_counter() - start) * 1000
+        items = [
+            self._item(ids[o], float(retrieval[o]), probs[n], float(scores[o]), explanation=whys[n])
+            for n, o in enumerate(order)
+        ]
         return Recommendation(items, loaded.version, timings, reranked=True)
+
+    def _stage_explanations(
+        self,
+        loaded: _Loaded,
+        state: UserState,
+        cands: Any,
+        x: Any,
+        ids: Sequence[str],
+        order: Sequence[int],
+    ) -> list[Explanation | None]:
+        """The sources, first-stage rank, nearest history items and the features that moved
+        each of the ranking stage's items at ``order`` (rows of ``x``)."""
+        assert self.ranker is not None
+        retrieval = x[:, self.ranker.names.index("retrieval_score")]
+        first_rank = np.empty(len(retrieval), dtype=np.int64)
+        first_rank[np.argsort(-retrieval, kind="stable")] = np.arange(1, len(retrieval) + 1)
+        effects = self.ranker.contributions(x[list(order)])
+        near = because(loaded.index, [ids[o] for o in order], state.history, self.catalog.items)
+        return [
+            Explanation(
+                [s for j, s in enumerate(cands.sources) if cands.present[o, j]],
+                int(first_rank[o]),
+                near[n],
+                feature_effects(effects[n], x[o], self.ranker.names),
+            )
+            for n, o in enumerate(order)
+        ]
 
     def score(
         self,
@@ -528,6 +608,22 @@ class Recommender:
             ]
         return [self._item(i, float(retrieval[n]), probs[n]) for n, i in enumerate(item_ids)]
 
-    def _item(self, item_id: str, retrieval: float | None, rerank: float | None) -> RecommendedItem:
+    def _item(
+        self,
+        item_id: str,
+        retrieval: float | None,
+        rerank: float | None,
+        rank_score: float | None = None,
+        *,
+        explanation: Explanation | None = None,
+    ) -> RecommendedItem:
         item = self.catalog.items.get(item_id)
-        return RecommendedItem(item_id, item.title if item else item_id, retrieval, rerank)
+        return RecommendedItem(
+            item_id,
+            item.title if item else item_id,
+            retrieval,
+            rerank,
+            rank_score,
+            tuple(item.genres) if item else (),
+            explanation,
+        )

@@ -92,10 +92,92 @@ class LiveServer:
 
 
 def make_server(
-    stack: Stack, *, token: str = "", limits: ServerLimits | None = None, backend: str = "torch"
+    stack: Stack,
+    *,
+    token: str = "",
+    limits: ServerLimits | None = None,
+    backend: str = "torch",
+    report: Path | None = None,
+    public_demo: bool = False,
 ) -> LiveServer:
     from indexer import IndexRoot
 
     IndexRoot(stack.root).set_current(stack.versions[0])
     recommender = Recommender(stack.root, stack.catalog, Reranker(stack.reranker, backend=backend))
-    return LiveServer(create_app(recommender, token=token, limits=limits))
+    app = create_app(
+        recommender, token=token, limits=limits, report=report, public_demo=public_demo
+    )
+    return LiveServer(app)
+
+
+@dataclass
+class RankedStack:
+    """A tiny trained tower and ranking stage over ``catalog``, an index root published with
+    the tower and the stage's tables, and the ranker's folder."""
+
+    catalog: Catalog
+    root: Path
+    ranker: Path
+    text: ItemVectors
+
+
+def build_ranked_stack(
+    base: Path, catalog: Catalog, encoder: Encoder, *, plain_root: Path | None = None
+) -> RankedStack:
+    """Trains a tiny tower and ranker (the card set to serve it) and publishes ``base/index``
+    with the stage's tables (and ``plain_root`` without them, when given)."""
+    from catalog.history import group_histories
+    from catalog.text import HistoryEvent
+    from rerank.features import Request
+    from rerank.gbdt import RankerConfig
+    from rerank.ranker_train import RankingStageArgs, Validation, train_ranking_stage
+    from rerank.stacking import request_time
+    from rerank.tables import StageTables
+    from retrieval.index import FlatIndex
+    from retrieval.sequential import SequentialConfig
+    from retrieval.sequential_train import train_sequential
+
+    ids = list(catalog.items)
+    template = ItemTextTemplate()
+    text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+    split = leave_one_out(catalog.interactions)
+    histories = group_histories(split.train)
+    cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(), collab_grid=())
+    tower, _ = train_sequential(text, histories, {}, cfg, progress=False)
+    assert tower.item_vectors is not None
+    index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+    val = split.validation
+    validation = Validation(
+        [
+            Request(u, histories.get(u, []), request_time(HistoryEvent(i, int(t))))
+            for u, i, t in zip(val.user_ids, val.item_ids, val.timestamps, strict=True)
+        ],
+        [{e.item_id for e in histories.get(u, [])} for u in val.user_ids],
+        list(val.item_ids),
+    )
+    args = RankingStageArgs(
+        per_user=2,
+        min_history=3,
+        depths={"tower": 8, "covisit": 5, "als": 5, "popular": 3},
+        ranker=RankerConfig(max_rounds=10, min_data_in_leaf=2, early_stopping=5, threads=1),
+    )
+    trained = train_ranking_stage(
+        catalog.items, histories, validation, tower, index, text, cfg, args
+    )
+    assert trained.choice["served"] in ("ranker", "first_stage")
+    ranker = trained.ranker
+    ranker.record.update(stage=args.as_dict(), choice={**trained.choice, "served": "ranker"})
+    ranker.save(base / "ranker")
+
+    def write_stage(vectors: ItemVectors, folder: Path) -> dict[str, object]:
+        tables = StageTables.fit(
+            catalog.items, group_histories(catalog.interactions), vectors, args.als
+        )
+        return {"files": [p.name for p in tables.save(folder)]}
+
+    roots = [(base / "index", write_stage)] + ([(plain_root, None)] if plain_root else [])
+    for root, stage in roots:
+        IndexBuild(root, encoder, BuildConfig(), tower=tower, stage=stage).run(
+            catalog.items, source={}, source_hash="x", progress=False
+        )
+    return RankedStack(catalog, base / "index", base / "ranker", text)

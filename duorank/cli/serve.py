@@ -160,6 +160,19 @@ def print_recommendation(result: Any) -> None:
     help="Refuse to start when the CURRENT version fails verification (exit 4) instead of "
     "serving the newest version that verifies (logged, /readyz and a metric say so).",
 )
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The evaluation report (`duorank eval` JSON) the explorer page shows "
+    "(default: the committed ml-latest-small report, when installed from a checkout).",
+)
+@click.option(
+    "--public-demo",
+    is_flag=True,
+    help="The explorer page's data and /recommend answer without the token (a read-only "
+    "demo; /score and /metrics still need it).",
+)
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -176,12 +189,18 @@ def serve(
     max_queue: int,
     reload_interval: float,
     strict: bool,
+    report: Path | None,
+    public_demo: bool,
 ) -> None:
-    """Serve the HTTP API (token from DUORANK_API_TOKEN, if set)."""
+    """Serve the HTTP API and the explorer page at / (token from DUORANK_API_TOKEN, if set)."""
     import uvicorn
 
     from duorank.jobs import ServingJob, open_recommender
+    from serving.explorer import default_report
     from serving.http import ServerLimits, create_app
+
+    if report is not None and not report.is_file():
+        raise click.BadParameter(f"{report}: no such file", param_hint="--report")
 
     job = ServingJob(
         data_path,
@@ -197,13 +216,20 @@ def serve(
         limits = ServerLimits(
             max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
         )
-        app = create_app(recommender, token=settings.api_token, limits=limits)
+        app = create_app(
+            recommender,
+            token=settings.api_token,
+            limits=limits,
+            report=report or default_report(),
+            public_demo=public_demo,
+        )
         log.info(
-            "serving index %s on http://%s:%d (auth: %s)",
+            "serving index %s on http://%s:%d (auth: %s); the explorer page is at /",
             recommender.index_version,
             host,
             port,
-            "bearer token" if settings.api_token else "off",
+            ("bearer token" if settings.api_token else "off")
+            + (", public demo" if public_demo else ""),
         )
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 

@@ -126,6 +126,8 @@ _payload = st.fixed_dictionaries(
         "allow": st.lists(st.sampled_from(["1", "2", "3", "zz"]), max_size=4) | _json,
         "item_ids": st.lists(st.sampled_from(["1", "2", "zz"]), max_size=4) | _json,
         "profile": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2) | _json,
+        "explain": st.booleans() | _json,
+        "second_stage": st.booleans() | _json,
     },
 )
 

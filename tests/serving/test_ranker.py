@@ -8,71 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog import ItemTextTemplate, leave_one_out
-from catalog.history import group_histories
-from catalog.text import HistoryEvent
-from indexer import BuildConfig, IndexBuild, IndexRoot, VerifyError
+from catalog import Catalog
+from indexer import IndexRoot, VerifyError
 from rerank.features import Request
-from rerank.gbdt import GBDTRanker, RankerConfig
-from rerank.ranker_train import RankingStageArgs, Validation, train_ranking_stage
-from rerank.stacking import request_time
-from rerank.tables import StageTables
+from rerank.gbdt import GBDTRanker
 from retrieval.encoder import Encoder
-from retrieval.index import FlatIndex
-from retrieval.sequential import SequentialConfig
-from retrieval.sequential_train import train_sequential
-from retrieval.vectors import ItemVectors
 from serving.recommender import Recommender
 from tests.conftest import tiny_catalog
+from tests.live import build_ranked_stack
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("ranker")
     catalog = tiny_catalog(n_items=30, n_users=12, per_user=10)
-    ids = list(catalog.items)
-    template = ItemTextTemplate()
-    text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
-    split = leave_one_out(catalog.interactions)
-    histories = group_histories(split.train)
-    cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(), collab_grid=())
-    tower, _ = train_sequential(text, histories, {}, cfg, progress=False)
-    assert tower.item_vectors is not None
-    index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
-    val = split.validation
-    validation = Validation(
-        [
-            Request(u, histories.get(u, []), request_time(HistoryEvent(i, int(t))))
-            for u, i, t in zip(val.user_ids, val.item_ids, val.timestamps, strict=True)
-        ],
-        [{e.item_id for e in histories.get(u, [])} for u in val.user_ids],
-        list(val.item_ids),
-    )
-    args = RankingStageArgs(
-        per_user=2,
-        min_history=3,
-        depths={"tower": 8, "covisit": 5, "als": 5, "popular": 3},
-        ranker=RankerConfig(max_rounds=10, min_data_in_leaf=2, early_stopping=5, threads=1),
-    )
-    trained = train_ranking_stage(
-        catalog.items, histories, validation, tower, index, text, cfg, args
-    )
-    assert trained.choice["served"] in ("ranker", "first_stage")
-    ranker = trained.ranker
-    ranker.record.update(stage=args.as_dict(), choice={**trained.choice, "served": "ranker"})
-    ranker.save(tmp / "ranker")
-
-    def write_stage(vectors: ItemVectors, folder: Path) -> dict[str, object]:
-        tables = StageTables.fit(
-            catalog.items, group_histories(catalog.interactions), vectors, args.als
-        )
-        return {"files": [p.name for p in tables.save(folder)]}
-
-    for root, stage in (("index", write_stage), ("plain", None)):
-        IndexBuild(tmp / root, encoder, BuildConfig(), tower=tower, stage=stage).run(
-            catalog.items, source={}, source_hash="x", progress=False
-        )
-    return {"tmp": tmp, "catalog": catalog, "text": text}
+    assert isinstance(catalog, Catalog)
+    ranked = build_ranked_stack(tmp, catalog, encoder, plain_root=tmp / "plain")
+    return {"tmp": tmp, "catalog": catalog, "text": ranked.text}
 
 
 def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -> None:
@@ -180,3 +132,74 @@ def test_a_ranker_its_card_did_not_choose_is_not_served(served: dict[str, object
     out = rec.recommend(user, k=5, candidates=8)
     scores = [i.retrieval_score for i in out.items]
     assert scores == sorted(scores, reverse=True)  # the first stage's order
+
+
+def test_explanations_name_the_sources_the_history_and_the_features(
+    served: dict[str, object],
+) -> None:
+    tmp = served["tmp"]
+    assert isinstance(tmp, Path)
+    ranker = GBDTRanker.load(tmp / "ranker")
+    rec = Recommender(tmp / "index", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
+    stage = rec._loaded.stage
+    assert stage is not None
+    user = sorted(rec.histories)[0]
+    history = rec.histories[user]
+    plain = rec.recommend(user, k=5, candidates=8)
+    assert all(i.explanation is None for i in plain.items) and "explain" not in plain.timings_ms
+    out = rec.recommend(user, k=5, candidates=8, explain=True)
+    assert [i.item_id for i in out.items] == [i.item_id for i in plain.items]
+    assert "explain" in out.timings_ms
+
+    # the rows the ranker scored, by hand
+    seen = {e.item_id for e in history}
+    request = Request(user, history, rec.request_time(history))
+    lists = stage.lists([request], [seen], depths={"tower": 8})
+    ids = [stage.item_ids[c] for c in lists.cols]
+    retrieval = lists.column("retrieval_score")
+    by_first = [ids[o] for o in np.argsort(-retrieval, kind="stable")]
+    effects = ranker.contributions(lists.x)
+    # TreeSHAP is additive: the contributions and the trees' mean give the trees' output
+    trees = ranker.score(lists.x) - ranker.scale * retrieval
+    bias = ranker.booster.predict(lists.x, pred_contrib=True)[:, -1]
+    np.testing.assert_allclose(effects.sum(axis=1) + bias, trees, rtol=1e-4, atol=1e-6)
+
+    vectors = rec._loaded.index.reconstruct(np.arange(len(rec._loaded.index)))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    position = {i: n for n, i in enumerate(rec._loaded.index.ids)}
+    recent = []
+    for e in sorted(history, key=lambda e: -e.timestamp):
+        if e.item_id not in recent:
+            recent.append(e.item_id)
+    for item in out.items:
+        why = item.explanation
+        assert why is not None
+        row = ids.index(item.item_id)
+        present = [
+            s for s in ("tower", "covisit", "als", "popular") if lists.column(f"{s}_present")[row]
+        ]
+        assert why.sources == present and present
+        assert why.first_stage_rank == by_first.index(item.item_id) + 1
+        assert item.rank_score == pytest.approx(float(ranker.score(lists.x[row : row + 1])[0]))
+        # the features: the largest contributions of this row, signed, in order
+        top = np.argsort(-np.abs(effects[row]), kind="stable")[: len(why.features)]
+        assert [f.feature for f in why.features] == [ranker.names[j] for j in top]
+        for f, j in zip(why.features, top, strict=True):
+            assert f.effect == pytest.approx(effects[row, j])
+        # because: the recent history items nearest to the item in the index's space
+        sims = {h: float(vectors[position[h]] @ vectors[position[item.item_id]]) for h in recent}
+        expected = sorted((h for h in sims if sims[h] > 0), key=lambda h: -sims[h])[:3]
+        assert [b.item_id for b in why.because] == expected
+        shares = [b.share for b in why.because]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
+        total = sum(max(s, 0.0) for s in sims.values())
+        assert shares[0] == pytest.approx(sims[expected[0]] / total, rel=1e-4)
+
+    # without the second stage: the first stage's order, still explained
+    first = rec.recommend(user, k=5, candidates=8, explain=True, second_stage=False)
+    assert not first.reranked
+    scores = [i.retrieval_score for i in first.items]
+    assert scores == sorted(scores, reverse=True)
+    whys = [i.explanation for i in first.items]
+    assert all(w is not None and w.sources == ["tower"] for w in whys)
+    assert [w.first_stage_rank for w in whys if w] == [1, 2, 3, 4, 5]

@@ -1,0 +1,168 @@
+"""The explorer page and the read-only routes it needs, served by the same app as the API.
+
+``/`` is a plain HTML page (``serving/static/``: HTML, CSS and a little JavaScript, no build
+step). It holds no data and no secret, so it loads without the token; everything it shows
+comes from routes that need the bearer token like the rest of the API, unless the server runs
+with ``--public-demo`` (:data:`DEMO_ROUTES` then answer without one):
+
+- ``GET /items?q=``: catalog items whose title contains ``q`` (case-insensitive);
+- ``GET /users?q=``: user ids starting with ``q``, with their history length;
+- ``GET /users/{user_id}``: the user's history, newest first, with titles and ratings;
+- ``GET /report``: the committed offline evaluation report (``duorank eval``'s JSON), and
+  ``GET /report/plots/{name}`` its PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
+
+from serving.recommender import Recommender
+
+STATIC = Path(__file__).parent / "static"
+"""The page's files."""
+PLOTS = ("recall", "calibration")
+"""The report's plots, written beside its JSON as ``<stem>-<name>.png``."""
+PAGE_ROUTES = frozenset({"/", "/static/app.js", "/static/app.css"})
+"""Open without the token: the page itself carries no data."""
+DEMO_ROUTES = ("/recommend", "/items", "/users", "/report")
+"""Paths (and their sub-paths) that ``--public-demo`` opens too."""
+REPORT_METRICS = (
+    "ndcg@10",
+    "recall@10",
+    "recall@100",
+    "mrr@10",
+    "auc",
+    "coverage@10",
+    "max_item_share@10",
+    "cold_max_item_share@10",
+    "cold_recall@100",
+)
+"""The report columns the page shows per method."""
+
+
+def default_report() -> Path | None:
+    """The committed ml-latest-small report, where the benchmarks' results folder exists."""
+    import benchmarks
+
+    path = Path(benchmarks.__file__).parent / "results" / "eval-ml-latest-small.json"
+    return path if path.is_file() else None
+
+
+def is_open(path: str, public_demo: bool) -> bool:
+    """Whether ``path`` answers without the token (besides the probes)."""
+    if path in PAGE_ROUTES:
+        return True
+    return public_demo and any(path == p or path.startswith(p + "/") for p in DEMO_ROUTES)
+
+
+def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None) -> None:
+    """Adds the page and its data routes to ``app``."""
+    catalog = recommender.catalog
+    titles = [(i, it.title.casefold()) for i, it in catalog.items.items()]
+    users = sorted(set(catalog.users) | set(recommender.histories), key=_user_key)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> FileResponse:
+        if f"/static/{name}" not in PAGE_ROUTES:
+            raise HTTPException(status_code=404, detail="not found")
+        kind = "text/javascript" if name.endswith(".js") else "text/css"
+        return FileResponse(STATIC / name, media_type=kind)
+
+    @app.get("/items")
+    async def search_items(
+        q: Annotated[str, Query(min_length=1, max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=50)] = 10,
+    ) -> dict[str, Any]:
+        """Catalog items whose title contains ``q`` (case-insensitive), catalog order."""
+        needle = q.casefold()
+        found = [i for i, t in titles if needle in t][:limit]
+        return {"items": [_item(catalog.items[i]) for i in found]}
+
+    @app.get("/users")
+    async def search_users(
+        q: Annotated[str, Query(max_length=200)] = "",
+        limit: Annotated[int, Query(ge=1, le=50)] = 10,
+    ) -> dict[str, Any]:
+        """User ids starting with ``q`` (all users for an empty ``q``), with history sizes."""
+        found = [u for u in users if u.startswith(q)][:limit]
+        return {
+            "users": [
+                {"user_id": u, "events": len(recommender.histories.get(u, []))} for u in found
+            ]
+        }
+
+    @app.get("/users/{user_id}", responses={404: {"description": "Unknown user id"}})
+    async def user(
+        user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    ) -> dict[str, Any]:
+        """The user's history, newest first."""
+        if user_id not in recommender.histories and user_id not in catalog.users:
+            raise HTTPException(status_code=404, detail=f"unknown user id {user_id!r}")
+        events = sorted(recommender.histories.get(user_id, []), key=lambda e: -e.timestamp)
+        return {
+            "user_id": user_id,
+            "events": len(events),
+            "history": [
+                {
+                    **_item(catalog.items[e.item_id]),
+                    "timestamp": e.timestamp,
+                    "rating": e.rating,
+                }
+                for e in events[:limit]
+                if e.item_id in catalog.items
+            ],
+        }
+
+    @app.get("/report", responses={404: {"description": "No evaluation report configured"}})
+    async def report_summary() -> dict[str, Any]:
+        """The offline evaluation report's table, ranking-stage ablations and plots."""
+        if report is None or not report.is_file():
+            raise HTTPException(status_code=404, detail="no evaluation report (serve --report)")
+        data = json.loads(report.read_text(encoding="utf-8"))
+        stage = data.get("ranking_stage") or {}
+        return {
+            "file": report.name,
+            "dataset": data.get("dataset"),
+            "date": data.get("date"),
+            "machine": (data.get("machine") or {}).get("cpu"),
+            "best_baseline": data.get("best_baseline"),
+            "methods": [
+                {
+                    "method": name,
+                    **{k: m.get(k) for k in REPORT_METRICS},
+                    "ndcg@10_ci95": m.get("ndcg@10_ci95"),
+                    "seeds_mean": (m.get("seeds") or {}).get("ndcg@10_mean"),
+                }
+                for name, m in data.get("methods", {}).items()
+            ],
+            "ablation": [{"variant": k, **v} for k, v in stage.get("ablation", {}).items()],
+            "plots": [p for p in PLOTS if _plot(report, p).is_file()],
+        }
+
+    @app.get("/report/plots/{name}", include_in_schema=False)
+    async def report_plot(name: str) -> FileResponse:
+        if report is None or name not in PLOTS or not _plot(report, name).is_file():
+            raise HTTPException(status_code=404, detail="no such plot")
+        return FileResponse(_plot(report, name), media_type="image/png")
+
+
+def _plot(report: Path, name: str) -> Path:
+    return report.with_name(f"{report.stem}-{name}.png")
+
+
+def _item(item: Any) -> dict[str, Any]:
+    return {"item_id": item.id, "title": item.title, "genres": list(item.genres)}
+
+
+def _user_key(user_id: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order, then the others."""
+    return (0, int(user_id)) if user_id.isdigit() else (1, user_id)
