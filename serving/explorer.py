@@ -45,14 +45,6 @@ REPORT_METRICS = (
 """The report columns the page shows per method."""
 
 
-def default_report() -> Path | None:
-    """The committed ml-latest-small report, where the benchmarks' results folder exists."""
-    import benchmarks
-
-    path = Path(benchmarks.__file__).parent / "results" / "eval-ml-latest-small.json"
-    return path if path.is_file() else None
-
-
 def is_open(path: str, public_demo: bool) -> bool:
     """Whether ``path`` answers without the token (besides the probes)."""
     if path in PAGE_ROUTES:

@@ -195,8 +195,8 @@ def serve(
     """Serve the HTTP API and the explorer page at / (token from DUORANK_API_TOKEN, if set)."""
     import uvicorn
 
+    import benchmarks
     from duorank.jobs import ServingJob, open_recommender
-    from serving.explorer import default_report
     from serving.http import ServerLimits, create_app
 
     if report is not None and not report.is_file():
@@ -220,7 +220,7 @@ def serve(
             recommender,
             token=settings.api_token,
             limits=limits,
-            report=report or default_report(),
+            report=report or _committed_report(Path(benchmarks.__file__).parent),
             public_demo=public_demo,
         )
         log.info(
@@ -232,6 +232,13 @@ def serve(
             + (", public demo" if public_demo else ""),
         )
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+
+
+def _committed_report(benchmarks_dir: Path) -> Path | None:
+    """The committed ml-latest-small report, where the benchmarks' results folder exists (an
+    install from a checkout)."""
+    path = benchmarks_dir / "results" / "eval-ml-latest-small.json"
+    return path if path.is_file() else None
 
 
 COMMANDS = [recommend, serve]
