@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
+from redis.cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ class EmbeddingCache:
     """Batched get/put of vectors keyed by model fingerprint and exact text.
 
     Args:
-        client: a ``redis.Redis`` client (see :mod:`retrieval.redis_client`).
+        client: a ``redis.Redis`` or ``RedisCluster`` client (see
+            :mod:`retrieval.redis_client`); on a cluster, reads and writes go node by node.
         namespace: key prefix, so several applications can share one Redis.
         dtype: ``"float32"`` (exact) or ``"float16"`` (half the memory, ~1e-3 relative error).
         ttl: seconds before a key expires; None keeps keys until evicted.
@@ -73,7 +76,7 @@ class EmbeddingCache:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         namespace: str = "duorank:emb",
         dtype: str = "float32",
@@ -127,12 +130,19 @@ class EmbeddingCache:
         for start in range(0, len(texts), self.chunk_size):
             chunk = texts[start : start + self.chunk_size]
             keys = [self.key(fingerprint, t) for t in chunk]
-            try:
-                values = self.client.mget(keys)
-            except (redis.RedisError, OSError) as exc:
-                self._error("MGET", exc)
-                self.stats.add(misses=len(chunk))
-                continue
+            values: list[Any] = [None] * len(keys)
+            for group in self._by_node(keys):
+                try:
+                    found = (
+                        self.client.mget_nonatomic([keys[n] for n in group])
+                        if isinstance(self.client, RedisCluster)
+                        else self.client.mget([keys[n] for n in group])
+                    )
+                except (redis.RedisError, OSError) as exc:
+                    self._error("MGET", exc)  # these keys are misses; other nodes' still count
+                    continue
+                for n, value in zip(group, found, strict=True):
+                    values[n] = value
             hits = corrupt = 0
             for offset, raw in enumerate(values):
                 if raw is None:
@@ -167,18 +177,33 @@ class EmbeddingCache:
         data = np.ascontiguousarray(vectors, dtype=self._np_dtype)
         written = 0
         for start in range(0, len(texts), self.chunk_size):
-            pipe = self.client.pipeline(transaction=False)
-            for offset, text in enumerate(texts[start : start + self.chunk_size]):
-                pipe.set(self.key(fingerprint, text), data[start + offset].tobytes(), ex=self.ttl)
-            try:
-                pipe.execute()
-            except (redis.RedisError, OSError) as exc:
-                self._error("pipeline SET", exc)
-                continue
-            n = min(self.chunk_size, len(texts) - start)
-            written += n
+            keys = [self.key(fingerprint, t) for t in texts[start : start + self.chunk_size]]
+            for group in self._by_node(keys):
+                pipe = self.client.pipeline(transaction=False)
+                for n in group:
+                    pipe.set(keys[n], data[start + n].tobytes(), ex=self.ttl)
+                try:
+                    pipe.execute()
+                except (redis.RedisError, OSError) as exc:
+                    self._error("pipeline SET", exc)
+                    continue
+                written += len(group)
         self.stats.add(writes=written)
         return written
+
+    def _by_node(self, keys: Sequence[str]) -> list[list[int]]:
+        """Positions of ``keys`` grouped by the cluster node that owns them (one group for a
+        single server), so a dead node costs only its own keys."""
+        if not isinstance(self.client, RedisCluster):
+            return [list(range(len(keys)))]
+        groups: dict[str, list[int]] = {}
+        for n, key in enumerate(keys):
+            try:
+                node = self.client.get_node_from_key(key).name  # type: ignore[no-untyped-call]
+            except (redis.RedisError, OSError, AttributeError):
+                node = ""  # no known owner: its own group, which fails alone
+            groups.setdefault(node, []).append(n)
+        return list(groups.values())
 
     def ping(self) -> bool:
         """True when Redis answers; never raises."""

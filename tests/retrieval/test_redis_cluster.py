@@ -1,0 +1,171 @@
+"""The embedding cache on a real Redis Cluster: three masters started from the Debian
+redis-server binary on loopback ports and joined with `redis-cli --cluster create`. Keys
+spread over the nodes; reads and writes go node by node; a master killed in the middle of an
+index build costs that node's keys as misses, never an error, and the build completes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from catalog.model import Item
+from indexer import BuildConfig, IndexBuild, IndexRoot
+from retrieval.cache import EmbeddingCache
+from retrieval.encoder import Encoder
+from retrieval.redis_client import connect
+from tests.live import RedisProcess
+
+pytestmark = pytest.mark.slow
+CACHE_FLAGS = ("--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+"""A cache cluster keeps answering for the slots it still has when a master dies."""
+
+
+def _cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """Three cluster-mode redis-servers joined into one cluster (no replicas)."""
+
+    def __init__(self, folder: Path) -> None:
+        flags = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        self.nodes = [
+            RedisProcess(folder / f"n{n}", [*flags, *CACHE_FLAGS], port=_cluster_port())
+            for n in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli not found (Debian's redis-tools)")
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [
+                redis.Redis(host="127.0.0.1", port=n.port).cluster("info")["cluster_state"]
+                for n in self.nodes
+            ]
+            if all(s == "ok" for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not reach state ok")
+
+    def keys_per_node(self) -> list[int]:
+        return [int(redis.Redis(host="127.0.0.1", port=n.port).dbsize()) for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server not found (Debian's redis-server package)")
+    c = Cluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_cluster_url_gives_a_cluster_client_and_keys_spread_over_the_nodes(
+    cluster: Cluster,
+) -> None:
+    client = connect(cluster.url)
+    assert isinstance(client, RedisCluster)
+    cache = EmbeddingCache(client, chunk_size=16)
+    texts = [f"item {n}" for n in range(60)]
+    vectors = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    assert cache.put_many("fp", texts, vectors) == 60
+    per_node = cluster.keys_per_node()
+    assert sum(per_node) == 60 and min(per_node) > 0  # no cross-slot MGET could read these
+    got = cache.get_many("fp", [*texts, "never stored"], 8)
+    np.testing.assert_array_equal(np.stack([g for g in got[:60] if g is not None]), vectors)
+    assert got[60] is None
+    assert cache.stats.hits == 60 and cache.stats.misses == 1 and cache.stats.errors == 0
+    with pytest.raises(
+        redis.ConnectionError, match=r"Redis Cluster at redis\+cluster://127\.0\.0\.1"
+    ):
+        connect("redis+cluster://127.0.0.1:1")  # nothing listens there: named, not a hang
+
+
+def test_a_master_killed_mid_build_costs_misses_and_the_build_completes(
+    cluster: Cluster, tmp_path: Path, encoder: Encoder
+) -> None:
+    cache = EmbeddingCache(connect(cluster.url), chunk_size=8)
+    cached = Encoder(encoder.model_name, device="cpu", cache=cache)
+    items = {str(n): Item(str(n), f"Film {n}", genres=("Drama",)) for n in range(48)}
+    root = tmp_path / "index"
+    first = IndexBuild(root, cached, BuildConfig(keep=3)).run(
+        items, source={}, source_hash="a", progress=False
+    )
+    assert sum(cluster.keys_per_node()) == 48
+
+    # The second build reads every vector from the cache, 16 items a batch; one master dies
+    # after the first batch's lookups.
+    killed: list[int] = []
+    original = cache.get_many
+
+    def get_then_kill(*args: object, **kwargs: object) -> object:
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        if not killed:
+            cluster.nodes[1].stop()
+            killed.append(cluster.nodes[1].port)
+        return out
+
+    cache.get_many = get_then_kill  # type: ignore[method-assign]
+    before = cache.stats.as_dict()
+    changed = {**items, "48": Item("48", "Film 48", genres=("Comedy",))}
+    second = IndexBuild(root, cached, BuildConfig(keep=3, batch_size=16)).run(
+        changed, source={}, source_hash="b", progress=False
+    )
+    after = cache.stats.as_dict()
+    assert killed and second["version"] != first["version"]
+    assert after["errors"] > before["errors"]  # the dead node's keys: counted, then misses
+    assert after["hits"] > before["hits"]  # the live nodes still answered
+    published = IndexRoot(root)
+    assert published.current() == second["version"]
+    index, _ = published.load(second["version"])
+    old, _ = published.load(first["version"])
+    ids = [str(n) for n in range(48)]
+    np.testing.assert_allclose(
+        index.reconstruct([index.position(i) for i in ids]),
+        old.reconstruct([old.position(i) for i in ids]),
+        atol=1e-5,
+    )
