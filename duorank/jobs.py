@@ -235,6 +235,7 @@ class IndexJob:
     model: str | None = None
     tower: Path | None = None
     ranker: Path | None = None
+    engine: Any = None  # an indexer encoding engine (None: local)
 
 
 def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, Any]]:
@@ -299,7 +300,7 @@ def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any
             raise ValueError("the ranking stage's tables need a dataset (--data)")
         stage = stage_writer(job.data, job.ranker)
     return publish_version(
-        job.root, source, open_encoder, config, tower_path=job.tower, stage=stage
+        job.root, source, open_encoder, config, tower_path=job.tower, stage=stage, engine=job.engine
     )
 
 

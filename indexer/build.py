@@ -75,6 +75,66 @@ def encode_items(
     return EncodedBatch(ids, texts, vectors, skipped)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Every item's text vector, in catalog order, and what it cost."""
+
+    ids: list[str]
+    texts: list[str]
+    vectors: Matrix
+    skipped_empty: list[str]
+    encoded: int  # texts the model ran on (cache misses)
+    cache_hits: int
+
+
+class LocalEngine:
+    """The encoding step in this process, batch after batch (the default)."""
+
+    name = "local"
+
+    def encode(
+        self,
+        items: Sequence[Item],
+        template: ItemTextTemplate,
+        encoder: Encoder,
+        encode: Callable[[Sequence[str]], Matrix],
+        batch_size: int,
+        progress: bool | None,
+    ) -> Encoded:
+        from tqdm.auto import tqdm
+
+        cache = encoder.cache
+        hits_before = cache.stats.hits if cache else 0
+        encoded_before = encoder.encoded
+        ids: list[str] = []
+        texts: list[str] = []
+        chunks: list[Matrix] = []
+        skipped: list[str] = []
+        for start in tqdm(
+            range(0, len(items), batch_size),
+            desc="encoding items",
+            unit="batch",
+            disable=(not progress) if progress is not None else None,
+        ):
+            out = encode_items(items[start : start + batch_size], template, encode)
+            ids += out.ids
+            texts += out.texts
+            skipped += out.skipped_empty
+            if len(out.ids):
+                chunks.append(out.vectors)
+        vectors = (
+            np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+        )
+        return Encoded(
+            ids,
+            texts,
+            vectors,
+            skipped,
+            encoder.encoded - encoded_before,
+            (cache.stats.hits - hits_before) if cache else 0,
+        )
+
+
 def text_hash(text: str) -> str:
     """Short sha256 of an item's text, stored per item to diff versions."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -129,6 +189,9 @@ class IndexBuild:
             vectors and returns their manifest entry (``duorank.jobs`` fits them with
             :class:`rerank.tables.StageTables`); they are checksummed and published with the
             index and the tower.
+        engine: where the encoding step runs: :class:`LocalEngine` (default) or
+            :class:`indexer.ray_engine.RayEngine` (Ray Data actors); everything after it is
+            the same, so both publish the same version.
     """
 
     def __init__(
@@ -141,6 +204,7 @@ class IndexBuild:
         transform_fingerprint: str | None = None,
         tower: SequentialTower | None = None,
         stage: StageWriter | None = None,
+        engine: Any | None = None,
     ) -> None:
         if (config or BuildConfig()).keep < 1:
             raise ValueError("keep must be >= 1")
@@ -155,6 +219,7 @@ class IndexBuild:
         self.transform_fingerprint = transform_fingerprint
         self.tower = tower
         self.stage = stage
+        self.engine = engine or LocalEngine()
 
     def run(
         self,
@@ -179,8 +244,6 @@ class IndexBuild:
             indexer.lock.LockHeldError: another build holds the lock (and ``wait`` is off).
             ValueError: no item has any text.
         """
-        from tqdm.auto import tqdm
-
         self.root.path.mkdir(parents=True, exist_ok=True)
         lock = (
             contextlib.nullcontext()
@@ -193,7 +256,7 @@ class IndexBuild:
             staging = self.root.staging_dir / version
             staging.mkdir(parents=True)
             try:
-                manifest = self._build(items, version, staging, source, source_hash, progress, tqdm)
+                manifest = self._build(items, version, staging, source, source_hash, progress)
                 target = self.root.version_dir(version)
                 self.root.versions_dir.mkdir(parents=True, exist_ok=True)
                 staging.rename(target)
@@ -224,7 +287,6 @@ class IndexBuild:
         source: Mapping[str, Any],
         source_hash: str,
         progress: bool | None,
-        tqdm: Any,
     ) -> dict[str, Any]:
         cfg = self.config
         seconds: dict[str, float] = {}
@@ -236,6 +298,8 @@ class IndexBuild:
         started = time.perf_counter()
         audit = self._audit_cache(all_items)
         seconds["audit_cache"] = time.perf_counter() - started
+        audit_encoded = self.encoder.encoded - encoded_before  # the audit's own re-encodes
+        audit_hits = (cache.stats.hits - hits_before) if cache else 0
         encode: Callable[[Sequence[str]], Matrix] = self.encoder.encode
         if audit is not None and audit.mismatched:
             log.error(
@@ -249,28 +313,16 @@ class IndexBuild:
             encode = functools.partial(self.encoder.encode, refresh=True)
 
         started = time.perf_counter()
-        ids: list[str] = []
-        hashes: dict[str, str] = {}
-        chunks: list[Matrix] = []
-        skipped: list[str] = []
-        batches = range(0, len(all_items), cfg.batch_size)
-        for start in tqdm(
-            batches,
-            desc="encoding items",
-            unit="batch",
-            disable=(not progress) if progress is not None else None,
-        ):
-            out = encode_items(all_items[start : start + cfg.batch_size], cfg.template, encode)
-            ids += out.ids
-            hashes.update({i: text_hash(t) for i, t in zip(out.ids, out.texts, strict=True)})
-            skipped += out.skipped_empty
-            if len(out.ids):
-                chunks.append(out.vectors)
+        result = self.engine.encode(
+            all_items, cfg.template, self.encoder, encode, cfg.batch_size, progress
+        )
+        ids, skipped = result.ids, result.skipped_empty
+        hashes = {i: text_hash(t) for i, t in zip(ids, result.texts, strict=True)}
         if not ids:
             raise ValueError(
                 f"no item has any text ({len(skipped)} items, all empty): nothing to index"
             )
-        vectors = np.concatenate(chunks).astype(np.float32)
+        vectors = np.ascontiguousarray(result.vectors, dtype=np.float32)
         seconds["encode"] = time.perf_counter() - started
         if skipped:
             log.warning(
@@ -332,8 +384,8 @@ class IndexBuild:
             "source_hash": source_hash,
             "build": {
                 "items": len(ids),
-                "encoded": self.encoder.encoded - encoded_before,
-                "cache_hits": (cache.stats.hits - hits_before) if cache else 0,
+                "encoded": audit_encoded + result.encoded,
+                "cache_hits": audit_hits + result.cache_hits,
                 "skipped_empty": len(skipped),
                 "cache_audit": (
                     None if audit is None else {**asdict(audit), "trusted": audit.mismatched == 0}

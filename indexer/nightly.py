@@ -61,8 +61,10 @@ def publish_version(
     tower_path: Path | None = None,
     stage: StageWriter | None = None,
     progress: bool | None = None,
+    engine: Any | None = None,
 ) -> dict[str, Any]:
-    """Builds, verifies and publishes one version; returns its manifest.
+    """Builds, verifies and publishes one version; returns its manifest (``engine``: where
+    the encoding runs, see :class:`indexer.build.IndexBuild`).
 
     The lock is taken before the tower and the model load, so a second build is refused in
     milliseconds, not after a model load.
@@ -83,7 +85,7 @@ def publish_version(
             except (OSError, ValueError, KeyError) as exc:
                 raise TowerLoadError(f"cannot load the tower at {tower_path}: {exc}") from None
         with open_encoder() as encoder:
-            build = IndexBuild(root, encoder, cfg, tower=tower, stage=stage)
+            build = IndexBuild(root, encoder, cfg, tower=tower, stage=stage, engine=engine)
             return build.run(
                 catalog.items,
                 source=catalog.source,

@@ -83,6 +83,26 @@ def connect(
     return client
 
 
+def client_url(client: Client) -> str:
+    """A URL that reaches the same server as ``client`` (password included: never log it,
+    :func:`mask_url` first), for workers in other processes that open their own client."""
+    from urllib.parse import quote
+
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]
+        password = node.redis_connection.connection_pool.connection_kwargs.get("password")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis+cluster://{auth}{node.host}:{node.port}"
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    password = kwargs.get("password")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    scheme = "rediss" if "SSL" in client.connection_pool.connection_class.__name__ else "redis"
+    return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``."""
     if "@" not in url or "://" not in url:

@@ -111,6 +111,28 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     "ALS at its settings, the event log, text vectors) on the dataset's interactions and "
     "publish them inside the version, so serving swaps them with the index (needs --data).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where items are encoded: this process, or Ray Data actors (pip install "
+    "duorank[ray]); both publish the same version.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --engine ray: 'auto' or ray://host:10001 joins a running cluster (its nodes "
+    "need the model and a Redis they can reach: --redis-url); default: a local Ray.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="With --engine ray: encoder actors (each loads the model once; a GPU each when the "
+    "cluster has GPUs).",
+)
 @json_option("Print the build summary as one JSON object on the last line.")
 @click.pass_obj
 def index_build(
@@ -129,6 +151,9 @@ def index_build(
     verify_cache_sample: int,
     tower_path: Path | None,
     ranker_path: Path | None,
+    engine: str,
+    ray_address: str | None,
+    ray_workers: int,
     as_json: bool,
 ) -> None:
     """Build a new index version from the catalog and publish it atomically."""
@@ -147,7 +172,30 @@ def index_build(
         lock_timeout=lock_timeout,
         verify_cache_sample=verify_cache_sample,
     )
-    job = IndexJob(root, data_path, items_path, mapping, duplicates, model, tower_path, ranker_path)
+    runner = None
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--engine ray needs Ray: pip install 'duorank[ray]'") from None
+        from indexer.ray_engine import RayEngine
+
+        if ray_address not in (None, "", "local") and not settings.redis_url:
+            raise click.UsageError(
+                "--ray-address: a Ray cluster's nodes cannot reach the embedded Redis; give "
+                "--redis-url with a Redis they can reach"
+            )
+        try:
+            runner = RayEngine(
+                address=ray_address, workers=ray_workers, redis_url=settings.redis_url or None
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    elif ray_address is not None:
+        raise click.UsageError("--ray-address needs --engine ray")
+    job = IndexJob(
+        root, data_path, items_path, mapping, duplicates, model, tower_path, ranker_path, runner
+    )
     print_build(build_index(settings, job, config), index_type, root, as_json)
 
 

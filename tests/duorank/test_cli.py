@@ -252,3 +252,17 @@ def test_a_wrong_ranker_folder_is_a_clean_error_and_publishes_nothing(tmp_path: 
     recommend = [*base, "recommend", "--user", "u1", "--ranker", str(tmp_path / "nowhere")]
     result = CliRunner().invoke(cli, recommend)
     assert result.exit_code == EXIT_USAGE and "nowhere" in result.output
+
+
+def test_index_build_engine_flags_are_checked_before_any_work(tmp_path: Path) -> None:
+    data = tmp_path / "missing-data"
+    data.mkdir()
+    base = ["index", "build", "--data", str(data), "--root", str(tmp_path / "idx")]
+    stray = CliRunner().invoke(cli, [*base, "--ray-address", "auto"])
+    assert stray.exit_code == 2 and "--ray-address needs --engine ray" in stray.output
+    for flags in ([], ["--redis-url", "unix:///tmp/x.sock"]):  # the embedded Redis, or a socket
+        remote = CliRunner().invoke(
+            cli, [*flags, *base, "--engine", "ray", "--ray-address", "auto"]
+        )
+        assert remote.exit_code == 2 and "Redis" in remote.output, remote.output
+    assert not (tmp_path / "idx").exists()  # nothing built, nothing published

@@ -199,3 +199,10 @@ def test_embedded_server_stops_while_another_client_is_connected(tmp_path: Path)
     server.close()
     with pytest.raises(redis.ConnectionError):
         other.ping()
+
+
+def test_client_url_reaches_the_same_server() -> None:
+    from retrieval.redis_client import client_url, connect
+
+    for url in ("redis://:p%40ss@127.0.0.1:6379/2", "unix:///tmp/x.sock?db=1", "rediss://h:6380/0"):
+        assert client_url(connect(url)) == url

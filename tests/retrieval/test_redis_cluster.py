@@ -21,7 +21,7 @@ from catalog.model import Item
 from indexer import BuildConfig, IndexBuild, IndexRoot
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
-from retrieval.redis_client import connect
+from retrieval.redis_client import client_url, connect
 from tests.live import RedisProcess
 
 pytestmark = pytest.mark.slow
@@ -109,6 +109,7 @@ def test_a_cluster_url_gives_a_cluster_client_and_keys_spread_over_the_nodes(
 ) -> None:
     client = connect(cluster.url)
     assert isinstance(client, RedisCluster)
+    assert client_url(client) == cluster.url  # what a worker process connects with
     cache = EmbeddingCache(client, chunk_size=16)
     texts = [f"item {n}" for n in range(60)]
     vectors = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
