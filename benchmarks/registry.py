@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "indexer": "benchmarks.bench_indexer",
     "rerank": "benchmarks.bench_rerank",
     "serving": "benchmarks.bench_serving",
+    "scale": "benchmarks.bench_scale",
 }
 
 

@@ -114,3 +114,14 @@ def tiny_catalog(n_items: int = 24, n_users: int = 8, per_user: int = 6) -> obje
     return Catalog(
         items, {f"u{u}": User(f"u{u}") for u in range(n_users)}, inter, source={"loader": "test"}
     )
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """A local Ray on 2 CPUs, started once for the session's Ray tests."""
+    ray = pytest.importorskip("ray", reason="the ray extra (pip install duorank[ray])")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

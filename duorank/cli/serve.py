@@ -1,4 +1,5 @@
-"""`duorank recommend` and `duorank serve`: the online path, from a terminal or over HTTP."""
+"""`duorank recommend`, `serve` and `recommend-all`: the online path, from a terminal or over
+HTTP, and every user's list precomputed."""
 
 from __future__ import annotations
 
@@ -234,6 +235,115 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 
 
+@click.command(name="recommend-all")
+@click.option(
+    "--users",
+    "users_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="A file of user ids, one per line (default: every user of the dataset).",
+)
+@click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1, max=5000),
+    default=100,
+    show_default=True,
+    help="The tower's candidates per user (as for `recommend`).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write OUT/recommendations.parquet and OUT/manifest.json (replaced atomically).",
+)
+@click.option(
+    "--to-redis",
+    is_flag=True,
+    help="Write each user's list to Redis (--redis-url) as JSON under duorank:recs:<user>.",
+)
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=86_400 * 2,
+    show_default=True,
+    help="Seconds before a list written with --to-redis expires (two nightly runs).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where users are served: this process, or Ray actors (each opens the Recommender once).",
+)
+@click.option("--ray-address", default=None, help="With --engine ray: 'auto' joins a cluster.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=2, show_default=True)
+@serving_options
+@click.pass_obj
+def recommend_all_cmd(
+    settings: Settings,
+    users_path: Path | None,
+    k: int,
+    candidates: int,
+    out: Path | None,
+    to_redis: bool,
+    ttl: int,
+    engine: str,
+    ray_address: str | None,
+    ray_workers: int,
+    data_path: Path | None,
+    root: Path | None,
+    reranker_path: Path | None,
+    ranker_path: Path | None,
+    no_ranker: bool,
+    backend: str,
+    text_users: bool,
+) -> None:
+    """Precompute every user's top k (nightly), as Parquet and/or Redis keys with a TTL."""
+    from catalog import load_catalog
+    from duorank.batch import manifest_of, recommend_all, user_ids, write_parquet, write_redis
+    from duorank.jobs import ServingJob
+    from retrieval.redis_client import connect
+
+    if out is None and not to_redis:
+        raise click.UsageError("give --out DIR, --to-redis, or both")
+    if to_redis and not settings.redis_url:
+        raise click.UsageError("--to-redis needs --redis-url (a Redis the site reads)")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.UsageError("--engine ray needs Ray: pip install 'duorank[ray]'") from None
+    job = ServingJob(
+        data_path,
+        root,
+        reranker_path,
+        backend,
+        text_users,
+        ranker=ranker_path,
+        use_ranker=not no_ranker,
+    )
+    catalog = load_catalog(data_path or settings.layout.dataset())
+    everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
+    users = user_ids(users_path, iter(everyone))
+    rows, version = recommend_all(
+        settings,
+        job,
+        users,
+        k=k,
+        candidates=candidates,
+        engine=engine,
+        workers=ray_workers,
+        address=ray_address,
+    )
+    manifest = manifest_of(version, len(users), k, candidates, engine)
+    if out is not None:
+        click.echo(f"wrote {write_parquet(rows, out, manifest)} ({len(rows)} rows)")
+    if to_redis:
+        written = write_redis(connect(settings.redis_url), rows, ttl)
+        click.echo(f"wrote {written} lists to Redis (TTL {ttl} s)")
+
+
 def _committed_report(benchmarks_dir: Path) -> Path | None:
     """The committed ml-latest-small report, where the benchmarks' results folder exists (an
     install from a checkout)."""
@@ -241,4 +351,4 @@ def _committed_report(benchmarks_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-COMMANDS = [recommend, serve]
+COMMANDS = [recommend, serve, recommend_all_cmd]

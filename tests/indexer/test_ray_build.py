@@ -4,7 +4,6 @@ local build's (ids, vectors to float tolerance, manifest fields except timing)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ from retrieval.redis_client import connect
 pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray", reason="the ray extra (pip install duorank[ray])")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _items() -> dict[str, Item]:

@@ -1,0 +1,184 @@
+"""`duorank recommend-all`: every user's top k precomputed, so a site can serve stored lists.
+
+Each worker opens the Recommender once (the published index, tower and ranking stage, exactly
+as `serve` does) and calls it user by user: in this process (``engine="local"``) or in a pool
+of Ray Data actors (``engine="ray"``: a local Ray, or a cluster whose nodes see the same home
+folder). The rows are the same either way (a test compares them with the Recommender called
+user by user). They are written as Parquet (one row per user and rank, replaced atomically,
+with a manifest) and/or to Redis, one key per user holding the list as JSON, with a TTL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from duorank.jobs import ServingJob, open_recommender
+from duorank.settings import Settings
+
+COLUMNS = ("user_id", "rank", "item_id", "retrieval_score", "rank_score", "p_like")
+"""The rows' columns (``rank`` counts from 1)."""
+REDIS_PREFIX = "duorank:recs"
+"""Key prefix of the lists written to Redis (``<prefix>:<user id>``)."""
+
+
+def recommend_rows(rec: Any, users: Sequence[str], k: int, candidates: int) -> list[dict[str, Any]]:
+    """The Recommender's top ``k`` of every user, one row per (user, rank)."""
+    rows: list[dict[str, Any]] = []
+    for user in users:
+        result = rec.recommend(user, k=k, candidates=candidates)
+        for rank, item in enumerate(result.items, start=1):
+            rows.append(
+                {
+                    "user_id": user,
+                    "rank": rank,
+                    "item_id": item.item_id,
+                    "retrieval_score": item.retrieval_score,
+                    "rank_score": item.rank_score,
+                    "p_like": item.rerank_probability,
+                }
+            )
+    return rows
+
+
+class RecommendActor:
+    """A Ray actor: one Recommender, opened once, for batches of user ids."""
+
+    def __init__(self, settings: Settings, job: ServingJob, k: int, candidates: int) -> None:
+        self._stack = contextlib.ExitStack()
+        self.rec = self._stack.enter_context(open_recommender(settings, job))
+        self.k, self.candidates = k, candidates
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        rows = recommend_rows(self.rec, [str(u) for u in batch["user_id"]], self.k, self.candidates)
+        return {c: np.array([r[c] for r in rows], dtype=object) for c in COLUMNS}
+
+
+def recommend_all(
+    settings: Settings,
+    job: ServingJob,
+    users: Sequence[str],
+    *,
+    k: int = 10,
+    candidates: int = 100,
+    engine: str = "local",
+    workers: int = 2,
+    address: str | None = None,
+    batch_size: int = 64,
+) -> tuple[list[dict[str, Any]], str]:
+    """Every user's rows, in ``users`` order and rank order, and the serving index version."""
+    with open_recommender(settings, job) as rec:
+        version = rec.index_version
+        if engine == "local":
+            return recommend_rows(rec, users, k, candidates), version
+    if engine != "ray":
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        blocks = max(workers, math.ceil(len(users) / batch_size))
+        dataset = ray.data.from_items(
+            [{"user_id": u} for u in users], override_num_blocks=blocks
+        ).map_batches(
+            RecommendActor,
+            fn_constructor_kwargs={
+                "settings": settings,
+                "job": job,
+                "k": k,
+                "candidates": candidates,
+            },
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=workers,
+        )
+        rows = [
+            {c: _plain(batch[c][n]) for c in COLUMNS}
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy")
+            for n in range(len(batch["user_id"]))
+        ]
+    finally:
+        if started_here:
+            ray.shutdown()
+    return rows, version
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values (None stays None)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], out: Path, manifest: dict[str, Any]) -> Path:
+    """``out/recommendations.parquet`` and ``out/manifest.json``, replacing ``out`` whole or
+    not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from catalog.fsutil import atomic_dir, write_json
+
+    table = pa.table(
+        {
+            "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
+            "rank": pa.array([r["rank"] for r in rows], pa.int32()),
+            "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
+            **{
+                c: pa.array([r[c] for r in rows], pa.float64())
+                for c in ("retrieval_score", "rank_score", "p_like")
+            },
+        }
+    )
+    with atomic_dir(out) as staging:
+        pq.write_table(table, staging / "recommendations.parquet")
+        write_json(staging / "manifest.json", manifest)
+    return out / "recommendations.parquet"
+
+
+def write_redis(
+    client: Any, rows: Sequence[dict[str, Any]], ttl: int, prefix: str = REDIS_PREFIX
+) -> int:
+    """One key per user (``<prefix>:<user id>``) holding its list as JSON, expiring after
+    ``ttl`` seconds; returns the keys written. Pipelined in chunks (per node on a cluster)."""
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_user.setdefault(r["user_id"], []).append(
+            {k: r[k] for k in ("item_id", "retrieval_score", "rank_score", "p_like")}
+        )
+    written = 0
+    users = list(by_user)
+    for start in range(0, len(users), 500):
+        pipe = client.pipeline(transaction=False)
+        for user in users[start : start + 500]:
+            pipe.set(f"{prefix}:{user}", json.dumps(by_user[user]), ex=ttl)
+        pipe.execute()
+        written += len(users[start : start + 500])
+    return written
+
+
+def manifest_of(version: str, users: int, k: int, candidates: int, engine: str) -> dict[str, Any]:
+    """What a precomputed set of lists was made from."""
+    return {
+        "format": "duorank.recommendations/1",
+        "index_version": version,
+        "users": users,
+        "k": k,
+        "candidates": candidates,
+        "engine": engine,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def user_ids(path: Path | None, rec_users: Iterator[str]) -> list[str]:
+    """The users to precompute: one id per line of ``path`` (blank lines skipped), else all."""
+    if path is None:
+        return list(rec_users)
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
