@@ -56,9 +56,7 @@ def _encode_ray(items: dict[str, Item], encoder: Any, workers: int) -> float:
 
     started = time.perf_counter()
     engine = RayEngine(workers=workers, num_gpus=0.0)
-    out = engine.encode(
-        list(items.values()), ItemTextTemplate(), encoder, encoder.encode, 256, False
-    )
+    out = engine.encode(list(items.values()), ItemTextTemplate(), encoder, 256, False)
     assert len(out.ids) == len(items)
     return time.perf_counter() - started
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +87,26 @@ class Encoded:
     cache_hits: int
 
 
+class EncodeEngine(Protocol):
+    """Where a build's encoding step runs; what follows it is the same for every engine."""
+
+    name: str
+
+    def encode(
+        self,
+        items: Sequence[Item],
+        template: ItemTextTemplate,
+        encoder: Encoder,
+        batch_size: int,
+        progress: bool | None,
+        refresh: bool = False,
+    ) -> Encoded:
+        """Every item's text vector in ``items`` order, through ``encoder``'s cache (with
+        ``refresh``, for a cache the audit found untrustworthy: read nothing from it,
+        encode everything and overwrite its entries)."""
+        ...
+
+
 class LocalEngine:
     """The encoding step in this process, batch after batch (the default)."""
 
@@ -97,11 +117,13 @@ class LocalEngine:
         items: Sequence[Item],
         template: ItemTextTemplate,
         encoder: Encoder,
-        encode: Callable[[Sequence[str]], Matrix],
         batch_size: int,
         progress: bool | None,
+        refresh: bool = False,
     ) -> Encoded:
         from tqdm.auto import tqdm
+
+        encode = functools.partial(encoder.encode, refresh=refresh)
 
         cache = encoder.cache
         hits_before = cache.stats.hits if cache else 0
@@ -204,7 +226,7 @@ class IndexBuild:
         transform_fingerprint: str | None = None,
         tower: SequentialTower | None = None,
         stage: StageWriter | None = None,
-        engine: Any | None = None,
+        engine: EncodeEngine | None = None,
     ) -> None:
         if (config or BuildConfig()).keep < 1:
             raise ValueError("keep must be >= 1")
@@ -219,7 +241,7 @@ class IndexBuild:
         self.transform_fingerprint = transform_fingerprint
         self.tower = tower
         self.stage = stage
-        self.engine = engine or LocalEngine()
+        self.engine: EncodeEngine = engine or LocalEngine()
 
     def run(
         self,
@@ -300,7 +322,7 @@ class IndexBuild:
         seconds["audit_cache"] = time.perf_counter() - started
         audit_encoded = self.encoder.encoded - encoded_before  # the audit's own re-encodes
         audit_hits = (cache.stats.hits - hits_before) if cache else 0
-        encode: Callable[[Sequence[str]], Matrix] = self.encoder.encode
+        refresh = False
         if audit is not None and audit.mismatched:
             log.error(
                 "cache audit: %d of %d sampled cached vectors differ from the model (cosine "
@@ -310,11 +332,11 @@ class IndexBuild:
                 audit.checked,
                 audit.worst_distance,
             )
-            encode = functools.partial(self.encoder.encode, refresh=True)
+            refresh = True
 
         started = time.perf_counter()
         result = self.engine.encode(
-            all_items, cfg.template, self.encoder, encode, cfg.batch_size, progress
+            all_items, cfg.template, self.encoder, cfg.batch_size, progress, refresh
         )
         ids, skipped = result.ids, result.skipped_empty
         hashes = {i: text_hash(t) for i, t in zip(ids, result.texts, strict=True)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,12 +71,12 @@ class RayEngine:
         items: Sequence[Item],
         template: ItemTextTemplate,
         encoder: Encoder,
-        encode: Callable[[Sequence[str]], Matrix],
         batch_size: int,
         progress: bool | None,
+        refresh: bool = False,
     ) -> Encoded:
-        """Encodes ``items`` on the actors (``encode`` is the driver's own path: unused here,
-        the actors each hold an encoder)."""
+        """Encodes ``items`` on the actors (each with its own encoder on ``encoder``'s model
+        and cache; ``refresh`` as for :class:`indexer.build.EncodeEngine`)."""
         import ray
 
         from retrieval.redis_client import client_url
@@ -118,6 +118,7 @@ class RayEngine:
                     "cache_dtype": self.cache_dtype or (cache.dtype if cache else "float32"),
                     "template": template,
                     "dim": encoder.dim,
+                    "refresh": refresh,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
@@ -163,7 +164,10 @@ class EncodeActor:
         cache_dtype: str,
         template: ItemTextTemplate,
         dim: int,
+        refresh: bool = False,
     ) -> None:
+        import functools
+
         import ray
         import torch
 
@@ -181,13 +185,14 @@ class EncodeActor:
         self.encoder = Encoder(model, device=device, cache=cache)
         self.template = template
         self.dim = dim
+        self.encode = functools.partial(self.encoder.encode, refresh=refresh)
 
     def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         items = [_item(json.loads(str(raw))) for raw in batch["item"]]
         cache = self.encoder.cache
         hits_before = cache.stats.hits if cache else 0
         encoded_before = self.encoder.encoded
-        out = encode_items(items, self.template, self.encoder.encode)
+        out = encode_items(items, self.template, self.encode)
         vectors = np.zeros((len(items), self.dim), np.float32)
         row = {item_id: n for n, item_id in enumerate(out.ids)}
         empty = np.array([it.id not in row for it in items], dtype=bool)

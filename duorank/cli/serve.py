@@ -58,6 +58,22 @@ def serving_options(fn: F) -> F:
     return fn
 
 
+def serving_job(*, fallback: bool = False, **options: Any) -> Any:
+    """The :class:`duorank.jobs.ServingJob` of :func:`serving_options`' values."""
+    from duorank.jobs import ServingJob
+
+    return ServingJob(
+        options["data_path"],
+        options["root"],
+        options["reranker_path"],
+        options["backend"],
+        options["text_users"],
+        fallback=fallback,
+        ranker=options["ranker_path"],
+        use_ranker=not options["no_ranker"],
+    )
+
+
 @click.command()
 @click.option("--user", "user_id", required=True, help="User id from the dataset.")
 @click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
@@ -73,32 +89,19 @@ def serving_options(fn: F) -> F:
 @click.pass_obj
 def recommend(
     settings: Settings,
+    /,
     user_id: str,
     k: int,
     candidates: int,
-    data_path: Path | None,
-    root: Path | None,
-    reranker_path: Path | None,
-    ranker_path: Path | None,
-    no_ranker: bool,
-    backend: str,
-    text_users: bool,
     as_json: bool,
+    **serving: Any,
 ) -> None:
     """Recommend items for a user: retrieve candidates, rerank, print a table."""
     from dataclasses import asdict
 
-    from duorank.jobs import ServingJob, open_recommender
+    from duorank.jobs import open_recommender
 
-    job = ServingJob(
-        data_path,
-        root,
-        reranker_path,
-        backend,
-        text_users,
-        ranker=ranker_path,
-        use_ranker=not no_ranker,
-    )
+    job = serving_job(**serving)
     with open_recommender(settings, job) as recommender:
         result = recommender.recommend(user_id, k=k, candidates=max(candidates, k))
     if as_json:
@@ -177,42 +180,28 @@ def print_recommendation(result: Any) -> None:
 @click.pass_obj
 def serve(
     settings: Settings,
+    /,
     host: str,
     port: int,
-    data_path: Path | None,
-    root: Path | None,
-    reranker_path: Path | None,
-    ranker_path: Path | None,
-    no_ranker: bool,
-    backend: str,
-    text_users: bool,
     max_in_flight: int,
     max_queue: int,
     reload_interval: float,
     strict: bool,
     report: Path | None,
     public_demo: bool,
+    **serving: Any,
 ) -> None:
     """Serve the HTTP API and the explorer page at / (token from DUORANK_API_TOKEN, if set)."""
     import uvicorn
 
     import benchmarks
-    from duorank.jobs import ServingJob, open_recommender
+    from duorank.jobs import open_recommender
     from serving.http import ServerLimits, create_app
 
     if report is not None and not report.is_file():
         raise click.BadParameter(f"{report}: no such file", param_hint="--report")
 
-    job = ServingJob(
-        data_path,
-        root,
-        reranker_path,
-        backend,
-        text_users,
-        fallback=not strict,
-        ranker=ranker_path,
-        use_ranker=not no_ranker,
-    )
+    job = serving_job(fallback=not strict, **serving)
     with open_recommender(settings, job) as recommender:
         limits = ServerLimits(
             max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
@@ -282,6 +271,7 @@ def serve(
 @click.pass_obj
 def recommend_all_cmd(
     settings: Settings,
+    /,
     users_path: Path | None,
     k: int,
     candidates: int,
@@ -291,18 +281,11 @@ def recommend_all_cmd(
     engine: str,
     ray_address: str | None,
     ray_workers: int,
-    data_path: Path | None,
-    root: Path | None,
-    reranker_path: Path | None,
-    ranker_path: Path | None,
-    no_ranker: bool,
-    backend: str,
-    text_users: bool,
+    **serving: Any,
 ) -> None:
     """Precompute every user's top k (nightly), as Parquet and/or Redis keys with a TTL."""
     from catalog import load_catalog
     from duorank.batch import manifest_of, recommend_all, user_ids, write_parquet, write_redis
-    from duorank.jobs import ServingJob
     from retrieval.redis_client import connect
 
     if out is None and not to_redis:
@@ -314,16 +297,8 @@ def recommend_all_cmd(
             import ray  # noqa: F401
         except ImportError:
             raise click.UsageError("--engine ray needs Ray: pip install 'duorank[ray]'") from None
-    job = ServingJob(
-        data_path,
-        root,
-        reranker_path,
-        backend,
-        text_users,
-        ranker=ranker_path,
-        use_ranker=not no_ranker,
-    )
-    catalog = load_catalog(data_path or settings.layout.dataset())
+    job = serving_job(**serving)
+    catalog = load_catalog(serving["data_path"] or settings.layout.dataset())
     everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
     users = user_ids(users_path, iter(everyone))
     rows, version = recommend_all(
