@@ -33,7 +33,7 @@ def bench(
 ) -> None:
     """Run benchmark NAME, print its table and write its JSON record.
 
-    Names: baselines, metrics, retrieval, indexer, rerank, serving. The home and Redis
+    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale. The home and Redis
     settings apply.
     """
     from benchmarks.contract import BenchContext
