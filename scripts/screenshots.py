@@ -59,6 +59,7 @@ def main() -> None:
             driver.find_element(By.CSS_SELECTOR, "#user-results button").click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#first li")) >= 10)
             driver.save_screenshot(str(DOCS / "explorer-user.png"))
+            driver.set_window_size(1400, 1900)  # the report's tables and plots on one page
             driver.find_element(By.ID, "tab-report").click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#report-table tr")) > 1)
             wait.until(

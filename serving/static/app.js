@@ -191,14 +191,10 @@ function renderList(list, items) {
     const tags = el("div");
     for (const genre of item.genres || []) tags.append(el("span", genre, "tag"));
     li.append(tags);
-    li.append(
-      el(
-        "div",
-        `first stage ${fmt(item.retrieval_score)} · ranking ${fmt(item.rank_score)} · ` +
-          `P(like) ${fmt(item.rerank_probability, 2)}`,
-        "scores",
-      ),
-    );
+    const scores = [`first stage ${fmt(item.retrieval_score)}`];
+    if (item.rank_score !== null) scores.push(`ranking ${fmt(item.rank_score)}`);
+    if (item.rerank_probability !== null) scores.push(`P(like) ${fmt(item.rerank_probability, 2)}`);
+    li.append(el("div", scores.join(" · "), "scores"));
     const why = item.explanation;
     if (why) {
       const parts = [];
@@ -207,7 +203,10 @@ function renderList(list, items) {
       li.append(el("div", parts.join(" · "), "why"));
       if (why.because.length) {
         const names = why.because.map((b) => b.title);
-        li.append(el("div", "because you watched " + names.join(" and "), "why because"));
+        const list = names.length > 1
+          ? names.slice(0, -1).join(", ") + " and " + names[names.length - 1]
+          : names[0];
+        li.append(el("div", "because you watched " + list, "why because"));
       }
       if (why.features.length) {
         const moved = why.features.map(
@@ -228,11 +227,8 @@ async function loadReport() {
     `${data.file}: ${data.dataset && data.dataset.path ? data.dataset.path : ""} ` +
     `(${data.date || "no date"}, ${data.machine || "machine not recorded"}); ` +
     `best baseline: ${data.best_baseline}`;
-  const columns = ["method", "ndcg@10", "seeds_mean", "recall@10", "recall@100", "mrr@10", "auc",
-    "coverage@10", "max_item_share@10", "cold_max_item_share@10", "cold_recall@100"];
-  fillTable($("report-table"), columns, data.methods);
-  fillTable($("ablation-table"), ["variant", "ndcg@10", "vs_first_stage", "minus_first_stage",
-    "minus_first_stage_se", "rounds"], data.ablation);
+  fillTable($("report-table"), METHOD_COLUMNS, data.methods);
+  fillTable($("ablation-table"), ABLATION_COLUMNS, data.ablation);
   const plots = $("plots");
   plots.replaceChildren();
   for (const name of data.plots) {
@@ -247,16 +243,30 @@ async function loadReport() {
   }
 }
 
+// [field, heading] pairs of the report's tables.
+const METHOD_COLUMNS = [
+  ["method", "method"], ["ndcg@10", "NDCG@10"], ["seeds_mean", "seeds' mean"],
+  ["recall@10", "R@10"], ["recall@100", "R@100"], ["mrr@10", "MRR@10"], ["auc", "AUC"],
+  ["coverage@10", "coverage"], ["max_item_share@10", "top item's users"],
+  ["cold_max_item_share@10", "top cold item's users"], ["cold_recall@100", "cold R@100"],
+];
+const ABLATION_COLUMNS = [
+  ["variant", "variant"], ["ndcg@10", "NDCG@10"], ["vs_first_stage", "/ first stage"],
+  ["minus_first_stage", "difference"], ["minus_first_stage_se", "one s.e."], ["rounds", "trees"],
+];
+
 function fillTable(table, columns, rows) {
   table.replaceChildren();
   const head = el("tr");
-  for (const c of columns) head.append(el("th", c));
+  for (const [, heading] of columns) head.append(el("th", heading));
   table.append(head);
   for (const row of rows) {
     const tr = el("tr");
-    for (const c of columns) {
-      const v = row[c];
-      tr.append(el("td", typeof v === "number" ? fmt(v, 4) : v === null || v === undefined ? "-" : v));
+    for (const [field] of columns) {
+      const v = row[field];
+      let text = v === null || v === undefined ? "-" : String(v);
+      if (typeof v === "number") text = Number.isInteger(v) ? String(v) : fmt(v, 4);
+      tr.append(el("td", text));
     }
     table.append(tr);
   }
