@@ -58,6 +58,20 @@ def serving_options(fn: F) -> F:
     return fn
 
 
+def list_size_options(fn: F) -> F:
+    """-k and --candidates, shared by `recommend` and `recommend-all`."""
+    fn = click.option(
+        "--candidates",
+        type=click.IntRange(min=1, max=5000),
+        default=100,
+        show_default=True,
+        help="The tower's candidates per user (the ranking stage adds the other sources').",
+    )(fn)
+    return click.option(
+        "-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True
+    )(fn)
+
+
 def serving_job(*, fallback: bool = False, **options: Any) -> Any:
     """The :class:`duorank.jobs.ServingJob` of :func:`serving_options`' values."""
     from duorank.jobs import ServingJob
@@ -76,14 +90,7 @@ def serving_job(*, fallback: bool = False, **options: Any) -> Any:
 
 @click.command()
 @click.option("--user", "user_id", required=True, help="User id from the dataset.")
-@click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
-@click.option(
-    "--candidates",
-    type=click.IntRange(min=1, max=5000),
-    default=100,
-    show_default=True,
-    help="Retrieved candidates passed to the reranker.",
-)
+@list_size_options
 @serving_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
@@ -232,14 +239,7 @@ def serve(
     default=None,
     help="A file of user ids, one per line (default: every user of the dataset).",
 )
-@click.option("-k", "k", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
-@click.option(
-    "--candidates",
-    type=click.IntRange(min=1, max=5000),
-    default=100,
-    show_default=True,
-    help="The tower's candidates per user (as for `recommend`).",
-)
+@list_size_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
