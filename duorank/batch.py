@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -74,13 +74,17 @@ def recommend_all(
     batch_size: int = 64,
 ) -> tuple[list[dict[str, Any]], str]:
     """Every user's rows, in ``users`` order and rank order, and the serving index version."""
-    with open_recommender(settings, job) as rec:
-        version = rec.index_version
-        if engine == "local":
-            return recommend_rows(rec, users, k, candidates), version
+    if engine == "local":
+        with open_recommender(settings, job) as rec:
+            return recommend_rows(rec, users, k, candidates), rec.index_version
     if engine != "ray":
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     import ray
+
+    from indexer import IndexRoot
+
+    # The version CURRENT names (the actors open it); the driver loads no Recommender itself.
+    version = IndexRoot(job.root or settings.layout.index).require_current()
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -177,8 +181,23 @@ def manifest_of(version: str, users: int, k: int, candidates: int, engine: str) 
     }
 
 
-def user_ids(path: Path | None, rec_users: Iterator[str]) -> list[str]:
-    """The users to precompute: one id per line of ``path`` (blank lines skipped), else all."""
+def user_ids(path: Path | None, known: Sequence[str]) -> list[str]:
+    """The users to precompute: one id per line of ``path`` (blank lines skipped), else all
+    ``known`` ones.
+
+    Raises:
+        ValueError: an id the dataset does not know (named with its file and line), before
+            any work.
+    """
     if path is None:
-        return list(rec_users)
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return list(known)
+    members = set(known)
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        user = line.strip()
+        if not user:
+            continue
+        if user not in members:
+            raise ValueError(f"{path}:{n}: unknown user id {user!r} (not in the dataset)")
+        out.append(user)
+    return out

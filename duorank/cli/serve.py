@@ -300,7 +300,7 @@ def recommend_all_cmd(
     job = serving_job(**serving)
     catalog = load_catalog(serving["data_path"] or settings.layout.dataset())
     everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
-    users = user_ids(users_path, iter(everyone))
+    users = user_ids(users_path, everyone)
     rows, version = recommend_all(
         settings,
         job,

@@ -100,3 +100,11 @@ def test_the_command_writes_every_users_list(
     assert manifest["users"] == len(stack.catalog.users) and manifest["engine"] == "local"
     refused = CliRunner().invoke(cli, ["--home", str(base / "home"), "recommend-all", *args])
     assert refused.exit_code == 2 and "--out DIR, --to-redis" in refused.output
+    users = tmp_path / "users.txt"
+    users.write_text("u1\n\nghost\n")
+    flags = ["--users", str(users), "--out", str(out)]
+    unknown = CliRunner().invoke(
+        cli, ["--home", str(base / "home"), "recommend-all", *args, *flags]
+    )
+    assert unknown.exit_code == 2 and f"{users}:3: unknown user id 'ghost'" in unknown.output
+    assert pq.read_table(out / "recommendations.parquet").num_rows == table.num_rows  # kept
