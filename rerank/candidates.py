@@ -262,7 +262,6 @@ class CandidateStage:
             built.append(
                 RecentPopularitySource(item_ids, tables.log_times, tables.log_cols, POPULAR_WINDOW)
             )
-        col = {i: n for n, i in enumerate(item_ids)}
         features = RankingFeatures(
             item_ids,
             EventLog(len(item_ids), tables.log_cols, tables.log_times, tables.log_ratings),
@@ -271,8 +270,9 @@ class CandidateStage:
             tables.text,
             _rows_of(tower, item_ids),
             tables.genres,
-            exposure(tower, index, histories, col) if histories is not None else None,
         )
+        if histories is not None:
+            features.exposure = exposure(tower, index, histories, features.item_col)
         return cls(item_ids, tower, index, built, features, depths, histories)
 
     def candidates(

@@ -194,8 +194,8 @@ class RankingFeatures:
         text_vectors: (items, d) text vectors (rows of ``item_ids``), or None.
         learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
         genres: (items, genres) binary genre (or tag) matrix, or None.
-        exposure: (items,) the first stage's exposure (:func:`rerank.candidates.exposure`),
-            or None (zeros).
+    The first stage's exposure per item (:func:`rerank.candidates.exposure`) is set on
+    :attr:`exposure` by the stage that measures it (zeros until then).
     """
 
     def __init__(
@@ -207,7 +207,6 @@ class RankingFeatures:
         text_vectors: npt.NDArray[np.floating] | None = None,
         learned_vectors: npt.NDArray[np.floating] | None = None,
         genres: sp.csr_matrix | None = None,
-        exposure: npt.NDArray[np.floating] | None = None,
     ) -> None:
         self.item_ids = list(item_ids)
         self.item_col = {i: n for n, i in enumerate(self.item_ids)}
@@ -226,9 +225,7 @@ class RankingFeatures:
         g = genres.tocsr().astype(np.float32) if genres is not None else sp.csr_matrix((n, 1))
         sizes = np.asarray(g.sum(axis=1)).ravel()
         self.genres = sp.diags(1.0 / np.maximum(sizes, 1.0)) @ g  # each item's genres sum to 1
-        self.exposure = (
-            np.zeros(n, np.float32) if exposure is None else np.asarray(exposure, np.float32)
-        )
+        self.exposure = np.zeros(n, np.float32)
 
     def with_learned(
         self,
