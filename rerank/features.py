@@ -194,6 +194,7 @@ class RankingFeatures:
         text_vectors: (items, d) text vectors (rows of ``item_ids``), or None.
         learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
         genres: (items, genres) binary genre (or tag) matrix, or None.
+
     The first stage's exposure per item (:func:`rerank.candidates.exposure`) is set on
     :attr:`exposure` by the stage that measures it (zeros until then).
     """
