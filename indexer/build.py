@@ -100,11 +100,33 @@ class EncodeEngine(Protocol):
         batch_size: int,
         progress: bool | None,
         refresh: bool = False,
+        spill: Path | None = None,
     ) -> Encoded:
         """Every item's text vector in ``items`` order, through ``encoder``'s cache (with
         ``refresh``, for a cache the audit found untrustworthy: read nothing from it,
-        encode everything and overwrite its entries)."""
+        encode everything and overwrite its entries). With ``spill``, the vectors are
+        written batch by batch into that file (:func:`vector_buffer`) instead of RAM."""
         ...
+
+
+def vector_buffer(rows: int, dim: int, spill: Path | None) -> Matrix:
+    """An empty ``(rows, dim)`` float32 matrix: in RAM, or with ``spill`` a file-backed
+    ``np.memmap`` (``.npy`` format), so a large catalog's vectors never sit in memory at once."""
+    if spill is None:
+        return np.zeros((rows, dim), np.float32)
+    spill.parent.mkdir(parents=True, exist_ok=True)
+    out: Matrix = np.lib.format.open_memmap(spill, mode="w+", dtype=np.float32, shape=(rows, dim))
+    return out
+
+
+def compact_rows(matrix: Matrix, keep: npt.NDArray[np.bool_], shard: int = 65_536) -> Matrix:
+    """``matrix[keep]`` computed in place, shard by shard (kept rows only move up), so a
+    memmap is never copied whole; returns the leading view."""
+    kept = np.flatnonzero(keep)
+    for start in range(0, len(kept), shard):
+        rows = kept[start : start + shard]
+        matrix[start : start + len(rows)] = matrix[rows]
+    return matrix[: len(kept)]
 
 
 class LocalEngine:
@@ -120,6 +142,7 @@ class LocalEngine:
         batch_size: int,
         progress: bool | None,
         refresh: bool = False,
+        spill: Path | None = None,
     ) -> Encoded:
         from tqdm.auto import tqdm
 
@@ -130,8 +153,8 @@ class LocalEngine:
         encoded_before = encoder.encoded
         ids: list[str] = []
         texts: list[str] = []
-        chunks: list[Matrix] = []
         skipped: list[str] = []
+        vectors = vector_buffer(len(items), encoder.dim, spill)
         for start in tqdm(
             range(0, len(items), batch_size),
             desc="encoding items",
@@ -139,18 +162,15 @@ class LocalEngine:
             disable=(not progress) if progress is not None else None,
         ):
             out = encode_items(items[start : start + batch_size], template, encode)
+            if len(out.ids):
+                vectors[len(ids) : len(ids) + len(out.ids)] = out.vectors
             ids += out.ids
             texts += out.texts
             skipped += out.skipped_empty
-            if len(out.ids):
-                chunks.append(out.vectors)
-        vectors = (
-            np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
-        )
         return Encoded(
             ids,
             texts,
-            vectors,
+            vectors[: len(ids)],
             skipped,
             encoder.encoded - encoded_before,
             (cache.stats.hits - hits_before) if cache else 0,
@@ -183,6 +203,10 @@ class BuildConfig:
         verify_cache_sample: before encoding, re-encode this many random items and compare
             them with the cache; on any mismatch the cache is not trusted for this build
             (every item re-encoded, its entries overwritten). 0 checks nothing.
+        spill_items: catalogs with more items than this keep their vectors in files in the
+            staging folder (memory-mapped, removed before publishing) instead of RAM: encoded
+            batch by batch, transformed and added to the index shard by shard (an IVF-PQ index
+            is trained on its seeded sample first). The published version is the same.
     """
 
     index_type: str = "flat"
@@ -193,6 +217,13 @@ class BuildConfig:
     wait: bool = False
     lock_timeout: float | None = None
     verify_cache_sample: int = 0
+    spill_items: int = 1_000_000
+
+
+SPILL_FILES = ("vectors.npy", "indexed.npy")
+"""The spilled matrices' names in the staging folder (never published)."""
+TRANSFORM_SHARD = 65_536
+"""Items per call of the transform when the vectors are spilled."""
 
 
 class IndexBuild:
@@ -232,6 +263,8 @@ class IndexBuild:
             raise ValueError("keep must be >= 1")
         if (config or BuildConfig()).verify_cache_sample < 0:
             raise ValueError("verify_cache_sample must be >= 0")
+        if (config or BuildConfig()).spill_items < 0:
+            raise ValueError("spill_items must be >= 0")
         if tower is not None and transform is not None:
             raise ValueError("pass a tower or a transform, not both")
         self.root = IndexRoot(Path(root))
@@ -335,8 +368,15 @@ class IndexBuild:
             refresh = True
 
         started = time.perf_counter()
+        spill = len(all_items) > cfg.spill_items
         result = self.engine.encode(
-            all_items, cfg.template, self.encoder, cfg.batch_size, progress, refresh
+            all_items,
+            cfg.template,
+            self.encoder,
+            cfg.batch_size,
+            progress,
+            refresh,
+            spill=staging / SPILL_FILES[0] if spill else None,
         )
         ids, skipped = result.ids, result.skipped_empty
         hashes = {i: text_hash(t) for i, t in zip(ids, result.texts, strict=True)}
@@ -344,7 +384,7 @@ class IndexBuild:
             raise ValueError(
                 f"no item has any text ({len(skipped)} items, all empty): nothing to index"
             )
-        vectors = np.ascontiguousarray(result.vectors, dtype=np.float32)
+        vectors = result.vectors
         seconds["encode"] = time.perf_counter() - started
         if skipped:
             log.warning(
@@ -361,7 +401,8 @@ class IndexBuild:
 
         if self.transform is not None:
             started = time.perf_counter()
-            vectors = np.ascontiguousarray(self.transform(ids, vectors), dtype=np.float32)
+            out = staging / SPILL_FILES[1] if spill else None
+            vectors = self._apply_transform(ids, vectors, out)
             seconds["transform"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -371,6 +412,11 @@ class IndexBuild:
 
         started = time.perf_counter()
         index.save(staging)
+        dims = int(vectors.shape[1])
+        encoded, cache_hits = result.encoded, result.cache_hits
+        del vectors, result
+        for name in SPILL_FILES:  # the index holds what it needs; these are never published
+            (staging / name).unlink(missing_ok=True)
         tower_spec: dict[str, Any] | None = None
         if self.tower is not None:
             tower_files = [self.tower.save(staging), staging / "model.safetensors"]
@@ -398,7 +444,7 @@ class IndexBuild:
                 "fingerprint": cfg.template.fingerprint(),
                 "params": {k: getattr(cfg.template, k) for k in cfg.template.__dataclass_fields__},
             },
-            "dims": int(vectors.shape[1]),
+            "dims": dims,
             "metric": "inner_product",
             "index": {"type": cfg.index_type, "params": index.params},
             "items": len(ids),
@@ -406,8 +452,8 @@ class IndexBuild:
             "source_hash": source_hash,
             "build": {
                 "items": len(ids),
-                "encoded": audit_encoded + result.encoded,
-                "cache_hits": audit_hits + result.cache_hits,
+                "encoded": audit_encoded + encoded,
+                "cache_hits": audit_hits + cache_hits,
                 "skipped_empty": len(skipped),
                 "cache_audit": (
                     None if audit is None else {**asdict(audit), "trusted": audit.mismatched == 0}
@@ -422,6 +468,21 @@ class IndexBuild:
         write_json(staging / MANIFEST, manifest)
         fsync_tree(staging)
         return manifest
+
+    def _apply_transform(self, ids: Sequence[str], vectors: Matrix, spill: Path | None) -> Matrix:
+        """The transform's vectors: in one call, or with ``spill`` shard by shard into a file."""
+        assert self.transform is not None
+        if spill is None:
+            return np.ascontiguousarray(self.transform(ids, vectors), dtype=np.float32)
+        out: Matrix | None = None
+        for start in range(0, len(ids), TRANSFORM_SHARD):
+            end = start + TRANSFORM_SHARD
+            part = self.transform(ids[start:end], np.asarray(vectors[start:end]))
+            if out is None:
+                out = vector_buffer(len(ids), part.shape[1], spill)
+            out[start : start + len(part)] = part
+        assert out is not None
+        return out
 
     def _audit_cache(self, items: Sequence[Item]) -> CacheAudit | None:
         """The cache audit of ``verify_cache_sample`` items (None when off or uncached)."""

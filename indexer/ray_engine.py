@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy.typing as npt
 
 from catalog.model import Item
 from catalog.text import ItemTextTemplate
-from indexer.build import Encoded, encode_items
+from indexer.build import Encoded, compact_rows, encode_items, vector_buffer
 from retrieval.encoder import Encoder
 
 Matrix = npt.NDArray[np.float32]
@@ -74,9 +75,12 @@ class RayEngine:
         batch_size: int,
         progress: bool | None,
         refresh: bool = False,
+        spill: Path | None = None,
     ) -> Encoded:
         """Encodes ``items`` on the actors (each with its own encoder on ``encoder``'s model
-        and cache; ``refresh`` as for :class:`indexer.build.EncodeEngine`)."""
+        and cache; ``refresh`` and ``spill`` as for :class:`indexer.build.EncodeEngine`).
+        Batches are written into the result as they stream back, so the driver never holds
+        them all twice."""
         import ray
 
         from retrieval.redis_client import client_url
@@ -125,31 +129,50 @@ class RayEngine:
                 concurrency=self.workers,
                 num_gpus=gpus,
             )
-            batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+            collected = _Collector(len(items), encoder.dim, spill)
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                collected.add(batch)
         finally:
             if started_here:
                 ray.shutdown()
-        return _collect(batches, encoder.dim)
+        return collected.result([it.id for it in items])
 
 
-def _collect(batches: Sequence[dict[str, Any]], dim: int) -> Encoded:
-    """The actors' rows back in catalog order."""
-    if not batches:
-        return Encoded([], [], np.zeros((0, dim), np.float32), [], 0, 0)
-    pos = np.concatenate([b["pos"] for b in batches])
-    order = np.argsort(pos, kind="stable")
-    ids = np.concatenate([b["id"] for b in batches])[order]
-    texts = np.concatenate([b["text"] for b in batches])[order]
-    empty = np.concatenate([b["empty"] for b in batches])[order]
-    vectors = np.concatenate([b["vector"] for b in batches])[order]
-    return Encoded(
-        [str(i) for i in ids[~empty]],
-        [str(t) for t in texts[~empty]],
-        np.ascontiguousarray(vectors[~empty], dtype=np.float32),
-        [str(i) for i in ids[empty]],
-        int(sum(int(b["encoded"].sum()) for b in batches)),
-        int(sum(int(b["hits"].sum()) for b in batches)),
-    )
+class _Collector:
+    """The actors' rows written at their catalog positions as they arrive (into RAM or a
+    spilled file), then the items without text dropped in place."""
+
+    def __init__(self, n: int, dim: int, spill: Path | None) -> None:
+        self.vectors = vector_buffer(n, dim, spill)
+        self.texts: list[str] = [""] * n
+        self.empty = np.ones(n, dtype=bool)
+        self.seen = np.zeros(n, dtype=bool)
+        self.encoded = 0
+        self.hits = 0
+
+    def add(self, batch: dict[str, npt.NDArray[Any]]) -> None:
+        pos = np.asarray(batch["pos"], dtype=np.int64)
+        self.vectors[pos] = batch["vector"]
+        self.empty[pos] = batch["empty"]
+        self.seen[pos] = True
+        for p, text in zip(pos.tolist(), batch["text"], strict=True):
+            self.texts[p] = str(text)
+        self.encoded += int(batch["encoded"].sum())
+        self.hits += int(batch["hits"].sum())
+
+    def result(self, ids: Sequence[str]) -> Encoded:
+        if not self.seen.all():
+            missing = int(np.flatnonzero(~self.seen)[0])
+            raise RuntimeError(f"the Ray dataset lost item {ids[missing]!r}: no row came back")
+        keep = ~self.empty
+        return Encoded(
+            [i for i, k in zip(ids, keep.tolist(), strict=True) if k],
+            [t for t, k in zip(self.texts, keep.tolist(), strict=True) if k],
+            compact_rows(self.vectors, keep),
+            [i for i, k in zip(ids, keep.tolist(), strict=True) if not k],
+            self.encoded,
+            self.hits,
+        )
 
 
 class EncodeActor:

@@ -47,6 +47,11 @@ class VectorIndex(ABC):
     """Allow-lists up to this size are scored exactly over their own vectors."""
     exact_fallback_limit: ClassVar[int] = 200_000
     """Up to this size, a query that an approximate index answers short is answered exactly."""
+    add_shard: ClassVar[int] = 65_536
+    """Rows checked and (where :attr:`shard_adds`) added per step of :meth:`build`."""
+    shard_adds: ClassVar[bool] = True
+    """Whether :meth:`build` adds shard by shard: each vector's entry depends on that vector
+    alone (flat, IVF-PQ), so the index is byte-identical to one ``add`` of every vector."""
 
     def __init__(self, dim: int, **params: Any) -> None:
         if dim < 1:
@@ -65,18 +70,25 @@ class VectorIndex(ABC):
     def build(self, ids: Sequence[str], vectors: npt.ArrayLike) -> VectorIndex:
         """Builds the index from scratch.
 
+        ``vectors`` may be a file-backed ``np.memmap`` (a large build's spilled vectors): it is
+        checked and added :attr:`add_shard` rows at a time, so nothing holds a second copy of
+        the whole matrix.
+
         Raises:
             VectorIndexError: duplicate ids, a count mismatch, a wrong dimension or non-finite
                 values.
         """
-        mat = np.ascontiguousarray(vectors, dtype=np.float32)
+        mat = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, np.float32)
         if mat.ndim != 2 or mat.shape[1] != self.dim:
             raise VectorIndexError(f"vectors must have shape (n, {self.dim}), got {mat.shape}")
         if len(ids) != len(mat):
             raise VectorIndexError(f"{len(ids)} ids but {len(mat)} vectors")
-        if not np.isfinite(mat).all():
-            bad = int(np.flatnonzero(~np.isfinite(mat).all(axis=1))[0])
-            raise VectorIndexError(f"vector for id {ids[bad]!r} has non-finite values")
+        shard = max(1, self.add_shard)
+        for start in range(0, len(mat), shard):
+            finite = np.isfinite(mat[start : start + shard]).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                raise VectorIndexError(f"vector for id {ids[bad]!r} has non-finite values")
         pos: dict[str, int] = {}
         for i, item_id in enumerate(ids):
             if item_id in pos:
@@ -84,8 +96,11 @@ class VectorIndex(ABC):
             pos[item_id] = i
         self.ids, self._pos = list(ids), pos
         self.index = self._create(mat)
-        if len(mat):
-            self.index.add(mat)
+        if self.shard_adds:
+            for start in range(0, len(mat), shard):
+                self.index.add(np.ascontiguousarray(mat[start : start + shard], np.float32))
+        elif len(mat):
+            self.index.add(np.ascontiguousarray(mat, np.float32))
         return self
 
     def __len__(self) -> int:
@@ -285,6 +300,7 @@ class HNSWIndex(VectorIndex):
     """
 
     kind = "hnsw"
+    shard_adds = False  # the graph depends on insertion batches: one add, as FAISS intends
 
     def __init__(
         self,
@@ -354,8 +370,10 @@ class IVFPQIndex(VectorIndex):
         )
         rng = np.random.default_rng(int(self.params["seed"]))
         size = min(n, int(self.params["train_size"]))
+        # A seeded sample of rows (read from a memmap without loading the rest): the codebooks
+        # are trained once, then :meth:`build` fills the lists shard by shard.
         sample = vectors[np.sort(rng.choice(n, size=size, replace=False))] if size < n else vectors
-        index.train(np.ascontiguousarray(sample))
+        index.train(np.ascontiguousarray(sample, np.float32))
         index.nprobe = int(self.params["nprobe"])
         index.make_direct_map()  # enables reconstruct() of stored (quantized) vectors
         return index

@@ -98,6 +98,16 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Re-encode N random items and compare them with the cache first; on any mismatch, "
     "re-encode every item and overwrite its cache entry (for a cache you do not trust).",
 )
+@click.option(
+    "--spill-items",
+    type=click.IntRange(min=0),
+    default=1_000_000,
+    show_default=True,
+    metavar="N",
+    help="Catalogs of more than N items keep their vectors in staging files (memory-mapped, "
+    "never published) and fill the index shard by shard, so the build's memory stays near "
+    "the index's own.",
+)
 @tower_option(
     "A trained sequential tower (`duorank train tower`): indexed with the version and "
     "used to embed users when serving."
@@ -149,6 +159,7 @@ def index_build(
     wait: bool,
     lock_timeout: float | None,
     verify_cache_sample: int,
+    spill_items: int,
     tower_path: Path | None,
     ranker_path: Path | None,
     engine: str,
@@ -171,6 +182,7 @@ def index_build(
         wait=wait,
         lock_timeout=lock_timeout,
         verify_cache_sample=verify_cache_sample,
+        spill_items=spill_items,
     )
     runner = None
     if engine == "ray":

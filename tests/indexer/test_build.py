@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -310,3 +311,56 @@ def test_build_with_a_trained_tower(tmp_path: Path, redis_url: str, cli_namespac
     assert tower.cfg.dim == 16 and len(index) == 30
     assert manifest["dims"] == tower.dim == 16 + (384 if tower.cfg.cold_blend > 0 else 0)
     assert manifest["transform_fingerprint"] and manifest["tower"]["name"] == "sequential"
+
+
+@pytest.mark.parametrize(
+    ("index_type", "params"),
+    [("flat", {}), ("ivfpq", {"nlist": 1, "m": 8, "nbits": 4, "train_size": 20})],
+)
+def test_a_spilled_build_publishes_the_same_version(
+    tmp_path: Path,
+    cached_encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,
+    index_type: str,
+    params: dict[str, int],
+) -> None:
+    """Past ``spill_items`` the vectors live in staging files and go to the index (and the
+    transform) shard by shard: the published files are byte for byte the in-memory build's,
+    and the spilled files are not among them."""
+    import indexer.build as build_module
+    from retrieval.index import VectorIndex
+
+    items = _items(30)
+    items = {**dict(list(items.items())[:12]), "empty": Item("empty", ""), **items}
+    monkeypatch.setattr(build_module, "TRANSFORM_SHARD", 7)
+    monkeypatch.setattr(VectorIndex, "add_shard", 8)
+    spills: list[object] = []
+    real_buffer = build_module.vector_buffer
+
+    def buffer(rows: int, dim: int, spill: Path | None) -> np.ndarray:
+        spills.append(spill and spill.name)
+        return real_buffer(rows, dim, spill)
+
+    monkeypatch.setattr(build_module, "vector_buffer", buffer)
+
+    def transform(ids: object, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(vectors[:, :32] * 2.0, dtype=np.float32)
+
+    manifests = {}
+    for name, spill_items in (("memory", 1_000), ("spilled", 0)):
+        config = BuildConfig(
+            batch_size=8, index_type=index_type, index_params=params, spill_items=spill_items
+        )
+        build = IndexBuild(
+            tmp_path / name, cached_encoder, config, transform=transform, transform_fingerprint="x2"
+        )
+        manifests[name] = build.run(items, source={"test": True}, source_hash="x", progress=False)
+    assert spills == [None, *build_module.SPILL_FILES]  # in RAM, then both matrices on disk
+    memory, spilled = manifests["memory"], manifests["spilled"]
+    assert spilled["files"] == memory["files"]  # sha256 of every published file
+    published = {p.name for p in (tmp_path / "spilled" / "versions").glob("*/*")}
+    assert published == {*spilled["files"], "manifest.json"}
+    assert not set(spilled["files"]) & set(build_module.SPILL_FILES)
+    assert spilled["items"] == 30 and spilled["build"]["skipped_empty"] == 1
+    index, _ = IndexRoot(tmp_path / "spilled").load()
+    assert "empty" not in index.ids and len(index) == 30

@@ -111,3 +111,28 @@ def test_corrupt_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "ix" / "index.faiss").write_bytes(b"junk")
     with pytest.raises(VectorIndexError, match="unreadable FAISS index"):
         load_index(tmp_path / "ix")
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"), [b for b in BACKENDS if b[0] != "hnsw"], ids=["flat", "ivfpq"]
+)
+def test_filled_shard_by_shard_from_a_memmap_equals_one_add(
+    kind: str, params: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large build's spilled vectors are added a shard at a time: same bytes as one add."""
+    import faiss
+
+    ids, x = _data()
+    monkeypatch.setattr(VectorIndex, "add_shard", 10 * N)
+    whole = make_index(kind, DIM, **params).build(ids, x)
+    spilled = np.lib.format.open_memmap(
+        tmp_path / "vectors.npy", mode="w+", dtype=np.float32, shape=x.shape
+    )
+    spilled[:] = x
+    monkeypatch.setattr(VectorIndex, "add_shard", 64)  # 5 shards
+    sharded = make_index(kind, DIM, **params).build(ids, spilled)
+    assert len(sharded) == N
+    assert bytes(faiss.serialize_index(sharded.index)) == bytes(faiss.serialize_index(whole.index))
+    spilled[N - 3, 0] = np.nan  # in the last shard: still found and named
+    with pytest.raises(VectorIndexError, match=f"'item-{N - 3}' has non-finite"):
+        make_index(kind, DIM, **params).build(ids, spilled)
