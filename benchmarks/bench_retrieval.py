@@ -132,7 +132,10 @@ def bench_index(
     k: int = 100,
     batch: int = 256,
 ) -> dict[str, Any]:
-    """Build time, latency and Recall@k against ``truth`` (exact top-k positions)."""
+    """Build time, latency, Recall@k against ``truth`` (exact top-k positions) and the
+    serialized index's bytes."""
+    import faiss
+
     ids = [str(i) for i in range(len(base))]
     index: VectorIndex = make_index(kind, base.shape[1], **params)
     build = _timed(lambda: index.build(ids, base))
@@ -147,6 +150,7 @@ def bench_index(
     if truth is None:
         truth = found
     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
+    size = int(faiss.serialize_index(index.index).nbytes)
     return {
         "data": name,
         "n": len(base),
@@ -157,6 +161,7 @@ def bench_index(
         "single_p99_ms": _pct(single, 99),
         "batched_ms_per_query": batched,
         f"recall@{k}": recall,
+        "bytes_per_vector": size / len(base),
     }
 
 
