@@ -161,7 +161,9 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """ONNX Runtime on an exported model file."""
 
-    def __init__(self, folder: Path, kind: str, threads: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, kind: str, threads: int | None = None, spin: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         path = folder / "onnx" / ONNX_FILES[kind]
@@ -170,6 +172,9 @@ class OnnxBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's threads busy-wait after each run by default; in a server they then
+        # hold the cores the next request's torch user embedding needs (its p95 tail).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
 
         def session(file: Path) -> Any:
             return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
@@ -239,6 +244,8 @@ class Reranker:
         backend: one of :data:`BACKENDS`, or ``auto`` (:func:`resolve_backend`).
         batch_size: pairs per forward pass.
         threads: intra-op threads for ONNX Runtime (default: all cores).
+        spin: let ONNX Runtime's threads busy-wait between runs (its default; off here, as a
+            server interleaves it with torch).
     """
 
     def __init__(
@@ -248,6 +255,7 @@ class Reranker:
         backend: str = "torch",
         batch_size: int = 32,
         threads: int | None = None,
+        spin: bool = False,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -265,7 +273,7 @@ class Reranker:
         self.core: Backend = (
             TorchBackend(self.folder, bf16=backend == "torch-bf16")
             if backend.startswith("torch")
-            else OnnxBackend(self.folder, backend, threads)
+            else OnnxBackend(self.folder, backend, threads, spin)
         )
 
     @property

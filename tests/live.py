@@ -126,10 +126,16 @@ class RankedStack:
 
 
 def build_ranked_stack(
-    base: Path, catalog: Catalog, encoder: Encoder, *, plain_root: Path | None = None
+    base: Path,
+    catalog: Catalog,
+    encoder: Encoder,
+    *,
+    plain_root: Path | None = None,
+    tower_dir: Path | None = None,
 ) -> RankedStack:
     """Trains a tiny tower and ranker (the card set to serve it) and publishes ``base/index``
-    with the stage's tables (and ``plain_root`` without them, when given)."""
+    with the stage's tables (and ``plain_root`` without them, when given); saves the tower
+    to ``tower_dir`` when given."""
     from catalog.history import group_histories
     from catalog.text import HistoryEvent
     from rerank.features import Request
@@ -149,6 +155,8 @@ def build_ranked_stack(
     cfg = SequentialConfig(dim=8, max_len=4, epochs=2, batch_size=4, blend_grid=(), collab_grid=())
     tower, _ = train_sequential(text, histories, {}, cfg, progress=False)
     assert tower.item_vectors is not None
+    if tower_dir is not None:
+        tower.save(tower_dir)
     index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
     val = split.validation
     validation = Validation(

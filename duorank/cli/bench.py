@@ -33,8 +33,8 @@ def bench(
 ) -> None:
     """Run benchmark NAME, print its table and write its JSON record.
 
-    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale. The home and Redis
-    settings apply.
+    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale, latency. The home
+    and Redis settings apply.
     """
     from benchmarks.contract import BenchContext
     from benchmarks.registry import run_benchmark

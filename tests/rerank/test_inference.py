@@ -103,3 +103,20 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra = np.argsort(np.argsort(a))
     rb = np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_onnx_threads_sleep_between_runs_unless_asked(trained: tuple[Path, Catalog]) -> None:
+    """ONNX Runtime's threads busy-wait after a run by default; a server interleaving it with
+    torch must not let them (the user embedding's tail), so the sessions turn it off."""
+    from rerank import Reranker, export_onnx
+    from rerank.inference import OnnxBackend
+
+    out, _ = trained
+    if not (out / "onnx" / "items-int8.onnx").is_file():
+        export_onnx(out)
+    key = "session.intra_op.allow_spinning"
+    for spin, expected in ((False, "0"), (True, "1")):
+        core = Reranker(out, backend="onnx-int8", spin=spin).core
+        assert isinstance(core, OnnxBackend) and core.prefix_once
+        for session in (core._user, core._items):
+            assert session.get_session_options().get_session_config_entry(key) == expected
