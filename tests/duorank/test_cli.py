@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,18 @@ def test_index_build_engine_flags_are_checked_before_any_work(tmp_path: Path) ->
         )
         assert remote.exit_code == 2 and "Redis" in remote.output, remote.output
     assert not (tmp_path / "idx").exists()  # nothing built, nothing published
+
+
+def test_serving_commands_let_idle_openmp_threads_sleep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recommend` (as `serve` and `recommend-all`) sets OMP_WAIT_POLICY=PASSIVE before
+    anything loads OpenMP (the pools would spin on each other's cores), unless the user chose."""
+    runner = CliRunner()
+    args = ["--home", str(tmp_path / "home"), "recommend", "--user", "u1"]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    runner.invoke(cli, [*args, "--data", str(tmp_path / "missing")])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    runner.invoke(cli, [*args, "--data", str(tmp_path / "missing")])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
