@@ -159,7 +159,9 @@ class Config:
     reranker: str | None = None  # a backend for the cross-encoder, or None: the ranking stage
     spin: bool = False  # ONNX Runtime's threads busy-wait between runs
     threaded_trees: bool = False  # LightGBM's OpenMP pool for a request's rows
-    wait_policy: str = "PASSIVE"  # OMP_WAIT_POLICY of the process (read when OpenMP loads)
+    wait_policy: str | None = "PASSIVE"
+    """OMP_WAIT_POLICY of the process (OpenMP reads it when it loads); None leaves it unset:
+    OpenMP's default, idle threads spin a while before they sleep."""
     depths: tuple[int, ...] = (REFERENCE_DEPTH,)
 
 
@@ -201,7 +203,9 @@ def _in_child(config: Config, home: Path, users: Sequence[str], warmup: int) -> 
     """:func:`_child` in a fresh interpreter with ``config``'s thread-wait policy."""
     spec = {**asdict(config), "home": str(home.resolve()), "users": list(users), "warmup": warmup}
     code = "from benchmarks.bench_latency import _child; _child()"
-    env = {**os.environ, "OMP_WAIT_POLICY": config.wait_policy}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if config.wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = config.wait_policy
     done = subprocess.run(
         [sys.executable, "-c", code],
         input=json.dumps(spec),
@@ -240,21 +244,21 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     auto = "none"
     if (reranker_dir / "reranker.json").is_file():
         auto = resolve_backend(reranker_dir, "auto")
-        configs.append(Config(BEFORE, reranker="torch", wait_policy="ACTIVE"))
+        configs.append(Config(BEFORE, reranker="torch", wait_policy=None))
         if auto != "torch":
-            configs.append(Config(f"+ backend auto ({auto})", reranker=auto, wait_policy="ACTIVE"))
+            configs.append(Config(f"+ backend auto ({auto})", reranker=auto, wait_policy=None))
         if exported(reranker_dir, "onnx-int8"):
             configs += [
                 Config(
                     "cross-encoder, ONNX int8, ONNX Runtime threads spinning (its default)",
                     reranker="onnx-int8",
                     spin=True,
-                    wait_policy="ACTIVE",
+                    wait_policy=None,
                 ),
                 Config(
                     "+ ONNX Runtime threads sleep between runs",
                     reranker="onnx-int8",
-                    wait_policy="ACTIVE",
+                    wait_policy=None,
                 ),
                 Config(
                     "+ OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE)",
@@ -265,9 +269,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         Config(
             "ranking stage: features, trees (LightGBM's thread pool), P(like) head",
             threaded_trees=True,
-            wait_policy="ACTIVE",
+            wait_policy=None,
         ),
-        Config("+ a request's trees on the calling thread", wait_policy="ACTIVE"),
+        Config("+ a request's trees on the calling thread", wait_policy=None),
         Config(DEFAULT, depths=DEPTHS),
     ]
     levers: list[dict[str, Any]] = []

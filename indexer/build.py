@@ -384,7 +384,7 @@ class IndexBuild:
             raise ValueError(
                 f"no item has any text ({len(skipped)} items, all empty): nothing to index"
             )
-        vectors = result.vectors
+        vectors = np.asarray(result.vectors, dtype=np.float32)  # no copy of a spilled file
         seconds["encode"] = time.perf_counter() - started
         if skipped:
             log.warning(
