@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def idle_threads_sleep() -> None:
     """A serving process runs three OpenMP pools (torch's, FAISS's, LightGBM's) one after the
     other on the same cores; by default each spins after its work, on the cores the next
-    stage needs (a served call's p95 was 4x its median from it). Idle threads sleep instead,
+    stage needs (a served call's p95 was 5x its median from it). Idle threads sleep instead,
     unless the environment says otherwise. OpenMP reads this when it loads: call it before
     anything imports torch, FAISS or LightGBM."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
