@@ -95,17 +95,29 @@ def _order_agreement(
 
 def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str, Any]]:
     """NDCG@10 and agreement with the reference depth on the validation lists."""
-    from duorank.jobs import ranker_validation
-    from duorank.settings import Settings
+    from catalog import ItemTextTemplate
+    from catalog.store import load_catalog
     from rerank.candidates import CandidateStage
-    from rerank.ranker_train import list_ndcg10
+    from rerank.ranker_train import list_ndcg10, ranker_validation
     from rerank.tables import ALSParams
+    from retrieval.cache import EmbeddingCache
+    from retrieval.encoder import Encoder
+    from retrieval.redis_client import open_redis
+    from retrieval.vectors import ItemVectors
 
-    settings = Settings(home=ctx.home, redis_url=ctx.redis_url or "")
     card = ranker.record
-    setup = ranker_validation(
-        settings, ctx.home / "datasets" / "ml-latest-small", ctx.home / "models" / "tower"
-    )
+    catalog = load_catalog(ctx.home / "datasets" / "ml-latest-small")
+    template = ItemTextTemplate()
+    ids = [i for i, item in catalog.items.items() if template.render(item)]
+    client, server = open_redis(ctx.redis_url, ctx.home / "redis")  # the build's cache
+    try:
+        encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
+        text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+    finally:
+        client.close()
+        if server is not None:
+            server.close()
+    setup = ranker_validation(catalog, text, ctx.home / "models" / "tower")
     stage_args = card.get("stage", {})
     stage = CandidateStage.build(
         setup.catalog.items,

@@ -7,7 +7,7 @@ settings into a Redis client and an encoder (:func:`duorank.app.runtime`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,69 +123,6 @@ def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, 
         )
 
 
-@dataclass(frozen=True)
-class RankerValidation:
-    """What the ranking stage is trained and validated over (:func:`ranker_validation`)."""
-
-    catalog: Any
-    text_vectors: Any  # ItemVectors: the catalog's cached text vectors
-    tower: Any  # the served sequential tower, bound to the text vectors
-    tower_card: dict[str, Any]
-    histories: Mapping[str, Sequence[Any]]  # the training split's events per user
-    validation: Any  # rerank.ranker_train.Validation
-    index: Any  # the tower's exact index over the catalog
-
-
-def ranker_validation(
-    settings: Settings, data: Path, tower_path: Path, *, seed: int = 0
-) -> RankerValidation:
-    """The leave-one-out split's training histories and each user's validation request, the
-    served tower and its index: what ``train ranker`` validates on (and ``bench latency``'s
-    depth curve re-scores)."""
-    import json
-
-    from catalog import leave_one_out, load_catalog
-    from catalog.history import group_histories
-    from catalog.text import HistoryEvent, is_positive
-    from catalog.thresholds import LIKE_THRESHOLD
-    from rerank.features import Request
-    from rerank.ranker_train import Validation
-    from rerank.stacking import request_time
-    from retrieval.index import FlatIndex
-    from retrieval.vectors import ItemVectors
-
-    catalog = load_catalog(data)
-    split = leave_one_out(catalog.interactions, seed=seed)
-    with runtime(settings) as rt:
-        _, ids, vectors = item_vectors(rt, catalog)
-    tower = bound_tower(tower_path, ids, vectors)
-    card_path = tower_path / "duorank-card.json"
-    tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    histories = group_histories(split.train)
-    requests, excludes, targets, likes = [], [], [], []
-    for row in split.validation:
-        liked = is_positive(HistoryEvent(row.item_id, 0, row.rating, row.label), LIKE_THRESHOLD)
-        likes.append(0.0 if liked is False else 1.0)
-        history = histories.get(row.user_id, [])
-        requests.append(
-            Request(
-                row.user_id, history, request_time(HistoryEvent(row.item_id, int(row.timestamp)))
-            )
-        )
-        excludes.append({e.item_id for e in history})
-        targets.append(row.item_id)
-    index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
-    return RankerValidation(
-        catalog,
-        ItemVectors(ids, vectors),
-        tower,
-        tower_card,
-        histories,
-        Validation(requests, excludes, targets, likes),
-        index,
-    )
-
-
 def train_ranker(
     settings: Settings,
     data: Path,
@@ -203,9 +140,14 @@ def train_ranker(
         tower_path: the trained sequential tower (``train tower``): the served first stage.
         args: a :class:`rerank.ranker_train.RankingStageArgs`.
     """
-    from rerank.ranker_train import refit_config, train_ranking_stage
+    from catalog import load_catalog
+    from rerank.ranker_train import ranker_validation, refit_config, train_ranking_stage
+    from retrieval.vectors import ItemVectors
 
-    setup = ranker_validation(settings, data, tower_path, seed=seed)
+    catalog = load_catalog(data)
+    with runtime(settings) as rt:
+        _, ids, vectors = item_vectors(rt, catalog)
+    setup = ranker_validation(catalog, ItemVectors(ids, vectors), tower_path, seed=seed)
     trained = train_ranking_stage(
         setup.catalog.items,
         setup.histories,

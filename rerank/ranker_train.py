@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from catalog.thresholds import LIKE_THRESHOLD
 from rerank.candidates import DEPTHS, CandidateStage, Lists
 from rerank.features import Request, group_of
 from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig
-from rerank.stacking import Stacked, stack
+from rerank.stacking import Stacked, request_time, stack
 from rerank.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
@@ -66,6 +67,63 @@ class Validation:
     targets: Sequence[str]
     likes: Sequence[float] | None = None
     """Like (1) / dislike (0) of each validation event, for the P(like) head's figures."""
+
+
+@dataclass(frozen=True)
+class RankerValidation:
+    """What the ranking stage is trained and validated over (:func:`ranker_validation`)."""
+
+    catalog: Any
+    text_vectors: ItemVectors
+    tower: Any  # the served sequential tower, bound to the text vectors
+    tower_card: dict[str, Any]
+    histories: Mapping[str, Sequence[HistoryEvent]]  # the training split's events per user
+    validation: Validation
+    index: VectorIndex  # the tower's exact index over the catalog
+
+
+def ranker_validation(
+    catalog: Any, text_vectors: ItemVectors, tower_path: Path, *, seed: int = 0
+) -> RankerValidation:
+    """The leave-one-out split's training histories and each user's validation request, the
+    served tower (bound to the catalog's text vectors) and its index: what ``train ranker``
+    validates on (and ``bench latency``'s depth curve re-scores)."""
+    import json
+
+    from catalog import leave_one_out
+    from catalog.history import group_histories
+    from retrieval.sequential import SequentialTower
+
+    split = leave_one_out(catalog.interactions, seed=seed)
+    tower = SequentialTower.load(tower_path)
+    ids = text_vectors.ids
+    tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
+    card_path = tower_path / "duorank-card.json"
+    tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    histories = group_histories(split.train)
+    requests, excludes, targets, likes = [], [], [], []
+    for row in split.validation:
+        liked = is_positive(HistoryEvent(row.item_id, 0, row.rating, row.label), LIKE_THRESHOLD)
+        likes.append(0.0 if liked is False else 1.0)
+        history = histories.get(row.user_id, [])
+        requests.append(
+            Request(
+                row.user_id, history, request_time(HistoryEvent(row.item_id, int(row.timestamp)))
+            )
+        )
+        excludes.append({e.item_id for e in history})
+        targets.append(row.item_id)
+    assert tower.item_vectors is not None
+    index = FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+    return RankerValidation(
+        catalog,
+        text_vectors,
+        tower,
+        tower_card,
+        histories,
+        Validation(requests, excludes, targets, likes),
+        index,
+    )
 
 
 def list_ndcg10(scores: npt.NDArray[np.floating], lists: Lists) -> npt.NDArray[np.float64]:
