@@ -39,15 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.contract import BenchContext, BenchReport, Target
+from benchmarks.contract import BenchContext, BenchReport, Target, percentile
 
 DEPTHS = (10, 20, 50, 100, 200)
 REFERENCE_DEPTH = 100
 BEFORE = "cross-encoder, tower top 100, torch fp32 (first default)"
-
-
-def _pct(values: Sequence[float], p: float) -> float:
-    return float(np.percentile(values, p)) if len(values) else float("nan")
 
 
 def _time_calls(call: Callable[[str], Any], users: Sequence[str], warmup: int) -> dict[str, Any]:
@@ -64,13 +60,13 @@ def _time_calls(call: Callable[[str], Any], users: Sequence[str], warmup: int) -
             stages.setdefault(name, []).append(ms)
     row: dict[str, Any] = {
         "calls": len(total),
-        "p50_ms": _pct(total, 50),
-        "p95_ms": _pct(total, 95),
-        "p99_ms": _pct(total, 99),
+        "p50_ms": percentile(total, 50),
+        "p95_ms": percentile(total, 95),
+        "p99_ms": percentile(total, 99),
     }
     for name, values in stages.items():
         for p in (50, 95, 99):
-            row[f"{name}_p{p}_ms"] = _pct(values, p)
+            row[f"{name}_p{p}_ms"] = percentile(values, p)
     return row
 
 

@@ -119,7 +119,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         from retrieval.sequential import SequentialTower
 
         tower = SequentialTower.load(ctx.home / "models" / "tower")
-        tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors.matrix)))
+        tower.bind_text(vectors)
     stage = prepare_stage(catalog, split, vectors, cfg, tower=tower)
     val = validation_set(catalog, split, stage, cfg, every_list=True)
     lists, held = val.lists, val.held

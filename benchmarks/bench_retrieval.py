@@ -16,13 +16,13 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.contract import BenchContext, BenchReport, Target
+from benchmarks.contract import BenchContext, BenchReport, Target, percentile
 from catalog import ItemTextTemplate, load_movielens
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
@@ -62,10 +62,6 @@ def _queries(base: npt.NDArray[np.float32], n: int, seed: int) -> npt.NDArray[np
     q = q + (0.3 / np.sqrt(base.shape[1])) * rng.standard_normal(q.shape, dtype=np.float32)
     out: npt.NDArray[np.float32] = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     return out
-
-
-def _pct(values: Sequence[float], p: float) -> float:
-    return float(np.percentile(np.asarray(values), p))
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -131,9 +127,10 @@ def bench_index(
     truth: npt.NDArray[np.int64] | None,
     k: int = 100,
     batch: int = 256,
+    built: list[VectorIndex] | None = None,
 ) -> dict[str, Any]:
     """Build time, latency, Recall@k against ``truth`` (exact top-k positions) and the
-    serialized index's bytes."""
+    serialized index's bytes; the index is appended to ``built`` when given."""
     import faiss
 
     ids = [str(i) for i in range(len(base))]
@@ -151,14 +148,16 @@ def bench_index(
         truth = found
     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
     size = int(faiss.serialize_index(index.index).nbytes)
+    if built is not None:
+        built.append(index)
     return {
         "data": name,
         "n": len(base),
         "index": kind,
         "params": index.params,
         "build_s": build,
-        "single_p50_ms": _pct(single, 50),
-        "single_p99_ms": _pct(single, 99),
+        "single_p50_ms": percentile(single, 50),
+        "single_p99_ms": percentile(single, 99),
         "batched_ms_per_query": batched,
         f"recall@{k}": recall,
         "bytes_per_vector": size / len(base),

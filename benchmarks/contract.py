@@ -18,9 +18,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from catalog.fsutil import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of measured values (NaN for none)."""
+    return float(np.percentile(np.asarray(values), p)) if len(values) else float("nan")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
     from retrieval.vectors import ItemVectors
 
     tower = SequentialTower.load(path)
-    return tower.bind(ItemVectors(ids, tower.item_transform(ids, vectors)))
+    return tower.bind_text(ItemVectors(ids, vectors))
 
 
 def import_movielens(path: Path, out: Path, *, skip_bad: bool = False) -> dict[str, Any]:

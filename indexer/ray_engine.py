@@ -60,8 +60,15 @@ class RayEngine:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        remote = self.address not in (None, "", "local")
-        if remote and self.redis_url and self.redis_url.startswith("unix://"):
+        self._check_reachable(self.redis_url)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the build joins a running cluster (not a Ray started here)."""
+        return self.address not in (None, "", "local")
+
+    def _check_reachable(self, redis_url: str | None) -> None:
+        if self.remote and redis_url and redis_url.startswith("unix://"):
             raise ValueError(
                 "a Ray cluster's nodes cannot reach the embedded Redis (a unix socket on this "
                 "machine): give a Redis URL they can reach (--redis-url)"
@@ -87,17 +94,12 @@ class RayEngine:
 
         cache = encoder.cache
         redis_url = self.redis_url or (client_url(cache.client) if cache is not None else None)
-        remote = self.address not in (None, "", "local")
-        if remote and redis_url and redis_url.startswith("unix://"):
-            raise ValueError(
-                "a Ray cluster's nodes cannot reach the embedded Redis (a unix socket on this "
-                "machine): give a Redis URL they can reach (--redis-url)"
-            )
+        self._check_reachable(redis_url)
 
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(
-                address=None if self.address in (None, "", "local") else self.address,
+                address=self.address if self.remote else None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,

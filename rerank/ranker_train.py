@@ -95,9 +95,7 @@ def ranker_validation(
     from retrieval.sequential import SequentialTower
 
     split = leave_one_out(catalog.interactions, seed=seed)
-    tower = SequentialTower.load(tower_path)
-    ids = text_vectors.ids
-    tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
+    tower = SequentialTower.load(tower_path).bind_text(text_vectors)
     card_path = tower_path / "duorank-card.json"
     tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     histories = group_histories(split.train)

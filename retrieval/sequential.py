@@ -210,6 +210,12 @@ class SequentialTower(UserTower):
             vectors = np.hstack([vectors, self.collab[rows.numpy()]])  # new items: zeros
         return vectors
 
+    def bind_text(self, text_vectors: ItemVectors) -> SequentialTower:
+        """Binds the tower to the indexed vectors of items given their text vectors (what an
+        index build would index: :meth:`item_transform`)."""
+        ids = text_vectors.ids
+        return self.bind(ItemVectors(ids, self.item_transform(ids, text_vectors.matrix)))
+
     def bind(self, item_vectors: ItemVectors) -> SequentialTower:
         """Sets the indexed item vectors users are read from (the index's own)."""
         if item_vectors.dim != self.dim:

@@ -128,7 +128,7 @@ def train_sequential(
                 best = (float("nan"), copy.deepcopy(net.state_dict()))
                 continue
             tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
-            tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
+            tower.bind_text(text_vectors)
             assert tower.item_vectors is not None
             recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
                 "recall@10"
@@ -195,7 +195,7 @@ def train_sequential(
                 chosen["ndcg@10"],
                 zero_shot,
             )
-    tower.bind(ItemVectors(ids, tower.item_transform(ids, text_vectors.matrix)))
+    tower.bind_text(text_vectors)
     card = {
         "config": asdict(cfg),
         "epochs": history,
