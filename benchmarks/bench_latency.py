@@ -34,16 +34,22 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks.contract import BenchContext, BenchReport, Target, percentile
 
 DEPTHS = (10, 20, 50, 100, 200)
 REFERENCE_DEPTH = 100
+CASCADE_DEPTHS = (10, 20, 50)
+"""Lever 2: how many of the ranker's top candidates the cross-encoder reorders."""
 BEFORE = "cross-encoder, tower top 100, torch fp32 (first default)"
+DEFAULT = "ranking stage: features, trees, P(like) head; threads sleep when idle (default)"
+CASCADE = "ranking stage, then the cross-encoder (auto backend) over its top N"
 
 
 def _time_calls(call: Callable[[str], Any], users: Sequence[str], warmup: int) -> dict[str, Any]:
@@ -89,12 +95,14 @@ def _order_agreement(
     return rho, len(set(top_a) & set(top_b)) / 10
 
 
-def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str, Any]]:
-    """NDCG@10 and agreement with the reference depth on the validation lists."""
+def _validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[Any, Any]:
+    """The ranking stage and the :class:`rerank.ranker_train.RankerValidation` that
+    ``train ranker`` validates on: the served tower and the stage's tables fitted on the
+    training split (text vectors from the build's cache)."""
     from catalog import ItemTextTemplate
     from catalog.store import load_catalog
     from rerank.candidates import CandidateStage
-    from rerank.ranker_train import list_ndcg10, ranker_validation
+    from rerank.ranker_train import ranker_validation
     from rerank.tables import ALSParams
     from retrieval.cache import EmbeddingCache
     from retrieval.encoder import Encoder
@@ -102,10 +110,10 @@ def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str
     from retrieval.vectors import ItemVectors
 
     card = ranker.record
-    catalog = load_catalog(ctx.home / "datasets" / "ml-latest-small")
+    catalog = load_catalog(home / "datasets" / "ml-latest-small")
     template = ItemTextTemplate()
     ids = [i for i, item in catalog.items.items() if template.render(item)]
-    client, server = open_redis(ctx.redis_url, ctx.home / "redis")  # the build's cache
+    client, server = open_redis(redis_url, home / "redis")  # the build's cache
     try:
         encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
         text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
@@ -113,7 +121,7 @@ def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str
         client.close()
         if server is not None:
             server.close()
-    setup = ranker_validation(catalog, text, ctx.home / "models" / "tower")
+    setup = ranker_validation(catalog, text, home / "models" / "tower")
     stage_args = card.get("stage", {})
     stage = CandidateStage.build(
         setup.catalog.items,
@@ -124,6 +132,14 @@ def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str
         als=ALSParams(**stage_args["als"]) if "als" in stage_args else ALSParams(),
         depths=stage_args.get("depths"),
     )
+    return stage, setup
+
+
+def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str, Any]]:
+    """NDCG@10 and agreement with the reference depth on the validation lists."""
+    from rerank.ranker_train import list_ndcg10
+
+    stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)
     val = setup.validation
     n = 150 if quick else len(val.requests)
     requests, excludes, targets = val.requests[:n], val.excludes[:n], list(val.targets[:n])
@@ -159,6 +175,101 @@ def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str
     return rows
 
 
+def cascade(
+    ranked: npt.NDArray[np.float64], top: npt.NDArray[np.int64], p_like: Any, depth: int
+) -> npt.NDArray[np.float64]:
+    """One list's scores after the cascade: ``top`` (row positions in the ranker's order, as
+    many as ``p_like`` has values) cut to ``depth`` and reordered by P(like) above every
+    other row; the rest keep the ranker's scores and order."""
+    out = np.array(ranked, dtype=np.float64)
+    keep = top[:depth]
+    ceiling = out.max() + 1.0 if len(out) else 0.0
+    out[keep] = ceiling + np.asarray(p_like, dtype=np.float64)[: len(keep)]
+    return out
+
+
+def _cascade_quality(ctx: BenchContext, ranker: Any, backend: str, quick: bool) -> list[Any]:
+    """Lever 2 on the validation lists at the trained depth: the ranker orders every
+    candidate, the cross-encoder's P(like) (its text and its own features, as it serves)
+    reorders the ranker's top N. Per N: NDCG@10, its ratio to the ranker's order, and the
+    two orders' agreement."""
+    from catalog import ItemTextTemplate, UserTextTemplate, leave_one_out
+    from catalog.model import User
+    from rerank import Reranker
+    from rerank.data import FeatureMaker, RatingStats
+    from rerank.ranker_train import list_ndcg10
+
+    stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)
+    reranker = Reranker(ctx.home / "models" / "reranker", backend=backend)
+    train = leave_one_out(setup.catalog.interactions, seed=0).train  # ranker_validation's split
+    counts: dict[str, int] = {}
+    for history in setup.histories.values():
+        for event in history:
+            counts[event.item_id] = counts.get(event.item_id, 0) + 1
+    features = FeatureMaker(
+        setup.tower, setup.index, counts, reranker.config.features, RatingStats.of(train)
+    )
+    users = UserTextTemplate.from_dict(reranker.config.user_template)
+    items = ItemTextTemplate()
+    val = setup.validation
+    n = 150 if quick else len(val.requests)
+    lists = stage.lists(
+        val.requests[:n], val.excludes[:n], val.targets[:n], depths={"tower": REFERENCE_DEPTH}
+    )
+    cols = np.array([lists.names.index(c) for c in ranker.names], dtype=np.int64)
+    ranked = np.asarray(ranker.score(lists.x[:, cols]), dtype=np.float64)
+    deepest = max(CASCADE_DEPTHS)
+    cascaded = {depth: ranked.copy() for depth in CASCADE_DEPTHS}
+    started = time.perf_counter()
+    pairs = 0
+    for i, request in enumerate(val.requests[:n]):
+        rows = np.arange(lists.offsets[i], lists.offsets[i + 1])
+        top = rows[np.argsort(-ranked[rows], kind="stable")[:deepest]]
+        if not len(top):
+            continue
+        ids = [stage.item_ids[c] for c in lists.cols[top]]
+        history = request.history
+        text = users.render(
+            setup.catalog.users.get(request.user_id, User(request.user_id)),
+            history,
+            setup.catalog.items,
+        )
+        feats = features.features(features.user_vector(history), ids, history)
+        p_like = reranker.score(text, [items.render(setup.catalog.items[j]) for j in ids], feats)
+        pairs += len(ids)
+        for depth, scores in cascaded.items():
+            scores[rows] = cascade(ranked[rows], top - rows[0], p_like, depth)
+    seconds = time.perf_counter() - started
+    reference = list_ndcg10(ranked, lists)
+    rows_out: list[dict[str, Any]] = [
+        {"cross_encoder_depth": 0, "ndcg@10": float(reference.mean()), "ndcg_vs_ranker": 1.0}
+    ]
+    for depth, scores in cascaded.items():
+        ndcg = list_ndcg10(scores, lists)
+        agreement = [
+            _order_agreement(
+                scores[lists.offsets[i] : lists.offsets[i + 1]],
+                ranked[lists.offsets[i] : lists.offsets[i + 1]],
+                lists.cols[lists.offsets[i] : lists.offsets[i + 1]].tolist(),
+                lists.cols[lists.offsets[i] : lists.offsets[i + 1]].tolist(),
+            )
+            for i in range(len(lists.sizes))
+        ]
+        diff = ndcg - reference
+        rows_out.append(
+            {
+                "cross_encoder_depth": depth,
+                "ndcg@10": float(ndcg.mean()),
+                "ndcg_vs_ranker": float(ndcg.mean() / reference.mean()),
+                "minus_ranker_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                "spearman_top10_vs_ranker": float(np.mean([a[0] for a in agreement])),
+                "top10_overlap_vs_ranker": float(np.mean([a[1] for a in agreement])),
+            }
+        )
+    rows_out[0].update(lists=len(lists.sizes), pairs=pairs, ms_per_pair=1000 * seconds / pairs)
+    return rows_out
+
+
 @dataclass(frozen=True)
 class Config:
     """One row of the levers table: what serves, and how the child process is set up."""
@@ -171,6 +282,9 @@ class Config:
     """OMP_WAIT_POLICY of the process (OpenMP reads it when it loads); None leaves it unset:
     OpenMP's default, idle threads spin a while before they sleep."""
     depths: tuple[int, ...] = (REFERENCE_DEPTH,)
+    cascade: bool = False
+    """The ranking stage with the cross-encoder over its top N (lever 2), timed per N in
+    :data:`CASCADE_DEPTHS` instead of per depth."""
 
 
 def _child() -> None:
@@ -187,33 +301,37 @@ def _child() -> None:
     if spec["threaded_trees"]:
         rerank.gbdt.SERIAL_ROWS = 0
     catalog = load_catalog(home / "datasets" / "ml-latest-small")
+    reranker = None
     if spec["reranker"]:
         reranker = Reranker(
             home / "models" / "reranker", backend=spec["reranker"], spin=spec["spin"]
         )
-        recommender = Recommender(home / "index", catalog, reranker)
-    else:
+    ranker = None
+    if spec["cascade"] or not spec["reranker"]:
         ranker = GBDTRanker.load(home / "models" / "ranker")
-        recommender = Recommender(home / "index", catalog, None, ranker=ranker)
-        if recommender.ranker is None:
-            raise RuntimeError("the ranker under the home did not beat the tower on validation")
-    out = {}
-    for depth in spec["depths"]:
-
-        def call(user: str, depth: int = depth) -> Any:
-            return recommender.recommend(user, k=10, candidates=depth)
-
-        out[str(depth)] = _time_calls(call, spec["users"], spec["warmup"])
+        if spec["cascade"]:  # without its own P(like) head the cross-encoder scores the top k
+            ranker.like = None
+    recommender = Recommender(home / "index", catalog, reranker, ranker=ranker)
+    if ranker is not None and recommender.ranker is None:
+        raise RuntimeError("the ranker under the home did not beat the tower on validation")
+    calls: dict[str, Callable[[str], Any]] = {}
+    if spec["cascade"]:  # the ranker's top N through the cross-encoder: k = N
+        for n in CASCADE_DEPTHS:
+            calls[str(n)] = partial(recommender.recommend, k=n, candidates=REFERENCE_DEPTH)
+    else:
+        for depth in spec["depths"]:
+            calls[str(depth)] = partial(recommender.recommend, k=10, candidates=depth)
+    out = {key: _time_calls(call, spec["users"], spec["warmup"]) for key, call in calls.items()}
     print(json.dumps(out))
 
 
-def _in_child(config: Config, home: Path, users: Sequence[str], warmup: int) -> dict[str, Any]:
-    """:func:`_child` in a fresh interpreter with ``config``'s thread-wait policy."""
-    spec = {**asdict(config), "home": str(home.resolve()), "users": list(users), "warmup": warmup}
-    code = "from benchmarks.bench_latency import _child; _child()"
+def _run_child(entry: str, spec: dict[str, Any], wait_policy: str | None, name: str) -> Any:
+    """``entry`` (a function of this module) in a fresh interpreter whose OMP_WAIT_POLICY is
+    ``wait_policy`` (None: unset), ``spec`` on its stdin; returns its last line of JSON."""
+    code = f"from benchmarks.bench_latency import {entry}; {entry}()"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if config.wait_policy is not None:
-        env["OMP_WAIT_POLICY"] = config.wait_policy
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy
     done = subprocess.run(
         [sys.executable, "-c", code],
         input=json.dumps(spec),
@@ -223,12 +341,110 @@ def _in_child(config: Config, home: Path, users: Sequence[str], warmup: int) -> 
         cwd=Path(__file__).resolve().parents[1],
     )
     if done.returncode:
-        raise RuntimeError(f"{config.name}: the timing process failed:\n{done.stderr[-3000:]}")
-    rows: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{name}: the child process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _in_child(config: Config, home: Path, users: Sequence[str], warmup: int) -> dict[str, Any]:
+    """:func:`_child` in a fresh interpreter with ``config``'s thread-wait policy."""
+    spec = {**asdict(config), "home": str(home.resolve()), "users": list(users), "warmup": warmup}
+    rows: dict[str, Any] = _run_child("_child", spec, config.wait_policy, config.name)
     return rows
 
 
-DEFAULT = "ranking stage: features, trees, P(like) head; threads sleep when idle (default)"
+def _quality_child() -> None:
+    """Scores the validation lists one request at a time, as a served call does (the stage's
+    candidates and features for one request, then the ranker on its rows), in this (fresh)
+    process; prints each list's item columns, scores and NDCG@10."""
+    spec = json.loads(sys.stdin.read())
+    import rerank.gbdt
+    from rerank.gbdt import GBDTRanker
+    from rerank.ranker_train import list_ndcg10
+
+    if spec["threaded_trees"]:
+        rerank.gbdt.SERIAL_ROWS = 0
+    home = Path(spec["home"])
+    ranker = GBDTRanker.load(home / "models" / "ranker")
+    stage, setup = _validation_stage(home, spec["redis_url"], ranker)
+    val = setup.validation
+    cols = np.array([stage.names.index(c) for c in ranker.names], dtype=np.int64)
+    out: dict[str, list[Any]] = {"items": [], "scores": [], "ndcg": []}
+    for i in range(min(spec["lists"], len(val.requests))):
+        one = stage.lists(
+            val.requests[i : i + 1],
+            val.excludes[i : i + 1],
+            val.targets[i : i + 1],
+            batch=1,
+            depths={"tower": REFERENCE_DEPTH},
+        )
+        scores = ranker.score(one.x[:, cols])
+        out["items"].append(one.cols.tolist())
+        out["scores"].append(scores.tolist())
+        out["ndcg"].append(float(list_ndcg10(scores, one)[0]))
+    print(json.dumps(out))
+
+
+UNOPTIMISED = Config(
+    "ranking stage: features, trees (LightGBM's thread pool), P(like) head",
+    threaded_trees=True,
+    wait_policy=None,
+)
+"""The ranking stage before the latency levers: the quality reference of the fast path."""
+
+
+def fast_path_quality(ctx: BenchContext, quick: bool) -> dict[str, Any]:
+    """The served fast path against the unoptimised ranking stage on the validation lists,
+    each side in its own process with its own thread settings: NDCG@10 of each, their ratio,
+    and the mean Spearman correlation and top-10 overlap of the two orders (the same
+    measures as the depth curve)."""
+    spec = {
+        "home": str(ctx.home.resolve()),
+        "redis_url": ctx.redis_url,
+        "lists": 150 if quick else 1_000_000,
+    }
+    fast_config = Config(DEFAULT)
+    sides = {
+        config.name: _run_child(
+            "_quality_child",
+            {**spec, "threaded_trees": config.threaded_trees},
+            config.wait_policy,
+            config.name,
+        )
+        for config in (UNOPTIMISED, fast_config)
+    }
+    return {
+        "unoptimised": UNOPTIMISED.name,
+        "fast_path": fast_config.name,
+        **compare_orders(sides[UNOPTIMISED.name], sides[fast_config.name]),
+    }
+
+
+def compare_orders(before: dict[str, Any], fast: dict[str, Any]) -> dict[str, Any]:
+    """Two scorings of the same lists (``items``, ``scores`` and ``ndcg`` per list, as
+    :func:`_quality_child` prints them): mean NDCG@10 of each and their ratio, mean Spearman
+    and top-10 overlap of the two orders, and the largest score difference."""
+    if fast["items"] != before["items"]:
+        raise ValueError("the two sides scored different candidate lists")
+    agreement = [
+        _order_agreement(np.asarray(a), np.asarray(b), items, items)
+        for a, b, items in zip(fast["scores"], before["scores"], fast["items"], strict=True)
+    ]
+    ndcg_before, ndcg_fast = float(np.mean(before["ndcg"])), float(np.mean(fast["ndcg"]))
+    return {
+        "lists": len(fast["ndcg"]),
+        "ndcg@10_unoptimised": ndcg_before,
+        "ndcg@10_fast_path": ndcg_fast,
+        "ndcg_ratio": ndcg_fast / ndcg_before if ndcg_before else float("nan"),
+        "spearman_top10": float(np.mean([rho for rho, _ in agreement])),
+        "top10_overlap": float(np.mean([overlap for _, overlap in agreement])),
+        "max_abs_score_difference": max(
+            (
+                float(np.max(np.abs(np.subtract(a, b)), initial=0.0))
+                for a, b in zip(fast["scores"], before["scores"], strict=True)
+            ),
+            default=0.0,
+        ),
+    }
 
 
 def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
@@ -274,11 +490,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                 ),
             ]
     configs += [
-        Config(
-            "ranking stage: features, trees (LightGBM's thread pool), P(like) head",
-            threaded_trees=True,
-            wait_policy=None,
-        ),
+        UNOPTIMISED,
         Config("+ a request's trees on the calling thread", wait_policy=None),
         Config(DEFAULT, depths=DEPTHS),
     ]
@@ -303,6 +515,19 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     ]
     chosen = min(kept)
     default = levers[-1]
+    cascade: list[dict[str, Any]] = []
+    if auto != "none":  # lever 2: the cross-encoder over the ranker's top N
+        timed = _in_child(Config(CASCADE, reranker=auto, cascade=True), ctx.home, sample, warmup)
+        cascade = _cascade_quality(ctx, ranker, auto, quick)
+        for row in cascade:
+            depth = row["cross_encoder_depth"]
+            row.update(timed[str(depth)] if depth else default)
+    # It pays only where it beats the ranker's order by more than one standard error.
+    pays = [
+        r["cross_encoder_depth"]
+        for r in cascade
+        if r["cross_encoder_depth"] and r["ndcg@10"] - cascade[0]["ndcg@10"] > r["minus_ranker_se"]
+    ]
     targets = [
         Target("default: p95 ms, 1 stream, in process", round(default["p95_ms"], 2), 50.0, "<="),
         Target("default: p99 / p95", round(default["p99_ms"] / default["p95_ms"], 3), 1.5, "<="),
@@ -331,8 +556,15 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "reference_depth": REFERENCE_DEPTH,
             "validation_lists": reference["lists"],
             "configs": [asdict(c) for c in configs],
+            "cascade_depths": list(CASCADE_DEPTHS),
         },
-        results={"levers": levers, "depth": quality, "chosen_depth": chosen},
+        results={
+            "levers": levers,
+            "depth": quality,
+            "chosen_depth": chosen,
+            "cascade": cascade,
+            "cascade_depths_that_pay": pays,
+        },
         targets=targets,
         table=[
             *(
@@ -361,6 +593,23 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                     )
                 }
                 for r in quality
+            ),
+            *(
+                {
+                    k: v
+                    for k, v in r.items()
+                    if k
+                    in (
+                        "cross_encoder_depth",
+                        "ndcg@10",
+                        "ndcg_vs_ranker",
+                        "spearman_top10_vs_ranker",
+                        "p50_ms",
+                        "p95_ms",
+                        "p_like_p95_ms",
+                    )
+                }
+                for r in cascade
             ),
         ],
     )

@@ -10,6 +10,11 @@ server returns (the ranking stage's `candidates`, `rank` and `p_like`; the cross
 `rerank`). The cross-encoder's single-stream ceiling is 1 / its median rerank time at one
 client. One more single-client level asks the default for explanations (``explain: true``,
 the explorer page's call), so their cost is measured beside the plain call.
+
+Quality kept: the served fast path and the ranking stage before the latency levers (LightGBM's
+thread pool, OpenMP's default wait) each score the ranker's validation lists one request at a
+time in a process of their own (:func:`benchmarks.bench_latency.fast_path_quality`); the
+targets are the ratio of their NDCG@10 and the Spearman correlation of their orders.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_latency import fast_path_quality
 from benchmarks.contract import BenchContext, BenchReport, Target
 
 
@@ -197,6 +203,21 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                 explained = _level(url, users, 1, per_level, budget, {"explain": True})
                 rows.append({"config": EXPLAINED, **explained})
     targets = [Target("errors at every level", sum(r["errors"] for r in rows), 0, "<=")]
+    quality: dict[str, Any] = {}
+    if DEFAULT in configs:
+        quality = fast_path_quality(ctx, quick)
+        targets += [
+            Target(
+                "quality: fast path NDCG@10 / unoptimised stage's (validation lists)",
+                round(quality["ndcg_ratio"], 4),
+                0.99,
+            ),
+            Target(
+                "quality: Spearman of the fast path's and the unoptimised stage's orders",
+                round(quality["spearman_top10"], 4),
+                0.99,
+            ),
+        ]
     single = {r["config"]: r for r in rows if r["clients"] == 1}
     if DEFAULT in single:
         one = single[DEFAULT]
@@ -258,7 +279,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "max_queue": 64,
             "cross_encoder_single_stream_ceiling_rps": ceiling,
         },
-        results={"levels": rows},
+        results={"levels": rows, "quality": quality},
         targets=targets,
         table=[
             {k: v for k, v in r.items() if not k.startswith(("embed", "retrieve"))} for r in rows

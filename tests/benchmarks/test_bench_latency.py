@@ -8,7 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_latency import DEFAULT, REFERENCE_DEPTH, _order_agreement, run
+from benchmarks.bench_latency import (
+    CASCADE,
+    CASCADE_DEPTHS,
+    DEFAULT,
+    REFERENCE_DEPTH,
+    Config,
+    _cascade_quality,
+    _in_child,
+    _order_agreement,
+    cascade,
+    compare_orders,
+    fast_path_quality,
+    run,
+)
 from benchmarks.contract import BenchContext
 from catalog import save_catalog
 from retrieval.encoder import Encoder
@@ -27,6 +40,36 @@ def test_order_agreement_of_top_tens() -> None:
     # Disjoint top tens (another list's items): no overlap, ranks disagree.
     rho, overlap = _order_agreement(scores, scores, ids, [i + 100 for i in ids])
     assert overlap == 0.0 and rho < 0
+
+
+def test_the_cascade_reorders_only_the_ranker_top_n_by_p_like() -> None:
+    ranked = np.array([3.0, 5.0, 4.0, 1.0, 2.0])
+    top = np.argsort(-ranked, kind="stable")  # rows 1, 2, 0, 4, 3
+    p_like = [0.2, 0.9, 0.5]  # of rows 1, 2, 0
+    order = lambda scores: np.argsort(-scores, kind="stable").tolist()  # noqa: E731
+    assert order(cascade(ranked, top, p_like, 2)) == [2, 1, 0, 4, 3]
+    assert order(cascade(ranked, top, p_like, 3)) == [2, 0, 1, 4, 3]
+    assert order(cascade(ranked, top, p_like, 0)) == order(ranked)
+
+
+def test_compare_orders_sees_a_changed_order_and_a_changed_list() -> None:
+    items = [list(range(12)), list(range(20, 32))]
+    down = [float(12 - j) for j in range(12)]
+    before = {"items": items, "scores": [down, down], "ndcg": [0.5, 1.0]}
+    same = compare_orders(before, before)
+    assert same["ndcg_ratio"] == 1.0 and same["spearman_top10"] == 1.0
+    assert same["top10_overlap"] == 1.0 and same["max_abs_score_difference"] == 0.0
+    # The second list's top ten reversed: the same ten items, the opposite order, and a
+    # lower NDCG.
+    up = [float(j) if j < 10 else -float(j) for j in range(12)]
+    changed = {**before, "scores": [down, up], "ndcg": [0.5, 0.25]}
+    worse = compare_orders(before, changed)
+    assert worse["spearman_top10"] == pytest.approx((1.0 - 1.0) / 2)
+    assert worse["top10_overlap"] == 1.0
+    assert worse["ndcg_ratio"] == pytest.approx(0.75 / 1.5)
+    assert worse["max_abs_score_difference"] == 12.0
+    with pytest.raises(ValueError, match="different candidate lists"):
+        compare_orders(before, {**before, "items": [items[0], [*items[1][:-1], 99]]})
 
 
 @pytest.mark.slow
@@ -58,3 +101,48 @@ def test_the_depth_curve_and_the_default_row_on_a_tiny_home(
     assert curve[200]["p50_ms"] > 0 and curve[10]["calls"] == 60  # timed in the default's process
     # Depths that keep both quality bars: 50 (the same lists), so the chosen depth is no more.
     assert report.results["chosen_depth"] <= 50
+
+    # The served fast path against the stage before the latency levers, each in its own
+    # process: the levers change no score, and the per-request lists are the depth curve's.
+    quality = fast_path_quality(BenchContext(home=home, redis_url=redis_url), True)
+    assert quality["lists"] == 12
+    assert quality["ndcg_ratio"] == 1.0 and quality["spearman_top10"] == 1.0
+    assert quality["max_abs_score_difference"] == 0.0
+    assert quality["ndcg@10_fast_path"] == pytest.approx(reference["ndcg@10"])
+
+
+@pytest.mark.slow
+def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redis_url: str) -> None:
+    from catalog import leave_one_out
+    from rerank.gbdt import GBDTRanker
+    from rerank.trainer import train_reranker
+    from rerank.training_args import RerankerTrainArgs
+    from retrieval.sequential import SequentialTower
+
+    catalog = tiny_catalog(n_items=40, n_users=12, per_user=8)
+    home = tmp_path / "home"
+    save_catalog(catalog, home / "datasets" / "ml-latest-small")
+    models = home / "models"
+    stack = build_ranked_stack(models, catalog, encoder, tower_dir=models / "tower")
+    (models / "index").rename(home / "index")
+    args = RerankerTrainArgs(
+        max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
+    )
+    tower = SequentialTower.load(models / "tower").bind_text(stack.text)
+    split = leave_one_out(catalog.interactions)
+    train_reranker(
+        catalog, split, stack.text, models / "reranker", args, progress=False, tower=tower
+    )
+
+    ctx = BenchContext(home=home, redis_url=redis_url)
+    rows = _cascade_quality(ctx, GBDTRanker.load(models / "ranker"), "torch", True)
+    assert [r["cross_encoder_depth"] for r in rows] == [0, *CASCADE_DEPTHS]
+    ranker_alone, deepest = rows[0], rows[-1]
+    assert ranker_alone["lists"] == 12 and ranker_alone["pairs"] > 0
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    assert ranker_alone["ndcg_vs_ranker"] == 1.0
+    # The served path with the ranker's top N through the cross-encoder, timed per N.
+    users = sorted(set(catalog.interactions.user_ids.tolist()))[:3]
+    timed = _in_child(Config(CASCADE, reranker="torch", cascade=True), home, users, 1)
+    assert set(timed) == {str(n) for n in CASCADE_DEPTHS}
+    assert all(row["calls"] == 3 and row["p_like_p50_ms"] > 0 for row in timed.values())
