@@ -50,6 +50,9 @@ CASCADE_DEPTHS = (10, 20, 50)
 BEFORE = "cross-encoder, tower top 100, torch fp32 (first default)"
 DEFAULT = "ranking stage: features, trees, P(like) head; threads sleep when idle (default)"
 CASCADE = "ranking stage, then the cross-encoder (auto backend) over its top N"
+TEXT_SKIPPED = "cross-encoder whose head gives the text no weight: no transformer pass"
+DISTILLED = "reranker-distilled"
+"""Lever 3's student under the home's models/ (``train reranker --layers 2 --teacher``)."""
 
 
 def _time_calls(call: Callable[[str], Any], users: Sequence[str], warmup: int) -> dict[str, Any]:
@@ -285,6 +288,32 @@ class Config:
     cascade: bool = False
     """The ranking stage with the cross-encoder over its top N (lever 2), timed per N in
     :data:`CASCADE_DEPTHS` instead of per depth."""
+    folder: str = "reranker"  # the cross-encoder's folder under the home's models/
+    text_pass: bool = False
+    """Run the cross-encoder's transformer even where its head gives the text no weight
+    (``Reranker(skip_unweighted_text=False)``): the rows before that lever."""
+
+
+def _layers(folder: Path) -> int:
+    """Transformer layers of a saved reranker's backbone."""
+    config = json.loads((folder / "backbone" / "config.json").read_text())
+    return int(config["num_hidden_layers"])
+
+
+def _card_quality(folder: Path) -> dict[str, Any]:
+    """A reranker's own validation figures from its card: before and after the fusion."""
+    card = json.loads((folder / "duorank-card.json").read_text())
+    calibration = card.get("calibration", {})
+    before = calibration.get("before") or (card.get("epochs") or [{}])[-1]
+    after = calibration.get("after", before)
+    keys = ("auc", "logloss", "ndcg@10_rerank", "ndcg@10_retrieval")
+    return {
+        "layers": _layers(folder),
+        "train_seconds": card.get("train_seconds"),
+        "text_scale": calibration.get("text_scale"),
+        **{f"{k}_before_fusion": before.get(k) for k in keys},
+        **{f"{k}_after_fusion": after.get(k) for k in keys},
+    }
 
 
 def _child() -> None:
@@ -304,7 +333,10 @@ def _child() -> None:
     reranker = None
     if spec["reranker"]:
         reranker = Reranker(
-            home / "models" / "reranker", backend=spec["reranker"], spin=spec["spin"]
+            home / "models" / spec["folder"],
+            backend=spec["reranker"],
+            spin=spec["spin"],
+            skip_unweighted_text=not spec["text_pass"],
         )
     ranker = None
     if spec["cascade"] or not spec["reranker"]:
@@ -452,7 +484,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     cross-encoder rows need ``train reranker`` (and ``rerank export`` for ONNX)."""
     from catalog.store import load_catalog
     from rerank.gbdt import GBDTRanker
-    from rerank.inference import exported, resolve_backend
+    from rerank.inference import exported, resolve_backend, unweighted_text_head
 
     ctx = ctx or BenchContext()
     models = ctx.home / "models"
@@ -468,9 +500,11 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     auto = "none"
     if (reranker_dir / "reranker.json").is_file():
         auto = resolve_backend(reranker_dir, "auto")
-        configs.append(Config(BEFORE, reranker="torch", wait_policy=None))
+        configs.append(Config(BEFORE, reranker="torch", wait_policy=None, text_pass=True))
         if auto != "torch":
-            configs.append(Config(f"+ backend auto ({auto})", reranker=auto, wait_policy=None))
+            configs.append(
+                Config(f"+ backend auto ({auto})", reranker=auto, wait_policy=None, text_pass=True)
+            )
         if exported(reranker_dir, "onnx-int8"):
             configs += [
                 Config(
@@ -478,17 +512,34 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                     reranker="onnx-int8",
                     spin=True,
                     wait_policy=None,
+                    text_pass=True,
                 ),
                 Config(
                     "+ ONNX Runtime threads sleep between runs",
                     reranker="onnx-int8",
                     wait_policy=None,
+                    text_pass=True,
                 ),
                 Config(
                     "+ OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE)",
                     reranker="onnx-int8",
+                    text_pass=True,
                 ),
             ]
+        if unweighted_text_head(reranker_dir) is not None:
+            configs.append(Config(TEXT_SKIPPED, reranker=auto))
+        student = models / DISTILLED
+        if (student / "reranker.json").is_file():  # lever 3, beside the teacher's auto row
+            layers = _layers(student)
+            configs.append(
+                Config(
+                    f"cross-encoder distilled to {layers} layers, backend auto ({auto})",
+                    reranker=auto,
+                    wait_policy=None,
+                    folder=DISTILLED,
+                    text_pass=True,
+                )
+            )
     configs += [
         UNOPTIMISED,
         Config("+ a request's trees on the calling thread", wait_policy=None),
@@ -517,11 +568,18 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     default = levers[-1]
     cascade: list[dict[str, Any]] = []
     if auto != "none":  # lever 2: the cross-encoder over the ranker's top N
-        timed = _in_child(Config(CASCADE, reranker=auto, cascade=True), ctx.home, sample, warmup)
+        cascading = Config(CASCADE, reranker=auto, cascade=True, text_pass=True)
+        timed = _in_child(cascading, ctx.home, sample, warmup)
         cascade = _cascade_quality(ctx, ranker, auto, quick)
         for row in cascade:
             depth = row["cross_encoder_depth"]
             row.update(timed[str(depth)] if depth else default)
+    distilled = {}
+    if (models / DISTILLED / "reranker.json").is_file():
+        distilled = {
+            "teacher": _card_quality(reranker_dir),
+            "student": _card_quality(models / DISTILLED),
+        }
     # It pays only where it beats the ranker's order by more than one standard error.
     pays = [
         r["cross_encoder_depth"]
@@ -564,6 +622,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "chosen_depth": chosen,
             "cascade": cascade,
             "cascade_depths_that_pay": pays,
+            "distillation": distilled,
         },
         targets=targets,
         table=[

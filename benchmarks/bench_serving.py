@@ -9,7 +9,9 @@ time. Reports p50/p95/p99 latency, throughput, errors and 429s, and the per-stag
 server returns (the ranking stage's `candidates`, `rank` and `p_like`; the cross-encoder's
 `rerank`). The cross-encoder's single-stream ceiling is 1 / its median rerank time at one
 client. One more single-client level asks the default for explanations (``explain: true``,
-the explorer page's call), so their cost is measured beside the plain call.
+the explorer page's call), so their cost is measured beside the plain call. A cross-encoder
+whose head gives the text no weight serves from its features alone (no transformer pass, the
+same scores): its row says so, and the default-against-previous target is then left out.
 
 Quality kept: the served fast path and the ranking stage before the latency levers (LightGBM's
 thread pool, OpenMP's default wait) each score the ranker's validation lists one request at a
@@ -171,6 +173,10 @@ def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[str]:
 
 DEFAULT = "ranking stage (default)"
 PREVIOUS = "cross-encoder over the tower's top 100 (previous default)"
+PREVIOUS_TEXT_FREE = (
+    "tower's top 100, P(like) from the cross-encoder's features (previous default; its head "
+    "gives the text no weight, so no transformer pass)"
+)
 EXPLAINED = "ranking stage + explain (the explorer page's call)"
 
 
@@ -188,8 +194,12 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     configs: dict[str, list[str]] = {}
     if (ranker / "ranker.json").is_file():
         configs[DEFAULT] = ["--ranker", str(ranker)]
+    previous = PREVIOUS
     if (reranker / "reranker.json").is_file():
-        configs[PREVIOUS] = ["--no-ranker"]
+        from rerank.inference import unweighted_text_head
+
+        previous = PREVIOUS_TEXT_FREE if unweighted_text_head(reranker) else PREVIOUS
+        configs[previous] = ["--no-ranker"]
     if not configs:
         raise RuntimeError(f"no ranker or reranker under {ctx.home / 'models'}: run quickstart")
     per_level = 30 if quick else 120
@@ -250,7 +260,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                 "<=",
             )
         )
-    if DEFAULT in single and PREVIOUS in single:
+    if DEFAULT in single and PREVIOUS in single:  # a cross-encoder that reads its text
         targets.append(
             Target(
                 "1 client: default p95 / previous default's p95",
@@ -271,6 +281,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "quick": quick,
             "backend": backend,
             "configs": {k: v for k, v in configs.items()},
+            "previous_default": previous if previous in configs else None,
             "candidates": 100,
             "k": 10,
             "requests_per_level": per_level,

@@ -246,6 +246,10 @@ class Reranker:
         threads: intra-op threads for ONNX Runtime (default: all cores).
         spin: let ONNX Runtime's threads busy-wait between runs (its default; off here, as a
             server interleaves it with torch).
+        skip_unweighted_text: when the head gives the pooled text no weight (the validation
+            fusion chose the features alone: ``text_scale`` 0 in the card), score from the
+            features alone, the same logits without tokenizing or running the transformer.
+            False runs the text pass anyway (to measure it).
     """
 
     def __init__(
@@ -256,6 +260,7 @@ class Reranker:
         batch_size: int = 32,
         threads: int | None = None,
         spin: bool = False,
+        skip_unweighted_text: bool = True,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -275,6 +280,13 @@ class Reranker:
             if backend.startswith("torch")
             else OnnxBackend(self.folder, backend, threads, spin)
         )
+        self.features_only = unweighted_text_head(self.folder) if skip_unweighted_text else None
+        if self.features_only is not None:
+            logging.getLogger(__name__).info(
+                "reranker %s gives its text no weight: scoring from its features alone "
+                "(no transformer pass)",
+                self.folder,
+            )
 
     @property
     def backend(self) -> str:
@@ -329,6 +341,8 @@ class Reranker:
         if n == 0:
             return np.zeros((0, self.config.n_outputs), dtype=np.float32)
         feats = self._features(features, n)
+        if self.features_only is not None:  # the text's weight is zero: its pass is pure cost
+            return self.features_only.logits(feats)
         out = np.zeros((n, self.config.n_outputs), dtype=np.float32)
         if self.core.prefix_once:  # the user side once, then the item tokens alone
             prefix, items = split_pair_ids(
@@ -404,6 +418,40 @@ class Reranker:
                 f"{list(self.config.features)}, got {arr.shape}"
             )
         return arr
+
+
+@dataclass(frozen=True)
+class FeatureHead:
+    """The logits of a head whose text weights are all zero: its text bias plus the feature
+    head over the scalar features (absent: no features)."""
+
+    bias: Floats
+    weight: Floats | None = None
+    feature_bias: Floats | None = None
+
+    def logits(self, features: Floats) -> Floats:
+        """(n, n_outputs) float32 logits of ``features`` (n, n_features)."""
+        out = np.broadcast_to(self.bias, (len(features), len(self.bias))).astype(np.float32)
+        if self.weight is not None and self.feature_bias is not None:
+            out = out + (features.astype(np.float32) @ self.weight.T + self.feature_bias)
+        return out.astype(np.float32)
+
+
+def unweighted_text_head(folder: Path) -> FeatureHead | None:
+    """The head of a saved reranker as a :class:`FeatureHead` when it gives the pooled text
+    no weight (every text weight exactly 0), else None."""
+    from safetensors.numpy import load_file
+
+    head = load_file(str(folder / "head.safetensors"))
+    if np.any(head["head.weight"] != 0):
+        return None
+    if "feature_head.weight" not in head:
+        return FeatureHead(head["head.bias"].astype(np.float32))
+    return FeatureHead(
+        head["head.bias"].astype(np.float32),
+        head["feature_head.weight"].astype(np.float32),
+        head["feature_head.bias"].astype(np.float32),
+    )
 
 
 def _head_nodes(path: Path) -> list[str]:

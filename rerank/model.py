@@ -357,12 +357,35 @@ def expected_rating(logits: torch.Tensor, config: RerankerConfig) -> torch.Tenso
     return (probs * levels).sum(dim=-1)
 
 
-def new_net(base_model: str, config: RerankerConfig) -> tuple[RerankerNet, Any]:
-    """A fresh net on a backbone folder (BERT-like, sentence-transformers or cross-encoder)."""
+def new_net(
+    base_model: str, config: RerankerConfig, layers: int | None = None
+) -> tuple[RerankerNet, Any]:
+    """A fresh net on a backbone folder (BERT-like, sentence-transformers or cross-encoder);
+    with ``layers``, only the backbone's first ``layers`` transformer layers (a distillation
+    student: the saved config says how many).
+
+    Raises:
+        ValueError: ``layers`` is not below the backbone's depth, or the backbone has no
+            BERT-style ``encoder.layer`` to cut.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     backbone = AutoModel.from_pretrained(base_model, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=False)
+    if layers is not None:
+        blocks = getattr(getattr(backbone, "encoder", None), "layer", None)
+        if blocks is None:
+            raise ValueError(
+                f"layers needs a BERT-style backbone (encoder.layer[*]); this "
+                f"{type(backbone).__name__} has not"
+            )
+        if not 1 <= layers < len(blocks):
+            raise ValueError(
+                f"layers must be in 1..{len(blocks) - 1} for this {len(blocks)}-layer "
+                f"backbone, got {layers}"
+            )
+        backbone.encoder.layer = blocks[:layers]
+        backbone.config.num_hidden_layers = layers
     if config.attention == "user_prefix":
         check_prefix_backbone(backbone, tokenizer)
     net = RerankerNet(backbone, int(backbone.config.hidden_size), config)

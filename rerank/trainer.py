@@ -20,11 +20,13 @@ import random
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from catalog.fsutil import atomic_dir
 from catalog.history import group_histories
@@ -174,11 +176,16 @@ def train_reranker(
         retrieval=stage.features.tower.name,
         attention=cfg.attention,
     )
-    net, tokenizer = new_net(base, config)
+    net, tokenizer = new_net(base, config, cfg.layers)
     trainable = freeze_bottom(net, cfg.freeze_layers)
+    if cfg.teacher:  # a teacher that cannot teach this student fails before the pairs, too
+        _check_teacher(Path(cfg.teacher), cfg)
     examples = _training_pairs(catalog, split, stage, cfg, count_tokens)
     kinds = Counter(e.kind for e in examples)
     log.info("training pairs: %s", dict(kinds))
+    soft = (
+        teacher_targets(Path(cfg.teacher), examples, stage, cfg, progress) if cfg.teacher else None
+    )
     net.to(dev)
     fit = _Fit(net, tokenizer, stage, cfg, config, validation_set(catalog, split, stage, cfg), dev)
     optimizer, scheduler, total = _optimiser(net, trainable, cfg, len(examples))
@@ -192,7 +199,7 @@ def train_reranker(
     if initial is not None:
         log.info("before training: %s", initial)
     history, step, best_logits = _train_epochs(
-        fit, examples, optimizer, scheduler, total, checkpoint, state, progress
+        fit, examples, optimizer, scheduler, total, checkpoint, state, progress, soft
     )
     calibration, config = _calibrate(fit, best_logits)
     card = {
@@ -207,6 +214,9 @@ def train_reranker(
             "validation_lists": len(fit.val.lists),
         },
         "steps": step,
+        "distillation": None
+        if soft is None
+        else {"teacher": cfg.teacher, "mean_target": float(soft.mean()), "pairs": len(soft)},
         "device": str(dev),
         "train_seconds": time.perf_counter() - started,
         "before_training": initial,
@@ -279,6 +289,52 @@ def _training_pairs(
     return examples
 
 
+def teacher_targets(
+    teacher: Path,
+    examples: Sequence[Example],
+    stage: Stage,
+    cfg: RerankerTrainArgs,
+    progress: bool = True,
+) -> npt.NDArray[np.float32]:
+    """The teacher's served P(like) of every training pair (its own calibration applied),
+    scored one user text at a time so a ``user_prefix`` teacher encodes each user side once.
+
+    Raises:
+        ValueError: the teacher reads other scalar features than the student.
+    """
+    from tqdm.auto import tqdm
+
+    from rerank.inference import Reranker
+
+    _check_teacher(teacher, cfg)
+    model = Reranker(teacher)
+    groups: dict[str, list[int]] = {}
+    for n, example in enumerate(examples):
+        groups.setdefault(example.user_text, []).append(n)
+    out = np.zeros(len(examples), dtype=np.float32)
+    bar = tqdm(groups.items(), desc="teacher scores", unit="user", disable=not progress)
+    for text, rows in bar:
+        feats = np.array([examples[n].features for n in rows], dtype=np.float32).reshape(
+            len(rows), len(cfg.features)
+        )
+        items = [stage.item_text[examples[n].item_id] for n in rows]
+        out[rows] = model.score(text, items, feats if cfg.features else None)
+    return out
+
+
+def _check_teacher(teacher: Path, cfg: RerankerTrainArgs) -> None:
+    """Raises ValueError (FileNotFoundError: not a reranker folder) unless ``teacher`` reads
+    the scalar features the student is trained with."""
+    from rerank.model import read_config
+
+    features = read_config(teacher).features
+    if tuple(features) != tuple(cfg.features):
+        raise ValueError(
+            f"teacher {teacher} reads features {list(features)}, the student "
+            f"{list(cfg.features)}: train the student with the teacher's features"
+        )
+
+
 def _optimiser(
     net: RerankerNet, trainable: list[Any], cfg: RerankerTrainArgs, n_examples: int
 ) -> tuple[Any, Any, int]:
@@ -318,9 +374,11 @@ def _train_epochs(
     checkpoint: Path,
     state: dict[str, Any] | None,
     progress: bool,
+    soft: npt.NDArray[np.float32] | None = None,
 ) -> tuple[list[dict[str, Any]], int, tuple[Any, Any] | None]:
     """The epochs (from a checkpoint's when resuming), each validated and checkpointed; the
-    best epoch by validation AUC is loaded back into the net.
+    best epoch by validation AUC is loaded back into the net. ``soft``: a teacher's P(like)
+    per example, the binary head's targets in place of the labels.
 
     Returns:
         The per-epoch records, the steps taken, and the kept epoch's validation logits (None
@@ -352,7 +410,8 @@ def _train_epochs(
             batch = collate(fit.tokenizer, chunk, fit.stage, cfg, torch, fit.config.attention)
             logits = net(**to_device(batch, dev))
             if cfg.head == "binary":
-                target = torch.tensor([e.label for e in chunk], dtype=torch.float32, device=dev)
+                labels = [e.label for e in chunk] if soft is None else soft[idx]
+                target = torch.tensor(labels, dtype=torch.float32, device=dev)
                 loss = loss_fn(logits[:, 0], target)
             else:
                 loss = loss_fn(logits, torch.tensor([e.level for e in chunk], device=dev))

@@ -35,6 +35,11 @@ class RerankerTrainArgs:
         freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
             transformer layers stay as pretrained (0: fine-tune all): backward then stops
             above them, so steps are cheaper (results: docs/results.md).
+        layers: keep only the backbone's first ``layers`` transformer layers (None: all): a
+            shallower, faster cross-encoder, initialised from the pretrained lower layers.
+        teacher: a trained reranker folder whose P(like) of each training pair is the target
+            (distillation; binary head): the student learns the teacher's scores, not the
+            0/1 labels.
         seed: seeds Python, numpy and torch.
     """
 
@@ -61,7 +66,20 @@ class RerankerTrainArgs:
     eval_before: bool = False
     attention: str = "user_prefix"
     freeze_layers: int = 3
+    layers: int | None = None
+    teacher: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.layers is not None and self.freeze_layers >= self.layers:
+            raise ValueError(
+                f"freeze_layers ({self.freeze_layers}) must be below layers ({self.layers}): "
+                "the top layer must learn"
+            )
+        if self.teacher is not None and self.head != "binary":
+            raise ValueError("a teacher's scores are P(like): distillation needs the binary head")
 
     def reduced(self) -> RerankerTrainArgs:
         """The reduced run of the quickstart and CI: 30 steps (unless set), 2 targets per

@@ -230,6 +230,20 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     help="Keep the backbone's embeddings and first N layers as pretrained: backward stops "
     "above them (cheaper steps); 0 tunes all.",
 )
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep only the backbone's first N transformer layers: a shallower, faster "
+    "cross-encoder (with --teacher, a distilled one). Default: all.",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A trained reranker folder: its P(like) of each training pair is the target "
+    "(distillation) instead of the 0/1 label.",
+)
 @seed_option
 @quick_option(
     "Reduced: 30 steps, 2 targets/user, 20 validation candidates (all validation users: "
@@ -259,6 +273,8 @@ def train_reranker_cmd(
     eval_before: bool,
     attention: str,
     freeze_layers: int,
+    layers: int | None,
+    teacher: Path | None,
     seed: int,
     quick: bool,
     device: str | None,
@@ -288,6 +304,8 @@ def train_reranker_cmd(
         eval_before=eval_before,
         attention=attention,
         freeze_layers=freeze_layers,
+        layers=layers,
+        teacher=str(teacher) if teacher is not None else None,
     )
     if quick:
         given = click.get_current_context().get_parameter_source("max_steps")

@@ -79,6 +79,7 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
         [rng.uniform(-0.2, 0.9, n), rng.uniform(0, 1, n), *rng.uniform(-1, 1, (2, n))], axis=1
     )
     user = "Liked, most recent first: Film 3; Film 7; Film 11. Disliked: Film 2"
+    # Every backend's transformer runs, even where the fusion gave the text no weight.
     # With the features the default model reads, every backend; the text part alone (whose
     # scores barely differ after two training steps) for the float backends. Int8 on the text
     # alone of a fully trained model is measured by `duorank bench rerank`.
@@ -86,13 +87,15 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
         (feats, ("torch-bf16", "onnx", "onnx-int8")),
         (np.zeros_like(feats), ("torch-bf16", "onnx")),
     ):
-        reference = Reranker(out).score(user, texts, features)
+        reference = Reranker(out, skip_unweighted_text=False).score(user, texts, features)
         for backend in backends:
-            other = Reranker(out, backend=backend).score(user, texts, features)
+            other = Reranker(out, backend=backend, skip_unweighted_text=False).score(
+                user, texts, features
+            )
             rho = _spearman(reference, other)
             assert rho >= 0.98, (backend, rho)
-    reference = Reranker(out).score(user, texts, feats)
-    onnx_fp32 = Reranker(out, backend="onnx")
+    reference = Reranker(out, skip_unweighted_text=False).score(user, texts, feats)
+    onnx_fp32 = Reranker(out, backend="onnx", skip_unweighted_text=False)
     assert onnx_fp32.core.prefix_once  # the two graphs: the user side once, as torch does
     np.testing.assert_allclose(onnx_fp32.score(user, texts, feats), reference, atol=1e-4)
     onnx_fp32.core.prefix_once = False  # the whole-pair graph gives the same numbers
