@@ -10,9 +10,13 @@ calls. Per configuration: end-to-end and per-stage p50/p95/p99.
 1. **Levers**, in the order they were applied to the first default (the cross-encoder over
    the tower's top 100, torch fp32): the backend ``auto`` picks for this CPU; ONNX int8 with
    ONNX Runtime's threads spinning between runs (its default), then sleeping; every OpenMP
-   pool sleeping when idle; the ranking stage instead of the cross-encoder, first with
-   LightGBM's thread pool for a request's rows, then on the calling thread; the default. The
-   cross-encoder rows need a reranker under the home (``train reranker``, ``rerank export``).
+   pool sleeping when idle; no transformer pass where the fitted head gives the text no
+   weight; beside the ``auto`` row, a student distilled to 2 layers (``reranker-distilled``)
+   and a model whose item side's first layers are cached in Redis (``reranker-split``, every
+   item's states written before the timed calls); the ranking stage instead of the
+   cross-encoder, first with LightGBM's thread pool for a request's rows, then on the calling
+   thread; the default. The cross-encoder rows need a reranker under the home (``train
+   reranker``, ``rerank export``); the student and the split model are timed when present.
 2. **Candidate depth**: the tower's depth from 10 to 200 (the other sources at their
    defaults). Quality on the ranker's own validation lists (the training split's histories,
    each user's validation event, the served tower and tables fitted on the training split, as
@@ -22,6 +26,8 @@ calls. Per configuration: end-to-end and per-stage p50/p95/p99.
    a top 10 ranks 11th) and mean top-10 overlap. The fast path's depth is the smallest that
    keeps NDCG@10 within 1% and Spearman >= 0.99. Latency from the default's process at each
    depth.
+3. **Cascade** (lever 2): the cross-encoder reorders the ranker's top 10, 20 or 50, timed with
+   its text pass and scored on the same validation lists (NDCG@10 against the ranker's order).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ BEFORE = "cross-encoder, tower top 100, torch fp32 (first default)"
 DEFAULT = "ranking stage: features, trees, P(like) head; threads sleep when idle (default)"
 CASCADE = "ranking stage, then the cross-encoder (auto backend) over its top N"
 TEXT_SKIPPED = "cross-encoder whose head gives the text no weight: no transformer pass"
+SPLIT = "reranker-split"
+"""Lever 1's model under the home's models/ (``train reranker --item-layers 3``)."""
 DISTILLED = "reranker-distilled"
 """Lever 3's student under the home's models/ (``train reranker --layers 2 --teacher``)."""
 
@@ -292,6 +300,9 @@ class Config:
     text_pass: bool = False
     """Run the cross-encoder's transformer even where its head gives the text no weight
     (``Reranker(skip_unweighted_text=False)``): the rows before that lever."""
+    item_cache: bool = False
+    """Keep an item-layers model's item states in Redis, every catalog item's computed before
+    the timed calls (the nightly step)."""
 
 
 def _layers(folder: Path) -> int:
@@ -322,6 +333,7 @@ def _child() -> None:
     spec = json.loads(sys.stdin.read())
     home = Path(spec["home"])
     import rerank.gbdt
+    from catalog import ItemTextTemplate
     from catalog.store import load_catalog
     from rerank import Reranker
     from rerank.gbdt import GBDTRanker
@@ -331,13 +343,26 @@ def _child() -> None:
         rerank.gbdt.SERIAL_ROWS = 0
     catalog = load_catalog(home / "datasets" / "ml-latest-small")
     reranker = None
+    state_bytes = None
     if spec["reranker"]:
+        cache = None
+        if spec["item_cache"]:
+            from retrieval.cache import EmbeddingCache
+            from retrieval.redis_client import open_redis
+
+            client, _server = open_redis(spec["redis_url"], home / "redis")
+            cache = EmbeddingCache(client, namespace="duorank:bench-items", dtype="float16")
         reranker = Reranker(
             home / "models" / spec["folder"],
             backend=spec["reranker"],
             spin=spec["spin"],
             skip_unweighted_text=not spec["text_pass"],
+            item_cache=cache,
         )
+        if cache is not None:  # the nightly step: every item's states in Redis
+            texts = [t for t in map(ItemTextTemplate().render, catalog.items.values()) if t]
+            states = reranker.item_states(texts)
+            state_bytes = 2 * sum(x.size for x in states) / len(states)
     ranker = None
     if spec["cascade"] or not spec["reranker"]:
         ranker = GBDTRanker.load(home / "models" / "ranker")
@@ -354,6 +379,9 @@ def _child() -> None:
         for depth in spec["depths"]:
             calls[str(depth)] = partial(recommender.recommend, k=10, candidates=depth)
     out = {key: _time_calls(call, spec["users"], spec["warmup"]) for key, call in calls.items()}
+    if state_bytes is not None:
+        for row in out.values():
+            row["float16_state_bytes_per_item"] = state_bytes
     print(json.dumps(out))
 
 
@@ -377,9 +405,21 @@ def _run_child(entry: str, spec: dict[str, Any], wait_policy: str | None, name: 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _in_child(config: Config, home: Path, users: Sequence[str], warmup: int) -> dict[str, Any]:
+def _in_child(
+    config: Config,
+    home: Path,
+    users: Sequence[str],
+    warmup: int,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
     """:func:`_child` in a fresh interpreter with ``config``'s thread-wait policy."""
-    spec = {**asdict(config), "home": str(home.resolve()), "users": list(users), "warmup": warmup}
+    spec = {
+        **asdict(config),
+        "home": str(home.resolve()),
+        "users": list(users),
+        "warmup": warmup,
+        "redis_url": redis_url,
+    }
     rows: dict[str, Any] = _run_child("_child", spec, config.wait_policy, config.name)
     return rows
 
@@ -540,6 +580,21 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
                     text_pass=True,
                 )
             )
+    split = models / SPLIT
+    if auto != "none" and (split / "reranker.json").is_file():  # lever 1, beside the auto row
+        split_backend = auto if auto.startswith("torch") else "torch"
+        layers = json.loads((split / "reranker.json").read_text())["item_layers"]
+        configs.append(
+            Config(
+                f"cross-encoder, item side's first {layers} layers cached in Redis, "
+                f"backend {split_backend}",
+                reranker=split_backend,
+                wait_policy=None,
+                folder=SPLIT,
+                text_pass=True,
+                item_cache=True,
+            )
+        )
     configs += [
         UNOPTIMISED,
         Config("+ a request's trees on the calling thread", wait_policy=None),
@@ -548,7 +603,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     levers: list[dict[str, Any]] = []
     by_depth: dict[str, Any] = {}
     for config in configs:
-        rows = _in_child(config, ctx.home, sample, warmup)
+        rows = _in_child(config, ctx.home, sample, warmup, ctx.redis_url)
         levers.append({"configuration": config.name, **rows[str(REFERENCE_DEPTH)]})
         if config.name == DEFAULT:
             by_depth = rows
@@ -580,6 +635,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "teacher": _card_quality(reranker_dir),
             "student": _card_quality(models / DISTILLED),
         }
+    item_layers = {}
+    if (split / "reranker.json").is_file():
+        item_layers = {"whole": _card_quality(reranker_dir), "split": _card_quality(split)}
     # It pays only where it beats the ranker's order by more than one standard error.
     pays = [
         r["cross_encoder_depth"]
@@ -623,6 +681,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "cascade": cascade,
             "cascade_depths_that_pay": pays,
             "distillation": distilled,
+            "item_layers": item_layers,
         },
         targets=targets,
         table=[

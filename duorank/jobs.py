@@ -7,6 +7,7 @@ settings into a Redis client and an encoder (:func:`duorank.app.runtime`).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +343,45 @@ class ServingJob:
     use_ranker: bool = True
 
 
+def item_state_cache(rt: Any) -> Any:
+    """The cache of an item-layers reranker's item states: the embedding cache's Redis, its
+    own namespace, float16."""
+    from retrieval.cache import EmbeddingCache
+
+    return EmbeddingCache(rt.cache.client, namespace=f"{rt.cache.namespace}:items", dtype="float16")
+
+
+def cache_item_states(settings: Settings, reranker_path: Path, data: Path) -> dict[str, Any]:
+    """Computes and stores an item-layers reranker's states of every catalog item (the
+    nightly step after an index build; serving computes only what is missing). Returns
+    counts and the bytes kept per item."""
+    from catalog import ItemTextTemplate, load_catalog
+    from rerank import Reranker
+
+    catalog = load_catalog(data)
+    template = ItemTextTemplate()
+    texts = [t for t in (template.render(item) for item in catalog.items.values()) if t]
+    with runtime(settings) as rt:
+        cache = item_state_cache(rt)
+        reranker = Reranker(reranker_path, item_cache=cache)
+        before = cache.stats.as_dict()
+        started = time.perf_counter()
+        states = reranker.item_states(texts)
+        seconds = time.perf_counter() - started
+        after = cache.stats.as_dict()
+    tokens = sum(len(s) for s in states)
+    return {
+        "items": len(texts),
+        "already_cached": int(after["hits"] - before["hits"]),
+        "written": int(after["writes"] - before["writes"]),
+        "seconds": seconds,
+        "float16_bytes_per_item": 2
+        * tokens
+        * (states[0].shape[1] if states else 0)
+        / max(len(states), 1),
+    }
+
+
 @contextlib.contextmanager
 def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
     """The Recommender over the job's (or the home's) dataset, index and reranker; with
@@ -361,9 +401,18 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
     catalog = load_catalog(job.data or home.dataset())
     with contextlib.ExitStack() as stack:
         encoder = None
-        if job.text_users:
-            encoder = stack.enter_context(runtime(settings)).encoder()
-        reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
+        rt = stack.enter_context(runtime(settings)) if job.text_users else None
+        if rt is not None:
+            encoder = rt.encoder()
+        reranker = None
+        if reranker_path:
+            from rerank.model import read_config
+
+            item_cache = None
+            if read_config(Path(reranker_path)).item_layers:  # its item states live in Redis
+                rt = rt or stack.enter_context(runtime(settings))
+                item_cache = item_state_cache(rt)
+            reranker = Reranker(reranker_path, backend=job.backend, item_cache=item_cache)
         ranker = None
         if ranker_path is not None:
             from rerank.gbdt import GBDTRanker

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank.data import Example
-from rerank.model import pad_rows, split_pair_ids
+from rerank.model import ITEM_TOKENS, pad_rows, split_pair_ids
 from rerank.stage import Stage
 from rerank.training_args import RerankerTrainArgs
 
@@ -26,7 +26,13 @@ def collate(
     )
     if attention == "user_prefix":
         pairs = [
-            split_pair_ids(tokenizer, e.user_text, [stage.item_text[e.item_id]], cfg.max_length)
+            split_pair_ids(
+                tokenizer,
+                e.user_text,
+                [stage.item_text[e.item_id]],
+                cfg.max_length,
+                ITEM_TOKENS if cfg.item_layers else None,
+            )
             for e in examples
         ]
         ids, mask, types = pad_rows(

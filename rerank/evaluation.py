@@ -139,6 +139,7 @@ def predict_logits(
                     text,
                     [stage.item_text[examples[i].item_id] for i in members],
                     cfg.max_length,
+                    net.config.item_room,
                 )
                 user = net.encode_prefix(torch.tensor([prefix], dtype=torch.long, device=dev))
                 for start in range(0, len(members), batch_size):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rerank.model import RerankerConfig, read_config, split_pair_ids
+from rerank.model import ITEM_TOKENS, RerankerConfig, read_config, split_pair_ids
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 AUTO = "auto"
@@ -75,6 +75,19 @@ class Backend(ABC):
     ) -> list[Floats]:
         """Logits of item-side batches (``item [SEP]`` rows) after one user side."""
         raise NotImplementedError(f"{self.name} scores whole pairs")
+
+    def item_states(self, batch: dict[str, npt.NDArray[np.int64]]) -> Floats:
+        """An item-layers model's states of padded ``item [SEP]`` rows, (rows, tokens, hidden)."""
+        raise NotImplementedError(f"{self.name} has no item layers: serve on torch")
+
+    def state_logits(
+        self,
+        prefix: list[int],
+        batches: Sequence[tuple[dict[str, npt.NDArray[np.int64]], Floats, Floats]],
+    ) -> list[Floats]:
+        """Logits of item batches given as (rows, their item states, features) after one user
+        side: only the layers above the item layers run."""
+        raise NotImplementedError(f"{self.name} has no item layers: serve on torch")
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool | None:
@@ -155,6 +168,36 @@ class TorchBackend(Backend):
                 .float()
                 .numpy()
                 for batch, features in batches
+            ]
+
+    def item_states(self, batch: dict[str, npt.NDArray[np.int64]]) -> Floats:
+        torch = self._torch
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            states = self.net.item_states(
+                torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
+            )
+        out: Floats = states.float().numpy()
+        return out
+
+    def state_logits(
+        self,
+        prefix: list[int],
+        batches: Sequence[tuple[dict[str, npt.NDArray[np.int64]], Floats, Floats]],
+    ) -> list[Floats]:
+        torch = self._torch
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            user = self.net.encode_prefix(torch.tensor([prefix], dtype=torch.long))
+            return [
+                self.net.prefixed(
+                    user,
+                    torch.from_numpy(batch["input_ids"]),
+                    torch.from_numpy(batch["attention_mask"]),
+                    torch.from_numpy(features),
+                    torch.from_numpy(states),
+                )
+                .float()
+                .numpy()
+                for batch, states, features in batches
             ]
 
 
@@ -246,6 +289,9 @@ class Reranker:
         threads: intra-op threads for ONNX Runtime (default: all cores).
         spin: let ONNX Runtime's threads busy-wait between runs (its default; off here, as a
             server interleaves it with torch).
+        item_cache: a :class:`retrieval.cache.EmbeddingCache` (float16 suits) that keeps an
+            item-layers model's item states across calls and processes (default: none, each
+            call computes its candidates' states).
         skip_unweighted_text: when the head gives the pooled text no weight (the validation
             fusion chose the features alone: ``text_scale`` 0 in the card), score from the
             features alone, the same logits without tokenizing or running the transformer.
@@ -260,6 +306,7 @@ class Reranker:
         batch_size: int = 32,
         threads: int | None = None,
         spin: bool = False,
+        item_cache: Any | None = None,
         skip_unweighted_text: bool = True,
     ) -> None:
         from transformers import AutoTokenizer
@@ -279,6 +326,15 @@ class Reranker:
             TorchBackend(self.folder, bf16=backend == "torch-bf16")
             if backend.startswith("torch")
             else OnnxBackend(self.folder, backend, threads, spin)
+        )
+        if self.config.item_layers and not isinstance(self.core, TorchBackend):
+            raise ValueError(
+                f"{self.folder} has item layers (item_layers {self.config.item_layers}): it "
+                "serves on the torch backends (torch, torch-bf16)"
+            )
+        self.item_cache = item_cache
+        self._states_key = (
+            _states_key(self.folder, self.config, self.core.name) if self.config.item_layers else ""
         )
         self.features_only = unweighted_text_head(self.folder) if skip_unweighted_text else None
         if self.features_only is not None:
@@ -344,6 +400,26 @@ class Reranker:
         if self.features_only is not None:  # the text's weight is zero: its pass is pure cost
             return self.features_only.logits(feats)
         out = np.zeros((n, self.config.n_outputs), dtype=np.float32)
+        if self.config.item_layers:  # the items' states cached, only the upper layers run
+            prefix, items = split_pair_ids(
+                self.tokenizer, user_text, item_texts, self.config.max_length, ITEM_TOKENS
+            )
+            states = self.item_states(item_texts, items)
+            order = np.argsort([len(r) for r in items], kind="stable")
+            chunks = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+            state_batches = [
+                (
+                    self._pad([items[i] for i in idx], types=1),
+                    _stack([states[i] for i in idx]),
+                    feats[idx],
+                )
+                for idx in chunks
+            ]
+            for idx, logits in zip(
+                chunks, self.core.state_logits(prefix, state_batches), strict=True
+            ):
+                out[idx] = logits
+            return out
         if self.core.prefix_once:  # the user side once, then the item tokens alone
             prefix, items = split_pair_ids(
                 self.tokenizer, user_text, item_texts, self.config.max_length
@@ -360,6 +436,50 @@ class Reranker:
             idx = order[start : start + self.batch_size]
             out[idx] = self.core.logits(self._pad([rows[i] for i in idx]), feats[idx])
         return out
+
+    def item_states(
+        self, item_texts: Sequence[str], rows: Sequence[list[int]] | None = None
+    ) -> list[Floats]:
+        """An item-layers model's states of each item (tokens, hidden), rounded to float16 as
+        the cache keeps them (so a score never depends on whether they were cached): read from
+        ``item_cache``, the misses computed and written back. ``rows``: the items' token ids
+        when already split."""
+        if not self.config.item_layers:
+            raise ValueError(f"{self.folder} has no item layers")
+        if rows is None:
+            rows = split_pair_ids(
+                self.tokenizer, "", item_texts, self.config.max_length, ITEM_TOKENS
+            )[1]
+        hidden = int(self.core.net.backbone.config.hidden_size)  # type: ignore[attr-defined]
+        out: list[Floats | None] = [None] * len(item_texts)
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(i)
+        if self.item_cache is not None:
+            for length, members in by_length.items():
+                found = self.item_cache.get_many(
+                    self._states_key, [item_texts[i] for i in members], length * hidden
+                )
+                for i, flat in zip(members, found, strict=True):
+                    if flat is not None:
+                        out[i] = flat.reshape(length, hidden)
+        missing = sorted((i for i, s in enumerate(out) if s is None), key=lambda i: len(rows[i]))
+        for start in range(0, len(missing), self.batch_size):
+            idx = missing[start : start + self.batch_size]
+            computed = self.core.item_states(self._pad([rows[i] for i in idx], types=1))
+            for i, states in zip(idx, computed, strict=True):
+                out[i] = states[: len(rows[i])].astype(np.float16).astype(np.float32)
+        if self.item_cache is not None and missing:
+            fresh: dict[int, list[int]] = {}
+            for i in missing:
+                fresh.setdefault(len(rows[i]), []).append(i)
+            for members in fresh.values():
+                self.item_cache.put_many(
+                    self._states_key,
+                    [item_texts[i] for i in members],
+                    np.stack([np.asarray(out[i]).ravel() for i in members]),
+                )
+        return [np.asarray(s) for s in out]
 
     def score(
         self, user_text: str, item_texts: Sequence[str], features: npt.ArrayLike | None = None
@@ -420,6 +540,29 @@ class Reranker:
         return arr
 
 
+def _stack(states: Sequence[Floats]) -> Floats:
+    """Items' states (tokens, hidden) padded with zeros to one (items, tokens, hidden) array."""
+    out = np.zeros((len(states), max(len(x) for x in states), states[0].shape[1]), np.float32)
+    for i, x in enumerate(states):
+        out[i, : len(x)] = x
+    return out
+
+
+def _states_key(folder: Path, config: RerankerConfig, backend: str) -> str:
+    """The cache's fingerprint of a model's item states: its weights, its config (item
+    layers, lengths), the backend that computes them (bf16 autocast differs from fp32) and the
+    precision they are kept in."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in (folder / "backbone").glob("*.safetensors")):
+        with open(folder / "backbone" / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(repr((config.item_layers, config.max_length, backend, "float16")).encode())
+    return f"items{config.item_layers}-{digest.hexdigest()[:16]}"
+
+
 @dataclass(frozen=True)
 class FeatureHead:
     """The logits of a head whose text weights are all zero: its text bias plus the feature
@@ -478,12 +621,22 @@ def _head_nodes(path: Path) -> list[str]:
 def export_onnx(folder: str | Path, *, quantize: bool = True, opset: int = 17) -> list[Path]:
     """Exports ``onnx/model.onnx`` (fp32) and ``onnx/model-int8.onnx`` (dynamic int8 weights,
     per output channel, onnxruntime's own quantizer) into a reranker folder; returns the
-    written files."""
+    written files.
+
+    Raises:
+        ValueError: the model has item layers (its item states come from the cache; it serves
+            on the torch backends).
+    """
     import torch
 
-    from rerank.model import load_net
+    from rerank.model import load_net, read_config
 
     root = Path(folder)
+    if read_config(root).item_layers:
+        raise ValueError(
+            f"{root} has item layers: its item states come from the cache and it serves on "
+            "the torch backends (torch, torch-bf16); nothing to export"
+        )
     net, tokenizer, config = load_net(root)
     out_dir = root / "onnx"
     out_dir.mkdir(exist_ok=True)

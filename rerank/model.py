@@ -22,6 +22,13 @@ equal. The idea is PreTTR's (MacAvaney et al., SIGIR 2020: precompute one side's
 representations), here as a mask rather than split layers, so the pair still interacts at every
 layer.
 
+Item layers (``item_layers`` N > 0, with ``user_prefix``; chosen at training time): the item
+tokens also attend to nothing but themselves in the first N layers, at positions that do not
+depend on the user (the item cut to :data:`ITEM_TOKENS`, placed where the longest user side
+ends). Their hidden states after layer N are then the same for every user: serving computes
+them once per item and keeps them in Redis (float16), and each call runs only the layers above
+N for its candidates. The split is PreTTR's and DeFormer's; training runs the same masks.
+
 Saved form (a folder, no pickle): ``backbone/`` (Hugging Face ``save_pretrained``: config,
 safetensors, tokenizer), ``head.safetensors`` and ``reranker.json``.
 """
@@ -66,6 +73,8 @@ class RerankerConfig:
             must use the same kind.
         attention: ``full`` or ``user_prefix`` (see the module docstring). Folders written
             before the option existed are ``full``.
+        item_layers: the first layers in which the item side reads only itself (0: none; see
+            the module docstring).
     """
 
     head: str = "binary"
@@ -78,6 +87,7 @@ class RerankerConfig:
     base_model: str = ""
     retrieval: str = "mean_items"
     attention: str = "full"
+    item_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -89,6 +99,10 @@ class RerankerConfig:
                 f"max_length must be >= {ITEM_TOKENS + 16} with user_prefix attention "
                 f"({ITEM_TOKENS} item tokens plus room for the user), got {self.max_length}"
             )
+        if self.item_layers < 0:
+            raise ValueError(f"item_layers must be >= 0, got {self.item_layers}")
+        if self.item_layers and self.attention != "user_prefix":
+            raise ValueError("item_layers needs attention 'user_prefix'")
         if self.head == "rating" and len(self.levels) < 2:
             raise ValueError("the rating head needs at least two rating levels")
         if self.temperature <= 0:
@@ -98,6 +112,17 @@ class RerankerConfig:
     def n_outputs(self) -> int:
         """Logits per pair."""
         return 1 if self.head == "binary" else len(self.levels)
+
+    @property
+    def item_room(self) -> int | None:
+        """Tokens an item keeps when its side must not depend on the user (item layers)."""
+        return ITEM_TOKENS if self.item_layers else None
+
+    @property
+    def item_start(self) -> int:
+        """The position of an item's first token under item layers: where the longest user
+        side ends, so the item's positions are the same for every user."""
+        return self.max_length - ITEM_TOKENS - 1
 
 
 @dataclass
@@ -116,17 +141,22 @@ class UserPrefix:
 
 
 def split_pair_ids(
-    tokenizer: Any, user_text: str, item_texts: Sequence[str], max_length: int
+    tokenizer: Any,
+    user_text: str,
+    item_texts: Sequence[str],
+    max_length: int,
+    item_room: int | None = None,
 ) -> tuple[list[int], list[list[int]]]:
     """``[CLS] user [SEP]`` once and ``item [SEP]`` per item; each concatenation is the
     tokenizer's own pair layout. The user text lists the most recent history first, so cutting
     it to leave :data:`ITEM_TOKENS` for the item trims the oldest history; each item is cut to
-    what is left of ``max_length``. Token types: 0 up to the first ``[SEP]``, 1 after."""
+    what is left of ``max_length``, or to ``item_room`` tokens when given (an item side that
+    must not depend on the user). Token types: 0 up to the first ``[SEP]``, 1 after."""
     user: list[int] = tokenizer(user_text, add_special_tokens=False)["input_ids"]
     user = user[: max_length - 3 - ITEM_TOKENS]
     sep = tokenizer.sep_token_id
     prefix = [tokenizer.cls_token_id, *user, sep]
-    room = max_length - len(prefix) - 1
+    room = max_length - len(prefix) - 1 if item_room is None else item_room
     items: list[list[int]] = (
         tokenizer(list(item_texts), add_special_tokens=False)["input_ids"] if item_texts else []
     )
@@ -211,17 +241,29 @@ def prefix_hidden(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor,
+    item_layers: int = 0,
+    item_start: int = 0,
 ) -> torch.Tensor:
     """Last hidden states of whole pairs under ``user_prefix`` attention (training, export):
     a key is visible to a query when it is a real token and either belongs to the user side
-    (type 0) or the query belongs to the item side (type 1)."""
-    hidden: torch.Tensor = backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-    user_key = (token_type_ids == 0)[:, None, :]
-    item_query = (token_type_ids == 1)[:, :, None]
-    mask = (attention_mask.bool()[:, None, :] & (user_key | item_query))[:, None]
+    (type 0) or the query belongs to the item side (type 1). In the first ``item_layers``
+    layers a query sees only its own side, and the item's positions start at ``item_start``."""
+    item = token_type_ids == 1
+    positions = None
+    if item_layers:
+        n = input_ids.shape[1]
+        at = torch.arange(n, device=input_ids.device).expand_as(input_ids)
+        first = torch.where(item, at, n).min(dim=1, keepdim=True).values
+        positions = torch.where(item, item_start + at - first, at)
+    hidden: torch.Tensor = backbone.embeddings(
+        input_ids=input_ids, token_type_ids=token_type_ids, position_ids=positions
+    )
+    real = attention_mask.bool()[:, None, :]
+    upper = (real & (~item[:, None, :] | item[:, :, None]))[:, None]
+    lower = (real & (item[:, :, None] == item[:, None, :]))[:, None]
     p = backbone.config.attention_probs_dropout_prob if backbone.training else 0.0
-    for layer in backbone.encoder.layer:
-        hidden, _, _ = _layer(layer, hidden, mask, dropout=p)
+    for n_layer, layer in enumerate(backbone.encoder.layer):
+        hidden, _, _ = _layer(layer, hidden, lower if n_layer < item_layers else upper, dropout=p)
     return hidden
 
 
@@ -235,18 +277,53 @@ def encode_prefix(backbone: Any, prefix_ids: torch.Tensor) -> UserPrefix:
     return UserPrefix(past, hidden[0].sum(dim=0))
 
 
-def item_hidden(
-    backbone: Any, prefix: UserPrefix, input_ids: torch.Tensor, attention_mask: torch.Tensor
+def item_states(
+    backbone: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    item_layers: int,
+    item_start: int,
 ) -> torch.Tensor:
-    """Last hidden states of the item tokens (``item [SEP]``, padded) after ``prefix``."""
+    """Hidden states of items (``item [SEP]``, padded) after the first ``item_layers``
+    layers, which read the item alone: the same for every user."""
     b, n = input_ids.shape
-    positions = (torch.arange(n, device=input_ids.device) + prefix.length).expand(b, -1)
+    positions = (torch.arange(n, device=input_ids.device) + item_start).expand(b, -1)
     hidden: torch.Tensor = backbone.embeddings(
         input_ids=input_ids, token_type_ids=torch.ones_like(input_ids), position_ids=positions
     )
+    mask = attention_mask.bool()[:, None, None, :]
+    for layer in backbone.encoder.layer[:item_layers]:
+        hidden, _, _ = _layer(layer, hidden, mask)
+    return hidden
+
+
+def item_hidden(
+    backbone: Any,
+    prefix: UserPrefix,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    states: torch.Tensor | None = None,
+    item_layers: int = 0,
+    item_start: int = 0,
+) -> torch.Tensor:
+    """Last hidden states of the item tokens (``item [SEP]``, padded) after ``prefix``; with
+    ``item_layers``, from the items' ``states`` after those layers (computed when None)."""
+    b, n = input_ids.shape
+    if item_layers:
+        hidden = (
+            states
+            if states is not None
+            else item_states(backbone, input_ids, attention_mask, item_layers, item_start)
+        )
+    else:
+        positions = (torch.arange(n, device=input_ids.device) + prefix.length).expand(b, -1)
+        hidden = backbone.embeddings(
+            input_ids=input_ids, token_type_ids=torch.ones_like(input_ids), position_ids=positions
+        )
     user = torch.ones_like(prefix.past[0][0][:1, 0, :, 0], dtype=torch.bool).expand(b, -1)
     mask = torch.cat([user, attention_mask.bool()], dim=1)[:, None, None, :]
-    for layer, past in zip(backbone.encoder.layer, prefix.past, strict=True):
+    layers = list(zip(backbone.encoder.layer, prefix.past, strict=True))[item_layers:]
+    for layer, past in layers:
         hidden, _, _ = _layer(layer, hidden, mask, past)
     return hidden
 
@@ -272,7 +349,14 @@ class RerankerNet(nn.Module):
     ) -> torch.Tensor:
         """Raw logits, shape (batch, n_outputs); ``features`` is (batch, n_features)."""
         if self.config.attention == "user_prefix":
-            hidden = prefix_hidden(self.backbone, input_ids, attention_mask, token_type_ids)
+            hidden = prefix_hidden(
+                self.backbone,
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                self.config.item_layers,
+                self.config.item_start,
+            )
         else:
             hidden = self.backbone(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
@@ -291,13 +375,33 @@ class RerankerNet(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         features: torch.Tensor,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of candidates (``item [SEP]`` rows) after an encoded user side: the same
-        numbers :meth:`forward` gives for the whole pairs, at a fraction of the tokens."""
-        hidden = item_hidden(self.backbone, prefix, input_ids, attention_mask)
+        numbers :meth:`forward` gives for the whole pairs, at a fraction of the tokens. With
+        item layers, ``states`` are the items' :meth:`item_states` (computed when None)."""
+        hidden = item_hidden(
+            self.backbone,
+            prefix,
+            input_ids,
+            attention_mask,
+            states,
+            self.config.item_layers,
+            self.config.item_start,
+        )
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         total = prefix.total.to(hidden.dtype) + (hidden * mask).sum(dim=1)
         return self._logits(total / (prefix.length + mask.sum(dim=1)), features)
+
+    def item_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The items' hidden states after the item layers (the same for every user)."""
+        return item_states(
+            self.backbone,
+            input_ids,
+            attention_mask,
+            self.config.item_layers,
+            self.config.item_start,
+        )
 
     def _logits(self, pooled: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.dropout(pooled))
@@ -388,6 +492,12 @@ def new_net(
         backbone.config.num_hidden_layers = layers
     if config.attention == "user_prefix":
         check_prefix_backbone(backbone, tokenizer)
+    depth = len(backbone.encoder.layer) if config.attention == "user_prefix" else 0
+    if config.item_layers and config.item_layers >= depth:
+        raise ValueError(
+            f"item_layers must be below the backbone's {depth} layers (the layers above read "
+            f"the user), got {config.item_layers}"
+        )
     net = RerankerNet(backbone, int(backbone.config.hidden_size), config)
     if net.feature_head is not None:  # start by trusting the first stage's score a little
         with torch.no_grad():

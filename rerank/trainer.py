@@ -175,6 +175,7 @@ def train_reranker(
         base_model=base,
         retrieval=stage.features.tower.name,
         attention=cfg.attention,
+        item_layers=cfg.item_layers,
     )
     net, tokenizer = new_net(base, config, cfg.layers)
     trainable = freeze_bottom(net, cfg.freeze_layers)

@@ -35,6 +35,8 @@ class RerankerTrainArgs:
         freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
             transformer layers stay as pretrained (0: fine-tune all): backward then stops
             above them, so steps are cheaper (results: docs/results.md).
+        item_layers: the first layers in which the item side reads only itself, so that
+            serving caches each item's states after them (``user_prefix`` only; 0: none).
         layers: keep only the backbone's first ``layers`` transformer layers (None: all): a
             shallower, faster cross-encoder, initialised from the pretrained lower layers.
         teacher: a trained reranker folder whose P(like) of each training pair is the target
@@ -66,6 +68,7 @@ class RerankerTrainArgs:
     eval_before: bool = False
     attention: str = "user_prefix"
     freeze_layers: int = 3
+    item_layers: int = 0
     layers: int | None = None
     teacher: str | None = None
     seed: int = 0

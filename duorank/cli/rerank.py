@@ -54,4 +54,21 @@ def rerank_calibrate(
     click.echo(f"saved {folder} (run `duorank rerank export {folder}` again for ONNX)")
 
 
+@rerank_group.command(name="cache-items")
+@click.argument("folder", type=click.Path(path_type=Path))
+@data_option(help="Dataset folder whose items' states are computed.")
+@click.pass_obj
+def rerank_cache_items(settings: Settings, folder: Path, data_path: Path) -> None:
+    """Compute and store the item states of a reranker trained with --item-layers for every
+    catalog item (after a nightly index build; serving computes only what is missing)."""
+    from duorank.jobs import cache_item_states
+
+    done = cache_item_states(settings, folder, data_path)
+    click.echo(
+        f"{done['items']} items: {done['written']} states written, {done['already_cached']} "
+        f"already cached ({done['seconds']:.1f} s; {done['float16_bytes_per_item']:,.0f} bytes "
+        "of float16 states per item)"
+    )
+
+
 COMMANDS = [rerank_group]

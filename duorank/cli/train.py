@@ -231,6 +231,14 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     "above them (cheaper steps); 0 tunes all.",
 )
 @click.option(
+    "--item-layers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With user_prefix: the first N layers read the item alone, so serving keeps each "
+    "item's states after them in Redis and runs only the layers above per call; 0: none.",
+)
+@click.option(
     "--layers",
     type=click.IntRange(min=1),
     default=None,
@@ -273,6 +281,7 @@ def train_reranker_cmd(
     eval_before: bool,
     attention: str,
     freeze_layers: int,
+    item_layers: int,
     layers: int | None,
     teacher: Path | None,
     seed: int,
@@ -304,6 +313,7 @@ def train_reranker_cmd(
         eval_before=eval_before,
         attention=attention,
         freeze_layers=freeze_layers,
+        item_layers=item_layers,
         layers=layers,
         teacher=str(teacher) if teacher is not None else None,
     )
