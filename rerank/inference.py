@@ -155,20 +155,7 @@ class TorchBackend(Backend):
         prefix: list[int],
         batches: Sequence[tuple[dict[str, npt.NDArray[np.int64]], Floats]],
     ) -> list[Floats]:
-        torch = self._torch
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            user = self.net.encode_prefix(torch.tensor([prefix], dtype=torch.long))
-            return [
-                self.net.prefixed(
-                    user,
-                    torch.from_numpy(batch["input_ids"]),
-                    torch.from_numpy(batch["attention_mask"]),
-                    torch.from_numpy(features),
-                )
-                .float()
-                .numpy()
-                for batch, features in batches
-            ]
+        return self._after_prefix(prefix, [(batch, None, feats) for batch, feats in batches])
 
     def item_states(self, batch: dict[str, npt.NDArray[np.int64]]) -> Floats:
         torch = self._torch
@@ -184,6 +171,14 @@ class TorchBackend(Backend):
         prefix: list[int],
         batches: Sequence[tuple[dict[str, npt.NDArray[np.int64]], Floats, Floats]],
     ) -> list[Floats]:
+        return self._after_prefix(prefix, batches)
+
+    def _after_prefix(
+        self,
+        prefix: list[int],
+        batches: Sequence[tuple[dict[str, npt.NDArray[np.int64]], Floats | None, Floats]],
+    ) -> list[Floats]:
+        """The user side once, then each batch of items (from their states when given)."""
         torch = self._torch
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             user = self.net.encode_prefix(torch.tensor([prefix], dtype=torch.long))
@@ -193,7 +188,7 @@ class TorchBackend(Backend):
                     torch.from_numpy(batch["input_ids"]),
                     torch.from_numpy(batch["attention_mask"]),
                     torch.from_numpy(features),
-                    torch.from_numpy(states),
+                    None if states is None else torch.from_numpy(states),
                 )
                 .float()
                 .numpy()

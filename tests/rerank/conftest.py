@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ca
     # Default device: CUDA when present; the saved weights are the same CPU tensors either way.
     assert card["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     yield out, catalog
+
+
+def text_reading_net(config: Any) -> tuple[Any, Any]:
+    """A fresh net on the bundled MiniLM (eval mode) whose heads are random, so the text part
+    shows in the logits and a comparison of two paths can fail."""
+    import torch
+
+    from rerank.model import new_net
+    from retrieval.encoder import bundled_model_path
+
+    torch.manual_seed(0)
+    net, tokenizer = new_net(str(bundled_model_path()), config)
+    net.eval()
+    with torch.no_grad():
+        net.head.weight.normal_()
+        assert net.feature_head is not None
+        net.feature_head.weight.normal_()
+    return net, tokenizer

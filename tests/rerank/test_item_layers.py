@@ -29,7 +29,7 @@ from rerank.model import (
 from rerank.trainer import train_reranker
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder, bundled_model_path
-from tests.rerank.conftest import CFG, text_vectors
+from tests.rerank.conftest import CFG, text_reading_net, text_vectors
 
 USER = "Liked, most recent first: Toy Story (1995); Heat (1995). Disliked: Jumanji (1995). "
 ITEMS = ["Casino (1995). Genres: Crime, Drama", "Sabrina", "A long item text " * 40]
@@ -38,14 +38,7 @@ CONFIG = RerankerConfig(features=FEATURES, attention="user_prefix", item_layers=
 
 @pytest.fixture(scope="module")
 def split_net() -> tuple[Any, Any]:
-    torch.manual_seed(0)
-    net, tokenizer = new_net(str(bundled_model_path()), CONFIG)
-    net.eval()
-    with torch.no_grad():  # a head that reads the text, so the text part shows in the logits
-        net.head.weight.normal_()
-        assert net.feature_head is not None
-        net.feature_head.weight.normal_()
-    return net, tokenizer
+    return text_reading_net(CONFIG)
 
 
 def _whole(net: Any, prefix: list[int], items: list[list[int]], features: Any) -> Any:
@@ -97,7 +90,11 @@ def test_the_lower_layers_never_see_the_user(split_net: tuple[Any, Any]) -> None
 
 
 def test_the_reranker_reads_states_from_redis(
-    split_net: tuple[Any, Any], tmp_path: Path, redis_url: str, namespace: str
+    split_net: tuple[Any, Any],
+    tmp_path: Path,
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import redis
 
@@ -115,7 +112,7 @@ def test_the_reranker_reads_states_from_redis(
     def no_lower_pass(*_a: object) -> None:
         raise AssertionError("the item layers ran")
 
-    warm.core.item_states = no_lower_pass  # type: ignore[method-assign]
+    monkeypatch.setattr(warm.core, "item_states", no_lower_pass)
     np.testing.assert_array_equal(warm.score(USER, ITEMS, features), first)
     assert cache.stats.hits == len(ITEMS)
     # Without a cache the same float16-rounded states are computed: the same scores.

@@ -20,6 +20,7 @@ from rerank.model import (
     split_pair_ids,
 )
 from retrieval.encoder import bundled_model_path
+from tests.rerank.conftest import text_reading_net
 
 USER = "Liked, most recent first: Toy Story (1995); Heat (1995). Disliked: Jumanji (1995). "
 ITEMS = ["Casino (1995). Genres: Crime, Drama", "Sabrina", "A long item text " * 40]
@@ -27,16 +28,7 @@ ITEMS = ["Casino (1995). Genres: Crime, Drama", "Sabrina", "A long item text " *
 
 @pytest.fixture(scope="module")
 def prefix_net() -> tuple[Any, Any]:
-    torch.manual_seed(0)
-    net, tokenizer = new_net(
-        str(bundled_model_path()), RerankerConfig(features=FEATURES, attention="user_prefix")
-    )
-    net.eval()
-    with torch.no_grad():  # a head that reads the text, so the text part shows in the logits
-        net.head.weight.normal_()
-        assert net.feature_head is not None
-        net.feature_head.weight.normal_()
-    return net, tokenizer
+    return text_reading_net(RerankerConfig(features=FEATURES, attention="user_prefix"))
 
 
 def _padded(rows: list[list[int]], prefix_len: int = 0) -> tuple[torch.Tensor, ...]:
