@@ -11,6 +11,7 @@ with a manifest) and/or to Redis, one key per user holding the list as JSON, wit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -83,8 +84,10 @@ def recommend_all(
 
     from indexer import IndexRoot
 
-    # The version CURRENT names (the actors open it); the driver loads no Recommender itself.
+    # The version CURRENT names, pinned for every actor (a publish while the job runs must
+    # not mix two versions in one output); the driver loads no Recommender itself.
     version = IndexRoot(job.root or settings.layout.index).require_current()
+    job = dataclasses.replace(job, version=version)
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -341,6 +341,7 @@ class ServingJob:
     fallback: bool = False
     ranker: Path | None = None
     use_ranker: bool = True
+    version: str | None = None  # a published version to serve instead of CURRENT
 
 
 def item_state_cache(rt: Any) -> Any:
@@ -351,10 +352,12 @@ def item_state_cache(rt: Any) -> Any:
     return EmbeddingCache(rt.cache.client, namespace=f"{rt.cache.namespace}:items", dtype="float16")
 
 
-def cache_item_states(settings: Settings, reranker_path: Path, data: Path) -> dict[str, Any]:
-    """Computes and stores an item-layers reranker's states of every catalog item (the
-    nightly step after an index build; serving computes only what is missing). Returns
-    counts and the bytes kept per item."""
+def cache_item_states(
+    settings: Settings, reranker_path: Path, data: Path, backend: str = "auto"
+) -> dict[str, Any]:
+    """Computes and stores an item-layers reranker's states of every catalog item with
+    ``backend`` (the nightly step after an index build; serving computes only what is
+    missing). Returns counts and the bytes kept per item."""
     from catalog import ItemTextTemplate, load_catalog
     from rerank import Reranker
 
@@ -363,7 +366,7 @@ def cache_item_states(settings: Settings, reranker_path: Path, data: Path) -> di
     texts = [t for t in (template.render(item) for item in catalog.items.values()) if t]
     with runtime(settings) as rt:
         cache = item_state_cache(rt)
-        reranker = Reranker(reranker_path, item_cache=cache)
+        reranker = Reranker(reranker_path, backend=backend, item_cache=cache)
         before = cache.stats.as_dict()
         started = time.perf_counter()
         states = reranker.item_states(texts)
@@ -435,4 +438,5 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
             fallback=job.fallback,
             ranker=ranker,
             text_vectors=text_vectors,
+            version=job.version,
         )

@@ -108,6 +108,8 @@ class Recommender:
             forward pass), or without one from the ``reranker``.
         text_vectors: the catalog's text vectors (or a function that computes them), for a
             ranker that reads text cosines and an index version that carries no stage tables.
+        version: serve this published version instead of CURRENT, and never reload (a batch
+            job whose workers must all serve the version its driver read).
 
     Raises:
         indexer.NoVersionError: nothing published yet (or, with ``fallback``, nothing
@@ -127,8 +129,10 @@ class Recommender:
         fallback: bool = False,
         ranker: Any | None = None,
         text_vectors: ItemVectors | Callable[[], ItemVectors] | None = None,
+        version: str | None = None,
     ) -> None:
         self.user_encoder = user_encoder
+        self.pinned = version
         self.user_text_template = user_template
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
@@ -157,7 +161,10 @@ class Recommender:
 
     # ------------------------------------------------------------------ index versions
     def _open(self, fallback: bool) -> _Loaded:
-        """The CURRENT version, or with ``fallback`` the newest that verifies, loudly."""
+        """The pinned version, else CURRENT, or with ``fallback`` the newest that verifies,
+        loudly."""
+        if self.pinned is not None:
+            return self._load(self.pinned)
         try:
             return self._load(self.root.require_current())
         except VerifyError as exc:
@@ -294,13 +301,13 @@ class Recommender:
         is not verified again until its files or CURRENT change.
 
         Returns:
-            True when a new version was swapped in.
+            True when a new version was swapped in (never for a pinned version).
 
         Raises:
             indexer.VerifyError: CURRENT names a damaged version (raised once per change).
         """
         version = self.root.current()
-        if version is None:
+        if version is None or self.pinned is not None:
             return False
         if version == self._loaded.version:
             if self.degraded:  # CURRENT points at what we serve again (say, a rollback)

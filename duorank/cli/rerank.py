@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from duorank.cli.options import data_option, seed_option, tower_option
+from duorank.cli.options import backend_option, data_option, seed_option, tower_option
 from duorank.settings import Settings
 
 
@@ -57,13 +57,15 @@ def rerank_calibrate(
 @rerank_group.command(name="cache-items")
 @click.argument("folder", type=click.Path(path_type=Path))
 @data_option(help="Dataset folder whose items' states are computed.")
+@backend_option()
 @click.pass_obj
-def rerank_cache_items(settings: Settings, folder: Path, data_path: Path) -> None:
+def rerank_cache_items(settings: Settings, folder: Path, data_path: Path, backend: str) -> None:
     """Compute and store the item states of a reranker trained with --item-layers for every
-    catalog item (after a nightly index build; serving computes only what is missing)."""
+    catalog item (after a nightly index build; serving computes only what is missing). States
+    are kept per backend: use the one `serve` runs (both default to auto)."""
     from duorank.jobs import cache_item_states
 
-    done = cache_item_states(settings, folder, data_path)
+    done = cache_item_states(settings, folder, data_path, backend)
     click.echo(
         f"{done['items']} items: {done['written']} states written, {done['already_cached']} "
         f"already cached ({done['seconds']:.1f} s; {done['float16_bytes_per_item']:,.0f} bytes "
