@@ -317,32 +317,48 @@ class Reranker:
             self.folder / "backbone", trust_remote_code=False
         )
         self.batch_size = batch_size
-        self.core: Backend = (
-            TorchBackend(self.folder, bf16=backend == "torch-bf16")
-            if backend.startswith("torch")
-            else OnnxBackend(self.folder, backend, threads, spin)
-        )
-        if self.config.item_layers and not isinstance(self.core, TorchBackend):
+        self._backend = backend
+        self._threads, self._spin = threads, spin
+        if not backend.startswith("torch") and not exported(self.folder, backend):
+            path = self.folder / "onnx" / ONNX_FILES[backend]
+            raise FileNotFoundError(f"{path} not found: run `duorank rerank export` first")
+        if self.config.item_layers and not backend.startswith("torch"):
             raise ValueError(
                 f"{self.folder} has item layers (item_layers {self.config.item_layers}): it "
                 "serves on the torch backends (torch, torch-bf16)"
             )
         self.item_cache = item_cache
         self._states_key = (
-            _states_key(self.folder, self.config, self.core.name) if self.config.item_layers else ""
+            _states_key(self.folder, self.config, backend) if self.config.item_layers else ""
         )
         self.features_only = unweighted_text_head(self.folder) if skip_unweighted_text else None
+        self._core: Backend | None = None
         if self.features_only is not None:
             logging.getLogger(__name__).info(
                 "reranker %s gives its text no weight: scoring from its features alone "
-                "(no transformer pass)",
+                "(no transformer pass; the transformer is not loaded)",
                 self.folder,
             )
+        else:
+            self._core = self._load_core()
+
+    def _load_core(self) -> Backend:
+        if self._backend.startswith("torch"):
+            return TorchBackend(self.folder, bf16=self._backend == "torch-bf16")
+        return OnnxBackend(self.folder, self._backend, self._threads, self._spin)
+
+    @property
+    def core(self) -> Backend:
+        """The transformer backend; loaded on first use when the head ignores the text (it
+        never runs then, unless asked for directly)."""
+        if self._core is None:
+            self._core = self._load_core()
+        return self._core
 
     @property
     def backend(self) -> str:
         """The backend's name."""
-        return self.core.name
+        return self._backend
 
     # ------------------------------------------------------------------ pre
     def encode_pairs(self, user_text: str, item_texts: Sequence[str]) -> list[list[int]]:

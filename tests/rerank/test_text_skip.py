@@ -39,6 +39,7 @@ def test_no_text_weight_no_transformer_pass_same_scores(
     expected = full.score("liked: Jumanji (1995)", ITEMS, features)
     skipping = Reranker(folder)
     assert skipping.features_only is not None
+    assert skipping._core is None and skipping.backend == "torch"  # the transformer not loaded
 
     def no_pass(*_a: object, **_k: object) -> None:
         raise AssertionError("the transformer ran")
