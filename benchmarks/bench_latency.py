@@ -147,11 +147,11 @@ def _validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[A
     return stage, setup
 
 
-def _depth_quality(ctx: BenchContext, ranker: Any, quick: bool) -> list[dict[str, Any]]:
-    """NDCG@10 and agreement with the reference depth on the validation lists."""
+def _depth_quality(stage: Any, setup: Any, ranker: Any, quick: bool) -> list[dict[str, Any]]:
+    """NDCG@10 and agreement with the reference depth on the validation lists
+    (:func:`_validation_stage`'s)."""
     from rerank.ranker_train import list_ndcg10
 
-    stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)
     val = setup.validation
     n = 150 if quick else len(val.requests)
     requests, excludes, targets = val.requests[:n], val.excludes[:n], list(val.targets[:n])
@@ -200,18 +200,19 @@ def cascade(
     return out
 
 
-def _cascade_quality(ctx: BenchContext, ranker: Any, backend: str, quick: bool) -> list[Any]:
+def _cascade_quality(
+    ctx: BenchContext, stage: Any, setup: Any, ranker: Any, backend: str, quick: bool
+) -> list[Any]:
     """Lever 2 on the validation lists at the trained depth: the ranker orders every
     candidate, the cross-encoder's P(like) (its text and its own features, as it serves)
     reorders the ranker's top N. Per N: NDCG@10, its ratio to the ranker's order, and the
-    two orders' agreement."""
+    two orders' agreement (on :func:`_validation_stage`'s lists)."""
     from catalog import ItemTextTemplate, UserTextTemplate, leave_one_out
     from catalog.model import User
     from rerank import Reranker
     from rerank.data import FeatureMaker, RatingStats
     from rerank.ranker_train import list_ndcg10
 
-    stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)
     reranker = Reranker(ctx.home / "models" / "reranker", backend=backend)
     train = leave_one_out(setup.catalog.interactions, seed=0).train  # ranker_validation's split
     counts: dict[str, int] = {}
@@ -614,7 +615,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         if config.name == DEFAULT:
             by_depth = rows
 
-    quality = _depth_quality(ctx, ranker, quick)
+    # One validation setup (text vectors, tower index, the stage's tables) for both curves.
+    stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)
+    quality = _depth_quality(stage, setup, ranker, quick)
     for row in quality:
         row.update(by_depth[str(row["depth"])])
     reference = next(r for r in quality if r["depth"] == REFERENCE_DEPTH)
@@ -631,7 +634,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     if auto != "none":  # lever 2: the cross-encoder over the ranker's top N
         cascading = Config(CASCADE, reranker=auto, cascade=True, text_pass=True)
         timed = _in_child(cascading, ctx.home, sample, warmup)
-        cascade = _cascade_quality(ctx, ranker, auto, quick)
+        cascade = _cascade_quality(ctx, stage, setup, ranker, auto, quick)
         for row in cascade:
             depth = row["cross_encoder_depth"]
             row.update(timed[str(depth)] if depth else default)

@@ -17,6 +17,7 @@ from benchmarks.bench_latency import (
     _cascade_quality,
     _in_child,
     _order_agreement,
+    _validation_stage,
     cascade,
     compare_orders,
     fast_path_quality,
@@ -135,7 +136,9 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     )
 
     ctx = BenchContext(home=home, redis_url=redis_url)
-    rows = _cascade_quality(ctx, GBDTRanker.load(models / "ranker"), "torch", True)
+    ranker = GBDTRanker.load(models / "ranker")
+    stage, setup = _validation_stage(home, redis_url, ranker)
+    rows = _cascade_quality(ctx, stage, setup, ranker, "torch", True)
     assert [r["cross_encoder_depth"] for r in rows] == [0, *CASCADE_DEPTHS]
     ranker_alone = rows[0]
     assert ranker_alone["lists"] == 12 and ranker_alone["pairs"] > 0
