@@ -357,10 +357,17 @@ def cache_item_states(
 ) -> dict[str, Any]:
     """Computes and stores an item-layers reranker's states of every catalog item with
     ``backend`` (the nightly step after an index build; serving computes only what is
-    missing). Returns counts and the bytes kept per item."""
+    missing). Returns counts and the bytes kept per item.
+
+    Raises:
+        ValueError: the reranker has no item layers (checked before anything is opened).
+    """
     from catalog import ItemTextTemplate, load_catalog
     from rerank import Reranker
+    from rerank.model import read_config
 
+    if not read_config(reranker_path).item_layers:
+        raise ValueError(f"{reranker_path} has no item layers (train it with --item-layers N)")
     catalog = load_catalog(data)
     template = ItemTextTemplate()
     texts = [t for t in (template.render(item) for item in catalog.items.values()) if t]

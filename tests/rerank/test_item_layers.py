@@ -161,3 +161,15 @@ def test_item_layers_are_trained_saved_and_refused_where_they_cannot_serve(
         RerankerConfig(attention="full", item_layers=2)
     with pytest.raises(ValueError, match="item_layers must be below the backbone's 6 layers"):
         new_net(str(bundled_model_path()), replace(CONFIG, item_layers=6))
+
+
+def test_cache_items_refuses_a_model_without_item_layers(
+    trained: tuple[Path, Catalog], tmp_path: Path
+) -> None:
+    folder, catalog = trained
+    save_catalog(catalog, tmp_path / "data")
+    args = ["--home", str(tmp_path / "home"), "rerank", "cache-items", str(folder)]
+    result = CliRunner().invoke(cli, [*args, "--data", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert f"{folder} has no item layers" in result.output
+    assert not (tmp_path / "home").exists()  # refused before any Redis or home was opened
