@@ -215,6 +215,9 @@ class BenchContext:
     home: Path = Path(".duorank")
     redis_url: str | None = None
     data: Path = Path(__file__).resolve().parent.parent / "data" / "ml-latest-small"
+    #: where the record goes (None: ``benchmarks/results/NAME.json``); a long benchmark
+    #: writes what it has finished there as it goes.
+    output: Path | None = None
 
 
 BenchFn = Callable[[bool, BenchContext], BenchReport]

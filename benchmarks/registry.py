@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "rerank": "benchmarks.bench_rerank",
     "serving": "benchmarks.bench_serving",
     "scale": "benchmarks.bench_scale",
+    "scale-encode": "benchmarks.bench_scale_encode",
     "latency": "benchmarks.bench_latency",
 }
 

@@ -33,13 +33,14 @@ def bench(
 ) -> None:
     """Run benchmark NAME, print its table and write its JSON record.
 
-    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale, latency. The home
+    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale, scale-encode,
+    latency. The home
     and Redis settings apply.
     """
     from benchmarks.contract import BenchContext
     from benchmarks.registry import run_benchmark
 
-    ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None)
+    ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None, output=output)
     if data_path is not None:
         ctx = replace(ctx, data=data_path)
     report = run_benchmark(name, quick, ctx)
