@@ -560,16 +560,15 @@ def _stack(states: Sequence[Floats]) -> Floats:
 
 
 def _states_key(folder: Path, config: RerankerConfig, backend: str) -> str:
-    """The cache's fingerprint of a model's item states: its weights, its config (item
+    """The cache's fingerprint of a model's item states: its backbone's files (the
+    embedding cache's own :func:`model_fingerprint`, memoised per process), its config (item
     layers, lengths), the backend that computes them (bf16 autocast differs from fp32) and the
     precision they are kept in."""
     import hashlib
 
-    digest = hashlib.sha256()
-    for name in sorted(p.name for p in (folder / "backbone").glob("*.safetensors")):
-        with open(folder / "backbone" / name, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    from retrieval.fingerprint import model_fingerprint
+
+    digest = hashlib.sha256(model_fingerprint(folder / "backbone").encode())
     digest.update(repr((config.item_layers, config.max_length, backend, "float16")).encode())
     return f"items{config.item_layers}-{digest.hexdigest()[:16]}"
 
