@@ -107,7 +107,7 @@ def recommend_all(
             },
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
         )
         rows = [
             {c: _plain(batch[c][n]) for c in COLUMNS}

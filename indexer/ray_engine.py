@@ -128,7 +128,7 @@ class RayEngine:
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
-                concurrency=self.workers,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_gpus=gpus,
             )
             collected = _Collector(len(items), encoder.dim, spill)
