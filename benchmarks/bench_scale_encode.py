@@ -95,7 +95,7 @@ def run(
     try:
         for engine, workers in CONFIGS:
             if engine == "local" and ray.is_initialized():
-                ray.shutdown()  # the local row shares the cores with nothing (Ray restarts after)
+                ray.shutdown()  # the local row shares the cores with nothing (Ray rows restart it)
             took = encode(engine, workers, items, encoder)
             rows.append(
                 {
