@@ -23,8 +23,9 @@ from catalog.readers import (
     iter_csv,
     iter_delimited,
     no_interactions,
-    parse_float,
     parse_int,
+    parse_rating,
+    parse_timestamp,
 )
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,8 @@ def _rating_row(
 ) -> _Row:
     user_id = str(parse_int(user, path=path, line=line, column=names[0]))
     item_id = str(parse_int(item, path=path, line=line, column=names[1]))
-    timestamp = parse_int(ts, path=path, line=line, column=names[2])
-    value = parse_float(rating, path=path, line=line, column=names[3])
+    timestamp = parse_timestamp(ts, path=path, line=line, column=names[2])
+    value = parse_rating(rating, path=path, line=line, column=names[3])
     return user_id, item_id, timestamp, value
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.errors import DataError
+from catalog.thresholds import RATING_SCALE, TIMESTAMP_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -252,29 +253,58 @@ def parse_float(value: Any, *, path: Path, line: int, column: str) -> float:
 
 
 def parse_timestamp(value: Any, *, path: Path, line: int, column: str) -> int:
-    """Parses epoch seconds (int or float) or an ISO-8601 date/time into epoch seconds (UTC)."""
+    """Parses epoch seconds (int or float) or an ISO-8601 date/time into epoch seconds (UTC).
+
+    Raises:
+        DataError: not a time, not finite (``inf``, ``NaN``), or beyond
+            :data:`catalog.thresholds.TIMESTAMP_LIMIT`, naming the field and value.
+    """
+
+    def bad(reason: str) -> DataError:
+        return DataError(reason, path=path, line=line, column=column, value=value)
+
     if isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return int(dt.timestamp())
     text = str(value).strip()
+    out: int | None = None
     try:
-        return int(text)
+        out = int(text)
     except ValueError:
-        pass
-    try:
-        return int(float(text))
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None:
+            if not math.isfinite(number):
+                raise bad("expected a finite time") from None
+            out = int(number) if abs(number) <= TIMESTAMP_LIMIT else TIMESTAMP_LIMIT + 1
+    if out is None:
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad("expected epoch seconds or an ISO-8601 time") from None
+        out = int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
+    if abs(out) > TIMESTAMP_LIMIT:
+        raise bad(f"time out of range (at most 2**53 in absolute value, {TIMESTAMP_LIMIT})")
+    return out
+
+
+def parse_rating(value: Any, *, path: Path, line: int, column: str) -> float:
+    """Parses a rating on the project's star scale (:data:`catalog.thresholds.RATING_SCALE`).
+
+    Raises:
+        DataError: not a finite number, or outside the scale, naming the field and value.
+    """
+    rating = parse_float(value, path=path, line=line, column=column)
+    low, high = RATING_SCALE
+    if not low <= rating <= high:
         raise DataError(
-            "expected epoch seconds or an ISO-8601 time",
+            f"rating outside the {low:g}-{high:g} star scale duorank's like threshold reads "
+            "(rescale it, or give 0/1 labels instead)",
             path=path,
             line=line,
             column=column,
             value=value,
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp())
+        )
+    return rating

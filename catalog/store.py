@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.errors import DataError
-from catalog.fsutil import atomic_dir, sha256_file, write_json
+from catalog.fsutil import DATASET, atomic_dir, sha256_file, write_json
 from catalog.model import NO_LABEL, Catalog, Interactions, Item, User
 
 FORMAT = "duorank.dataset/1"
 FILES = ("items.parquet", "users.parquet", "interactions.parquet")
 
 
-def save_catalog(catalog: Catalog, out: str | Path) -> dict[str, Any]:
-    """Writes ``catalog`` to a dataset folder atomically and returns its manifest."""
+def save_catalog(catalog: Catalog, out: str | Path, inputs: Iterable[Path] = ()) -> dict[str, Any]:
+    """Writes ``catalog`` to a dataset folder atomically and returns its manifest.
+
+    Only a new or empty folder, or an earlier dataset folder, is replaced; never one that holds
+    ``inputs`` (the files it was read from), nor the working folder (see
+    :func:`catalog.fsutil.check_replaceable`).
+    """
     target = Path(out)
-    with atomic_dir(target) as staging:
+    with atomic_dir(target, DATASET, inputs) as staging:
         items = list(catalog.items.values())
         pq.write_table(
             pa.table(

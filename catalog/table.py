@@ -18,8 +18,8 @@ from catalog.readers import (
     BadRowPolicy,
     iter_table,
     no_interactions,
-    parse_float,
     parse_int,
+    parse_rating,
     parse_timestamp,
 )
 
@@ -134,12 +134,15 @@ def load_table(
     inter_path = Path(interactions)
     rows: list[Row] = []
     unknown = 0
+    timed: bool | None = None
     for line, row in iter_table(inter_path):
         if "__error__" in row:
             policy.handle(DataError(str(row["__error__"]), path=inter_path, line=line))
             continue
+        if timed is None:
+            timed = cols.timestamp in row
         try:
-            parsed = _interaction(row, cols, inter_path, line)
+            parsed = _interaction(row, cols, inter_path, line, timed=timed)
         except DataError as exc:
             policy.handle(exc)
             continue
@@ -184,18 +187,28 @@ def _required(row: dict[str, Any], column: str, path: Path, line: int) -> str:
     return str(value).strip()
 
 
-def _interaction(row: dict[str, Any], cols: ColumnMapping, path: Path, line: int) -> Row:
+def _interaction(
+    row: dict[str, Any], cols: ColumnMapping, path: Path, line: int, *, timed: bool
+) -> Row:
+    """One interaction row. ``timed``: the table has a time column (its first row has it), so
+    a row without a time is an error, never a time made up from its line number."""
     user_id = _required(row, cols.user_id, path, line)
     item_id = _required(row, cols.item_id, path, line)
-    ts_raw = row.get(cols.timestamp)
-    timestamp = (
-        parse_timestamp(ts_raw, path=path, line=line, column=cols.timestamp)
-        if _present(ts_raw)
-        else line  # no time: keep file order
-    )
+    timestamp = line  # a table without a time column: file order is the time
+    if timed:
+        ts_raw = row.get(cols.timestamp)
+        if not _present(ts_raw):
+            raise DataError(
+                "time is missing (the table has a time column, so every row needs one)",
+                path=path,
+                line=line,
+                column=cols.timestamp,
+                value="" if ts_raw is None else ts_raw,
+            )
+        timestamp = parse_timestamp(ts_raw, path=path, line=line, column=cols.timestamp)
     rating = math.nan
     if _present(row.get(cols.rating)):
-        rating = parse_float(row[cols.rating], path=path, line=line, column=cols.rating)
+        rating = parse_rating(row[cols.rating], path=path, line=line, column=cols.rating)
     label = NO_LABEL
     if _present(row.get(cols.label)):
         raw = row[cols.label]

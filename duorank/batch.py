@@ -10,6 +10,7 @@ with a manifest) and/or to Redis, one key per user holding the list as JSON, wit
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import json
@@ -131,7 +132,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], out: Path, manifest: dict[str,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from catalog.fsutil import atomic_dir, write_json
+    from catalog.fsutil import RECOMMENDATIONS, atomic_dir, write_json
 
     table = pa.table(
         {
@@ -144,7 +145,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], out: Path, manifest: dict[str,
             },
         }
     )
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, RECOMMENDATIONS) as staging:
         pq.write_table(table, staging / "recommendations.parquet")
         write_json(staging / "manifest.json", manifest)
     return out / "recommendations.parquet"
@@ -185,22 +186,36 @@ def manifest_of(version: str, users: int, k: int, candidates: int, engine: str) 
 
 
 def user_ids(path: Path | None, known: Sequence[str]) -> list[str]:
-    """The users to precompute: one id per line of ``path`` (blank lines skipped), else all
-    ``known`` ones.
+    """The users to precompute: one id per line of ``path`` (``\\n``-separated, a UTF-8 BOM
+    and blank lines skipped, repeats kept once), else all ``known`` ones.
 
     Raises:
-        ValueError: an id the dataset does not know (named with its file and line), before
-            any work.
+        DataError: an undecodable line or an id the dataset does not know (named with its file
+            and line), or a file with no id at all (so an empty file never replaces yesterday's
+            lists with none), before any work.
     """
+    from catalog.errors import DataError
+
     if path is None:
         return list(known)
     members = set(known)
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        user = line.strip()
+    data = path.read_bytes()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    out: dict[str, None] = {}
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            user = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"cannot decode as UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                path=path,
+                line=n,
+            ) from None
         if not user:
             continue
         if user not in members:
-            raise ValueError(f"{path}:{n}: unknown user id {user!r} (not in the dataset)")
-        out.append(user)
-    return out
+            raise DataError("unknown user id (not in the dataset)", path=path, line=n, value=user)
+        out[user] = None
+    if not out:
+        raise DataError("no user ids in the file (one id per line)", path=path)
+    return list(out)

@@ -43,7 +43,7 @@ def import_movielens(path: Path, out: Path, *, skip_bad: bool = False) -> dict[s
     """Imports a MovieLens folder into a dataset folder; returns its manifest."""
     from catalog import load_movielens, save_catalog
 
-    return save_catalog(load_movielens(path, skip_bad=skip_bad), out)
+    return save_catalog(load_movielens(path, skip_bad=skip_bad), out, inputs=[path])
 
 
 def train_tower(
@@ -59,7 +59,7 @@ def train_tower(
         The tower and its card.
     """
     from catalog import leave_one_out, load_catalog
-    from catalog.fsutil import atomic_dir, write_json
+    from catalog.fsutil import MODEL, atomic_dir, write_json
     from catalog.history import group_histories
     from retrieval.sequential_train import train_sequential
     from retrieval.vectors import ItemVectors
@@ -76,7 +76,7 @@ def train_tower(
         ItemVectors(ids, vectors), group_histories(split.train), validation, cfg
     )
     card["text_model_fingerprint"] = fingerprint
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, MODEL) as staging:
         tower.save(staging)
         write_json(staging / "duorank-card.json", card)
     return tower, card

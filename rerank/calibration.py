@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from catalog.fsutil import atomic_dir
+from catalog.fsutil import MODEL, atomic_dir
 from catalog.model import Catalog
 from catalog.splits import Split
 from rerank.data import Example
@@ -178,6 +178,6 @@ def recalibrate(
     logits = validation_logits(net, tokenizer, stage, cfg, val)
     before = validation_metrics(*logits, val, config)
     card["calibration"] = {**fuse(net, logits, cfg, val, config, before), "refitted": True}
-    with atomic_dir(root) as staging:
+    with atomic_dir(root, MODEL) as staging:
         save_net(net, tokenizer, staging, config, card)
     return card

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from catalog.fsutil import atomic_dir, write_json
+from catalog.fsutil import RANKER, atomic_dir, write_json
 from rerank.candidates import Lists
 
 CARD = "ranker.json"
@@ -264,7 +264,7 @@ class GBDTRanker:
         }
         if self.like is not None:
             card["like"] = {"names": list(self.like.names), "record": self.like.record}
-        with atomic_dir(Path(folder)) as staging:
+        with atomic_dir(Path(folder), RANKER) as staging:
             (staging / MODEL).write_text(self.booster.model_to_string())
             if self.like is not None:
                 (staging / LIKE_MODEL).write_text(self.like.booster.model_to_string())

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from catalog.fsutil import atomic_dir
+from catalog.fsutil import MODEL, atomic_dir
 from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
@@ -227,7 +227,7 @@ def train_reranker(
         "note": "calibration/fusion fitted on the same validation data it is reported on",
     }
     net.to("cpu")
-    with atomic_dir(Path(out)) as staging:
+    with atomic_dir(Path(out), MODEL) as staging:
         save_net(net, tokenizer, staging, config, card)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return card

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog.fsutil import atomic_dir, write_json
+from catalog.fsutil import MODEL, atomic_dir, write_json
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.splits import Split
@@ -288,7 +288,7 @@ def train_retriever(
         "best": {cfg.select_metric: best_value},
         "user_template": asdict(user_template),
     }
-    with atomic_dir(Path(out)) as staging:
+    with atomic_dir(Path(out), MODEL) as staging:
         st.save(str(staging))
         write_json(staging / "duorank-card.json", card)
     return card

@@ -42,7 +42,7 @@ def print_import(manifest: dict[str, Any], out: Path, as_json: bool) -> None:
 
 @data_import.command(name="movielens")
 @click.argument("path", type=click.Path(path_type=Path))
-@out_option("Dataset folder to write (replaced atomically if it exists).")
+@out_option("Dataset folder to write.", "DATASET")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
 @json_option()
 def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> None:
@@ -73,7 +73,7 @@ def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> No
     help="Map a field (item_id, title, description, genres, tags, user_id, "
     "timestamp, rating, label, event, list_separator) to a column. Repeatable.",
 )
-@out_option("Dataset folder to write.")
+@out_option("Dataset folder to write.", "DATASET")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
 @click.option(
     "--duplicates",
@@ -104,7 +104,8 @@ def import_table(
         skip_bad=skip_bad,
         duplicates=duplicates,
     )
-    print_import(save_catalog(catalog, out), out, as_json)
+    sources = [p for p in (items, interactions, users) if p is not None]
+    print_import(save_catalog(catalog, out, inputs=sources), out, as_json)
 
 
 @data.command(name="info")

@@ -28,9 +28,29 @@ def data_option(*, required: bool = True, help: str | None = None) -> Callable[[
     )
 
 
-def out_option(help: str) -> Callable[[F], F]:
-    """``--out DIR``: the folder a command writes (always atomically)."""
-    return click.option("--out", type=click.Path(path_type=Path), required=True, help=help)
+def out_option(help: str, marker: str) -> Callable[[F], F]:
+    """``--out DIR``: the folder a command writes (always atomically). It is checked when the
+    command line is read, before any work: only a new or empty folder, or one this kind of
+    command made (``marker``: a name in :mod:`catalog.fsutil`), may be replaced."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+        from catalog import fsutil
+        from catalog.errors import DataError
+
+        if value is not None:
+            try:
+                fsutil.check_replaceable(value, getattr(fsutil, marker))
+            except DataError as exc:
+                raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        required=True,
+        callback=check,
+        help=help + " An existing folder is replaced only when empty or made by this command.",
+    )
 
 
 def reranker_option(fn: F) -> F:

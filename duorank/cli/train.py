@@ -28,7 +28,7 @@ def train() -> None:
 
 @train.command(name="retriever", short_help="Fine-tune the text model itself (a GPU job).")
 @data_option()
-@out_option("Model folder to write (sentence-transformers format + duorank-card.json).")
+@out_option("Model folder to write (sentence-transformers format + duorank-card.json).", "MODEL")
 @click.option("--model", default=None, help="Base model folder or hub name (default: bundled).")
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
@@ -95,7 +95,7 @@ def train_retriever_cmd(
     name="tower", short_help="Train the sequential user tower (the default first stage)."
 )
 @data_option()
-@out_option("Tower folder to write (tower.json + model.safetensors).")
+@out_option("Tower folder to write (tower.json + model.safetensors).", "MODEL")
 @click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--no-ids", is_flag=True, help="Text only: no per-item ID vectors.")
@@ -149,7 +149,7 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     name="reranker", short_help="Fine-tune the cross-encoder reranker (the second stage)."
 )
 @data_option()
-@out_option("Reranker folder to write.")
+@out_option("Reranker folder to write.", "MODEL")
 @click.option("--model", default=None, help="Backbone folder (default: bundled MiniLM).")
 @click.option(
     "--head",
@@ -331,7 +331,7 @@ def train_reranker_cmd(
     short_help="Train the ranking stage over several candidate sources (LightGBM).",
 )
 @data_option()
-@out_option("Ranker folder to write (ranker.txt + ranker.json).")
+@out_option("Ranker folder to write (ranker.txt + ranker.json).", "RANKER")
 @click.option(
     "--tower",
     "tower_path",
