@@ -29,7 +29,7 @@ from catalog.fsutil import fsync_dir, fsync_tree, sha256_file, write_json
 from catalog.model import Item
 from catalog.text import ItemTextTemplate
 from indexer.lock import BuildLock
-from indexer.store import MANIFEST, IndexRoot
+from indexer.store import MANIFEST, IndexRoot, NoVersionError
 from retrieval.encoder import CacheAudit, Encoder
 from retrieval.index import make_index
 from retrieval.sequential import SequentialTower
@@ -328,11 +328,20 @@ class IndexBuild:
                     shutil.rmtree(staging, ignore_errors=True)
 
     def _clean_staging(self) -> None:
-        """Removes what a crashed build left in staging (we hold the lock: nobody else builds)."""
+        """Removes what a crashed build left in staging and its stale CURRENT temp files (we
+        hold the lock: nobody else builds), and says which versions it left unpublished."""
         if self.root.staging_dir.is_dir():
             for leftover in self.root.staging_dir.iterdir():
                 log.info("removing leftover staging folder %s", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
+        for name in self.root.remove_stale_temp_files():
+            log.info("removing a killed publish's temp file %s", name)
+        for version in self.root.unpublished():
+            log.warning(
+                "version %s was never published (a build stopped before CURRENT named it): "
+                "serving never falls back to it; `index list` marks it",
+                version,
+            )
 
     def _build(
         self,
@@ -501,12 +510,12 @@ class IndexBuild:
 
     def _diff(self, hashes: Mapping[str, str]) -> dict[str, int | str | None]:
         """Added/changed/removed/unchanged item counts against the current version."""
-        previous = self.root.current()
+        previous = self.root.current_or_none()  # a damaged CURRENT: diff against nothing
         old: dict[str, str] = {}
         if previous is not None:
             try:
                 old = json.loads((self.root.version_dir(previous) / "item_hashes.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, NoVersionError):
                 old = {}
         return {
             "previous_version": previous,
@@ -518,7 +527,7 @@ class IndexBuild:
 
     def _retain(self) -> list[str]:
         """Deletes the oldest versions beyond ``keep``; never the one CURRENT names."""
-        current = self.root.current()
+        current = self.root.current_or_none()
         versions = self.root.versions()
         doomed = [v for v in versions[: max(0, len(versions) - self.config.keep)] if v != current]
         for version in doomed:

@@ -3,6 +3,7 @@
 Layout::
 
     ROOT/CURRENT                    the published version id (replaced atomically)
+    ROOT/published.log              every version CURRENT has named, one id a line, appended
     ROOT/versions/<version-id>/     index.faiss, ids.json, index.json, item_hashes.json,
                                     manifest.json (sha256 of every other file)
     ROOT/staging/                   builds in progress; leftovers are removed by the next build
@@ -10,12 +11,16 @@ Layout::
 
 A version folder appears only by ``rename`` from staging after every file was fsynced, and
 CURRENT changes only by ``os.replace``: a reader sees a complete old version or a complete new one.
+A version is *published* once CURRENT has named it (the log keeps that); a build killed between
+its version folder and CURRENT leaves an unpublished version, which degraded serving never
+falls back to and the next build removes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +30,25 @@ from catalog.fsutil import fsync_dir, sha256_file
 from retrieval.index import VectorIndex, VectorIndexError, load_index
 
 MANIFEST = "manifest.json"
+PUBLISHED = "published.log"
+CURRENT_MAX_BYTES = 1024
+"""CURRENT holds one version id (at most 200 characters); anything longer is not one."""
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` safe to echo into a terminal, log or response: control and other unprintable
+    characters escaped (so escaping twice changes nothing), at most ``limit`` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 class VerifyError(RuntimeError):
     """A version failed verification; ``problems`` lists each (file and what is wrong)."""
 
     def __init__(self, version: str, problems: list[str]) -> None:
-        self.version = version
-        self.problems = problems
-        super().__init__(f"version {version} failed verification: " + "; ".join(problems))
+        self.version = printable(version)
+        self.problems = [printable(p, 400) for p in problems]
+        super().__init__(f"version {self.version} failed verification: " + "; ".join(self.problems))
 
 
 class NoVersionError(LookupError):
@@ -79,18 +94,70 @@ class IndexRoot:
             p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
 
+    @property
+    def published_log(self) -> Path:
+        return self.path / PUBLISHED
+
     def current(self) -> str | None:
         """What CURRENT says (stripped), or None before the first publish.
 
-        Not checked: see :meth:`require_current`. Bytes that are not UTF-8 are kept visible
-        (backslash escapes), so a damaged pointer never looks like "nothing published".
+        The version is not checked: see :meth:`require_current`. CURRENT is read only as a
+        regular file of at most :data:`CURRENT_MAX_BYTES` (never through a link); bytes that are
+        not UTF-8 are kept visible (backslash escapes), so a damaged pointer never looks like
+        "nothing published".
+
+        Raises:
+            VerifyError: CURRENT is a link, a folder or another non-file, or too long.
         """
         try:
-            raw = self.current_file.read_bytes()
+            fd = os.open(self.current_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        except OSError:
+            if self.current_file.is_symlink():
+                raise self._damaged("a symbolic link; it must be a file naming a version") from None
+            raise self._damaged("cannot be read as a file") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self._damaged("not a regular file (a folder?); it must name a version")
+            raw = os.read(fd, CURRENT_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > CURRENT_MAX_BYTES:
+            raise self._damaged(f"over {CURRENT_MAX_BYTES} bytes: not a version id")
         value = raw.decode("utf-8", errors="backslashreplace").strip()
         return value or None
+
+    def _damaged(self, what: str) -> VerifyError:
+        return VerifyError(
+            "CURRENT",
+            [f"{self.current_file}: {what} (`duorank index rollback VERSION` rewrites it)"],
+        )
+
+    def current_or_none(self) -> str | None:
+        """:meth:`current`, with a damaged CURRENT read as nothing published (for a build,
+        which publishes a new version over it)."""
+        try:
+            return self.current()
+        except VerifyError:
+            return None
+
+    def published(self) -> set[str] | None:
+        """The versions CURRENT has named (:data:`PUBLISHED`), or None for a root written
+        before the log existed (then every version counts as published)."""
+        try:
+            text = self.published_log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        return {line.strip() for line in text.splitlines() if line.strip()}
+
+    def unpublished(self) -> list[str]:
+        """Versions CURRENT has never named: left by a build killed before it published."""
+        published = self.published()
+        if published is None:
+            return []
+        current = self.current_or_none()
+        return [v for v in self.versions() if v not in published and v != current]
 
     def require_current(self) -> str:
         """The current version id, checked to name a published version folder.
@@ -113,15 +180,24 @@ class IndexRoot:
             folder = None
         if folder is None or not folder.is_dir():
             raise VerifyError(
-                version[:80],
-                [f"{self.current_file}: names {version[:80]!r}, which is not a published version"],
+                version,
+                [f"{self.current_file}: names '{printable(version)}', not a published version"],
             )
         return version
 
     def set_current(self, version: str) -> None:
-        """Points CURRENT at ``version`` atomically (temp file, fsync, rename, fsync folder)."""
+        """Points CURRENT at ``version`` atomically (temp file, fsync, rename, fsync folder),
+        then appends it to the publish log.
+
+        Raises:
+            NoVersionError: no such version.
+            VerifyError: CURRENT is a folder (remove it by hand: nothing here deletes one).
+        """
         if not self.version_dir(version).is_dir():
             raise NoVersionError(f"{self.path}: version {version!r} does not exist")
+        if self.current_file.is_dir() and not self.current_file.is_symlink():
+            raise self._damaged("a folder; remove it, then publish again")
+        before = self.current_or_none()
         fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=self.path)
         try:
             with os.fdopen(fd, "w") as handle:
@@ -133,6 +209,39 @@ class IndexRoot:
             Path(tmp).unlink(missing_ok=True)
             raise
         fsync_dir(self.path)
+        self._log_published(version, before)
+
+    def _log_published(self, version: str, before: str | None) -> None:
+        """Appends ``version`` to the publish log. A root without a log (written before it
+        existed) starts one with the version CURRENT named before and every older one."""
+        published = self.published()
+        if published is None:
+            older = [v for v in self.versions() if before is not None and v <= before]
+            published, lines = set(), [*older, version]
+        else:
+            lines = [v for v in (before, version) if v is not None and v in self.versions()]
+        lines = [v for v in dict.fromkeys(lines) if v not in published]
+        if not lines:
+            return
+        with self.published_log.open("a", encoding="utf-8") as handle:
+            handle.write("".join(v + "\n" for v in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def remove_stale_temp_files(self, older_than_s: float = 600.0) -> list[str]:
+        """Removes ``.CURRENT.*`` temp files a killed publish left (old enough that no
+        publish in progress still needs them); returns their names."""
+        import time
+
+        removed = []
+        for path in self.path.glob(".CURRENT.*"):
+            try:
+                if time.time() - path.lstat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed.append(path.name)
+            except FileNotFoundError:
+                continue
+        return removed
 
     def manifest(self, version: str) -> dict[str, Any]:
         """A version's manifest.
@@ -216,8 +325,9 @@ class IndexRoot:
         return load_index(self.version_dir(version)), manifest
 
     def previous(self, version: str) -> str | None:
-        """The published version just before ``version``."""
-        versions = self.versions()
+        """The published version just before ``version`` (never an unpublished one)."""
+        unpublished = set(self.unpublished())
+        versions = [v for v in self.versions() if v not in unpublished]
         if version not in versions:
             return None
         i = versions.index(version)

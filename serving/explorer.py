@@ -15,6 +15,7 @@ with ``--public-demo`` (:data:`DEMO_ROUTES` then answer without one):
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,8 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
 from serving.recommender import Recommender
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 """The page's files."""
@@ -92,11 +95,12 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
             ]
         }
 
-    @app.get("/users/{user_id}", responses={404: {"description": "Unknown user id"}})
+    @app.get("/users/{user_id:path}", responses={404: {"description": "Unknown user id"}})
     async def user(
         user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
     ) -> dict[str, Any]:
-        """The user's history, newest first."""
+        """The user's history, newest first (an id may hold ``/``: the route takes the rest of
+        the path, since ``%2F`` arrives decoded)."""
         if user_id not in recommender.histories and user_id not in catalog.users:
             raise HTTPException(status_code=404, detail=f"unknown user id {user_id!r}")
         events = sorted(recommender.histories.get(user_id, []), key=lambda e: -e.timestamp)
@@ -114,13 +118,26 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
             ],
         }
 
-    @app.get("/report", responses={404: {"description": "No evaluation report configured"}})
+    @app.get(
+        "/report",
+        responses={
+            404: {"description": "No evaluation report configured"},
+            503: {"description": "The report file changed and no longer reads as a report"},
+        },
+    )
     async def report_summary() -> dict[str, Any]:
         """The offline evaluation report's table, ranking-stage ablations and plots."""
         if report is None or not report.is_file():
             raise HTTPException(status_code=404, detail="no evaluation report (serve --report)")
-        data = json.loads(report.read_text(encoding="utf-8"))
+        try:
+            data = read_report(report)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            raise HTTPException(
+                status_code=503, detail="the evaluation report is unreadable"
+            ) from None
         stage = data.get("ranking_stage") or {}
+        methods = data["methods"]
         return {
             "file": report.name,
             "dataset": data.get("dataset"),
@@ -134,7 +151,7 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
                     "ndcg@10_ci95": m.get("ndcg@10_ci95"),
                     "seeds_mean": (m.get("seeds") or {}).get("ndcg@10_mean"),
                 }
-                for name, m in data.get("methods", {}).items()
+                for name, m in methods.items()
             ],
             "ablation": [{"variant": k, **v} for k, v in stage.get("ablation", {}).items()],
             "plots": [p for p in PLOTS if _plot(report, p).is_file()],
@@ -145,6 +162,45 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
         if report is None or name not in PLOTS or not _plot(report, name).is_file():
             raise HTTPException(status_code=404, detail="no such plot")
         return FileResponse(_plot(report, name), media_type="image/png")
+
+
+REPORT_MAX_BYTES = 64 << 20
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """An evaluation report (``duorank eval``'s JSON): an object whose ``methods`` maps each
+    method's name to an object of figures.
+
+    Raises:
+        ValueError: naming the file and what is wrong (a Markdown report, say).
+    """
+    try:
+        if path.stat().st_size > REPORT_MAX_BYTES:
+            raise ValueError(f"{path}: over {REPORT_MAX_BYTES >> 20} MiB; not a report")
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"{path}: not an evaluation report (`duorank eval --output FILE.json` writes one): "
+            f"{exc}"
+        ) from None
+    methods = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(methods, dict) or not all(isinstance(m, dict) for m in methods.values()):
+        raise ValueError(f"{path}: not an evaluation report (no 'methods' object of figures)")
+    stage = data.get("ranking_stage") or {}
+    ablation = stage.get("ablation", {}) if isinstance(stage, dict) else None
+    machine = data.get("machine") or {}
+    if (
+        not isinstance(ablation, dict)
+        or not all(isinstance(v, dict) for v in ablation.values())
+        or not isinstance(machine, dict)
+    ):
+        raise ValueError(
+            f"{path}: not an evaluation report ('ranking_stage' or 'machine' is malformed)"
+        )
+    report: dict[str, Any] = data
+    return report
 
 
 def _plot(report: Path, name: str) -> Path:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote_plus
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
@@ -36,13 +37,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalog.text import HistoryEvent
-from serving.explorer import explorer_routes, is_open
+from catalog.thresholds import RATING_SCALE, TIMESTAMP_LIMIT
+from serving.explorer import explorer_routes, is_open, read_report
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,23 @@ UNMATCHED_ROUTE = "other"
 
 SECRET_QUERY_PARAMS = ("token", "access_token", "api_key")
 """Query parameters whose values never reach the access log."""
+
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Sent with every response: no MIME sniffing, no framing, no token-bearing referrers."""
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+"""The page's policy: its own scripts and styles only, never framed."""
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""/docs: FastAPI's Swagger UI page starts the bundle with an inline script."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +99,13 @@ class ServerLimits:
     max_queue: int = 8
     reload_interval_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.reload_interval_s) and self.reload_interval_s > 0):
+            raise ValueError(
+                f"reload interval {self.reload_interval_s!r}: must be a finite number of "
+                "seconds above 0 (0 would poll CURRENT in a busy loop)"
+            )
+
 
 def _unicode_text(value: str) -> str:
     """Rejects lone surrogates: JSON escapes can spell them, but they are not text."""
@@ -83,6 +118,14 @@ def _unicode_text(value: str) -> str:
     return value
 
 
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: ``3`` and ``3.0``, never ``true`` or ``"3"`` (which pydantic's
+    lax mode would take as 1 and 3)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("expected an integer")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_unicode_text)]
 Id = Annotated[Text, Field(min_length=1, max_length=200)]
 
@@ -91,9 +134,23 @@ class Event(BaseModel):
     """A past interaction sent with the request (for users the server has not seen)."""
 
     item_id: Id
-    timestamp: int = 0
-    rating: float | None = Field(default=None, allow_inf_nan=False)
-    label: int | None = Field(default=None, ge=0, le=1)
+    timestamp: int = Field(
+        default=0,
+        ge=-TIMESTAMP_LIMIT,
+        le=TIMESTAMP_LIMIT,
+        description="When it happened, in the units of the dataset's log (epoch seconds for "
+        "MovieLens); at most 2**53 in absolute value.",
+    )
+    rating: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        ge=RATING_SCALE[0],
+        le=RATING_SCALE[1],
+        description="Stars from 0 to 5; 4 and up is a like.",
+    )
+    label: int | None = Field(default=None, ge=0, le=1, description="1 like, 0 dislike.")
+
+    _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
 
 
 class _UserRequest(BaseModel):
@@ -108,6 +165,8 @@ class _UserRequest(BaseModel):
             ]
         }
     )
+
+    _integers = field_validator("k", "candidates", mode="before", check_fields=False)(_json_integer)
 
     @model_validator(mode="after")
     def _user_id_or_history(self) -> "_UserRequest":
@@ -130,10 +189,10 @@ def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]
         **user,
         k=(int, Field(default=10, ge=1, le=lim.max_k)),
         candidates=(int, Field(default=100, ge=1, le=lim.max_candidates)),
-        exclude_seen=(bool, True),
+        exclude_seen=(StrictBool, True),
         allow=(list[Id] | None, Field(default=None, max_length=lim.max_allow)),
         second_stage=(
-            bool,
+            StrictBool,
             Field(
                 default=True,
                 description="False: the first stage's order (no ranking stage or reranker), "
@@ -141,7 +200,7 @@ def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]
             ),
         ),
         explain=(
-            bool,
+            StrictBool,
             Field(
                 default=False,
                 description="Per item: its sources, first-stage rank, the history items "
@@ -275,9 +334,12 @@ class _Guard:
         route = self.route_of(scope)
         status: list[int] = []
 
+        policy = DOCS_CONTENT_SECURITY_POLICY if scope["path"] == "/docs" else None
+
         async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.append(int(message["status"]))
+                message = {**message, "headers": _with_security_headers(message, policy)}
             await send(message)
 
         try:
@@ -311,6 +373,9 @@ class _Guard:
             return
         if body is None:  # the client disconnected mid-body: nobody to answer
             return
+        if not _utf8(body):  # JSON parsers guess UTF-16 and UTF-32 from NUL bytes: refuse them
+            await self._refuse(scope, send, 400, "the body is not UTF-8 JSON")
+            return
         pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> Message:
@@ -341,22 +406,60 @@ class _Guard:
         await response(scope, _no_receive, send)
 
 
+def _utf8(body: bytes) -> bool:
+    """Whether ``body`` is UTF-8 that JSON can hold (no NUL byte: JSON escapes control
+    characters, so a NUL means UTF-16 or UTF-32)."""
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _with_security_headers(start: Message, policy: str | None) -> list[tuple[bytes, bytes]]:
+    """``start``'s headers plus :data:`SECURITY_HEADERS` and a content security policy."""
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"x-frame-options"]
+    csp = (policy or CONTENT_SECURITY_POLICY).encode("latin-1")
+    return [*headers, *SECURITY_HEADERS, (b"content-security-policy", csp)]
+
+
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+def redact_query(text: str) -> str:
+    """``text`` with the value of every :data:`SECRET_QUERY_PARAMS` parameter in its query
+    string masked. Names are matched after percent-decoding (``tok%65n``), ``;`` separates
+    parameters like ``&``, and an encoded ``=`` (``token%3DS``) masks the whole parameter."""
+    path, mark, rest = text.partition("?")
+    if not mark:
+        return text
+    query, space, tail = rest.partition(" ")
+    query, hash_mark, fragment = query.partition("#")
+    parts = re.split(r"([&;])", query)
+    for n in range(0, len(parts), 2):
+        name, eq, _ = parts[n].partition("=")
+        decoded = name
+        for _ in range(3):  # a name encoded more than once is decoded as often
+            decoded = unquote_plus(decoded)
+        if decoded.partition("=")[0].strip().casefold() in SECRET_NAMES:
+            parts[n] = f"{name}={'***'}" if eq else "***"
+    return f"{path}?{''.join(parts)}{hash_mark}{fragment}{space}{tail}"
+
+
+SECRET_NAMES = frozenset(n.casefold() for n in SECRET_QUERY_PARAMS)
 
 
 class RedactSecrets(logging.Filter):
     """Masks the values of :data:`SECRET_QUERY_PARAMS` in uvicorn's access-log lines."""
 
-    _pattern = re.compile(r"(?i)([?&](?:" + "|".join(SECRET_QUERY_PARAMS) + r")=)[^&#\s]*")
-
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                self._pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.msg, str):
-            record.msg = self._pattern.sub(r"\1***", record.msg)
+            record.msg = redact_query(record.msg)
         return True
 
 
@@ -475,8 +578,20 @@ def create_app(
     Args:
         report: the offline evaluation report the explorer page shows (``duorank eval``'s
             JSON; its PNG plots beside it).
-        public_demo: the explorer's read routes and /recommend answer without the token.
+        public_demo: the explorer's read routes and /recommend answer without the token;
+            only with a token (without one every route would be open).
+
+    Raises:
+        ValueError: ``public_demo`` without a token, or a report that is not an evaluation
+            report (naming the file).
     """
+    if public_demo and not token:
+        raise ValueError(
+            "--public-demo opens only the page's routes and needs a token to keep /score, "
+            "/metrics and /docs closed: set DUORANK_API_TOKEN"
+        )
+    if report is not None:
+        read_report(report)
     lim = limits or ServerLimits()
     metrics = _Metrics(recommender)
     lifecycle = _Lifecycle(recommender, metrics, lim.reload_interval_s)
@@ -502,7 +617,7 @@ def create_app(
         is_open=lambda path: path in OPEN_ROUTES or is_open(path, public_demo),
     )
     _model_routes(app, recommender, metrics, lim)
-    _probe_routes(app, recommender, metrics, lifecycle)
+    _probe_routes(app, recommender, metrics, lifecycle, token)
     explorer_routes(app, recommender, report)
     return app
 
@@ -630,7 +745,7 @@ def _model_routes(
 
 
 def _probe_routes(
-    app: FastAPI, recommender: Recommender, meters: _Metrics, lifecycle: _Lifecycle
+    app: FastAPI, recommender: Recommender, meters: _Metrics, lifecycle: _Lifecycle, token: str
 ) -> None:
     """/healthz, /readyz (both open without the token) and /metrics."""
 
@@ -640,14 +755,18 @@ def _probe_routes(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> SafeJSONResponse:
-        """Readiness: index and models loaded and warmed (``degraded`` says why an older
-        version serves, when CURRENT failed verification)."""
+    async def readyz(request: Request) -> SafeJSONResponse:
+        """Readiness: index and models loaded and warmed. ``degraded`` is true while an older
+        version serves because CURRENT failed verification; why (``degraded_reason``: paths
+        and what CURRENT holds) only with the bearer token, so an open probe leaks nothing."""
         if not lifecycle.ready:
             return SafeJSONResponse({"status": "starting"}, status_code=503)
         body: dict[str, Any] = {"status": "ready", "index_version": recommender.index_version}
         if recommender.degraded:
-            body["degraded"] = recommender.degraded
+            body["degraded"] = True
+            given = request.headers.get("authorization", "")
+            if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                body["degraded_reason"] = recommender.degraded
         return SafeJSONResponse(body)
 
     @app.get(

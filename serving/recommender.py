@@ -161,8 +161,8 @@ class Recommender:
 
     # ------------------------------------------------------------------ index versions
     def _open(self, fallback: bool) -> _Loaded:
-        """The pinned version, else CURRENT, or with ``fallback`` the newest that verifies,
-        loudly."""
+        """The pinned version, else CURRENT, or with ``fallback`` the newest published version
+        (one CURRENT has named) that verifies, loudly."""
         if self.pinned is not None:
             return self._load(self.pinned)
         try:
@@ -171,10 +171,11 @@ class Recommender:
             if not fallback:
                 raise
             damaged = exc
-        current = self.root.current()
+        current = self.root.current_or_none()
+        unpublished = set(self.root.unpublished())
         others = 0  # newer versions, besides CURRENT's, that failed too
         for version in reversed(self.root.versions()):  # newest first, each verified once
-            if version == current:
+            if version == current or version in unpublished:
                 continue
             try:
                 loaded = self._load(version)
@@ -187,7 +188,7 @@ class Recommender:
             self._refused = self._signature(current)
             log.error("DEGRADED: %s", self.degraded)
             return loaded
-        raise NoVersionError(f"{self.root.path}: no published version verifies")
+        raise NoVersionError(f"{self.root.path}: no published version verifies ({damaged})")
 
     def _signature(self, version: str | None) -> tuple[object, ...]:
         """What CURRENT names and the sizes and times of that version's files: a refused
@@ -306,8 +307,16 @@ class Recommender:
         Raises:
             indexer.VerifyError: CURRENT names a damaged version (raised once per change).
         """
-        version = self.root.current()
-        if version is None or self.pinned is not None:
+        if self.pinned is not None:
+            return False
+        try:
+            version = self.root.current()
+        except VerifyError as exc:  # a link or a folder: refused once, as a damaged version
+            if self._refused == ("CURRENT", str(exc)):
+                return False
+            self._refused = ("CURRENT", str(exc))
+            raise
+        if version is None:
             return False
         if version == self._loaded.version:
             if self.degraded:  # CURRENT points at what we serve again (say, a rollback)

@@ -287,13 +287,21 @@ def index_verify(root: Path, version: str | None) -> None:
 )
 def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
     """List published versions, oldest first; * marks CURRENT, FAILED a damaged version."""
+    from indexer import VerifyError
+    from indexer.store import printable
+
     store = _root(root)
-    current = store.current()
+    try:
+        current = store.current()
+    except VerifyError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        current = None
     if current is not None and current not in store.versions():
         click.echo(
-            f"warning: {store.current_file} names {current[:80]!r}, not a published version",
+            f"warning: {store.current_file} names '{printable(current)}', not a published version",
             err=True,
         )
+    unpublished = set(store.unpublished())
     for version in store.versions():
         try:
             m = store.manifest(version)
@@ -303,6 +311,7 @@ def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
         row = {
             "version": version,
             "current": version == current,
+            "published": version not in unpublished,
             "verified": None if no_verify else problem is None,
             "problem": problem,
             "created_at": m.get("created_at"),
@@ -315,6 +324,8 @@ def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
         else:
             mark = "*" if row["current"] else " "
             status = "" if no_verify else ("  ok" if problem is None else f"  FAILED: {problem}")
+            if version in unpublished:
+                status += "  UNPUBLISHED (a build stopped before CURRENT named it)"
             click.echo(
                 f"{mark} {version}  {row['created_at']}  {row['items']} items  "
                 f"{row['index']}  model {row['model_fingerprint']}{status}"
@@ -327,6 +338,7 @@ def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
 def index_rollback(version: str | None, root: Path) -> None:
     """Point CURRENT at VERSION (default: the version before CURRENT), after verifying it."""
     from indexer import NoVersionError, VerifyError
+    from indexer.store import printable
 
     store = _root(root)
     try:
@@ -337,7 +349,7 @@ def index_rollback(version: str | None, root: Path) -> None:
             version = store.previous(current)
             if version is None:
                 raise NoVersionError(
-                    f"{root}: no version before {current[:80]!r} to roll back to "
+                    f"{root}: no version before '{printable(current)}' to roll back to "
                     "(name one: `duorank index list`)"
                 )
         store.verify(version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -171,10 +172,11 @@ def print_recommendation(result: Any) -> None:
 )
 @click.option(
     "--reload-interval",
-    type=float,
+    type=click.FloatRange(min=0, max=86_400, min_open=True),
+    callback=lambda ctx, param, value: _finite(ctx, param, value),
     default=5.0,
     show_default=True,
-    help="Seconds between checks of the index root's CURRENT.",
+    help="Seconds between checks of the index root's CURRENT (above 0).",
 )
 @click.option(
     "--strict",
@@ -193,7 +195,7 @@ def print_recommendation(result: Any) -> None:
     "--public-demo",
     is_flag=True,
     help="The explorer page's data and /recommend answer without the token (a read-only "
-    "demo; /score and /metrics still need it).",
+    "demo); /score, /metrics and /docs still need it, so DUORANK_API_TOKEN must be set.",
 )
 @click.pass_obj
 def serve(
@@ -215,10 +217,19 @@ def serve(
 
     import benchmarks
     from duorank.jobs import open_recommender
+    from serving.explorer import read_report
     from serving.http import ServerLimits, create_app
 
-    if report is not None and not report.is_file():
-        raise click.BadParameter(f"{report}: no such file", param_hint="--report")
+    if public_demo and not settings.api_token:
+        raise click.UsageError(
+            "--public-demo opens the page's routes without the token and needs one to keep "
+            "/score, /metrics and /docs closed: set DUORANK_API_TOKEN"
+        )
+    if report is not None:
+        try:
+            read_report(report)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--report") from None
 
     job = serving_job(fallback=not strict, **serving)
     with open_recommender(settings, job) as recommender:
@@ -298,6 +309,7 @@ def recommend_all_cmd(
     """Precompute every user's top k (nightly), as Parquet and/or Redis keys with a TTL."""
     idle_threads_sleep()
     from catalog import load_catalog
+    from catalog.fsutil import RECOMMENDATIONS, check_replaceable
     from duorank.batch import manifest_of, recommend_all, user_ids, write_parquet, write_redis
     from retrieval.redis_client import connect
 
@@ -311,7 +323,11 @@ def recommend_all_cmd(
         except ImportError:
             raise click.UsageError("--engine ray needs Ray: pip install 'duorank[ray]'") from None
     job = serving_job(**serving)
-    catalog = load_catalog(serving["data_path"] or settings.layout.dataset())
+    data = serving["data_path"] or settings.layout.dataset()
+    if out is not None:  # before hours of work: never a folder that is not ours to replace
+        inputs = [data, serving["root"] or settings.layout.index]
+        check_replaceable(out, RECOMMENDATIONS, [*inputs, *([users_path] if users_path else [])])
+    catalog = load_catalog(data)
     everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
     users = user_ids(users_path, everyone)
     rows, version = recommend_all(
@@ -330,6 +346,13 @@ def recommend_all_cmd(
     if to_redis:
         written = write_redis(connect(settings.redis_url), rows, ttl)
         click.echo(f"wrote {written} lists to Redis (TTL {ttl} s)")
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuses nan, which passes every range check."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return value
 
 
 def _committed_report(benchmarks_dir: Path) -> Path | None:

@@ -50,15 +50,6 @@ DAMAGE: dict[str, Callable[[Path], str]] = {
 }
 
 
-@pytest.fixture
-def root(stack: Stack, tmp_path: Path) -> IndexRoot:
-    """A private copy of the stack's index root, CURRENT on its newest version."""
-    shutil.copytree(stack.root, tmp_path / "index")
-    store = IndexRoot(tmp_path / "index")
-    store.set_current(stack.versions[-1])
-    return store
-
-
 def _recommend(stack: Stack, root: IndexRoot) -> tuple[int, str]:
     result = CliRunner().invoke(
         cli,
@@ -122,12 +113,16 @@ def test_serve_falls_back_loudly_and_recovers(
         rec = Recommender(root.path, stack.catalog, fallback=True)
     assert rec.index_version == stack.versions[-2]
     assert any("DEGRADED" in r.getMessage() and damaged in r.getMessage() for r in caplog.records)
-    with LiveServer(create_app(rec, limits=ServerLimits(reload_interval_s=0.05))) as live:
-        ready = httpx.get(f"{live.url}/readyz").json()
-        assert ready["index_version"] == stack.versions[-2]
-        assert damaged in ready["degraded"] and "ids.json" in ready["degraded"]
-        assert "duorank_index_degraded 1.0" in httpx.get(f"{live.url}/metrics").text
-        r = httpx.post(f"{live.url}/recommend", json={"user_id": "u1", "k": 3})
+    app = create_app(rec, token="s3cret", limits=ServerLimits(reload_interval_s=0.05))
+    auth = {"Authorization": "Bearer s3cret"}
+    with LiveServer(app) as live:
+        ready = httpx.get(f"{live.url}/readyz").json()  # the open probe: no details
+        assert ready["index_version"] == stack.versions[-2] and ready["degraded"] is True
+        assert "degraded_reason" not in ready and "ids.json" not in json.dumps(ready)
+        reason = httpx.get(f"{live.url}/readyz", headers=auth).json()["degraded_reason"]
+        assert damaged in reason and "ids.json" in reason
+        assert "duorank_index_degraded 1.0" in httpx.get(f"{live.url}/metrics", headers=auth).text
+        r = httpx.post(f"{live.url}/recommend", json={"user_id": "u1", "k": 3}, headers=auth)
         assert r.status_code == 200 and r.json()["index_version"] == stack.versions[-2]
         # The operator rolls back: CURRENT names a good version, the server is whole again.
         root.set_current(stack.versions[0])
@@ -137,7 +132,7 @@ def test_serve_falls_back_loudly_and_recovers(
                 break
             time.sleep(0.02)
         assert ready["index_version"] == stack.versions[0] and "degraded" not in ready
-        assert "duorank_index_degraded 0.0" in httpx.get(f"{live.url}/metrics").text
+        assert "duorank_index_degraded 0.0" in httpx.get(f"{live.url}/metrics", headers=auth).text
 
 
 def test_a_refused_version_is_not_hashed_again_until_it_changes(
