@@ -32,7 +32,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -54,12 +55,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from catalog.text import HistoryEvent
 from catalog.thresholds import RATING_SCALE, TIMESTAMP_LIMIT
 from serving.explorer import explorer_routes, is_open, read_report
-from serving.recommender import Recommender
+from serving.recommender import Recommendation, RecommendedItem, Recommender
 
 log = logging.getLogger(__name__)
 
-OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
-"""Probes answer without the token (orchestrators' health checks carry none)."""
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/favicon.ico"})
+"""Answer without the token: the probes (orchestrators' health checks carry none) and the API's
+documentation, which holds no data (its operations still need the token: **Authorize**)."""
+DOCS_ASSETS = "/docs-assets/"
+"""Swagger UI's files, open like /docs itself."""
 
 UNMATCHED_ROUTE = "other"
 """The metrics label of every path that matches no route (raw paths would be unbounded)."""
@@ -127,13 +131,24 @@ def _json_integer(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_unicode_text)]
-Id = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+def _id_of_number(value: Any) -> Any:
+    """Ids are text, but a client may send ``42`` for ``"42"``: ids are names, not numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Id = Annotated[Text, BeforeValidator(_id_of_number), Field(min_length=1, max_length=200)]
 
 
 class Event(BaseModel):
     """A past interaction sent with the request (for users the server has not seen)."""
 
-    item_id: Id
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id = Field(description="An item of the catalog (a number is read as its id).")
     timestamp: int = Field(
         default=0,
         ge=-TIMESTAMP_LIMIT,
@@ -158,12 +173,13 @@ class _UserRequest(BaseModel):
     generated clients and fuzzers know it)."""
 
     model_config = ConfigDict(
+        extra="forbid",  # a misspelt field is a 422 naming it, never silently ignored
         json_schema_extra={
             "anyOf": [
                 {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
                 {"required": ["history"], "properties": {"history": {"type": "array"}}},
             ]
-        }
+        },
     )
 
     _integers = field_validator("k", "candidates", mode="before", check_fields=False)(_json_integer)
@@ -178,19 +194,53 @@ class _UserRequest(BaseModel):
 def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]]:
     """The request bodies with this server's limits, so OpenAPI states them and 422 enforces."""
     user: dict[str, Any] = {
-        "user_id": (Annotated[Text, Field(max_length=200)] | None, None),
-        "history": (list[Event] | None, Field(default=None, max_length=lim.max_history)),
-        "profile": (dict[Id, Annotated[Text, Field(max_length=1000)]] | None, None),
+        "user_id": (
+            Annotated[Text, BeforeValidator(_id_of_number), Field(max_length=200)] | None,
+            Field(default=None, description="A user of the dataset (a number is read as its id)."),
+        ),
+        "history": (
+            list[Event] | None,
+            Field(
+                default=None,
+                max_length=lim.max_history,
+                description="Past interactions, for a user the server does not know or to "
+                "replace a known user's stored history; items not in the catalog are ignored "
+                "and named in `warnings`.",
+            ),
+        ),
+        "profile": (
+            dict[Id, Annotated[Text, Field(max_length=1000)]] | None,
+            Field(default=None, description="Profile attributes (age, country, ...) as text."),
+        ),
     }
     recommend = create_model(
         "RecommendRequest",
         __base__=_UserRequest,
         __doc__="Who to recommend for (a known user id, or a history and profile) and how many.",
         **user,
-        k=(int, Field(default=10, ge=1, le=lim.max_k)),
-        candidates=(int, Field(default=100, ge=1, le=lim.max_candidates)),
-        exclude_seen=(StrictBool, True),
-        allow=(list[Id] | None, Field(default=None, max_length=lim.max_allow)),
+        k=(int, Field(default=10, ge=1, le=lim.max_k, description="How many items to return.")),
+        candidates=(
+            int,
+            Field(
+                default=100,
+                ge=1,
+                le=lim.max_candidates,
+                description="The first stage's candidates (the ranking stage adds its other "
+                "sources' own).",
+            ),
+        ),
+        exclude_seen=(
+            StrictBool,
+            Field(default=True, description="Leave out items already in the history."),
+        ),
+        allow=(
+            list[Id] | None,
+            Field(
+                default=None,
+                max_length=lim.max_allow,
+                description="Only these items may be returned (a shelf, a category).",
+            ),
+        ),
         second_stage=(
             StrictBool,
             Field(
@@ -213,9 +263,23 @@ def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]
         __base__=_UserRequest,
         __doc__="Point-wise scores of given items for a user.",
         **user,
-        item_ids=(list[Id], Field(min_length=1, max_length=lim.max_items)),
+        item_ids=(
+            list[Id],
+            Field(
+                min_length=1,
+                max_length=lim.max_items,
+                description="The items to score, each on its own (point-wise).",
+            ),
+        ),
     )
     return recommend, score
+
+
+class Scores(BaseModel):
+    """``POST /score``'s answer: each asked item's scores, in the order asked."""
+
+    items: list[RecommendedItem]
+    index_version: str
 
 
 class SafeJSONResponse(JSONResponse):
@@ -614,12 +678,46 @@ def create_app(
         max_body_bytes=lim.max_body_bytes,
         route_of=_route_label(app),
         count=metrics.count,
-        is_open=lambda path: path in OPEN_ROUTES or is_open(path, public_demo),
+        is_open=lambda path: (
+            path in OPEN_ROUTES or path.startswith(DOCS_ASSETS) or is_open(path, public_demo)
+        ),
     )
     _model_routes(app, recommender, metrics, lim)
     _probe_routes(app, recommender, metrics, lifecycle, token)
     explorer_routes(app, recommender, report)
+    if token:
+        _declare_bearer(app, lambda path: path in OPEN_ROUTES or is_open(path, public_demo))
     return app
+
+
+def _declare_bearer(app: FastAPI, open_path: Callable[[str], bool]) -> None:
+    """The schema says which operations need ``Authorization: Bearer``, so Swagger UI's
+    **Authorize** sends the token with them (and generated clients know)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The server's DUORANK_API_TOKEN.",
+                }
+            }
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if open_path(path):
+                        operation["security"] = []
+                        continue
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"].setdefault(
+                        "401", {"description": "Missing or wrong bearer token"}
+                    )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _offline_docs(app: FastAPI, assets: str) -> None:
@@ -635,8 +733,13 @@ def _offline_docs(app: FastAPI, assets: str) -> None:
             title="duorank - API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/favicon.ico",
+            swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": True},
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(Path(assets) / "favicon-32x32.png", media_type="image/png")
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -695,7 +798,7 @@ def _model_routes(
         finally:
             gate.leave()
 
-    @app.post("/recommend", responses=_ERRORS)
+    @app.post("/recommend", responses=_ERRORS, response_model=Recommendation)
     async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Top-k items: retrieval candidates reranked point-wise."""
         req: Any = body
@@ -727,7 +830,7 @@ def _model_routes(
             metrics.fallbacks.labels(result.fallback).inc()
         return asdict(result)
 
-    @app.post("/score", responses=_ERRORS)
+    @app.post("/score", responses=_ERRORS, response_model=Scores)
     async def post_score(body: score_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Point-wise scores of the given items for the user."""
         req: Any = body

@@ -27,7 +27,7 @@ import numpy as np
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
-from indexer.store import IndexRoot, NoVersionError, VerifyError
+from indexer.store import IndexRoot, NoVersionError, VerifyError, printable
 from rerank.data import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
@@ -73,6 +73,8 @@ class Recommendation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     reranked: bool = False
     fallback: str | None = None  # "popularity" (cold user), "rank_failed" or "rerank_failed"
+    warnings: list[str] = field(default_factory=list)
+    """What the call ignored (history items or allowed items the catalog does not hold)."""
 
 
 @dataclass
@@ -384,6 +386,40 @@ class Recommender:
             raise ValueError(f"k and candidates must be >= 1, got k={k}, candidates={candidates}")
         if k > candidates:
             raise ValueError(f"k ({k}) must not exceed candidates ({candidates})")
+        result = self._recommend(
+            user_id, history, profile, k, candidates, exclude_seen, allow, explain, second_stage
+        )
+        result.warnings = self.ignored(history, allow)
+        return result
+
+    def ignored(
+        self, history: Sequence[HistoryEvent] | None, allow: Collection[str] | None
+    ) -> list[str]:
+        """What a request names that the catalog does not hold (ignored by the call), each
+        with where it was (``history[3].item_id``), at most 20."""
+        items = self.catalog.items
+        out = [
+            f"history[{n}].item_id {printable(e.item_id)!r} is not in the catalog: ignored"
+            for n, e in enumerate(history or ())
+            if e.item_id not in items
+        ]
+        unknown = sum(1 for i in allow or () if i not in items)
+        if unknown:
+            out.append(f"allow: {unknown} item id(s) not in the catalog: ignored")
+        return out[:20]
+
+    def _recommend(
+        self,
+        user_id: str | None,
+        history: Sequence[HistoryEvent] | None,
+        profile: Mapping[str, str] | None,
+        k: int,
+        candidates: int,
+        exclude_seen: bool,
+        allow: Collection[str] | None,
+        explain: bool,
+        second_stage: bool,
+    ) -> Recommendation:
         loaded = self._loaded  # one version for the whole call
         timings: dict[str, float] = {}
         start = time.perf_counter()

@@ -231,9 +231,11 @@ def ranking_stage(
         m["seeds"] = seed_summary(runs)
     tower_rankings = [ev.rankings["two_tower_trained"], *(r for _s, r, _t, _i in towers.others)]
     if len(tower_rankings) == len(rankings):  # the pipeline against its own first stage
-        m.setdefault("seeds", {})["vs_first_stage"] = seed_mean_vs(
-            rankings, tower_rankings, ev.test, ev.seed, "two_tower_trained"
-        )
+        vs_first = seed_mean_vs(rankings, tower_rankings, ev.test, ev.seed, "two_tower_trained")
+        if "seeds" in m:
+            m["seeds"]["vs_first_stage"] = vs_first
+        else:  # one seed: no seeds' summary to hold it
+            m["vs_first_stage"] = vs_first
     return report
 
 

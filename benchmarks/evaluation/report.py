@@ -105,7 +105,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                     f"| {name} | {t['ndcg@10']:.4f} "
                     f"| {t['minus_ranker']:+.4f} +- {t['minus_ranker_se']:.4f} |"
                 )
-    seeded = {n: m["seeds"] for n, m in report["methods"].items() if "seeds" in m}
+    seeded = {n: m["seeds"] for n, m in report["methods"].items() if "runs" in m.get("seeds", {})}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [
             "",

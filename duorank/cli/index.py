@@ -63,7 +63,7 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     show_default=True,
     help="Duplicate item ids in --items: fail, or last wins.",
 )
-@root_option(help="Index root folder.")
+@root_option()
 @click.option("--model", default=None, help="Sentence-transformers folder or hub name.")
 @click.option(
     "--index-type", type=click.Choice(["flat", "hnsw", "ivfpq"]), default="flat", show_default=True

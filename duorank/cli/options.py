@@ -106,14 +106,24 @@ def tower_option(help: str) -> Callable[[F], F]:
     )
 
 
-def root_option(*, required: bool = True, help: str | None = None) -> Callable[[F], F]:
-    """``--root DIR``: an index root."""
+def root_option(help: str = "Index root folder.") -> Callable[[F], F]:
+    """``--root DIR``: an index root, by default the home's (``HOME/index``), the one `serve`,
+    `recommend` and the quickstart use."""
+
+    def home_index(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+        if value is not None:
+            return value
+        from duorank.settings import Settings
+
+        settings = ctx.find_object(Settings)
+        return settings.layout.index if settings is not None else Path(".duorank") / "index"
+
     return click.option(
         "--root",
         type=click.Path(path_type=Path),
-        required=required,
         default=None,
-        help=help,
+        callback=home_index,
+        help=f"{help} [default: HOME/index]",
     )
 
 

@@ -3,10 +3,13 @@ HTTP, and every user's list precomputed."""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +46,7 @@ def serving_options(fn: F) -> F:
             data_option(
                 required=False, help="Dataset folder (default: HOME/datasets/ml-latest-small)."
             ),
-            root_option(required=False, help="Index root (default: HOME/index)."),
+            root_option("Index root."),
             reranker_option,
             click.option(
                 "--ranker",
@@ -231,8 +234,16 @@ def serve(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--report") from None
 
+    sock = bind(host, port)  # before loading anything: a port in use fails in a second
+    if not settings.api_token and not is_loopback(host):
+        message = (
+            f"WARNING: serving on {host} with no token: anyone who can reach this host can "
+            "call every route; set DUORANK_API_TOKEN"
+        )
+        click.secho(message, err=True, fg="red", bold=True)
+        log.warning(message)
     job = serving_job(fallback=not strict, **serving)
-    with open_recommender(settings, job) as recommender:
+    with sock, open_recommender(settings, job) as recommender:
         limits = ServerLimits(
             max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
         )
@@ -247,11 +258,12 @@ def serve(
             "serving index %s on http://%s:%d (auth: %s); the explorer page is at /",
             recommender.index_version,
             host,
-            port,
+            sock.getsockname()[1],
             ("bearer token" if settings.api_token else "off")
             + (", public demo" if public_demo else ""),
         )
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        config = uvicorn.Config(app, log_level=settings.log_level.lower())
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 @click.command(name="recommend-all")
@@ -346,6 +358,44 @@ def recommend_all_cmd(
     if to_redis:
         written = write_redis(connect(settings.redis_url), rows, ttl)
         click.echo(f"wrote {written} lists to Redis (TTL {ttl} s)")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or a usage error (exit 2) that says why.
+
+    Raises:
+        click.UsageError: the port is in use, not ours to take, or the host is unknown.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise click.UsageError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise click.UsageError(
+                f"port {port} is in use on {host} (another server?); choose one with --port"
+            ) from None
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
