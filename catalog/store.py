@@ -124,6 +124,46 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a person asks of a dataset first: counts, the time span of its events, its rating
+    scale and labels, events per user (read from the interactions' columns, not the whole
+    catalog)."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    table = pq.read_table(
+        root / "interactions.parquet", columns=["user_id", "timestamp", "rating", "label"]
+    )
+    times = table.column("timestamp").to_numpy()
+    ratings = table.column("rating").drop_null().to_numpy()
+    labels = table.column("label").drop_null().to_numpy()
+    _, per_user = np.unique(
+        table.column("user_id").to_numpy(zero_copy_only=False), return_counts=True
+    )
+    out: dict[str, Any] = {
+        "path": str(root),
+        "source": (manifest.get("source") or {}).get("loader"),
+        "created_at": manifest.get("created_at"),
+        **{k: manifest[k] for k in ("users", "items", "interactions")},
+        "first_event": _when(int(times.min())) if len(times) else None,
+        "last_event": _when(int(times.max())) if len(times) else None,
+        "rated": len(ratings),
+        "rating_min": float(ratings.min()) if len(ratings) else None,
+        "rating_max": float(ratings.max()) if len(ratings) else None,
+        "rating_values": len(np.unique(ratings)),
+        "labelled": len(labels),
+        "events_per_user_median": float(np.median(per_user)) if len(per_user) else 0.0,
+        "import_stats": manifest.get("import_stats", {}),
+    }
+    return out
+
+
+def _when(timestamp: int) -> str:
+    """An epoch-seconds time as a UTC date; other units (or none: file order) as the number."""
+    if 0 <= timestamp < 10**10:
+        return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return str(timestamp)
+
+
 def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
     """Reads a dataset folder written by :func:`save_catalog`.
 

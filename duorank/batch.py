@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from catalog.progress import Progress
 from duorank.jobs import ServingJob, open_recommender
 from duorank.settings import Settings
 
@@ -29,11 +30,22 @@ REDIS_PREFIX = "duorank:recs"
 """Key prefix of the lists written to Redis (``<prefix>:<user id>``)."""
 
 
-def recommend_rows(rec: Any, users: Sequence[str], k: int, candidates: int) -> list[dict[str, Any]]:
-    """The Recommender's top ``k`` of every user, one row per (user, rank)."""
+def recommend_rows(
+    rec: Any,
+    users: Sequence[str],
+    k: int,
+    candidates: int,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """The Recommender's top ``k`` of every user, one row per (user, rank); ``progress``
+    counts users and the fallbacks served (``fallbacks``)."""
     rows: list[dict[str, Any]] = []
     for user in users:
         result = rec.recommend(user, k=k, candidates=candidates)
+        if progress is not None:
+            progress.update()
+            if result.fallback:
+                progress.note("fallbacks")
         for rank, item in enumerate(result.items, start=1):
             rows.append(
                 {
@@ -74,11 +86,13 @@ def recommend_all(
     workers: int = 2,
     address: str | None = None,
     batch_size: int = 64,
+    progress: Progress | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Every user's rows, in ``users`` order and rank order, and the serving index version."""
+    """Every user's rows, in ``users`` order and rank order, and the serving index version;
+    ``progress`` counts the users done (and, in this process, the fallbacks served)."""
     if engine == "local":
         with open_recommender(settings, job) as rec:
-            return recommend_rows(rec, users, k, candidates), rec.index_version
+            return recommend_rows(rec, users, k, candidates, progress), rec.index_version
     if engine != "ray":
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     import ray
@@ -110,11 +124,13 @@ def recommend_all(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
         )
-        rows = [
-            {c: _plain(batch[c][n]) for c in COLUMNS}
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy")
-            for n in range(len(batch["user_id"]))
-        ]
+        rows = []
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            rows += [
+                {c: _plain(batch[c][n]) for c in COLUMNS} for n in range(len(batch["user_id"]))
+            ]
+            if progress is not None:
+                progress.update(len(set(batch["user_id"].tolist())))
     finally:
         if started_here:
             ray.shutdown()

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from catalog.fsutil import fsync_dir, fsync_tree, sha256_file, write_json
 from catalog.model import Item
+from catalog.progress import Progress
 from catalog.text import ItemTextTemplate
 from indexer.lock import BuildLock
 from indexer.store import MANIFEST, IndexRoot, NoVersionError
@@ -144,8 +145,6 @@ class LocalEngine:
         refresh: bool = False,
         spill: Path | None = None,
     ) -> Encoded:
-        from tqdm.auto import tqdm
-
         encode = functools.partial(encoder.encode, refresh=refresh)
 
         cache = encoder.cache
@@ -155,18 +154,16 @@ class LocalEngine:
         texts: list[str] = []
         skipped: list[str] = []
         vectors = vector_buffer(len(items), encoder.dim, spill)
-        for start in tqdm(
-            range(0, len(items), batch_size),
-            desc="encoding items",
-            unit="batch",
-            disable=(not progress) if progress is not None else None,
-        ):
-            out = encode_items(items[start : start + batch_size], template, encode)
-            if len(out.ids):
-                vectors[len(ids) : len(ids) + len(out.ids)] = out.vectors
-            ids += out.ids
-            texts += out.texts
-            skipped += out.skipped_empty
+        with Progress("encoding items", len(items), "items", enabled=progress) as bar:
+            for start in range(0, len(items), batch_size):
+                batch = items[start : start + batch_size]
+                out = encode_items(batch, template, encode)
+                if len(out.ids):
+                    vectors[len(ids) : len(ids) + len(out.ids)] = out.vectors
+                ids += out.ids
+                texts += out.texts
+                skipped += out.skipped_empty
+                bar.update(len(batch))
         return Encoded(
             ids,
             texts,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from catalog.progress import duration
 from catalog.text import HistoryEvent
 from catalog.thresholds import COLD_ITEM_THRESHOLD
 from metrics import ndcg_at_k_from_ranks, recall_at_k_from_ranks, target_ranks
@@ -138,11 +139,16 @@ def train_sequential(
                 {"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall}
             )
             if progress:
+                per_epoch = (time.perf_counter() - started) / (epoch + 1)
                 log.info(
-                    "sequential tower epoch %d: loss %.4f, validation Recall@10 %.4f",
+                    "sequential tower epoch %d/%d: loss %.4f, validation Recall@10 %.4f "
+                    "(%s an epoch; at most %s left, early stopping may end it sooner)",
                     epoch + 1,
+                    cfg.epochs,
                     np.mean(losses),
                     recall,
+                    duration(per_epoch),
+                    duration(per_epoch * (cfg.epochs - epoch - 1)),
                 )
             if recall > best[0]:
                 best, stale, best_epoch = (recall, copy.deepcopy(net.state_dict())), 0, epoch + 1
@@ -189,11 +195,11 @@ def train_sequential(
         if progress:
             log.info(
                 "blend chosen on validation: cold %.2f, collaborative %.2f (NDCG@10 %.4f; "
-                "zero-shot %s)",
+                "the zero-shot text tower's: %.4f)",
                 cfg.cold_blend,
                 cfg.collab_weight,
                 chosen["ndcg@10"],
-                zero_shot,
+                zero_shot.get("ndcg@10", float("nan")),
             )
     tower.bind_text(text_vectors)
     card = {

@@ -110,11 +110,32 @@ def import_table(
 
 @data.command(name="info")
 @click.argument("path", type=click.Path(path_type=Path))
-def data_info(path: Path) -> None:
-    """Print a dataset folder's manifest."""
-    from catalog.store import read_manifest
+@json_option("Print the manifest and the summary as JSON.")
+def data_info(path: Path, as_json: bool) -> None:
+    """Summarise a dataset folder: counts, time span, rating scale, events per user."""
+    from catalog.store import describe, read_manifest
 
-    click.echo(json.dumps(read_manifest(path), indent=2, sort_keys=True))
+    about = describe(path)
+    if as_json:
+        click.echo(json.dumps({"manifest": read_manifest(path), "summary": about}, indent=2))
+        return
+    click.echo(f"{about['path']} ({about['source']} import, {about['created_at']})")
+    for key in ("users", "items", "interactions"):
+        click.echo(f"  {key:<22} {about[key]:>10,}")
+    click.echo(f"  {'events':<22} {about['first_event']} to {about['last_event']}")
+    click.echo(f"  {'events per user':<22} {about['events_per_user_median']:>10g} (median)")
+    if about["rated"]:
+        click.echo(
+            f"  {'ratings':<22} {about['rated']:>10,} from {about['rating_min']:g} to "
+            f"{about['rating_max']:g} ({about['rating_values']} distinct values; 4 and up is "
+            "a like)"
+        )
+    else:
+        click.echo(f"  {'ratings':<22} {'none':>10} (every event counts as a like)")
+    if about["labelled"]:
+        click.echo(f"  {'labels (0/1)':<22} {about['labelled']:>10,}")
+    for key, value in about["import_stats"].items():
+        click.echo(f"  {key:<26} {value:>6,}")
 
 
 COMMANDS = [data]

@@ -13,6 +13,7 @@ from duorank.cli.options import (
     quick_option,
     reranker_option,
     seed_option,
+    step_logger,
 )
 from duorank.settings import Settings
 
@@ -84,6 +85,7 @@ def eval_cmd(
     from benchmarks.evaluation import write_report
     from duorank.jobs import EvalJob, evaluate
 
+    say = step_logger()
     job = EvalJob(
         data_path,
         reranker_path,
@@ -94,9 +96,10 @@ def eval_cmd(
         seeds,
         rerank_als,
         quick,
-        progress=lambda m: click.echo(m, err=True),
+        progress=say,
     )
     report = evaluate(settings, job)
+    say(f"evaluation done: {len(report['methods'])} methods")
     for path in write_report(report, output):
         click.echo(f"wrote {path}")
     print_table(

@@ -231,9 +231,14 @@ def print_build(manifest: dict[str, Any], index_type: str, root: Path, as_json: 
     if as_json:
         click.echo(json.dumps(summary))
         return
+    from catalog.progress import duration
+
     click.echo(f"published {summary['version']} under {root}")
     for key in ("items", "encoded", "cache_hits", "skipped_empty", "added", "changed", "removed"):
         click.echo(f"  {key:<14} {summary[key]:>8,}")
+    seconds = build["seconds"]
+    steps = ", ".join(f"{name} {duration(s)}" for name, s in seconds.items())
+    click.echo(f"  {'time':<14} {duration(sum(seconds.values())):>8} ({steps})")
     audit = summary["cache_audit"]
     if audit is not None:
         verdict = "trusted" if audit["trusted"] else "NOT trusted: every item re-encoded"

@@ -132,3 +132,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from benchmarks.contract import format_table
 
     click.echo(format_table(rows))
+
+
+def step_logger() -> Callable[[str], None]:
+    """Prints each step of a long job on stderr with the time since the job started
+    (``[2 min 05 s] fitting the ranker``), so a log shows where the time goes."""
+    import time
+
+    from catalog.progress import duration
+
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        click.echo(f"[{duration(time.monotonic() - started)}] {message}", err=True)
+
+    return say

@@ -322,6 +322,7 @@ def recommend_all_cmd(
     idle_threads_sleep()
     from catalog import load_catalog
     from catalog.fsutil import RECOMMENDATIONS, check_replaceable
+    from catalog.progress import Progress
     from duorank.batch import manifest_of, recommend_all, user_ids, write_parquet, write_redis
     from retrieval.redis_client import connect
 
@@ -342,16 +343,19 @@ def recommend_all_cmd(
     catalog = load_catalog(data)
     everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
     users = user_ids(users_path, everyone)
-    rows, version = recommend_all(
-        settings,
-        job,
-        users,
-        k=k,
-        candidates=candidates,
-        engine=engine,
-        workers=ray_workers,
-        address=ray_address,
-    )
+    with Progress("recommending", len(users), "users") as progress:
+        rows, version = recommend_all(
+            settings,
+            job,
+            users,
+            k=k,
+            candidates=candidates,
+            engine=engine,
+            workers=ray_workers,
+            address=ray_address,
+            progress=progress,
+        )
+    click.echo(progress.summary(rows=len(rows)), err=True)
     manifest = manifest_of(version, len(users), k, candidates, engine)
     if out is not None:
         click.echo(f"wrote {write_parquet(rows, out, manifest)} ({len(rows)} rows)")

@@ -15,6 +15,7 @@ from duorank.cli.options import (
     print_table,
     quick_option,
     seed_option,
+    step_logger,
     tower_option,
 )
 from duorank.settings import Settings
@@ -138,10 +139,12 @@ def train_tower_cmd(
 
 def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     """Where the tower went, its validation figure and the blends chosen on validation."""
+    from catalog.progress import duration
+
     click.echo(
         f"saved {out}: validation Recall@10 {card['best_recall@10']:.4f} at epoch "
         f"{card['best_epoch']}; cold blend {tower.cfg.cold_blend:g}, collaborative "
-        f"{tower.cfg.collab_weight:g} ({card['train_seconds']:.0f} s)"
+        f"{tower.cfg.collab_weight:g} (trained in {duration(card['train_seconds'])})"
     )
 
 
@@ -390,20 +393,22 @@ def train_ranker_cmd(
         out,
         args,
         seed=seed,
-        progress=lambda m: click.echo(m, err=True),
+        progress=step_logger(),
     )
     print_ranker(card, out)
 
 
 def print_ranker(card: dict[str, Any], out: Path) -> None:
     """The validation figures behind the served choice, and where the stage went."""
+    from catalog.progress import duration
+
     choice = card["choice"]
     click.echo(
         f"saved {out}: validation NDCG@10 {choice['ndcg@10']:.4f} vs the tower's "
         f"{choice['first_stage_ndcg@10']:.4f} ({choice['minus_first_stage']:+.4f}, one "
         f"standard error {choice['minus_first_stage_se']:.4f}): serves the "
         f"{choice['served'].replace('_', ' ')}; {card['rounds']} trees "
-        f"({sum(card['seconds'].values()):.0f} s)"
+        f"(trained in {duration(sum(card['seconds'].values()))})"
     )
     like = card.get("like")
     if isinstance(like, dict):

@@ -28,7 +28,11 @@ def test_import_movielens_prints_and_records_counts(
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["users"], manifest["items"], manifest["interactions"]) == (610, 9742, 100836)
     info = CliRunner().invoke(cli, ["data", "info", str(out)])
-    assert json.loads(info.output)["items"] == 9742
+    assert "  items                       9,742" in info.output
+    assert "1996-03-29 18:36 UTC to 2018-09-24 14:27 UTC" in info.output
+    assert "100,836 from 0.5 to 5 (10 distinct values" in info.output
+    raw = json.loads(CliRunner().invoke(cli, ["data", "info", str(out), "--json"]).output)
+    assert raw["manifest"]["items"] == 9742 and raw["summary"]["rating_max"] == 5.0
 
 
 def test_import_table_with_mapping(tmp_path: Path) -> None:

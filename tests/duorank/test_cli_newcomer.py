@@ -32,6 +32,7 @@ def test_index_build_and_list_without_root_use_home_index(tmp_path: Path, redis_
     base = ["--home", str(tmp_path / "home"), "--redis-url", redis_url]
     build = CliRunner().invoke(cli, [*base, "index", "build", "--data", str(tmp_path / "data")])
     assert build.exit_code == 0, build.output
+    assert "  time " in build.output and "encode " in build.output  # where the time went
     listed = CliRunner().invoke(cli, [*base, "index", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.output.strip().splitlines()[-1])["current"] is True

@@ -98,6 +98,9 @@ def test_the_command_writes_every_users_list(
     assert table.num_rows == 4 * len(stack.catalog.users)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["users"] == len(stack.catalog.users) and manifest["engine"] == "local"
+    n = len(stack.catalog.users)
+    assert f"recommending: {n} users in " in result.output  # the summary, on stderr
+    assert f"rows {4 * n:,})" in result.output
     refused = CliRunner().invoke(cli, ["--home", str(base / "home"), "recommend-all", *args])
     assert refused.exit_code == 2 and "--out DIR, --to-redis" in refused.output
     users = tmp_path / "users.txt"
