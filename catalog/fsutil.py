@@ -75,6 +75,8 @@ class Marker:
     what: str
     key: str | None = None
     value: str | None = None
+    older: tuple[str, ...] = ()
+    """Earlier values of ``key`` the same command wrote (an older format of its output)."""
 
     def matches(self, folder: Path) -> bool:
         """Whether ``folder`` carries this marker (a regular file of bounded size)."""
@@ -87,13 +89,17 @@ class Marker:
             return False
         if not isinstance(data, dict):
             return False
-        return self.key is None or data.get(self.key) == self.value
+        return self.key is None or data.get(self.key) in (self.value, *self.older)
 
 
 MARKER_MAX_BYTES = 1 << 24
 DATASET = Marker("manifest.json", "a duorank dataset", "format", "duorank.dataset/1")
 RECOMMENDATIONS = Marker(
-    "manifest.json", "a recommend-all output", "format", "duorank.recommendations/1"
+    "manifest.json",
+    "a recommend-all output",
+    "format",
+    "duorank.recommendations/2",
+    older=("duorank.recommendations/1",),
 )
 MODEL = Marker("duorank-card.json", "a duorank model folder")
 RANKER = Marker("ranker.json", "a duorank ranking stage", "kind", "gbdt")

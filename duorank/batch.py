@@ -20,11 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from catalog.fsutil import RECOMMENDATIONS
 from catalog.progress import Progress
 from duorank.jobs import ServingJob, open_recommender
 from duorank.settings import Settings
 
-COLUMNS = ("user_id", "rank", "item_id", "retrieval_score", "rank_score", "p_like")
+COLUMNS = ("user_id", "rank", "item_id", "ranking_score", "first_stage_score", "p_like")
 """The rows' columns (``rank`` counts from 1)."""
 REDIS_PREFIX = "duorank:recs"
 """Key prefix of the lists written to Redis (``<prefix>:<user id>``)."""
@@ -52,9 +53,9 @@ def recommend_rows(
                     "user_id": user,
                     "rank": rank,
                     "item_id": item.item_id,
-                    "retrieval_score": item.retrieval_score,
-                    "rank_score": item.rank_score,
-                    "p_like": item.rerank_probability,
+                    "ranking_score": item.ranking_score,
+                    "first_stage_score": item.first_stage_score,
+                    "p_like": item.p_like,
                 }
             )
     return rows
@@ -148,7 +149,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], out: Path, manifest: dict[str,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from catalog.fsutil import RECOMMENDATIONS, atomic_dir, write_json
+    from catalog.fsutil import atomic_dir, write_json
 
     table = pa.table(
         {
@@ -157,7 +158,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], out: Path, manifest: dict[str,
             "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
             **{
                 c: pa.array([r[c] for r in rows], pa.float64())
-                for c in ("retrieval_score", "rank_score", "p_like")
+                for c in ("ranking_score", "first_stage_score", "p_like")
             },
         }
     )
@@ -175,7 +176,7 @@ def write_redis(
     by_user: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_user.setdefault(r["user_id"], []).append(
-            {k: r[k] for k in ("item_id", "retrieval_score", "rank_score", "p_like")}
+            {k: r[k] for k in ("item_id", "ranking_score", "first_stage_score", "p_like")}
         )
     written = 0
     users = list(by_user)
@@ -191,7 +192,7 @@ def write_redis(
 def manifest_of(version: str, users: int, k: int, candidates: int, engine: str) -> dict[str, Any]:
     """What a precomputed set of lists was made from."""
     return {
-        "format": "duorank.recommendations/1",
+        "format": RECOMMENDATIONS.value,
         "index_version": version,
         "users": users,
         "k": k,

@@ -1,8 +1,9 @@
-"""Takes the explorer's two screenshots for docs/ with Debian's headless Chromium.
+"""Takes the explorer's screenshots for docs/ with Debian's headless Chromium.
 
 Serves the home's published index and ranker (the quickstart's models) with `duorank serve` on
-a free loopback port, opens the page, picks a user and shoots the user view, then the
-evaluation view. Usage: ``python scripts/screenshots.py [--home .duorank] [--user 42]``.
+a free loopback port, opens the page, enters the token, loads a user (Enter on an exact id)
+and shoots the user view, then the evaluation view, then /docs after **Authorize**.
+Usage: ``python scripts/screenshots.py [--home .duorank] [--user 42]``.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def main() -> None:
         try:
             driver.get(url + "/")
             driver.find_element(By.ID, "token").send_keys(token + Keys.ENTER)
+            wait.until(lambda d: d.find_element(By.ID, "token-status").text == "connected")
             driver.find_element(By.ID, "user-query").send_keys(args.user + Keys.ENTER)
-            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#user-results button"))
-            driver.find_element(By.CSS_SELECTOR, "#user-results button").click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#first li")) >= 10)
+            wait.until(lambda d: d.execute_script("return document.body.ariaBusy") == "false")
             driver.save_screenshot(str(DOCS / "explorer-user.png"))
             driver.set_window_size(1400, 1900)  # the report's tables and plots on one page
             driver.find_element(By.ID, "tab-report").click()
@@ -68,12 +69,16 @@ def main() -> None:
                 )
             )
             driver.save_screenshot(str(DOCS / "explorer-report.png"))
+            driver.set_window_size(1400, 1100)
+            driver.get(url + "/docs")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 5)
+            driver.save_screenshot(str(DOCS / "api-docs.png"))
         finally:
             driver.quit()
     finally:
         server.terminate()
         server.wait(timeout=20)
-    print(f"wrote {DOCS / 'explorer-user.png'} and {DOCS / 'explorer-report.png'}")
+    print("wrote docs/explorer-user.png, docs/explorer-report.png and docs/api-docs.png")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,21 @@ REPORT_METRICS = (
     "cold_recall@100",
 )
 """The report columns the page shows per method."""
+METHOD_ORDER = (
+    "popularity",
+    "itemknn",
+    "als",
+    "bpr",
+    "ease",
+    "sasrec",
+    "two_tower_zero_shot",
+    "two_tower_finetuned",
+    "two_tower_trained",
+    "als+reranker",
+    "two_tower_trained+reranker",
+    "ranking_stage",
+)
+"""The report's rows from the simplest to what serves: baselines, first stages, second stages."""
 
 
 def is_open(path: str, public_demo: bool) -> bool:
@@ -138,12 +153,28 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
             ) from None
         stage = data.get("ranking_stage") or {}
         methods = data["methods"]
+        order = [m for m in METHOD_ORDER if m in methods]
+        methods = {m: methods[m] for m in [*order, *(m for m in methods if m not in order)]}
+        dataset = data.get("dataset") or {}
+        theirs = Path(str(dataset.get("path", ""))).name
+        ours = Path(str((catalog.source or {}).get("path", ""))).name
+        machine = data.get("machine") or {}
         return {
             "file": report.name,
-            "dataset": data.get("dataset"),
+            "dataset": dataset,
             "date": data.get("date"),
-            "machine": (data.get("machine") or {}).get("cpu"),
+            "commit": data.get("commit"),
+            "machine": machine.get("cpu"),
+            "cores": machine.get("cores"),
             "best_baseline": data.get("best_baseline"),
+            "server": {
+                "dataset": ours or None,
+                "same_dataset": bool(theirs) and theirs == ours,
+                "index_version": recommender.index_version,
+                "serves": "ranking_stage"
+                if recommender.ranker is not None
+                else ("two_tower_trained"),
+            },
             "methods": [
                 {
                     "method": name,

@@ -665,7 +665,9 @@ def create_app(
         title="duorank",
         version="0.1.0",
         lifespan=lifecycle.lifespan,
-        description="Two-stage recommendations: retrieval + point-wise reranking.",
+        description="Two-stage recommendations: a first stage (the two-tower retriever) proposes "
+        "candidates; the ranking stage, where it beat the first stage on validation, orders them "
+        "(each response says which part served it, `served_by`, and why).",
         default_response_class=SafeJSONResponse,
         docs_url=None if assets else "/docs",
     )

@@ -33,7 +33,14 @@ from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
-from serving.explain import Explanation, because, feature_effects
+from serving.explain import (
+    Explanation,
+    because,
+    constant_columns,
+    feature_effects,
+    movement,
+    reasons,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +57,61 @@ def _ranker_serves(ranker: Any) -> bool:
     return bool(served == "ranker")
 
 
+def _served_because(ranker: Any | None) -> tuple[str, str]:
+    """Why the ranking stage serves, and why the first stage does when it does: from the
+    ranker's card (its choice on validation), in words."""
+    choice = ranker.record.get("choice", {}) if ranker is not None else {}
+    figures = (
+        f"validation NDCG@10 {choice['ndcg@10']:.4f} against the first stage's "
+        f"{choice['first_stage_ndcg@10']:.4f}"
+        if {"ndcg@10", "first_stage_ndcg@10"} <= set(choice)
+        else "its card records no validation figures"
+    )
+    why_ranker = f"it beat the first stage's order on validation ({figures})"
+    if ranker is None:
+        why_first = "no ranking stage or cross-encoder is loaded"
+    elif choice.get("served", "ranker") != "ranker":
+        why_first = f"the ranking stage did not beat the first stage on validation ({figures})"
+    else:
+        why_first = "the first stage's order"
+    return why_ranker, why_first
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
-    """One recommendation with each stage's score (``rank_score``: the ranking stage's, in its
-    own units; ``rerank_probability``: P(like)) and, when asked, why it is there."""
+    """One recommendation and its scores, in the project's one vocabulary.
+
+    ``ranking_score`` is what sorts the list (the ranking stage's score in its own units, or
+    the first stage's score, or the cross-encoder's P(like): whichever served, see
+    ``Recommendation.served_by``); ``first_stage_score`` is the first stage's (the tower's
+    inner product); ``p_like`` the probability that the user likes it. With ``explain``, why
+    it is there."""
 
     item_id: str
     title: str
-    retrieval_score: float | None
-    rerank_probability: float | None
-    rank_score: float | None = None
+    ranking_score: float | None
+    first_stage_score: float | None
+    p_like: float | None
     genres: tuple[str, ...] = ()
     explanation: Explanation | None = None
 
 
+SERVED_BY = ("ranking stage", "first stage", "cross-encoder", "popularity")
+"""Which part ordered a list (``Recommendation.served_by``)."""
+
+
 @dataclass
 class Recommendation:
-    """A response: items best first, timings per stage (ms), the index version, flags."""
+    """A response: items best first, which part ordered them and why, timings per stage
+    (ms), the index version, the fallback taken and what was ignored."""
 
     items: list[RecommendedItem]
     index_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
-    reranked: bool = False
+    served_by: str = "first stage"
+    """One of :data:`SERVED_BY`."""
+    served_because: str = ""
+    """Why that part (the ranking stage's validation figures from its card, a fallback...)."""
     fallback: str | None = None  # "popularity" (cold user), "rank_failed" or "rerank_failed"
     warnings: list[str] = field(default_factory=list)
     """What the call ignored (history items or allowed items the catalog does not hold)."""
@@ -140,6 +180,7 @@ class Recommender:
         self.catalog = catalog
         self.reranker = reranker
         self.ranker = ranker if ranker is not None and _ranker_serves(ranker) else None
+        self._why_ranker, self._why_first = _served_because(ranker)
         self.text_vectors = text_vectors
         self.n_recent = n_recent
         self.histories = group_histories(catalog.interactions)
@@ -438,6 +479,8 @@ class Recommender:
                 [self._item(i, None, None, explanation=why) for i in ids],
                 loaded.version,
                 timings,
+                served_by="popularity",
+                served_because="no history item the first stage can read: the most popular items",
                 fallback="popularity",
             )
         failed = None
@@ -457,6 +500,13 @@ class Recommender:
         if self.reranker is None or not cand_ids or failed or not second_stage:
             top = list(range(min(k, len(cand_ids))))
             whys = self._tower_explanations(loaded, state, cand_ids, top, explain, timings)
+            because = (
+                "the ranking stage failed on this call (logged): the first stage's order"
+                if failed
+                else "second_stage is false in the request"
+                if not second_stage
+                else self._why_first
+            )
             return Recommendation(
                 [
                     self._item(cand_ids[n], float(cand_scores[n]), None, explanation=whys[j])
@@ -464,6 +514,8 @@ class Recommender:
                 ],
                 loaded.version,
                 timings,
+                served_by="first stage",
+                served_because=because,
                 fallback=failed,
             )
         start = time.perf_counter()
@@ -482,16 +534,32 @@ class Recommender:
                 ],
                 loaded.version,
                 timings,
+                served_by="first stage",
+                served_because="the cross-encoder failed on this call (logged): the first "
+                "stage's order",
                 fallback="rerank_failed",
             )
         timings["rerank"] = (time.perf_counter() - start) * 1000
         order = [int(o) for o in np.argsort(-probs, kind="stable")[:k]]
-        whys = self._tower_explanations(loaded, state, cand_ids, order, explain, timings)
+        whys = self._tower_explanations(loaded, state, cand_ids, order, explain, timings, True)
         items = [
-            self._item(cand_ids[i], float(cand_scores[i]), float(probs[i]), explanation=whys[j])
+            self._item(
+                cand_ids[i],
+                float(cand_scores[i]),
+                float(probs[i]),
+                float(probs[i]),
+                explanation=whys[j],
+            )
             for j, i in enumerate(order)
         ]
-        return Recommendation(items, loaded.version, timings, reranked=True)
+        return Recommendation(
+            items,
+            loaded.version,
+            timings,
+            served_by="cross-encoder",
+            served_because=f"no ranking stage serves; the cross-encoder's P(like) orders the "
+            f"first stage's top {len(cand_ids)}",
+        )
 
     def _tower_explanations(
         self,
@@ -501,8 +569,10 @@ class Recommender:
         order: Sequence[int],
         explain: bool,
         timings: dict[str, float],
+        moved: bool = False,
     ) -> list[Explanation | None]:
-        """Explanations of the tower's candidates at ``order`` (retrieval positions)."""
+        """Explanations of the tower's candidates at ``order`` (retrieval positions); with
+        ``moved``, how far a second stage (the cross-encoder) moved each."""
         if not explain:
             return [None] * len(order)
         start = time.perf_counter()
@@ -510,7 +580,10 @@ class Recommender:
             loaded.index, [cand_ids[o] for o in order], state.history, self.catalog.items
         )
         timings["explain"] = (time.perf_counter() - start) * 1000
-        return [Explanation(["tower"], o + 1, b) for o, b in zip(order, near, strict=True)]
+        return [
+            Explanation(["tower"], o + 1, b, movement=movement(o + 1, n + 1) if moved else None)
+            for n, (o, b) in enumerate(zip(order, near, strict=True))
+        ]
 
     def request_time(self, history: Sequence[HistoryEvent]) -> int:
         """A request's time for the ranking stage's windows: just after the later of the log's
@@ -586,7 +659,13 @@ class Recommender:
             self._item(ids[o], float(retrieval[o]), probs[n], float(scores[o]), explanation=whys[n])
             for n, o in enumerate(order)
         ]
-        return Recommendation(items, loaded.version, timings, reranked=True)
+        return Recommendation(
+            items,
+            loaded.version,
+            timings,
+            served_by="ranking stage",
+            served_because=self._why_ranker,
+        )
 
     def _stage_explanations(
         self,
@@ -599,18 +678,25 @@ class Recommender:
     ) -> list[Explanation | None]:
         """The sources, first-stage rank, nearest history items and the features that moved
         each of the ranking stage's items at ``order`` (rows of ``x``)."""
+        from rerank.features import group_of
+
         assert self.ranker is not None
-        retrieval = x[:, self.ranker.names.index("retrieval_score")]
+        names = self.ranker.names
+        retrieval = x[:, names.index("retrieval_score")]
         first_rank = np.empty(len(retrieval), dtype=np.int64)
         first_rank[np.argsort(-retrieval, kind="stable")] = np.arange(1, len(retrieval) + 1)
         effects = self.ranker.contributions(x[list(order)])
         near = because(loaded.index, [ids[o] for o in order], state.history, self.catalog.items)
+        constant = constant_columns(x)  # the user's own figures: they tell no item apart
+        sources = list(cands.sources)
         return [
             Explanation(
                 [s for j, s in enumerate(cands.sources) if cands.present[o, j]],
                 int(first_rank[o]),
                 near[n],
-                feature_effects(effects[n], x[o], self.ranker.names),
+                feature_effects(effects[n], x[o], names),
+                reasons(effects[n], x[o], names, constant, lambda f: group_of(f, sources)),
+                movement(int(first_rank[o]), n + 1),
             )
             for n, o in enumerate(order)
         ]
@@ -663,19 +749,21 @@ class Recommender:
     def _item(
         self,
         item_id: str,
-        retrieval: float | None,
-        rerank: float | None,
-        rank_score: float | None = None,
+        first_stage: float | None,
+        p_like: float | None,
+        ranking: float | None = None,
         *,
         explanation: Explanation | None = None,
     ) -> RecommendedItem:
+        """One item; its ranking score is ``ranking``, else the first stage's (what sorted
+        the list when no second stage did)."""
         item = self.catalog.items.get(item_id)
         return RecommendedItem(
             item_id,
             item.title if item else item_id,
-            retrieval,
-            rerank,
-            rank_score,
+            ranking if ranking is not None else first_stage,
+            first_stage,
+            p_like,
             tuple(item.genres) if item else (),
             explanation,
         )

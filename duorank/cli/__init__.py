@@ -73,7 +73,9 @@ def _setup_logging(level: str) -> None:
 def cli(
     ctx: click.Context, home: Path | None, redis_url: str | None, log_level: str | None
 ) -> None:
-    """duorank: two-tower retrieval + point-wise reranking with Redis-cached embeddings."""
+    """duorank: two-stage recommendations. A first stage (the two-tower retriever over FAISS)
+    proposes candidates; a ranking stage (LightGBM over several sources, or a cross-encoder)
+    orders them where it beat the first stage on validation. Embeddings are cached in Redis."""
     settings = Settings.from_env(home=home, redis_url=redis_url, log_level=log_level)
     _setup_logging(settings.log_level)
     ctx.obj = settings

@@ -133,19 +133,23 @@ def recommend(
 
 
 def print_recommendation(result: Any) -> None:
-    """A recommendation as a table with its version, fallback and stage timings."""
+    """A recommendation as a table (sorted by its ranking score, the first column of scores)
+    with which part served it and why, the version, fallback and stage timings."""
     click.echo(
-        f"index version {result.index_version}; reranked: {result.reranked}"
-        + (f"; fallback: {result.fallback}" if result.fallback else "")
+        f"index version {result.index_version}; served by the {result.served_by}: "
+        f"{result.served_because}" + (f"; fallback: {result.fallback}" if result.fallback else "")
     )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     print_table(
         [
             {
                 "rank": n + 1,
                 "item": it.item_id,
                 "title": it.title[:50],
-                "retrieval": it.retrieval_score,
-                "rerank_p": it.rerank_probability,
+                "ranking score": it.ranking_score,
+                "first stage": it.first_stage_score,
+                "P(like)": it.p_like,
             }
             for n, it in enumerate(result.items)
         ]

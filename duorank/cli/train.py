@@ -1,4 +1,4 @@
-"""`duorank train`: the three trainable parts, each named for what it trains."""
+"""`duorank train`: the four trainable parts, each named for what it trains."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from duorank.cli.options import (
 from duorank.settings import Settings
 
 
-@click.group(short_help="Train the tower, the reranker or the text model.")
+@click.group(short_help="Train the first stage, the ranking stage or the cross-encoder.")
 def train() -> None:
-    """Train a model: `tower` (the default first stage, minutes on a CPU), `reranker` (the
-    second stage), or `retriever` (full fine-tuning of the text model, a GPU job)."""
+    """Train a model: `tower` (the first stage, minutes on a CPU), `ranker` (the ranking
+    stage over every source's candidates: the served default where it beats the first stage
+    on validation), `reranker` (the cross-encoder, a second stage over text pairs), or
+    `retriever` (full fine-tuning of the text model, a GPU job)."""
 
 
 @train.command(name="retriever", short_help="Fine-tune the text model itself (a GPU job).")

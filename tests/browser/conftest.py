@@ -113,12 +113,32 @@ def browser(served: str) -> Iterator[Any]:
 
 
 def wait(driver: Any, condition: Any, what: str) -> Any:
+    """Waits for ``condition``; an element replaced while it is read (the page re-renders a
+    list) is read again, not an error."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S).until(condition, message=f"waiting for {what}")
+    waiting = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition, message=f"waiting for {what}")
+
+
+def idle(driver: Any) -> None:
+    """Waits until the page has no call running (it marks ``body[aria-busy]``)."""
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.body.getAttribute('aria-busy')") == "false",
+        "the page to finish its calls",
+    )
 
 
 def texts(driver: Any, selector: str) -> list[str]:
+    """The texts of the elements ``selector`` finds, read again if the page replaced them."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
+    for _ in range(5):
+        try:
+            return [e.text for e in driver.find_elements(By.CSS_SELECTOR, selector)]
+        except StaleElementReferenceException:
+            continue
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, selector)]

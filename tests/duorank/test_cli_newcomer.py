@@ -66,3 +66,18 @@ def test_eval_with_the_default_one_seed_writes_its_report(tmp_path: Path, redis_
     assert lo <= hi
     assert output.with_suffix(".md").is_file() and "ranking_stage" in result.output
     assert output.with_name("report-recall.png").is_file()
+
+
+def test_serve_off_loopback_without_a_token_warns_loudly(tmp_path: Path) -> None:
+    from duorank.cli.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+    where = ["--data", str(tmp_path / "none"), "--root", str(tmp_path / "none")]
+    result = CliRunner().invoke(
+        cli,
+        ["--home", str(tmp_path / "home"), "serve", "--host", "0.0.0.0", "--port", "0", *where],
+        env={"DUORANK_API_TOKEN": ""},
+    )
+    assert "WARNING: serving on 0.0.0.0 with no token" in result.output
+    assert result.exit_code == EXIT_USAGE  # then the missing dataset stops it, before serving

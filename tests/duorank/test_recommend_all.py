@@ -56,10 +56,10 @@ def test_local_and_ray_rows_equal_the_recommender_user_by_user(
             items = expected[user].items
             assert [r["item_id"] for r in mine] == [i.item_id for i in items], engine
             assert [r["rank"] for r in mine] == [1, 2, 3, 4, 5]
-            assert [r["rank_score"] for r in mine] == pytest.approx([i.rank_score for i in items])
-            assert [r["p_like"] for r in mine] == pytest.approx(
-                [i.rerank_probability for i in items]
+            assert [r["ranking_score"] for r in mine] == pytest.approx(
+                [i.ranking_score for i in items]
             )
+            assert [r["p_like"] for r in mine] == pytest.approx([i.p_like for i in items])
 
 
 def test_parquet_and_redis_outputs(

@@ -131,5 +131,6 @@ def test_recommend_explains_when_asked(secured: LiveServer, stack: Stack) -> Non
         json={"user_id": "u1", "k": 5, "explain": True, "second_stage": False},
         headers=AUTH,
     ).json()
-    assert not first["reranked"]
+    assert first["served_by"] == "first stage"
+    assert first["served_because"] == "second_stage is false in the request"
     assert [i["explanation"]["first_stage_rank"] for i in first["items"]] == [1, 2, 3, 4, 5]

@@ -23,9 +23,9 @@ def test_recommend_for_a_known_user(server: LiveServer, stack: Stack) -> None:
     r = httpx.post(f"{server.url}/recommend", json={"user_id": "u1", "k": 5, "candidates": 20})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert len(body["items"]) == 5 and body["reranked"] is True
+    assert len(body["items"]) == 5 and body["served_by"] == "cross-encoder"
     assert body["index_version"] == stack.versions[0]
-    probs = [i["rerank_probability"] for i in body["items"]]
+    probs = [i["p_like"] for i in body["items"]]
     assert probs == sorted(probs, reverse=True)
     seen = set(stack.catalog.interactions.item_ids[stack.catalog.interactions.user_ids == "u1"])
     assert not seen & {i["item_id"] for i in body["items"]}
@@ -45,7 +45,7 @@ def test_score_and_errors(server: LiveServer) -> None:
     r = httpx.post(f"{server.url}/score", json={"user_id": "u2", "item_ids": ["1", "2"]})
     assert r.status_code == 200
     assert [i["item_id"] for i in r.json()["items"]] == ["1", "2"]
-    assert all(0 < i["rerank_probability"] < 1 for i in r.json()["items"])
+    assert all(0 < i["p_like"] < 1 for i in r.json()["items"])
     missing = httpx.post(f"{server.url}/score", json={"user_id": "u2", "item_ids": ["zzz"]})
     assert missing.status_code == 404 and "zzz" in missing.text
     unknown = httpx.post(f"{server.url}/recommend", json={"user_id": "nobody"})
@@ -244,7 +244,7 @@ def test_reranker_failure_serves_retrieval_order(stack: Stack) -> None:
         r = httpx.post(f"{live.url}/recommend", json={"user_id": "u1", "k": 5})
         assert r.status_code == 200
         body = r.json()
-        assert body["fallback"] == "rerank_failed" and body["reranked"] is False
-        scores = [i["retrieval_score"] for i in body["items"]]
+        assert body["fallback"] == "rerank_failed" and body["served_by"] == "first stage"
+        scores = [i["first_stage_score"] for i in body["items"]]
         assert len(scores) == 5 and scores == sorted(scores, reverse=True)
         assert 'kind="rerank_failed"' in httpx.get(f"{live.url}/metrics").text

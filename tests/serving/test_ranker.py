@@ -13,6 +13,7 @@ from indexer import IndexRoot, VerifyError
 from rerank.features import Request
 from rerank.gbdt import GBDTRanker
 from retrieval.encoder import Encoder
+from serving.explain import movement
 from serving.recommender import Recommender
 from tests.conftest import tiny_catalog
 from tests.live import build_ranked_stack
@@ -44,12 +45,16 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     history = rec.histories[user]
     seen = {e.item_id for e in history}
     out = rec.recommend(user, k=5, candidates=8)
-    assert out.reranked and len(out.items) == 5
+    assert out.served_by == "ranking stage" and len(out.items) == 5
+    assert out.served_because.startswith("it beat the first stage's order on validation")
+    assert [i.ranking_score for i in out.items] == sorted(
+        (i.ranking_score for i in out.items), reverse=True
+    )  # the ranking score is what sorts the list
     assert {"embed", "candidates", "features", "rank", "p_like"} <= set(out.timings_ms)
     assert not {i.item_id for i in out.items} & seen
     # P(like) from the stage's own head (likes and dislikes among the targets), no text model
     assert ranker.like is not None
-    assert all(0.0 < (i.rerank_probability or -1) < 1.0 for i in out.items)
+    assert all(0.0 < (i.p_like or -1) < 1.0 for i in out.items)
 
     # the same request through the stage and the ranker by hand gives the same order
     request = Request(user, history, rec.request_time(history))
@@ -60,7 +65,7 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     assert [i.item_id for i in out.items] == expected
     like_cols = [lists.names.index(n) for n in ranker.like.names]
     np.testing.assert_allclose(
-        [i.rerank_probability for i in out.items],
+        [i.p_like for i in out.items],
         ranker.like.probability(lists.x[order][:, like_cols]),
     )
     # candidates come from more than the tower
@@ -69,11 +74,9 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
 
     # point-wise scores of given items: the same P(like) as in the list
     scored = rec.score(user, [i.item_id for i in out.items])
+    np.testing.assert_allclose([s.p_like for s in scored], [i.p_like for i in out.items])
     np.testing.assert_allclose(
-        [s.rerank_probability for s in scored], [i.rerank_probability for i in out.items]
-    )
-    np.testing.assert_allclose(
-        [s.retrieval_score for s in scored], [i.retrieval_score for i in out.items], atol=1e-5
+        [s.first_stage_score for s in scored], [i.first_stage_score for i in out.items], atol=1e-5
     )
     # the tables the version carries are the ones fitted from the catalog at load
     fitted = Recommender(
@@ -90,7 +93,7 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
     broken.ranker = GBDTRanker(None, ranker.names, ranker.scale, ranker.config, ranker.record)
     degraded = broken.recommend(user, k=5, candidates=8)
     assert degraded.fallback == "rank_failed" and len(degraded.items) == 5
-    scores = [i.retrieval_score for i in degraded.items]
+    scores = [i.first_stage_score for i in degraded.items]
     assert scores == sorted(scores, reverse=True)
 
     allowed = set(expected[2:4])
@@ -130,7 +133,7 @@ def test_a_ranker_its_card_did_not_choose_is_not_served(served: dict[str, object
     assert rec.ranker is None and rec._loaded.stage is None
     user = sorted(rec.histories)[0]
     out = rec.recommend(user, k=5, candidates=8)
-    scores = [i.retrieval_score for i in out.items]
+    scores = [i.first_stage_score for i in out.items]
     assert scores == sorted(scores, reverse=True)  # the first stage's order
 
 
@@ -171,7 +174,14 @@ def test_explanations_name_the_sources_the_history_and_the_features(
     for e in sorted(history, key=lambda e: -e.timestamp):
         if e.item_id not in recent:
             recent.append(e.item_id)
-    for item in out.items:
+    served = [i.item_id for i in out.items]
+    pulls = np.array(
+        [[float(vectors[position[h]] @ vectors[position[i]]) for h in recent] for i in served]
+    )
+    gaps = pulls - pulls.mean(axis=0)
+    lifts = gaps / np.maximum(pulls.std(axis=0), 1e-6)
+    enough = gaps >= np.maximum(pulls.std(axis=0), 0.05)
+    for n_item, item in enumerate(out.items):
         why = item.explanation
         assert why is not None
         row = ids.index(item.item_id)
@@ -180,25 +190,33 @@ def test_explanations_name_the_sources_the_history_and_the_features(
         ]
         assert why.sources == present and present
         assert why.first_stage_rank == by_first.index(item.item_id) + 1
-        assert item.rank_score == pytest.approx(float(ranker.score(lists.x[row : row + 1])[0]))
+        assert item.ranking_score == pytest.approx(float(ranker.score(lists.x[row : row + 1])[0]))
         # the features: the largest contributions of this row, signed, in order
         top = np.argsort(-np.abs(effects[row]), kind="stable")[: len(why.features)]
         assert [f.feature for f in why.features] == [ranker.names[j] for j in top]
         for f, j in zip(why.features, top, strict=True):
             assert f.effect == pytest.approx(effects[row, j])
-        # because: the recent history items nearest to the item in the index's space
+        # because: the recent history items that pull this item at least one standard
+        # deviation more than they pull the served list on average, most lifted first
         sims = {h: float(vectors[position[h]] @ vectors[position[item.item_id]]) for h in recent}
-        expected = sorted((h for h in sims if sims[h] > 0), key=lambda h: -sims[h])[:3]
+        lifted = {h: float(lifts[n_item, j]) for j, h in enumerate(recent)}
+        strong = {h for j, h in enumerate(recent) if enough[n_item, j] and sims[h] > 0}
+        expected = sorted(strong, key=lambda h: -lifted[h])[:3]
         assert [b.item_id for b in why.because] == expected
-        shares = [b.share for b in why.because]
-        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
         total = sum(max(s, 0.0) for s in sims.values())
-        assert shares[0] == pytest.approx(sims[expected[0]] / total, rel=1e-4)
+        for b in why.because:
+            assert b.share == pytest.approx(sims[b.item_id] / total, rel=1e-4)
+            assert b.lift == pytest.approx(lifted[b.item_id], rel=1e-4) and b.lift >= 1.0
+        # reasons: phrases, not feature names, with strengths that share the effect given
+        assert all("_" not in r.text for r in why.reasons)
+        assert not why.reasons or 0.99 < sum(r.strength for r in why.reasons) <= 1.0 + 1e-9
+        first = why.first_stage_rank
+        assert why.movement == movement(first, n_item + 1)
 
     # without the second stage: the first stage's order, still explained
     first = rec.recommend(user, k=5, candidates=8, explain=True, second_stage=False)
-    assert not first.reranked
-    scores = [i.retrieval_score for i in first.items]
+    assert first.served_by == "first stage"
+    scores = [i.first_stage_score for i in first.items]
     assert scores == sorted(scores, reverse=True)
     whys = [i.explanation for i in first.items]
     assert all(w is not None and w.sources == ["tower"] for w in whys)

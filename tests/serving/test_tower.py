@@ -63,14 +63,14 @@ def test_index_version_carries_the_tower_and_serving_uses_it(
     assert served.cfg.collab_weight == pytest.approx(0.2) and served.collab is not None
     user = next(iter(rec.histories))
     out = rec.recommend(user, k=5, candidates=10)
-    assert out.reranked and len(out.items) == 5
+    assert out.served_by == "cross-encoder" and len(out.items) == 5
     vector = tower.embed([UserState(user, {}, rec.histories[user])])[0]
     assert tower.item_vectors is not None
     for item in out.items:  # the retrieval score is the trained tower's blended score
         expected = tower.item_vectors.matrix[tower.item_vectors.rows([item.item_id])[0]] @ vector
-        assert item.retrieval_score == pytest.approx(float(expected), abs=1e-4)
+        assert item.first_stage_score == pytest.approx(float(expected), abs=1e-4)
     feats = rec._loaded.features.features(vector, [i.item_id for i in out.items])
-    np.testing.assert_allclose(feats[:, 0], [i.retrieval_score for i in out.items], atol=1e-4)
+    np.testing.assert_allclose(feats[:, 0], [i.first_stage_score for i in out.items], atol=1e-4)
 
     weights = IndexRoot(tmp_path / "index").version_dir(manifest["version"]) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])  # a damaged tower is never served
