@@ -108,14 +108,14 @@ def _order_agreement(
 
 
 def _validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[Any, Any]:
-    """The ranking stage and the :class:`rerank.ranker_train.RankerValidation` that
+    """The ranking stage and the :class:`rerank.ranker.train.RankerValidation` that
     ``train ranker`` validates on: the served tower and the stage's tables fitted on the
     training split (text vectors from the build's cache)."""
     from catalog import ItemTextTemplate
     from catalog.store import load_catalog
-    from rerank.candidates import CandidateStage
-    from rerank.ranker_train import ranker_validation
-    from rerank.tables import ALSParams
+    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.tables import ALSParams
+    from rerank.ranker.train import ranker_validation
     from retrieval.cache import EmbeddingCache
     from retrieval.encoder import Encoder
     from retrieval.redis_client import open_redis
@@ -150,7 +150,7 @@ def _validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[A
 def _depth_quality(stage: Any, setup: Any, ranker: Any, quick: bool) -> list[dict[str, Any]]:
     """NDCG@10 and agreement with the reference depth on the validation lists
     (:func:`_validation_stage`'s)."""
-    from rerank.ranker_train import list_ndcg10
+    from rerank.ranker.train import list_ndcg10
 
     val = setup.validation
     n = 150 if quick else len(val.requests)
@@ -210,8 +210,8 @@ def _cascade_quality(
     from catalog import ItemTextTemplate, UserTextTemplate, leave_one_out
     from catalog.model import User
     from rerank import Reranker
-    from rerank.data import FeatureMaker, RatingStats
-    from rerank.ranker_train import list_ndcg10
+    from rerank.cross_encoder.pairs import FeatureMaker, RatingStats
+    from rerank.ranker.train import list_ndcg10
 
     reranker = Reranker(ctx.home / "models" / "reranker", backend=backend)
     train = leave_one_out(setup.catalog.interactions, seed=0).train  # ranker_validation's split
@@ -334,15 +334,15 @@ def _child() -> None:
     one JSON object, per depth a timing row."""
     spec = json.loads(sys.stdin.read())
     home = Path(spec["home"])
-    import rerank.gbdt
+    import rerank.ranker.model
     from catalog import ItemTextTemplate
     from catalog.store import load_catalog
     from rerank import Reranker
-    from rerank.gbdt import GBDTRanker
+    from rerank.ranker.model import GBDTRanker
     from serving.recommender import Recommender
 
     if spec["threaded_trees"]:
-        rerank.gbdt.SERIAL_ROWS = 0
+        rerank.ranker.model.SERIAL_ROWS = 0
     catalog = load_catalog(home / "datasets" / "ml-latest-small")
     reranker = None
     state_bytes = None
@@ -431,12 +431,12 @@ def _quality_child() -> None:
     candidates and features for one request, then the ranker on its rows), in this (fresh)
     process; prints each list's item columns, scores and NDCG@10."""
     spec = json.loads(sys.stdin.read())
-    import rerank.gbdt
-    from rerank.gbdt import GBDTRanker
-    from rerank.ranker_train import list_ndcg10
+    import rerank.ranker.model
+    from rerank.ranker.model import GBDTRanker
+    from rerank.ranker.train import list_ndcg10
 
     if spec["threaded_trees"]:
-        rerank.gbdt.SERIAL_ROWS = 0
+        rerank.ranker.model.SERIAL_ROWS = 0
     home = Path(spec["home"])
     ranker = GBDTRanker.load(home / "models" / "ranker")
     stage, setup = _validation_stage(home, spec["redis_url"], ranker)
@@ -525,8 +525,8 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     """Needs the quickstart's home (dataset, tower, ranker, an index built with them); the
     cross-encoder rows need ``train reranker`` (and ``rerank export`` for ONNX)."""
     from catalog.store import load_catalog
-    from rerank.gbdt import GBDTRanker
-    from rerank.inference import exported, resolve_backend, unweighted_text_head
+    from rerank.cross_encoder.inference import exported, resolve_backend, unweighted_text_head
+    from rerank.ranker.model import GBDTRanker
 
     ctx = ctx or BenchContext()
     models = ctx.home / "models"

@@ -29,11 +29,11 @@ from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
 from metrics import list_ranks, ndcg_at_k_from_ranks
 from rerank import Reranker, export_onnx
-from rerank.evaluation import validation_set
-from rerank.inference import ONNX_FILES, PREFIX_FILES
-from rerank.model import read_config, split_pair_ids
-from rerank.stage import prepare_stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.context import prepare_stage
+from rerank.cross_encoder.evaluation import validation_set
+from rerank.cross_encoder.inference import ONNX_FILES, PREFIX_FILES
+from rerank.cross_encoder.model import read_config, split_pair_ids
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
 from retrieval.redis_client import open_redis

@@ -196,7 +196,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         configs[DEFAULT] = ["--ranker", str(ranker)]
     previous = PREVIOUS
     if (reranker / "reranker.json").is_file():
-        from rerank.inference import unweighted_text_head
+        from rerank.cross_encoder.inference import unweighted_text_head
 
         previous = PREVIOUS_TEXT_FREE if unweighted_text_head(reranker) else PREVIOUS
         configs[previous] = ["--no-ranker"]

@@ -99,10 +99,10 @@ def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, 
     """Fine-tunes the point-wise cross-encoder on the training split; returns its card.
 
     Args:
-        cfg: a :class:`rerank.training_args.RerankerTrainArgs`.
+        cfg: a :class:`rerank.cross_encoder.training_args.RerankerTrainArgs`.
     """
     from catalog import leave_one_out, load_catalog
-    from rerank.trainer import train_reranker as train
+    from rerank.cross_encoder.trainer import train_reranker as train
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(job.data)
@@ -135,14 +135,14 @@ def train_ranker(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Trains the ranking stage over the tower's candidates and saves it atomically; returns
-    the ranker's card (see :mod:`rerank.ranker_train`).
+    the ranker's card (see :mod:`rerank.ranker.train`).
 
     Args:
         tower_path: the trained sequential tower (``train tower``): the served first stage.
-        args: a :class:`rerank.ranker_train.RankingStageArgs`.
+        args: a :class:`rerank.ranker.train.RankingStageArgs`.
     """
     from catalog import load_catalog
-    from rerank.ranker_train import ranker_validation, refit_config, train_ranking_stage
+    from rerank.ranker.train import ranker_validation, refit_config, train_ranking_stage
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data)
@@ -185,7 +185,7 @@ def recalibrate_reranker(
 ) -> dict[str, Any]:
     """Refits a binary reranker's validation fusion without retraining; returns its card."""
     from catalog import leave_one_out, load_catalog
-    from rerank.calibration import recalibrate
+    from rerank.cross_encoder.calibration import recalibrate
     from retrieval.vectors import ItemVectors
 
     catalog = load_catalog(data)
@@ -220,8 +220,8 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, An
 
     from catalog import load_catalog
     from catalog.history import group_histories
-    from rerank.gbdt import read_card
-    from rerank.tables import ALSParams, StageTables
+    from rerank.ranker.model import read_card
+    from rerank.ranker.tables import ALSParams, StageTables
 
     card = read_card(ranker)  # before any work: a wrong folder fails at once
     als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
@@ -364,7 +364,7 @@ def cache_item_states(
     """
     from catalog import ItemTextTemplate, load_catalog
     from rerank import Reranker
-    from rerank.model import read_config
+    from rerank.cross_encoder.model import read_config
 
     if not read_config(reranker_path).item_layers:
         raise ValueError(f"{reranker_path} has no item layers (train it with --item-layers N)")
@@ -416,7 +416,7 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
             encoder = rt.encoder()
         reranker = None
         if reranker_path:
-            from rerank.model import read_config
+            from rerank.cross_encoder.model import read_config
 
             item_cache = None
             if read_config(Path(reranker_path)).item_layers:  # its item states live in Redis
@@ -425,7 +425,7 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
             reranker = Reranker(reranker_path, backend=job.backend, item_cache=item_cache)
         ranker = None
         if ranker_path is not None:
-            from rerank.gbdt import GBDTRanker
+            from rerank.ranker.model import GBDTRanker
 
             ranker = GBDTRanker.load(ranker_path)
 

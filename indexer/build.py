@@ -237,7 +237,7 @@ class IndexBuild:
             swaps index and user tower together, atomically.
         stage: writes the ranking stage's tables into the staging folder from the build's text
             vectors and returns their manifest entry (``duorank.jobs`` fits them with
-            :class:`rerank.tables.StageTables`); they are checksummed and published with the
+            :class:`rerank.ranker.tables.StageTables`); they are checksummed and published with the
             index and the tower.
         engine: where the encoding step runs: :class:`LocalEngine` (default) or
             :class:`indexer.ray_engine.RayEngine` (Ray Data actors); everything after it is

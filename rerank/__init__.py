@@ -1,17 +1,45 @@
-"""The ranking stage: the features ranker over several candidate sources (the served default)
-and the point-wise cross-encoder (training, batched inference, fast backends).
+"""The second stages, one subpackage per model family (the shape of sentence-transformers'
+``cross_encoder/`` beside ``sparse_encoder/``):
 
-``GBDTRanker`` is a trained ranking stage (``train ranker``: :mod:`rerank.ranker_train`),
-``StageTables`` what its sources and features read. ``RerankerConfig`` says what a saved
-cross-encoder is; ``RerankerTrainArgs`` how one is trained (:func:`rerank.trainer.train_reranker`,
-which imports torch, is not imported here)."""
+- :mod:`rerank.ranker`: the ranking stage, a LightGBM ranker over several candidate sources'
+  merged candidates (the served default where it beats the first stage on validation). Its
+  face is :class:`~rerank.ranker.GBDTRanker`; importing it never imports torch.
+- :mod:`rerank.cross_encoder`: the point-wise cross-encoder over user-item text pairs
+  (training, batched inference, fast backends, export). Its face is
+  :class:`~rerank.cross_encoder.Reranker`.
 
-from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig
-from rerank.inference import BACKENDS, Reranker, Scored, export_onnx
-from rerank.model import RerankerConfig
-from rerank.ranker_train import RankingStageArgs
-from rerank.tables import StageTables
-from rerank.training_args import RerankerTrainArgs
+The names below are loaded on first use, so ``import rerank.ranker`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real types for checkers; at run time each loads on first use
+    from rerank.cross_encoder import (
+        BACKENDS,
+        Reranker,
+        RerankerConfig,
+        RerankerTrainArgs,
+        Scored,
+        export_onnx,
+    )
+    from rerank.ranker import GBDTRanker, LikeModel, RankerConfig, RankingStageArgs, StageTables
+
+_FACES = {
+    "GBDTRanker": "rerank.ranker",
+    "LikeModel": "rerank.ranker",
+    "RankerConfig": "rerank.ranker",
+    "RankingStageArgs": "rerank.ranker",
+    "StageTables": "rerank.ranker",
+    "BACKENDS": "rerank.cross_encoder",
+    "Reranker": "rerank.cross_encoder",
+    "RerankerConfig": "rerank.cross_encoder",
+    "RerankerTrainArgs": "rerank.cross_encoder",
+    "Scored": "rerank.cross_encoder",
+    "export_onnx": "rerank.cross_encoder",
+}
 
 __all__ = [
     "BACKENDS",
@@ -26,3 +54,9 @@ __all__ = [
     "StageTables",
     "export_onnx",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FACES:
+        raise AttributeError(f"module 'rerank' has no attribute {name!r}")
+    return getattr(importlib.import_module(_FACES[name]), name)

@@ -28,7 +28,7 @@ from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from indexer.store import IndexRoot, NoVersionError, VerifyError, printable
-from rerank.data import FEATURES, FeatureMaker, RatingStats
+from rerank.cross_encoder.pairs import FEATURES, FeatureMaker, RatingStats
 from retrieval.index import VectorIndex
 from retrieval.popularity import Popularity
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
@@ -144,7 +144,7 @@ class Recommender:
         fallback: when the version CURRENT names fails verification, serve the newest
             version that verifies instead of raising, and say so in :attr:`degraded` (the
             server's default: a damaged publish must not take the service down).
-        ranker: a :class:`rerank.gbdt.GBDTRanker` (``train ranker``): candidates from every
+        ranker: a :class:`rerank.ranker.model.GBDTRanker` (``train ranker``): candidates from every
             source, ordered by the ranker. It serves only where its card chose it on
             validation. P(like) of the ``k`` items returned comes from its own head (no text
             forward pass), or without one from the ``reranker``.
@@ -294,8 +294,8 @@ class Recommender:
     ) -> Any:
         """The ranking stage's sources and features: over the tables the version carries
         (``index build --ranker``), else fitted from the catalog here (logged)."""
-        from rerank.candidates import CandidateStage
-        from rerank.tables import ALSParams, StageTables
+        from rerank.ranker.candidates import CandidateStage
+        from rerank.ranker.tables import ALSParams, StageTables
 
         assert self.ranker is not None
         settings = self.ranker.record.get("stage", {})
@@ -606,7 +606,7 @@ class Recommender:
     ) -> Recommendation:
         """Every source's candidates ordered by the ranker; P(like) of the top ``k`` only, from
         the ranker's own head when it has one, else from the cross-encoder."""
-        from rerank.features import Request
+        from rerank.ranker.features import Request
 
         assert self.ranker is not None and loaded.stage is not None
         start = time.perf_counter()
@@ -678,7 +678,7 @@ class Recommender:
     ) -> list[Explanation | None]:
         """The sources, first-stage rank, nearest history items and the features that moved
         each of the ranking stage's items at ``order`` (rows of ``x``)."""
-        from rerank.features import group_of
+        from rerank.ranker.features import group_of
 
         assert self.ranker is not None
         names = self.ranker.names
@@ -726,7 +726,7 @@ class Recommender:
         probs: list[float | None] = [None] * len(item_ids)
         like = self.ranker.like if self.ranker is not None else None
         if like is not None and loaded.stage is not None and item_ids:
-            from rerank.features import Request
+            from rerank.ranker.features import Request
 
             known = [i for i in item_ids if i in loaded.stage.features.item_col]
             request = Request(state.user_id or "", state.history, self.request_time(state.history))

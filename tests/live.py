@@ -19,8 +19,8 @@ import uvicorn
 from catalog import Catalog, ItemTextTemplate, leave_one_out, save_catalog
 from indexer import BuildConfig, IndexBuild
 from rerank import Reranker
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.vectors import ItemVectors
 from serving.http import ServerLimits, create_app
@@ -138,11 +138,11 @@ def build_ranked_stack(
     to ``tower_dir`` when given."""
     from catalog.history import group_histories
     from catalog.text import HistoryEvent
-    from rerank.features import Request
-    from rerank.gbdt import RankerConfig
-    from rerank.ranker_train import RankingStageArgs, Validation, train_ranking_stage
-    from rerank.stacking import request_time
-    from rerank.tables import StageTables
+    from rerank.ranker.features import Request
+    from rerank.ranker.model import RankerConfig
+    from rerank.ranker.stacking import request_time
+    from rerank.ranker.tables import StageTables
+    from rerank.ranker.train import RankingStageArgs, Validation, train_ranking_stage
     from retrieval.index import FlatIndex
     from retrieval.sequential import SequentialConfig
     from retrieval.sequential_train import train_sequential

@@ -36,7 +36,7 @@ from catalog.model import Catalog, Interactions
 from catalog.splits import Split
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from metrics import expected_calibration_error
-from rerank.data import FeatureMaker, RatingStats
+from rerank.cross_encoder.pairs import FeatureMaker, RatingStats
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.sequential import SequentialConfig
 from retrieval.sequential_train import train_sequential

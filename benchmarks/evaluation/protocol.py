@@ -39,7 +39,7 @@ from metrics import (
     slot_share_at_k,
     top_k,
 )
-from rerank.data import FeatureMaker
+from rerank.cross_encoder.pairs import FeatureMaker
 from retrieval.index import VectorIndex
 from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors

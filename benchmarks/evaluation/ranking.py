@@ -1,6 +1,6 @@
 """The ranking stage in the evaluation: stacked training, the validation ablation table, test.
 
-1. **Stacked training lists** (:mod:`rerank.stacking`): per user, the last
+1. **Stacked training lists** (:mod:`rerank.ranker.stacking`): per user, the last
    :data:`STACK_PER_USER` training events are targets; a tower (the trained tower's validated
    settings), co-visitation, ALS and recent popularity are fitted on the events before each
    user's first target and build the lists (every source's candidates, merged).
@@ -32,11 +32,11 @@ from benchmarks.evaluation.seeds import headline, seed_mean_vs, seed_summary
 from benchmarks.evaluation.text import text_side_by_side
 from catalog.text import HistoryEvent
 from metrics import expected_calibration_error
-from rerank.candidates import CandidateStage, Lists
-from rerank.features import FEATURE_GROUPS, Request, source_features
-from rerank.gbdt import GBDTRanker, RankerConfig
-from rerank.ranker_train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
-from rerank.stacking import request_time
+from rerank.ranker.candidates import CandidateStage, Lists
+from rerank.ranker.features import FEATURE_GROUPS, Request, source_features
+from rerank.ranker.model import GBDTRanker, RankerConfig
+from rerank.ranker.stacking import request_time
+from rerank.ranker.train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
 from retrieval.index import FlatIndex
 
 

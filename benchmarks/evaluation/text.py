@@ -29,10 +29,10 @@ import numpy.typing as npt
 
 from catalog.model import Catalog, User
 from catalog.text import ItemTextTemplate, UserTextTemplate
-from rerank.candidates import Lists
-from rerank.gbdt import list_loss
-from rerank.inference import probability_np
-from rerank.ranker_train import list_ndcg10
+from rerank.cross_encoder.inference import probability_np
+from rerank.ranker.candidates import Lists
+from rerank.ranker.model import list_loss
+from rerank.ranker.train import list_ndcg10
 
 TEXT_DEPTH = 50
 """The tower's top N per list that the cross-encoder scores (its serving depth before)."""

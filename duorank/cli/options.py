@@ -12,8 +12,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 AUTO = "auto"
-"""rerank.inference's names, repeated so that `duorank --help` imports no torch (a test
-holds them equal)."""
+"""rerank.cross_encoder.inference's names, repeated so that `duorank --help` imports no torch
+(a test holds them equal)."""
 
 
 def data_option(*, required: bool = True, help: str | None = None) -> Callable[[F], F]:

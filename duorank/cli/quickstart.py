@@ -53,7 +53,7 @@ def quickstart(
     from duorank.cli.serve import print_recommendation
     from duorank.cli.train import print_ranker, print_tower
     from indexer import BuildConfig
-    from rerank.ranker_train import RankingStageArgs
+    from rerank.ranker.train import RankingStageArgs
     from retrieval.sequential import SequentialConfig
 
     home = settings.layout

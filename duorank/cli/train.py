@@ -298,8 +298,8 @@ def train_reranker_cmd(
     from dataclasses import replace
 
     from duorank.jobs import RerankerJob, train_reranker
-    from rerank.model import DEFAULT_FEATURES
-    from rerank.training_args import RerankerTrainArgs
+    from rerank.cross_encoder.model import DEFAULT_FEATURES
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
 
     cfg = RerankerTrainArgs(
         head=head,
@@ -380,8 +380,8 @@ def train_ranker_cmd(
     from dataclasses import replace
 
     from duorank.jobs import train_ranker
-    from rerank.gbdt import RankerConfig
-    from rerank.ranker_train import RankingStageArgs
+    from rerank.ranker.model import RankerConfig
+    from rerank.ranker.train import RankingStageArgs
 
     args = RankingStageArgs(
         per_user=per_user, min_history=min_history, ranker=RankerConfig(seed=seed)

@@ -115,9 +115,9 @@ def test_the_depth_curve_and_the_default_row_on_a_tiny_home(
 @pytest.mark.slow
 def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redis_url: str) -> None:
     from catalog import leave_one_out
-    from rerank.gbdt import GBDTRanker
-    from rerank.trainer import train_reranker
-    from rerank.training_args import RerankerTrainArgs
+    from rerank.cross_encoder.trainer import train_reranker
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
+    from rerank.ranker.model import GBDTRanker
     from retrieval.sequential import SequentialTower
 
     catalog = tiny_catalog(n_items=40, n_users=12, per_user=8)

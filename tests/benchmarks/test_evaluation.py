@@ -12,8 +12,8 @@ from benchmarks.evaluation import bootstrap_ci, make_fold, run_eval, write_repor
 from catalog import Catalog, ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from rerank import Reranker
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.sequential import SequentialConfig
 from retrieval.sequential_train import train_sequential

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.evaluation.text import cross_fitted, fit_blend, tower_top
-from rerank.candidates import Lists
-from rerank.ranker_train import list_ndcg10
+from rerank.ranker.candidates import Lists
+from rerank.ranker.train import list_ndcg10
 
 
 def _lists(n_lists: int = 60, size: int = 20, seed: int = 0) -> Lists:

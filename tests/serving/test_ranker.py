@@ -10,8 +10,8 @@ import pytest
 
 from catalog import Catalog
 from indexer import IndexRoot, VerifyError
-from rerank.features import Request
-from rerank.gbdt import GBDTRanker
+from rerank.ranker.features import Request
+from rerank.ranker.model import GBDTRanker
 from retrieval.encoder import Encoder
 from serving.explain import movement
 from serving.recommender import Recommender

@@ -12,8 +12,8 @@ from catalog import Catalog, ItemTextTemplate, leave_one_out
 from catalog.history import group_histories
 from indexer import BuildConfig, IndexBuild, IndexRoot, VerifyError
 from rerank import Reranker
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.sequential import SequentialConfig, SequentialTower
 from retrieval.sequential_train import train_sequential

@@ -12,10 +12,10 @@ import pytest
 
 from catalog import Catalog, ItemTextTemplate, leave_one_out
 from rerank import Reranker
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
-from tests.rerank.conftest import CFG, rerank_catalog, text_vectors
+from tests.rerank.cross_encoder.conftest import CFG, rerank_catalog, text_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
 def test_resume_continues_from_the_last_checkpoint(
     tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rerank.trainer as train_module
+    import rerank.cross_encoder.trainer as train_module
 
     catalog = rerank_catalog()
     split = leave_one_out(catalog.interactions)

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from catalog import Catalog, leave_one_out
-from rerank.stage import prepare_stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.context import prepare_stage
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
-from tests.rerank.conftest import rerank_catalog, text_vectors
+from tests.rerank.cross_encoder.conftest import rerank_catalog, text_vectors
 
 pytestmark = pytest.mark.slow
 
 
 def test_validation_scores_only_the_lists_that_can_score(encoder: Encoder) -> None:
-    from rerank.evaluation import ndcg10, validation_set
+    from rerank.cross_encoder.evaluation import ndcg10, validation_set
 
     catalog = rerank_catalog()
     split = leave_one_out(catalog.interactions)
@@ -48,9 +48,9 @@ def test_validation_scores_as_serving_and_training_do(
     numbers equal the whole pairs training's loss sees."""
     import torch
 
-    from rerank.collator import collate
-    from rerank.evaluation import predict_logits, validation_set
-    from rerank.model import load_net
+    from rerank.cross_encoder.collator import collate
+    from rerank.cross_encoder.evaluation import predict_logits, validation_set
+    from rerank.cross_encoder.model import load_net
 
     out, catalog = trained
     net, tokenizer, config = load_net(out)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from catalog import Catalog, ItemTextTemplate, leave_one_out
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.vectors import ItemVectors
 from tests.conftest import tiny_catalog
@@ -60,7 +60,7 @@ def text_reading_net(config: Any) -> tuple[Any, Any]:
     shows in the logits and a comparison of two paths can fail."""
     import torch
 
-    from rerank.model import new_net
+    from rerank.cross_encoder.model import new_net
     from retrieval.encoder import bundled_model_path
 
     torch.manual_seed(0)

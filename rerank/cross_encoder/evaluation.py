@@ -15,11 +15,11 @@ import numpy.typing as npt
 from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
-from rerank.collator import collate, to_device
-from rerank.data import Example, user_text_at
-from rerank.model import RerankerConfig, RerankerNet, pad_rows, split_pair_ids
-from rerank.stage import Stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.collator import collate, to_device
+from rerank.cross_encoder.context import Stage
+from rerank.cross_encoder.model import RerankerConfig, RerankerNet, pad_rows, split_pair_ids
+from rerank.cross_encoder.pairs import Example, user_text_at
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def validation_metrics(
     labelled, lists, held = val.labelled, val.lists, val.held
     from metrics import auc, logloss
     from metrics import expected_calibration_error as ece
-    from rerank.inference import probability_np
+    from rerank.cross_encoder.inference import probability_np
 
     probs = probability_np(logits_l, config)
     labels = np.array([e.label for e in labelled])

@@ -5,9 +5,9 @@ Each epoch ends with validation: like/dislike AUC, log loss and expected calibra
 held-out validation interactions, and NDCG@10 of reranking the retrieval stage's top candidates
 (next to the retrieval order's own NDCG@10 on the same lists). The best epoch by validation AUC
 is kept; then a fusion of its text logit and the scalar features (binary head,
-:func:`rerank.calibration.fit_fusion`) or a temperature (rating head), fitted on validation,
-calibrates the probabilities. Checkpoints at the end of each epoch let ``--resume`` continue an
-interrupted run.
+:func:`rerank.cross_encoder.calibration.fit_fusion`) or a temperature (rating head), fitted on
+validation, calibrates the probabilities. Checkpoints at the end of each epoch let ``--resume``
+continue an interrupted run.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from catalog.fsutil import MODEL, atomic_dir
 from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
-from rerank.calibration import fit_temperature, fuse
-from rerank.collator import collate, to_device
-from rerank.data import Example, build_examples
-from rerank.evaluation import (
+from rerank.cross_encoder.calibration import fit_temperature, fuse
+from rerank.cross_encoder.collator import collate, to_device
+from rerank.cross_encoder.context import Stage, prepare_stage
+from rerank.cross_encoder.evaluation import (
     ValidationSet,
     auc_rank,
     evaluate,
@@ -44,9 +44,9 @@ from rerank.evaluation import (
     validation_metrics,
     validation_set,
 )
-from rerank.model import RerankerConfig, RerankerNet, new_net, save_net
-from rerank.stage import Stage, prepare_stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.model import RerankerConfig, RerankerNet, new_net, save_net
+from rerank.cross_encoder.pairs import Example, build_examples
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.towers import UserTower
 from retrieval.vectors import ItemVectors
 
@@ -305,7 +305,7 @@ def teacher_targets(
     """
     from tqdm.auto import tqdm
 
-    from rerank.inference import Reranker
+    from rerank.cross_encoder.inference import Reranker
 
     _check_teacher(teacher, cfg)
     model = Reranker(teacher)
@@ -326,7 +326,7 @@ def teacher_targets(
 def _check_teacher(teacher: Path, cfg: RerankerTrainArgs) -> None:
     """Raises ValueError (FileNotFoundError: not a reranker folder) unless ``teacher`` reads
     the scalar features the student is trained with."""
-    from rerank.model import read_config
+    from rerank.cross_encoder.model import read_config
 
     features = read_config(teacher).features
     if tuple(features) != tuple(cfg.features):

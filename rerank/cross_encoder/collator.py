@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rerank.data import Example
-from rerank.model import ITEM_TOKENS, pad_rows, split_pair_ids
-from rerank.stage import Stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.context import Stage
+from rerank.cross_encoder.model import ITEM_TOKENS, pad_rows, split_pair_ids
+from rerank.cross_encoder.pairs import Example
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 
 
 def collate(
@@ -20,7 +20,8 @@ def collate(
     attention: str = "full",
 ) -> dict[str, Any]:
     """Whole pairs, padded. ``user_prefix`` pairs are cut as serving cuts them
-    (:func:`rerank.model.split_pair_ids`), so training sees the tokens serving scores."""
+    (:func:`rerank.cross_encoder.model.split_pair_ids`), so training sees the tokens serving
+    scores."""
     features = torch.tensor([e.features for e in examples], dtype=torch.float32).reshape(
         len(examples), len(cfg.features)
     )

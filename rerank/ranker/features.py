@@ -5,7 +5,7 @@ the candidate sources (:mod:`retrieval.sources`). Every feature reads only event
 before ``at``: the windowed counts and the item's age come from the :class:`EventLog` cut at
 ``at``, the history-based ones from the request's history (which the caller cuts at ``at``), and
 the tables (co-visitation, co-occurrence, factors) from the log the first stage was fitted on,
-which never holds the request's own target (see :mod:`rerank.stacking`).
+which never holds the request's own target (see :mod:`rerank.ranker.stacking`).
 
 One definition for training, evaluation and serving: :meth:`RankingFeatures.compute` turns a
 batch of requests and their candidate lists into one ``(rows, features)`` matrix with numpy.
@@ -195,7 +195,7 @@ class RankingFeatures:
         learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
         genres: (items, genres) binary genre (or tag) matrix, or None.
 
-    The first stage's exposure per item (:func:`rerank.candidates.exposure`) is set on
+    The first stage's exposure per item (:func:`rerank.ranker.candidates.exposure`) is set on
     :attr:`exposure` by the stage that measures it (zeros until then).
     """
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from catalog.text import HistoryEvent
-from rerank.features import Request
+from rerank.ranker.features import Request
 
 
 @dataclass(frozen=True)

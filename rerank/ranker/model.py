@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.fsutil import RANKER, atomic_dir, write_json
-from rerank.candidates import Lists
+from rerank.ranker.candidates import Lists
 
 CARD = "ranker.json"
 MODEL = "ranker.txt"

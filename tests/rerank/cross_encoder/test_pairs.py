@@ -9,10 +9,10 @@ import pytest
 
 from catalog import leave_one_out
 from catalog.history import group_histories
-from rerank.data import build_examples
-from rerank.stage import prepare_stage
+from rerank.cross_encoder.context import prepare_stage
+from rerank.cross_encoder.pairs import build_examples
 from retrieval.encoder import Encoder
-from tests.rerank.conftest import CFG, rerank_catalog, text_vectors
+from tests.rerank.cross_encoder.conftest import CFG, rerank_catalog, text_vectors
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,7 @@
 """Calibration of a trained reranker on validation: the binary head's fusion of its text logit
-with the scalar features (:mod:`rerank.fusion`: the order from the lists, P(like) from the likes),
-or a temperature for the rating head; and refitting that fusion without retraining."""
+with the scalar features (:mod:`rerank.cross_encoder.fusion`: the order from the lists, P(like)
+from the likes), or a temperature for the rating head; and refitting that fusion without
+retraining."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ import numpy.typing as npt
 from catalog.fsutil import MODEL, atomic_dir
 from catalog.model import Catalog
 from catalog.splits import Split
-from rerank.data import Example
-from rerank.evaluation import (
+from rerank.cross_encoder.context import prepare_stage
+from rerank.cross_encoder.evaluation import (
     ValidationSet,
     validation_logits,
     validation_metrics,
     validation_set,
 )
-from rerank.model import RerankerConfig, RerankerNet, save_net
-from rerank.stage import prepare_stage
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.model import RerankerConfig, RerankerNet, save_net
+from rerank.cross_encoder.pairs import Example
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.towers import UserTower
 from retrieval.vectors import ItemVectors
 
@@ -37,7 +38,7 @@ def fit_temperature(
     logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float64], config: RerankerConfig
 ) -> float:
     """The temperature (grid over 0.1..100, log-spaced) minimising validation log loss."""
-    from rerank.inference import probability_np
+    from rerank.cross_encoder.inference import probability_np
 
     best_t, best_loss = 1.0, float("inf")
     for t in np.logspace(-1, 2, 121):
@@ -59,7 +60,7 @@ def fit_fusion(
     val: ValidationSet,
     seed: int = 0,
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Refits the binary head's last layer on validation (:mod:`rerank.fusion`).
+    """Refits the binary head's last layer on validation (:mod:`rerank.cross_encoder.fusion`).
 
     ``logits_l``/``logits_c`` are the net's logits of the labelled pairs and of the flattened
     candidate lists (one validation pass, reused). The fused weights are written into
@@ -71,7 +72,7 @@ def fit_fusion(
     """
     import torch
 
-    from rerank import fusion
+    from rerank.cross_encoder import fusion
 
     assert net.feature_head is not None and net.config.head == "binary"
     w_f = net.feature_head.weight.detach()[0].double().cpu().numpy()
@@ -161,7 +162,7 @@ def recalibrate(
     Raises:
         ValueError: not a binary head with features.
     """
-    from rerank.model import load_net
+    from rerank.cross_encoder.model import load_net
 
     root = Path(folder)
     net, tokenizer, config = load_net(root)

@@ -1,9 +1,10 @@
 """The ranking stage's input: several candidate sources, merged, and their feature rows.
 
 :class:`CandidateStage` holds what a list is built from (the tower and its index, co-visitation,
-ALS, recent popularity, and the :class:`~rerank.features.RankingFeatures` tables), all fitted on
-one log. Training lists use a stage fitted before their targets (:mod:`rerank.stacking`);
-validation, test and serving use the stage fitted on everything before the request.
+ALS, recent popularity, and the :class:`~rerank.ranker.features.RankingFeatures` tables), all
+fitted on one log. Training lists use a stage fitted before their targets
+(:mod:`rerank.ranker.stacking`); validation, test and serving use the stage fitted on everything
+before the request.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy.typing as npt
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from rerank.features import EventLog, RankingFeatures, Request, feature_names
-from rerank.tables import POPULAR_WINDOW, ALSParams, StageTables
+from rerank.ranker.features import EventLog, RankingFeatures, Request, feature_names
+from rerank.ranker.tables import POPULAR_WINDOW, ALSParams, StageTables
 from retrieval.index import VectorIndex
 from retrieval.sources import (
     CandidateSet,

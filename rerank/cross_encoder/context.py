@@ -10,8 +10,8 @@ import numpy as np
 from catalog.model import Catalog
 from catalog.splits import Split
 from catalog.text import ItemTextTemplate, UserTextTemplate
-from rerank.data import FeatureMaker, RatingStats, item_texts
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.pairs import FeatureMaker, RatingStats, item_texts
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.index import FlatIndex
 from retrieval.towers import MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from rerank import fusion
+from rerank.cross_encoder import fusion
 
 COLUMNS = ("text", "retrieval_score", "log_popularity", "user_mean_rating")
 

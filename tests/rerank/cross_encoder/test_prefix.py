@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from rerank.data import FEATURES
-from rerank.model import (
+from rerank.cross_encoder.model import (
     ITEM_TOKENS,
     RerankerConfig,
     _layer,
@@ -19,8 +18,9 @@ from rerank.model import (
     read_config,
     split_pair_ids,
 )
+from rerank.cross_encoder.pairs import FEATURES
 from retrieval.encoder import bundled_model_path
-from tests.rerank.conftest import text_reading_net
+from tests.rerank.cross_encoder.conftest import text_reading_net
 
 USER = "Liked, most recent first: Toy Story (1995); Heat (1995). Disliked: Jumanji (1995). "
 ITEMS = ["Casino (1995). Genres: Crime, Drama", "Sabrina", "A long item text " * 40]

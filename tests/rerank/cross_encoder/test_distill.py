@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-import rerank.trainer
+import rerank.cross_encoder.trainer
 from catalog import Catalog, leave_one_out
 from rerank import Reranker
-from rerank.model import RerankerConfig, new_net
-from rerank.trainer import teacher_targets, train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.model import RerankerConfig, new_net
+from rerank.cross_encoder.trainer import teacher_targets, train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder, bundled_model_path
-from tests.rerank.conftest import CFG, text_vectors
+from tests.rerank.cross_encoder.conftest import CFG, text_vectors
 
 STUDENT = replace(CFG, layers=2, freeze_layers=0, eval_before=False, calibrate=False)
 
@@ -52,12 +52,14 @@ def test_a_student_keeps_the_first_layers_and_learns_the_teachers_scores(
 def test_the_teachers_scores_are_its_served_p_like(
     trained: tuple[Path, Catalog], encoder: Encoder
 ) -> None:
-    from rerank.stage import prepare_stage
+    from rerank.cross_encoder.context import prepare_stage
 
     teacher, catalog = trained
     split = leave_one_out(catalog.interactions)
     stage = prepare_stage(catalog, split, text_vectors(catalog, encoder), STUDENT)
-    examples = rerank.trainer._training_pairs(catalog, split, stage, STUDENT, None)[:12]
+    examples = rerank.cross_encoder.trainer._training_pairs(catalog, split, stage, STUDENT, None)[
+        :12
+    ]
     soft = teacher_targets(teacher, examples, stage, STUDENT, progress=False)
     model = Reranker(teacher)
     for example, target in zip(examples, soft, strict=True):
@@ -78,7 +80,7 @@ def test_the_targets_are_the_teachers_not_the_labels(
     bias = {}
     for said in (0.0, 1.0):
         monkeypatch.setattr(
-            rerank.trainer,
+            rerank.cross_encoder.trainer,
             "teacher_targets",
             lambda _t, examples, *_a, said=said, **_k: np.full(len(examples), said, np.float32),
         )

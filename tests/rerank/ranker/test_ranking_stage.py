@@ -7,11 +7,11 @@ import pytest
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from rerank.candidates import CandidateStage, Lists, exposure
-from rerank.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
-from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig, list_loss
-from rerank.stacking import stack
-from rerank.tables import StageTables
+from rerank.ranker.candidates import CandidateStage, Lists, exposure
+from rerank.ranker.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
+from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig, list_loss
+from rerank.ranker.stacking import stack
+from rerank.ranker.tables import StageTables
 from retrieval.index import FlatIndex
 from retrieval.towers import MeanItemsTower
 from retrieval.vectors import ItemVectors, normalize

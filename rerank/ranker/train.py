@@ -2,11 +2,13 @@
 
 One recipe for ``duorank train ranker`` and ``duorank eval``:
 
-1. Per user, the last ``per_user`` training events are targets (:func:`rerank.stacking.stack`).
+1. Per user, the last ``per_user`` training events are targets
+   (:func:`rerank.ranker.stacking.stack`).
 2. A tower with the served tower's settings (its validated epochs), co-visitation, ALS and
    recent popularity are fitted on the events before each user's first target, and build every
-   training list (:class:`rerank.candidates.CandidateStage`).
-3. :class:`rerank.gbdt.GBDTRanker` learns the correction to the tower's score on those lists.
+   training list (:class:`rerank.ranker.candidates.CandidateStage`).
+3. :class:`rerank.ranker.model.GBDTRanker` learns the correction to the tower's score on those
+   lists.
 4. The validation lists (each user's validation event) come from the served first stage: the
    tower trained on the training split, every table fitted on it. The ranker serves only if its
    NDCG@10 there beats the first stage's order of the same candidates by more than one standard
@@ -27,11 +29,11 @@ import numpy.typing as npt
 from catalog.model import Item
 from catalog.text import HistoryEvent, is_positive
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.candidates import DEPTHS, CandidateStage, Lists
-from rerank.features import Request, group_of
-from rerank.gbdt import GBDTRanker, LikeModel, RankerConfig
-from rerank.stacking import Stacked, request_time, stack
-from rerank.tables import ALSParams
+from rerank.ranker.candidates import DEPTHS, CandidateStage, Lists
+from rerank.ranker.features import Request, group_of
+from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig
+from rerank.ranker.stacking import Stacked, request_time, stack
+from rerank.ranker.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
 

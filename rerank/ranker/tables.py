@@ -3,7 +3,7 @@
 The nightly index build fits these tables on the dataset's interactions and saves them inside
 the index version (``stage.npz`` and ``stage.json``, checksummed with the index and the tower
 and published with them), so serving swaps index, tower and tables together and never fits
-ALS at start-up. Training fits the same tables on its own logs (:mod:`rerank.stacking`).
+ALS at start-up. Training fits the same tables on its own logs (:mod:`rerank.ranker.stacking`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from rerank.features import event_arrays
+from rerank.ranker.features import event_arrays
 from retrieval.sources import CoVisitationSource, FactorSource
 from retrieval.vectors import ItemVectors
 

@@ -16,8 +16,7 @@ from click.testing import CliRunner
 from catalog import Catalog, leave_one_out, save_catalog
 from duorank.cli import cli
 from rerank import Reranker, export_onnx
-from rerank.data import FEATURES
-from rerank.model import (
+from rerank.cross_encoder.model import (
     ITEM_TOKENS,
     RerankerConfig,
     new_net,
@@ -26,10 +25,11 @@ from rerank.model import (
     save_net,
     split_pair_ids,
 )
-from rerank.trainer import train_reranker
+from rerank.cross_encoder.pairs import FEATURES
+from rerank.cross_encoder.trainer import train_reranker
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder, bundled_model_path
-from tests.rerank.conftest import CFG, text_reading_net, text_vectors
+from tests.rerank.cross_encoder.conftest import CFG, text_reading_net, text_vectors
 
 USER = "Liked, most recent first: Toy Story (1995); Heat (1995). Disliked: Jumanji (1995). "
 ITEMS = ["Casino (1995). Genres: Crime, Drama", "Sabrina", "A long item text " * 40]

@@ -9,9 +9,9 @@ Backends: ``torch`` (fp32), ``torch-bf16`` (bf16 autocast on CPUs that support i
 picks the fastest of them for the CPU and the model folder. The ONNX
 files load with onnxruntime and the tokenizer alone, without the training code.
 
-For a ``user_prefix`` model (:mod:`rerank.model`) every backend encodes the user side once
-per call and then only the candidates' item tokens (ONNX: two exported graphs, ``user.onnx``
-and ``items.onnx``; an export without them scores whole pairs, same numbers).
+For a ``user_prefix`` model (:mod:`rerank.cross_encoder.model`) every backend encodes the user
+side once per call and then only the candidates' item tokens (ONNX: two exported graphs,
+``user.onnx`` and ``items.onnx``; an export without them scores whole pairs, same numbers).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rerank.model import ITEM_TOKENS, RerankerConfig, read_config, split_pair_ids
+from rerank.cross_encoder.model import ITEM_TOKENS, RerankerConfig, read_config, split_pair_ids
 
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 AUTO = "auto"
@@ -45,7 +45,7 @@ Floats = npt.NDArray[np.float32]
 
 
 def probability_np(logits: npt.NDArray[np.floating], config: RerankerConfig) -> Floats:
-    """Logits -> P(like) in numpy (same maths as :func:`rerank.model.probability`)."""
+    """Logits -> P(like) in numpy (same maths as :func:`rerank.cross_encoder.model.probability`)."""
     z = np.asarray(logits, dtype=np.float64) / config.temperature
     if config.head == "binary":
         return (1.0 / (1.0 + np.exp(-z[:, 0]))).astype(np.float32)
@@ -129,7 +129,7 @@ class TorchBackend(Backend):
     def __init__(self, folder: Path, bf16: bool = False) -> None:
         import torch
 
-        from rerank.model import load_net
+        from rerank.cross_encoder.model import load_net
 
         if bf16 and native_bf16() is False:
             logging.getLogger(__name__).warning(
@@ -639,7 +639,7 @@ def export_onnx(folder: str | Path, *, quantize: bool = True, opset: int = 17) -
     """
     import torch
 
-    from rerank.model import load_net, read_config
+    from rerank.cross_encoder.model import load_net, read_config
 
     root = Path(folder)
     if read_config(root).item_layers:
@@ -674,7 +674,7 @@ def export_onnx(folder: str | Path, *, quantize: bool = True, opset: int = 17) -
     written = [fp32]
     pairs = [(fp32, out_dir / ONNX_FILES["onnx-int8"])]
     if config.attention == "user_prefix":
-        from rerank.model import ItemSideGraph, UserSideGraph
+        from rerank.cross_encoder.model import ItemSideGraph, UserSideGraph
 
         user_file, items_file = (out_dir / name for name in PREFIX_FILES["onnx"])
         prefix = torch.tensor([[tokenizer.cls_token_id, 2000, 2001, tokenizer.sep_token_id]])

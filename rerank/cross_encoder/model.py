@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.data import FEATURES
+from rerank.cross_encoder.pairs import FEATURES
 
 HEADS = ("binary", "rating")
 ATTENTIONS = ("full", "user_prefix")

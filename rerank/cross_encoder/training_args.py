@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.model import DEFAULT_FEATURES
+from rerank.cross_encoder.model import DEFAULT_FEATURES
 
 
 @dataclass(frozen=True)
 class RerankerTrainArgs:
     """How the reranker is trained (recorded in the model card as ``config``); what the
-    saved model is, is :class:`rerank.model.RerankerConfig`.
+    saved model is, is :class:`rerank.cross_encoder.model.RerankerConfig`.
 
     Attributes:
         head: ``binary`` or ``rating``.
@@ -31,7 +31,7 @@ class RerankerTrainArgs:
         eval_before: also validate the untrained model (a baseline for the card; one more
             validation pass, minutes on a CPU).
         attention: ``user_prefix`` (the user side computed once per user at serving) or
-            ``full`` (a standard cross-encoder); see :mod:`rerank.model`.
+            ``full`` (a standard cross-encoder); see :mod:`rerank.cross_encoder.model`.
         freeze_layers: the backbone's token embeddings and its first ``freeze_layers``
             transformer layers stay as pretrained (0: fine-tune all): backward then stops
             above them, so steps are cheaper (results: docs/results.md).

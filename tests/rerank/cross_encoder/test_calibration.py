@@ -10,10 +10,10 @@ import pytest
 
 from catalog import Catalog, leave_one_out
 from rerank import Reranker
-from rerank.trainer import train_reranker
-from rerank.training_args import RerankerTrainArgs
+from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
-from tests.rerank.conftest import text_vectors
+from tests.rerank.cross_encoder.conftest import text_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_recalibrate_refits_the_fusion_in_place(
 
     from safetensors.numpy import load_file
 
-    from rerank.calibration import recalibrate
+    from rerank.cross_encoder.calibration import recalibrate
 
     out, catalog = trained
     copy = tmp_path / "rr"
