@@ -13,8 +13,9 @@ The names below are loaded on first use, so ``import rerank.ranker`` stays free 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from catalog.faces import lazy_faces
 
 if TYPE_CHECKING:  # the real types for checkers; at run time each loads on first use
     from rerank.cross_encoder import (
@@ -56,7 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _FACES:
-        raise AttributeError(f"module 'rerank' has no attribute {name!r}")
-    return getattr(importlib.import_module(_FACES[name]), name)
+__getattr__ = lazy_faces(__name__, _FACES)

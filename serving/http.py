@@ -245,7 +245,7 @@ def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]
             StrictBool,
             Field(
                 default=True,
-                description="False: the first stage's order (no ranking stage or reranker), "
+                description="False: the first stage's order (no ranking stage or cross-encoder), "
                 "to compare with.",
             ),
         ),
@@ -802,7 +802,8 @@ def _model_routes(
 
     @app.post("/recommend", responses=_ERRORS, response_model=Recommendation)
     async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
-        """Top-k items: retrieval candidates reranked point-wise."""
+        """Top-k items: the first stage's candidates (and the other sources'), ordered by the
+        ranking stage where it serves; the answer says which part served it and why."""
         req: Any = body
         history = _history_of(req.history)
         started = time.perf_counter()

@@ -1,8 +1,11 @@
-"""The Recommender: retrieve candidates from the published index, rerank them point-wise.
+"""The Recommender: the first stage's candidates from the published index, ordered by the
+second stage that serves (the ranking stage where its card chose it, else a cross-encoder, else
+the first stage's own order).
 
-Opens the CURRENT index version, the catalog, the reranker and (for a text user tower) the
-encoder with its Redis cache once; every call then embeds the user, searches the index, scores
-the candidates and returns them with per-stage timings and the index version that served it.
+Opens the CURRENT index version, the catalog, the ranking stage or cross-encoder and (for a
+text user tower) the encoder with its Redis cache once; every call then embeds the user,
+gathers candidates, orders them and returns them with per-stage timings, the index version,
+which part served the list and why.
 
 The user tower comes with the index version: the trained sequential tower published inside it
 (``index build --tower``); else, with ``user_encoder``, the user's profile and history text

@@ -64,13 +64,6 @@ def _requests(fold: Fold, histories: Any, split: Any) -> list[Request]:
     ]
 
 
-def _fold_lists(stage: CandidateStage, fold: Fold, histories: Any, split: Any) -> Lists:
-    requests = _requests(fold, histories, split)
-    excludes = [{fold.item_ids[c] for c in seen} for seen in fold.seen]
-    targets: list[str | None] = [fold.item_ids[c] for c in fold.relevant]
-    return stage.lists(requests, excludes, targets)
-
-
 def quick_stage_args() -> RankingStageArgs:
     """CI size: two targets per user from short histories, at most 20 trees."""
     return RankingStageArgs(

@@ -45,7 +45,8 @@ Floats = npt.NDArray[np.float32]
 
 
 def probability_np(logits: npt.NDArray[np.floating], config: RerankerConfig) -> Floats:
-    """Logits -> P(like) in numpy (same maths as :func:`rerank.cross_encoder.model.probability`)."""
+    """Logits -> P(like) after the fitted temperature: the binary head's sigmoid, or the rating
+    head's softmax mass on the levels at or above the like threshold."""
     z = np.asarray(logits, dtype=np.float64) / config.temperature
     if config.head == "binary":
         return (1.0 / (1.0 + np.exp(-z[:, 0]))).astype(np.float32)
@@ -112,8 +113,8 @@ def exported(folder: str | Path, backend: str) -> bool:
 def resolve_backend(folder: str | Path, backend: str = AUTO, cpuinfo: str | None = None) -> str:
     """``backend`` itself, or for ``auto`` the fastest on this machine: bf16 autocast where the
     CPU computes bf16 natively (AVX512_BF16 or AMX), else the exported int8 graphs when
-    present and onnxruntime is installed, else torch fp32 (the rerank benchmark's ranking:
-    native bf16 2.3x and int8 2.0x fp32; emulated bf16 is slower than fp32)."""
+    present and onnxruntime is installed, else torch fp32 (the order `bench rerank` measured:
+    docs/results.md; emulated bf16 is slower than fp32)."""
     if backend != AUTO:
         return backend
     if native_bf16(cpuinfo):
@@ -717,8 +718,7 @@ def export_onnx(folder: str | Path, *, quantize: bool = True, opset: int = 17) -
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         for source, int8 in pairs:
-            # Per output channel: the rank agreement with fp32 on a trained model went from a
-            # median Spearman of 0.997 (min 0.993) per tensor to 0.999 (min 0.998), same speed.
+            # Per output channel: closer to fp32's ranking than per tensor, at the same speed.
             quantize_dynamic(
                 str(source),
                 str(int8),

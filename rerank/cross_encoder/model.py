@@ -4,8 +4,7 @@ Two heads, chosen at training time:
 
 * ``binary``: one logit -> sigmoid = P(like/click), trained with binary cross-entropy.
 * ``rating``: one logit per rating level -> softmax, trained with cross-entropy. The score is
-  P(rating >= threshold) (the sum of the softmax over levels at or above the threshold); the
-  expected rating is available too.
+  P(rating >= threshold) (the sum of the softmax over levels at or above the threshold).
 
 Beside the text, the head takes optional scalar features (by default the retrieval stage's cosine
 score and log popularity), so the reranker can keep a good first-stage order and learn what the
@@ -16,9 +15,9 @@ Attention (chosen at training time, recorded in ``reranker.json``): ``full`` is 
 cross-encoder, every token attending to every token. ``user_prefix`` (the default for new models)
 lets the item tokens attend to the user tokens at every layer, but not the reverse: the user side
 is then the same for every candidate, so serving computes it once per user and scores each
-candidate on its item tokens alone (about 23 tokens per candidate instead of about 127 on
-ml-latest-small text). Training runs the same mask over whole pairs; a test holds the two paths
-equal. The idea is PreTTR's (MacAvaney et al., SIGIR 2020: precompute one side's
+candidate on its item tokens alone (a few dozen tokens instead of the whole pair; the counts
+are in docs/reranking.md). Training runs the same mask over whole pairs; a test holds the two
+paths equal. The idea is PreTTR's (MacAvaney et al., SIGIR 2020: precompute one side's
 representations), here as a mask rather than split layers, so the pair still interacts at every
 layer.
 
@@ -440,25 +439,6 @@ class ItemSideGraph(nn.Module):
     ) -> torch.Tensor:
         user = UserPrefix([(layer[0], layer[1]) for layer in past], total)
         return self.net.prefixed(user, input_ids, attention_mask, features)
-
-
-def probability(logits: torch.Tensor, config: RerankerConfig) -> torch.Tensor:
-    """Logits -> P(like), with the fitted temperature applied."""
-    scaled = logits / config.temperature
-    if config.head == "binary":
-        return torch.sigmoid(scaled[:, 0])
-    probs = torch.softmax(scaled, dim=-1)
-    like = torch.tensor([v >= config.threshold for v in config.levels], device=logits.device)
-    return probs[:, like].sum(dim=-1)
-
-
-def expected_rating(logits: torch.Tensor, config: RerankerConfig) -> torch.Tensor:
-    """The ``rating`` head's expected rating (softmax-weighted mean of the levels)."""
-    if config.head != "rating":
-        raise ValueError("expected_rating needs the rating head")
-    probs = torch.softmax(logits / config.temperature, dim=-1)
-    levels = torch.tensor(config.levels, dtype=probs.dtype, device=probs.device)
-    return (probs * levels).sum(dim=-1)
 
 
 def new_net(
