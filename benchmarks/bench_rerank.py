@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
-from metrics import list_ranks, ndcg_at_k_from_ranks
+from metrics import heldout_ndcg
 from rerank import Reranker, export_onnx
 from rerank.cross_encoder.context import prepare_stage
 from rerank.cross_encoder.evaluation import validation_set
@@ -70,10 +70,6 @@ def _spearman(a: Any, b: Any) -> float:
     ra = np.argsort(np.argsort(a))
     rb = np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ndcg10(ranked: list[list[str]], held: list[str]) -> float:
-    return ndcg_at_k_from_ranks(list_ranks(ranked, held), 10)
 
 
 def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
@@ -175,7 +171,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "pairs_per_call": len(calls[0][1]),
             "p50_ms": p50 * 1000,
             "p95_ms": float(np.percentile(times, 95)) * 1000,
-            "ndcg@10": _ndcg10(ranked, held) if ranked else None,
+            "ndcg@10": heldout_ndcg(ranked, held, 10) if ranked else None,
             "tokens_computed": float(np.mean(computed)),
             "gflops": rate(computed),
             "pair_gflops": rate(tokens),
@@ -224,7 +220,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         )
         peak_here = peak["bf16"] if "bf16" in row["backend"] else peak["fp32"]
         row["share_of_peak"] = row["gflops"] / peak_here if peak_here else None
-    retrieval_order = _ndcg10([c[1] for c in calls], held)
+    retrieval_order = heldout_ndcg([c[1] for c in calls], held, 10)
     qualified = [r for r in rows[1:] if (r["ndcg_retained"] or 0) >= 0.99]
     best = max(qualified, key=lambda r: r["speedup"]) if qualified else None
     targets = [

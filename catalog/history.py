@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -28,3 +28,9 @@ def group_histories(interactions: Interactions, *, seed: int = 0) -> dict[str, l
 def before(history: Sequence[HistoryEvent], timestamp: int) -> list[HistoryEvent]:
     """Events strictly before ``timestamp`` (what a model may see when predicting at that time)."""
     return [e for e in history if e.timestamp < timestamp]
+
+
+def item_columns(history: Sequence[HistoryEvent], item_col: Mapping[str, int]) -> list[int]:
+    """The history's item columns in a table indexed by ``item_col``, oldest first (items the
+    table does not know are skipped)."""
+    return [item_col[e.item_id] for e in history if e.item_id in item_col]

@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from catalog.model import NO_LABEL, Interactions, Item, User
 from catalog.thresholds import LIKE_THRESHOLD
 
@@ -115,6 +118,16 @@ def is_positive(event: HistoryEvent, threshold: float) -> bool | None:
     if event.rating is not None:
         return event.rating >= threshold
     return True
+
+
+def likes(interactions: Interactions, threshold: float) -> npt.NDArray[np.bool_]:
+    """:func:`is_positive` for every row of an interaction store at once: a label wins, else
+    the rating against ``threshold``, else (an implicit event) a like."""
+    ratings = np.asarray(interactions.ratings, dtype=np.float64)
+    labels = np.asarray(interactions.labels)
+    with np.errstate(invalid="ignore"):
+        by_rating = np.isnan(ratings) | (ratings >= threshold)
+    return np.where(labels != NO_LABEL, labels == 1, by_rating)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from metrics.coverage import coverage_at_k
 from metrics.exposure import exposure_counts, gini_at_k, max_user_share_at_k, slot_share_at_k
 from metrics.heldout import (
     ABSENT,
+    heldout_ndcg,
     list_ranks,
     ndcg_at_k_from_ranks,
     recall_at_k_from_ranks,
@@ -29,6 +30,7 @@ __all__ = [
     "expected_calibration_error",
     "exposure_counts",
     "gini_at_k",
+    "heldout_ndcg",
     "hit_rate_at_k",
     "hits_and_counts",
     "list_ranks",

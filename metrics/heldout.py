@@ -70,3 +70,11 @@ def recall_at_k_from_ranks(ranks: npt.ArrayLike, k: int) -> float:
     if r.size == 0:
         return float("nan")
     return float(np.mean(r < k))
+
+
+def heldout_ndcg(
+    ranked: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], k: int
+) -> float:
+    """Mean NDCG@K of each list's held-out target (0 where the list misses it): the one place
+    the reranker's validation and the benchmarks read NDCG of ranked id lists."""
+    return ndcg_at_k_from_ranks(list_ranks(ranked, targets), k)

@@ -23,9 +23,10 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from catalog.history import group_histories
 from catalog.model import Catalog, User
@@ -45,39 +46,37 @@ from serving.explain import (
     reasons,
 )
 
+if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommender uses it
+    from rerank.cross_encoder import Reranker
+    from rerank.ranker import GBDTRanker
+    from rerank.ranker.candidates import CandidateStage
+    from retrieval.encoder import Encoder
+
 log = logging.getLogger(__name__)
 
 
-def _ranker_serves(ranker: Any) -> bool:
+def _ranker_serves(ranker: GBDTRanker) -> bool:
     """Whether a ranker's card chose it over the first stage's order on validation."""
-    served = ranker.record.get("choice", {}).get("served", "ranker")
-    if served != "ranker":
+    if not ranker.choice.serves:
         log.warning(
             "the ranker did not beat the tower's order on validation (its card says %s "
             "serves): serving the first stage's order",
-            served,
+            ranker.choice.served,
         )
-    return bool(served == "ranker")
+    return ranker.choice.serves
 
 
-def _served_because(ranker: Any | None) -> tuple[str, str]:
+def _served_because(ranker: GBDTRanker | None) -> tuple[str, str]:
     """Why the ranking stage serves, and why the first stage does when it does: from the
     ranker's card (its choice on validation), in words."""
-    choice = ranker.record.get("choice", {}) if ranker is not None else {}
-    figures = (
-        f"validation NDCG@10 {choice['ndcg@10']:.4f} against the first stage's "
-        f"{choice['first_stage_ndcg@10']:.4f}"
-        if {"ndcg@10", "first_stage_ndcg@10"} <= set(choice)
-        else "its card records no validation figures"
-    )
-    why_ranker = f"it beat the first stage's order on validation ({figures})"
     if ranker is None:
-        why_first = "no ranking stage or cross-encoder is loaded"
-    elif choice.get("served", "ranker") != "ranker":
+        return "", "no ranking stage or cross-encoder is loaded"
+    figures = ranker.choice.figures()
+    why_ranker = f"it beat the first stage's order on validation ({figures})"
+    if not ranker.choice.serves:
         why_first = f"the ranking stage did not beat the first stage on validation ({figures})"
-    else:
-        why_first = "the first stage's order"
-    return why_ranker, why_first
+        return why_ranker, why_first
+    return why_ranker, "the first stage's order"
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,8 @@ class _Loaded:
     tower: UserTower
     manifest: dict[str, Any]
     features: FeatureMaker
-    stage: Any = None  # the ranking stage's CandidateStage, when a ranker serves
-    ranker_cols: Any = None  # the ranker's feature columns in the stage's rows (by name)
+    stage: CandidateStage | None = None  # the ranking stage's sources, when a ranker serves
+    ranker_cols: npt.NDArray[np.int64] | None = None  # the ranker's columns in the stage's rows
 
 
 class Recommender:
@@ -166,13 +165,13 @@ class Recommender:
         self,
         index_root: str | Path,
         catalog: Catalog,
-        reranker: Any | None = None,
+        reranker: Reranker | None = None,
         *,
         n_recent: int = 5,
-        user_encoder: Any | None = None,
+        user_encoder: Encoder | None = None,
         user_template: UserTextTemplate | None = None,
         fallback: bool = False,
-        ranker: Any | None = None,
+        ranker: GBDTRanker | None = None,
         text_vectors: ItemVectors | Callable[[], ItemVectors] | None = None,
         version: str | None = None,
     ) -> None:
@@ -293,8 +292,8 @@ class Recommender:
         return _Loaded(version, index, tower, manifest, features, stage, cols)
 
     def _stage(
-        self, version: str, manifest: Mapping[str, Any], tower: UserTower, index: Any
-    ) -> Any:
+        self, version: str, manifest: Mapping[str, Any], tower: UserTower, index: VectorIndex
+    ) -> CandidateStage:
         """The ranking stage's sources and features: over the tables the version carries
         (``index build --ranker``), else fitted from the catalog here (logged)."""
         from rerank.ranker.candidates import CandidateStage
@@ -523,11 +522,7 @@ class Recommender:
             )
         start = time.perf_counter()
         try:
-            text = self.user_template.render(
-                User(state.user_id or "", state.profile), state.history, self.catalog.items
-            )
-            feats = loaded.features.features(vector, cand_ids, state.history)
-            probs = self.reranker.score(text, [self.item_text[i] for i in cand_ids], feats)
+            probs = self._text_p_like(loaded, state, vector, cand_ids)
         except Exception:  # a broken reranker degrades to retrieval order, never a 500
             log.exception("reranker failed; serving retrieval order")
             return Recommendation(
@@ -635,21 +630,12 @@ class Recommender:
         like = self.ranker.like
         if like is not None and order:  # the stage's own P(like) head: no text forward pass
             start = time.perf_counter()
-            cols = [self.ranker.names.index(n) for n in like.names]
-            probs = [float(p) for p in like.probability(x[order][:, cols])]
+            probs = self._head_p_like(x[order], self.ranker.names)
             timings["p_like"] = (time.perf_counter() - start) * 1000
         elif self.reranker is not None and order:
             start = time.perf_counter()
             try:
-                top = [ids[o] for o in order]
-                text = self.user_template.render(
-                    User(state.user_id or "", state.profile), state.history, self.catalog.items
-                )
-                feats = loaded.features.features(vector, top, state.history)
-                probs = [
-                    float(p)
-                    for p in self.reranker.score(text, [self.item_text[i] for i in top], feats)
-                ]
+                probs = self._text_p_like(loaded, state, vector, [ids[o] for o in order]).tolist()
             except Exception:  # P(like) is extra: a failure keeps the ranked order
                 log.exception("reranker failed; serving the ranking without P(like)")
             timings["p_like"] = (time.perf_counter() - start) * 1000
@@ -724,7 +710,6 @@ class Recommender:
                 raise KeyError(f"unknown item id {item_id!r}")
         state = self.user_state(user_id, history, profile)
         vector = loaded.tower.embed([state])[0]
-        feats = loaded.features.features(vector, item_ids, state.history)
         retrieval = loaded.features.retrieval_scores(vector, item_ids)
         probs: list[float | None] = [None] * len(item_ids)
         like = self.ranker.like if self.ranker is not None else None
@@ -736,18 +721,30 @@ class Recommender:
             rows = loaded.stage.item_rows(
                 [request] * len(known), known, np.tile(vector, (len(known), 1))
             )
-            cols = [loaded.stage.names.index(n) for n in like.names]
-            p_of = dict(zip(known, like.probability(rows[:, cols]).tolist(), strict=True))
+            p_of = dict(zip(known, self._head_p_like(rows, loaded.stage.names), strict=True))
             probs = [p_of.get(i) for i in item_ids]
         elif self.reranker is not None and item_ids:
-            text = self.user_template.render(
-                User(state.user_id or "", state.profile), state.history, self.catalog.items
-            )
-            probs = [
-                float(p)
-                for p in self.reranker.score(text, [self.item_text[i] for i in item_ids], feats)
-            ]
+            probs = self._text_p_like(loaded, state, vector, item_ids).tolist()
         return [self._item(i, float(retrieval[n]), probs[n]) for n, i in enumerate(item_ids)]
+
+    def _head_p_like(self, rows: Any, names: Sequence[str]) -> list[float | None]:
+        """P(like) from the ranking stage's own head, for feature rows laid out as ``names``."""
+        assert self.ranker is not None and self.ranker.like is not None
+        like = self.ranker.like
+        cols = [list(names).index(n) for n in like.names]
+        return [float(p) for p in like.probability(rows[:, cols])]
+
+    def _text_p_like(
+        self, loaded: _Loaded, state: UserState, vector: Any, item_ids: Sequence[str]
+    ) -> npt.NDArray[np.floating]:
+        """P(like) from the cross-encoder: the user's text and each item's, with its scalar
+        features (one text forward pass per call)."""
+        assert self.reranker is not None
+        text = self.user_template.render(
+            User(state.user_id or "", state.profile), state.history, self.catalog.items
+        )
+        feats = loaded.features.features(vector, item_ids, state.history)
+        return np.asarray(self.reranker.score(text, [self.item_text[i] for i in item_ids], feats))
 
     def _item(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import scipy.sparse as sp
 from benchmarks.baselines import Scorer, TrainData, Validation
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
-from catalog.text import ItemTextTemplate, UserTextTemplate
+from catalog.text import ItemTextTemplate, UserTextTemplate, likes
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from metrics import (
     auc,
@@ -113,12 +112,8 @@ def make_fold(
         users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False))
     seen = [set(matrix[user_row[u]].indices.tolist()) for u in users]
     relevant = np.array([item_col[targets[u][0]] for u in users], dtype=np.int64)
-    like = np.array(
-        [
-            1.0 if (math.isnan(targets[u][1]) or targets[u][1] >= LIKE_THRESHOLD) else 0.0
-            for u in users
-        ]
-    )
+    liked = dict(zip(target.user_ids.tolist(), likes(target, LIKE_THRESHOLD).tolist(), strict=True))
+    like = np.array([1.0 if liked[u] else 0.0 for u in users])
     return Fold(
         name,
         train,

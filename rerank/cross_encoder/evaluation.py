@@ -3,7 +3,6 @@ first stage's candidate lists (NDCG@10 of the reranked order next to the retriev
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy.typing as npt
 from catalog.history import group_histories
 from catalog.model import Catalog
 from catalog.splits import Split
+from catalog.text import likes
 from rerank.cross_encoder.collator import collate, to_device
 from rerank.cross_encoder.context import Stage
 from rerank.cross_encoder.model import RerankerConfig, RerankerNet, pad_rows, split_pair_ids
@@ -55,11 +55,11 @@ def validation_set(
     """
     histories = group_histories(split.train, seed=cfg.seed)
     targets = {
-        u: (i, r)
-        for u, i, r in zip(
+        u: (i, bool(liked))
+        for u, i, liked in zip(
             split.validation.user_ids.tolist(),
             split.validation.item_ids.tolist(),
-            split.validation.ratings.tolist(),
+            likes(split.validation, cfg.threshold).tolist(),
             strict=True,
         )
     }
@@ -72,12 +72,10 @@ def validation_set(
     vectors = stage.features.user_vectors([histories.get(u, []) for u in users])
     for user_id, uvec in zip(users, vectors, strict=True):
         history = histories.get(user_id, [])
-        item_id, rating = targets[user_id]
+        item_id, liked = targets[user_id]
         text = user_text_at(
             stage.template, catalog.users.get(user_id), history, catalog.items, 2**62
         )
-        rating_value = None if math.isnan(rating) else float(rating)
-        liked = rating_value is None or rating_value >= cfg.threshold
         f = stage.features.features(uvec, [item_id], history)[0]
         labelled.append(
             Example(
@@ -222,9 +220,10 @@ def evaluate(
 
 
 def ndcg10(order_lists: Sequence[Sequence[str]], held: Sequence[str]) -> float:
-    from metrics import list_ranks, ndcg_at_k_from_ranks
+    """NDCG@10 of each list's held-out item (:func:`metrics.heldout_ndcg`)."""
+    from metrics import heldout_ndcg
 
-    return ndcg_at_k_from_ranks(list_ranks(order_lists, held), 10)
+    return heldout_ndcg(order_lists, held, 10)
 
 
 def auc_rank(auc: float) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.model import Interactions, Item, User
-from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
+from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate, is_positive
 from retrieval.index import VectorIndex
 from retrieval.towers import UserState, UserTower
 from retrieval.vectors import ItemVectors
@@ -249,11 +249,7 @@ def build_examples(
             text = user_text_at(
                 template, users.get(user_id), past, items, event.timestamp, count_tokens
             )
-            liked = (
-                event.label == 1
-                if event.label is not None
-                else event.rating is None or event.rating >= threshold
-            )
+            liked = bool(is_positive(event, threshold))
             f = features.features(uvec, [event.item_id], past, held_out=event)[0]
             out.append(
                 Example(

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from catalog.history import item_columns
 from catalog.text import HistoryEvent
 from retrieval.sources import CandidateSet
 
@@ -243,7 +244,7 @@ class RankingFeatures:
 
     def cols_of(self, history: Sequence[HistoryEvent]) -> list[int]:
         """The history's item columns, oldest first (unknown items skipped)."""
-        return [self.item_col[e.item_id] for e in history if e.item_id in self.item_col]
+        return item_columns(history, self.item_col)
 
     def compute(
         self,

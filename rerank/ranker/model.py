@@ -132,6 +132,39 @@ def read_card(folder: str | Path) -> dict[str, Any]:
     return card
 
 
+@dataclass(frozen=True)
+class ServedChoice:
+    """What a trained ranker's card says about serving: which order won on validation and the
+    figures behind it (read once, here, for serving and the CLI)."""
+
+    served: str  # "ranker" or "first_stage"
+    ndcg10: float | None = None
+    first_stage_ndcg10: float | None = None
+
+    @property
+    def serves(self) -> bool:
+        return self.served == "ranker"
+
+    def figures(self) -> str:
+        """The validation figures in words."""
+        if self.ndcg10 is None or self.first_stage_ndcg10 is None:
+            return "its card records no validation figures"
+        return (
+            f"validation NDCG@10 {self.ndcg10:.4f} against the first stage's "
+            f"{self.first_stage_ndcg10:.4f}"
+        )
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> ServedChoice:
+        """From a card's ``record`` (a card without a choice predates it: the ranker serves)."""
+        choice = record.get("choice") or {}
+        return cls(
+            str(choice.get("served", "ranker")),
+            choice.get("ndcg@10"),
+            choice.get("first_stage_ndcg@10"),
+        )
+
+
 class GBDTRanker:
     """A fitted features ranker (see the module docstring)."""
 
@@ -152,6 +185,11 @@ class GBDTRanker:
         self.config = config
         self.record = record
         self.base = base
+
+    @property
+    def choice(self) -> ServedChoice:
+        """What the card says about serving (read from :attr:`record` each time)."""
+        return ServedChoice.of(self.record)
 
     @classmethod
     def fit(

@@ -61,3 +61,29 @@ def test_user_text_is_deterministic_and_uses_given_counter() -> None:
     tiny = template.render(None, history, ITEMS, count_tokens=lambda s: len(s) // 4)
     assert len(tiny) // 4 <= 1000
     assert template.render(None, [], ITEMS) == ""
+
+
+def test_likes_is_is_positive_for_every_row() -> None:
+    """The one "is this a like?" rule, vectorised: a label wins, else the rating, else a
+    like (an implicit event); the same answers as is_positive, event by event."""
+    import math
+
+    import numpy as np
+
+    from catalog import Interactions
+    from catalog.text import HistoryEvent, is_positive, likes
+
+    ratings = [5.0, 2.0, math.nan, 4.0, 1.0, math.nan]
+    labels = [-1, -1, -1, 0, 1, 0]
+    rows = Interactions(["u"] * 6, list("abcdef"), list(range(6)), ratings, labels)
+    got = likes(rows, 4.0)
+    assert got.tolist() == [True, False, True, False, True, False]
+    for n in range(6):
+        event = HistoryEvent(
+            "x",
+            n,
+            None if math.isnan(ratings[n]) else ratings[n],
+            None if labels[n] < 0 else labels[n],
+        )
+        assert bool(is_positive(event, 4.0)) == bool(got[n])
+    assert isinstance(got, np.ndarray)

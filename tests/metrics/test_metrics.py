@@ -198,3 +198,14 @@ def test_target_ranks_give_ties_to_the_target_and_list_ranks_mark_absent() -> No
     assert np.isnan(ndcg_at_k_from_ranks([], 10))
     with pytest.raises(ValueError, match="k must be >= 1"):
         ndcg_at_k_from_ranks(ranks, 0)
+
+
+def test_heldout_ndcg_of_id_lists() -> None:
+    import math
+
+    from metrics import heldout_ndcg
+
+    lists = [["a", "b", "c"], ["x", "y"], ["p"]]
+    expected = (1 / math.log2(3) + 1.0 + 0.0) / 3  # b at rank 2, x at rank 1, q missing
+    assert heldout_ndcg(lists, ["b", "x", "q"], 10) == expected
+    assert heldout_ndcg(lists, ["c", "y", "p"], 2) == (0.0 + 1 / math.log2(3) + 1.0) / 3
