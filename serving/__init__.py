@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 from catalog.faces import lazy_faces
 
 if TYPE_CHECKING:
-    from serving.http import ServerLimits, create_app
+    from serving.http import create_app
     from serving.recommender import Recommendation, RecommendedItem, Recommender
+    from serving.schemas import ServerLimits
 
 _FACES = {
     "Recommendation": "serving.recommender",
     "RecommendedItem": "serving.recommender",
     "Recommender": "serving.recommender",
-    "ServerLimits": "serving.http",
+    "ServerLimits": "serving.schemas",
     "create_app": "serving.http",
 }
 

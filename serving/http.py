@@ -1,4 +1,7 @@
-"""The HTTP API (FastAPI): /recommend, /score, /healthz, /readyz, /metrics and OpenAPI docs.
+"""The HTTP app (FastAPI): /recommend, /score, /healthz, /readyz, /metrics, /docs and the
+explorer's routes, around an opened Recommender. Its request bodies are in
+:mod:`serving.schemas`, the ASGI guard every request passes first in :mod:`serving.guard`, the
+Prometheus metrics in :mod:`serving.telemetry`.
 
 Model inference runs in worker threads, never on the event loop, behind a bounded admission
 gate: when ``max_in_flight`` calls are running and ``max_queue`` more are waiting, a new call is
@@ -15,306 +18,52 @@ CURRENT and hot-swaps verified new versions.
 
 import contextlib
 import hmac
-import json
 import logging
-import math
-import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import unquote_plus
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    create_model,
-    field_validator,
-    model_validator,
-)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from catalog.text import HistoryEvent
-from catalog.thresholds import RATING_SCALE, TIMESTAMP_LIMIT
 from serving.explorer import explorer_routes, is_open, read_report
-from serving.recommender import Recommendation, RecommendedItem, Recommender
+from serving.guard import (
+    Guard,
+    SafeJSONResponse,
+    finite_json,
+    redact_access_log,
+)
+from serving.recommender import Recommendation, Recommender
+from serving.schemas import ERROR_RESPONSES, Event, Scores, ServerLimits, request_models
+from serving.telemetry import ServerMetrics
 
 log = logging.getLogger(__name__)
+
 
 OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/favicon.ico"})
 """Answer without the token: the probes (orchestrators' health checks carry none) and the API's
 documentation, which holds no data (its operations still need the token: **Authorize**)."""
+
+
 DOCS_ASSETS = "/docs-assets/"
 """Swagger UI's files, open like /docs itself."""
 
+
 UNMATCHED_ROUTE = "other"
 """The metrics label of every path that matches no route (raw paths would be unbounded)."""
-
-SECRET_QUERY_PARAMS = ("token", "access_token", "api_key")
-"""Query parameters whose values never reach the access log."""
-
-SECURITY_HEADERS = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-)
-"""Sent with every response: no MIME sniffing, no framing, no token-bearing referrers."""
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
-"""The page's policy: its own scripts and styles only, never framed."""
-DOCS_CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
-"""/docs: FastAPI's Swagger UI page starts the bundle with an inline script."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServerLimits:
-    """Bounds on requests and concurrency."""
-
-    max_k: int = 100
-    max_candidates: int = 1000
-    max_history: int = 1000
-    max_items: int = 1000
-    max_allow: int = 100_000
-    max_body_bytes: int = 1 << 20
-    max_in_flight: int = 2
-    max_queue: int = 8
-    reload_interval_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.reload_interval_s) and self.reload_interval_s > 0):
-            raise ValueError(
-                f"reload interval {self.reload_interval_s!r}: must be a finite number of "
-                "seconds above 0 (0 would poll CURRENT in a busy loop)"
-            )
-
-
-def _unicode_text(value: str) -> str:
-    """Rejects lone surrogates: JSON escapes can spell them, but they are not text."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"not valid Unicode text: lone surrogate at position {exc.start}"
-        ) from None
-    return value
-
-
-def _json_integer(value: Any) -> Any:
-    """JSON Schema's integer: ``3`` and ``3.0``, never ``true`` or ``"3"`` (which pydantic's
-    lax mode would take as 1 and 3)."""
-    if isinstance(value, (bool, str, bytes)):
-        raise ValueError("expected an integer")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_unicode_text)]
-
-
-def _id_of_number(value: Any) -> Any:
-    """Ids are text, but a client may send ``42`` for ``"42"``: ids are names, not numbers."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-Id = Annotated[Text, BeforeValidator(_id_of_number), Field(min_length=1, max_length=200)]
-
-
-class Event(BaseModel):
-    """A past interaction sent with the request (for users the server has not seen)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    item_id: Id = Field(description="An item of the catalog (a number is read as its id).")
-    timestamp: int = Field(
-        default=0,
-        ge=-TIMESTAMP_LIMIT,
-        le=TIMESTAMP_LIMIT,
-        description="When it happened, in the units of the dataset's log (epoch seconds for "
-        "MovieLens); at most 2**53 in absolute value.",
-    )
-    rating: float | None = Field(
-        default=None,
-        allow_inf_nan=False,
-        ge=RATING_SCALE[0],
-        le=RATING_SCALE[1],
-        description="Stars from 0 to 5; 4 and up is a like.",
-    )
-    label: int | None = Field(default=None, ge=0, le=1, description="1 like, 0 dislike.")
-
-    _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
-
-
-class _UserRequest(BaseModel):
-    """Names a user by id, by history, or both ("user_id or history" in the schema too, so
-    generated clients and fuzzers know it)."""
-
-    model_config = ConfigDict(
-        extra="forbid",  # a misspelt field is a 422 naming it, never silently ignored
-        json_schema_extra={
-            "anyOf": [
-                {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
-                {"required": ["history"], "properties": {"history": {"type": "array"}}},
-            ]
-        },
-    )
-
-    _integers = field_validator("k", "candidates", mode="before", check_fields=False)(_json_integer)
-
-    @model_validator(mode="after")
-    def _user_id_or_history(self) -> "_UserRequest":
-        if getattr(self, "user_id", None) is None and getattr(self, "history", None) is None:
-            raise ValueError("give user_id or history (or both)")
-        return self
-
-
-def _request_models(lim: ServerLimits) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The request bodies with this server's limits, so OpenAPI states them and 422 enforces."""
-    user: dict[str, Any] = {
-        "user_id": (
-            Annotated[Text, BeforeValidator(_id_of_number), Field(max_length=200)] | None,
-            Field(default=None, description="A user of the dataset (a number is read as its id)."),
-        ),
-        "history": (
-            list[Event] | None,
-            Field(
-                default=None,
-                max_length=lim.max_history,
-                description="Past interactions, for a user the server does not know or to "
-                "replace a known user's stored history; items not in the catalog are ignored "
-                "and named in `warnings`.",
-            ),
-        ),
-        "profile": (
-            dict[Id, Annotated[Text, Field(max_length=1000)]] | None,
-            Field(default=None, description="Profile attributes (age, country, ...) as text."),
-        ),
-    }
-    recommend = create_model(
-        "RecommendRequest",
-        __base__=_UserRequest,
-        __doc__="Who to recommend for (a known user id, or a history and profile) and how many.",
-        **user,
-        k=(int, Field(default=10, ge=1, le=lim.max_k, description="How many items to return.")),
-        candidates=(
-            int,
-            Field(
-                default=100,
-                ge=1,
-                le=lim.max_candidates,
-                description="The first stage's candidates (the ranking stage adds its other "
-                "sources' own).",
-            ),
-        ),
-        exclude_seen=(
-            StrictBool,
-            Field(default=True, description="Leave out items already in the history."),
-        ),
-        allow=(
-            list[Id] | None,
-            Field(
-                default=None,
-                max_length=lim.max_allow,
-                description="Only these items may be returned (a shelf, a category).",
-            ),
-        ),
-        second_stage=(
-            StrictBool,
-            Field(
-                default=True,
-                description="False: the first stage's order (no ranking stage or cross-encoder), "
-                "to compare with.",
-            ),
-        ),
-        explain=(
-            StrictBool,
-            Field(
-                default=False,
-                description="Per item: its sources, first-stage rank, the history items "
-                "closest to it and the ranking-stage features that moved it most.",
-            ),
-        ),
-    )
-    score = create_model(
-        "ScoreRequest",
-        __base__=_UserRequest,
-        __doc__="Point-wise scores of given items for a user.",
-        **user,
-        item_ids=(
-            list[Id],
-            Field(
-                min_length=1,
-                max_length=lim.max_items,
-                description="The items to score, each on its own (point-wise).",
-            ),
-        ),
-    )
-    return recommend, score
-
-
-class Scores(BaseModel):
-    """``POST /score``'s answer: each asked item's scores, in the order asked."""
-
-    items: list[RecommendedItem]
-    index_version: str
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON that any input can be echoed in: non-ASCII escaped, so a lone surrogate in a
-    validation error's ``input`` cannot turn a 422 into a 500."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(
-            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
-        ).encode("ascii")
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with non-finite floats spelled as strings: a 422 echoes the client's input,
-    and JSON has no Infinity or NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-class _Problem(BaseModel):
-    detail: Any
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": _Problem, "description": "The body is not UTF-8 JSON"},
-    401: {"model": _Problem, "description": "Missing or wrong bearer token"},
-    404: {"model": _Problem, "description": "Unknown user id (without a history) or item id"},
-    413: {"model": _Problem, "description": "Request body over the server's limit"},
-    429: {"model": _Problem, "description": "Overloaded: retry after the Retry-After seconds"},
-}
 
 
 class _Gate:
@@ -338,202 +87,6 @@ class _Gate:
             self.admitted -= 1
 
 
-class _CacheCollector(Collector):
-    """The user encoder's embedding-cache counters, read at scrape time (none without one)."""
-
-    def __init__(self, recommender: Recommender) -> None:
-        self.recommender = recommender
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self.recommender.cache_stats()
-        if stats is None:
-            return
-        lookups = CounterMetricFamily(
-            "duorank_cache_lookups",
-            "Embedding-cache lookups by outcome (error: Redis unreachable, computed anyway)",
-            labels=["outcome"],
-        )
-        for outcome in ("hits", "misses", "errors", "corrupt"):
-            lookups.add_metric([outcome], float(stats[outcome]))
-        yield lookups
-        yield GaugeMetricFamily(
-            "duorank_cache_hit_ratio", "Embedding-cache hits / lookups", value=stats["hit_ratio"]
-        )
-
-
-class _BodyTooLargeError(Exception):
-    """The body read so far is over the limit."""
-
-
-class _Guard:
-    """The outermost check of every HTTP request, as plain ASGI.
-
-    In order: a declared Content-Length over the limit (413), the bearer token (401), then the
-    body read in full up to the limit, whatever the framing (413 once over it, so a chunked
-    upload cannot grow memory), and replayed to the app. Every response, error handlers' and
-    unhandled exceptions' (500) included, is counted under the matched route template.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        token: str,
-        max_body_bytes: int,
-        route_of: Callable[[Scope], str],
-        count: Callable[[str, str], None],
-        is_open: Callable[[str], bool] = OPEN_ROUTES.__contains__,
-    ) -> None:
-        self.app = app
-        self.is_open = is_open
-        self.token = token
-        self.max_body_bytes = max_body_bytes
-        self.route_of = route_of
-        self.count = count
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = self.route_of(scope)
-        status: list[int] = []
-
-        policy = DOCS_CONTENT_SECURITY_POLICY if scope["path"] == "/docs" else None
-
-        async def send_counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status.append(int(message["status"]))
-                message = {**message, "headers": _with_security_headers(message, policy)}
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, send_counted)
-        except Exception:
-            self.count(route, str(status[0]) if status else "500")  # ServerErrorMiddleware: 500
-            raise
-        self.count(route, str(status[0]) if status else "499")  # 499: client went away first
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body_bytes:
-            await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes")
-            return
-        if self.token and not self.is_open(scope["path"]):
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                await self._refuse(
-                    scope,
-                    send,
-                    401,
-                    "missing or wrong bearer token",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                return
-        try:
-            body = await self._read_body(receive)
-        except _BodyTooLargeError:
-            await self._refuse(scope, send, 413, f"request body over {self.max_body_bytes} bytes")
-            return
-        if body is None:  # the client disconnected mid-body: nobody to answer
-            return
-        if not _utf8(body):  # JSON parsers guess UTF-16 and UTF-32 from NUL bytes: refuse them
-            await self._refuse(scope, send, 400, "the body is not UTF-8 JSON")
-            return
-        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def replay() -> Message:
-            return pending.pop() if pending else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _BodyTooLargeError
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    @staticmethod
-    async def _refuse(
-        scope: Scope, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        response = SafeJSONResponse({"detail": detail}, status_code=status, headers=headers)
-        await response(scope, _no_receive, send)
-
-
-def _utf8(body: bytes) -> bool:
-    """Whether ``body`` is UTF-8 that JSON can hold (no NUL byte: JSON escapes control
-    characters, so a NUL means UTF-16 or UTF-32)."""
-    if b"\x00" in body:
-        return False
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _with_security_headers(start: Message, policy: str | None) -> list[tuple[bytes, bytes]]:
-    """``start``'s headers plus :data:`SECURITY_HEADERS` and a content security policy."""
-    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"x-frame-options"]
-    csp = (policy or CONTENT_SECURITY_POLICY).encode("latin-1")
-    return [*headers, *SECURITY_HEADERS, (b"content-security-policy", csp)]
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
-
-
-def redact_query(text: str) -> str:
-    """``text`` with the value of every :data:`SECRET_QUERY_PARAMS` parameter in its query
-    string masked. Names are matched after percent-decoding (``tok%65n``), ``;`` separates
-    parameters like ``&``, and an encoded ``=`` (``token%3DS``) masks the whole parameter."""
-    path, mark, rest = text.partition("?")
-    if not mark:
-        return text
-    query, space, tail = rest.partition(" ")
-    query, hash_mark, fragment = query.partition("#")
-    parts = re.split(r"([&;])", query)
-    for n in range(0, len(parts), 2):
-        name, eq, _ = parts[n].partition("=")
-        decoded = name
-        for _ in range(3):  # a name encoded more than once is decoded as often
-            decoded = unquote_plus(decoded)
-        if decoded.partition("=")[0].strip().casefold() in SECRET_NAMES:
-            parts[n] = f"{name}={'***'}" if eq else "***"
-    return f"{path}?{''.join(parts)}{hash_mark}{fragment}{space}{tail}"
-
-
-SECRET_NAMES = frozenset(n.casefold() for n in SECRET_QUERY_PARAMS)
-
-
-class RedactSecrets(logging.Filter):
-    """Masks the values of :data:`SECRET_QUERY_PARAMS` in uvicorn's access-log lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = redact_query(record.msg)
-        return True
-
-
-def redact_access_log() -> None:
-    """Installs :class:`RedactSecrets` on uvicorn's access logger (once)."""
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactSecrets) for f in access.filters):
-        access.addFilter(RedactSecrets())
-
-
 def _swagger_assets() -> str | None:
     """The folder of the installed Swagger UI bundle (so /docs works offline), if any."""
     try:
@@ -543,59 +96,10 @@ def _swagger_assets() -> str | None:
     return str(swagger_ui_path)
 
 
-class _Metrics:
-    """The service's Prometheus metrics, in a registry of their own."""
-
-    def __init__(self, recommender: Recommender) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
-        self.requests = Counter(
-            "duorank_requests",
-            "Requests by route template and status",
-            ["route", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "duorank_stage_seconds",
-            "Latency per stage",
-            ["stage"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self.rejected = Counter(
-            "duorank_rejected", "Requests refused by the overload policy", registry=registry
-        )
-        self.version_info = Gauge(
-            "duorank_index_version_info", "Serving index version", ["version"], registry=registry
-        )
-        self.degraded = Gauge(
-            "duorank_index_degraded",
-            "1 while serving an older verified version because CURRENT failed verification",
-            registry=registry,
-        )
-        self.reloads = Counter(
-            "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
-        )
-        self.fallbacks = Counter(
-            "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
-        )
-        registry.register(_CacheCollector(recommender))
-
-    def count(self, route: str, status: str) -> None:
-        """One response of ``route`` (a template) with ``status``."""
-        self.requests.labels(route, status).inc()
-
-    def serving(self, recommender: Recommender) -> None:
-        """The version that serves, and whether it is a fallback."""
-        self.version_info.clear()
-        self.version_info.labels(recommender.index_version).set(1)
-        self.degraded.set(1 if recommender.degraded else 0)
-
-
 class _Lifecycle:
     """Warm-up before ready, then the thread that hot-swaps verified new index versions."""
 
-    def __init__(self, recommender: Recommender, metrics: _Metrics, interval_s: float) -> None:
+    def __init__(self, recommender: Recommender, metrics: ServerMetrics, interval_s: float) -> None:
         self.recommender = recommender
         self.metrics = metrics
         self.interval_s = interval_s
@@ -657,7 +161,7 @@ def create_app(
     if report is not None:
         read_report(report)
     lim = limits or ServerLimits()
-    metrics = _Metrics(recommender)
+    metrics = ServerMetrics(recommender)
     lifecycle = _Lifecycle(recommender, metrics, lim.reload_interval_s)
     redact_access_log()
     assets = _swagger_assets()
@@ -675,7 +179,7 @@ def create_app(
         _offline_docs(app, assets)
     _error_handlers(app)
     app.add_middleware(
-        _Guard,
+        Guard,
         token=token,
         max_body_bytes=lim.max_body_bytes,
         route_of=_route_label(app),
@@ -756,7 +260,7 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
         return SafeJSONResponse(
-            {"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422
+            {"detail": finite_json(jsonable_encoder(exc.errors()))}, status_code=422
         )
 
 
@@ -780,11 +284,11 @@ def _history_of(events: list[Event] | None) -> list[HistoryEvent] | None:
 
 
 def _model_routes(
-    app: FastAPI, recommender: Recommender, metrics: _Metrics, lim: ServerLimits
+    app: FastAPI, recommender: Recommender, metrics: ServerMetrics, lim: ServerLimits
 ) -> None:
     """/recommend and /score: model calls in worker threads behind the admission gate."""
     gate = _Gate(lim.max_in_flight, lim.max_queue)
-    recommend_model, score_model = _request_models(lim)
+    recommend_model, score_model = request_models(lim)
 
     async def run_model(fn: Callable[[], Any]) -> Any:
         if not gate.try_enter():
@@ -800,7 +304,7 @@ def _model_routes(
         finally:
             gate.leave()
 
-    @app.post("/recommend", responses=_ERRORS, response_model=Recommendation)
+    @app.post("/recommend", responses=ERROR_RESPONSES, response_model=Recommendation)
     async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Top-k items: the first stage's candidates (and the other sources'), ordered by the
         ranking stage where it serves; the answer says which part served it and why."""
@@ -833,7 +337,7 @@ def _model_routes(
             metrics.fallbacks.labels(result.fallback).inc()
         return asdict(result)
 
-    @app.post("/score", responses=_ERRORS, response_model=Scores)
+    @app.post("/score", responses=ERROR_RESPONSES, response_model=Scores)
     async def post_score(body: score_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Point-wise scores of the given items for the user."""
         req: Any = body
@@ -851,7 +355,7 @@ def _model_routes(
 
 
 def _probe_routes(
-    app: FastAPI, recommender: Recommender, meters: _Metrics, lifecycle: _Lifecycle, token: str
+    app: FastAPI, recommender: Recommender, meters: ServerMetrics, lifecycle: _Lifecycle, token: str
 ) -> None:
     """/healthz, /readyz (both open without the token) and /metrics."""
 

@@ -23,8 +23,9 @@ from rerank.cross_encoder.trainer import train_reranker
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
 from retrieval.vectors import ItemVectors
-from serving.http import ServerLimits, create_app
+from serving.http import create_app
 from serving.recommender import Recommender
+from serving.schemas import ServerLimits
 from tests.conftest import tiny_catalog
 
 

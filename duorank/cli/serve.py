@@ -225,7 +225,8 @@ def serve(
     import benchmarks
     from duorank.jobs import open_recommender
     from serving.explorer import read_report
-    from serving.http import ServerLimits, create_app
+    from serving.http import create_app
+    from serving.schemas import ServerLimits
 
     if public_demo and not settings.api_token:
         raise click.UsageError(

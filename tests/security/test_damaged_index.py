@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from duorank.cli import EXIT_USAGE, EXIT_VERIFY, cli
 from indexer import IndexRoot, NoVersionError, VerifyError
-from serving.http import ServerLimits, create_app
+from serving.http import create_app
 from serving.recommender import Recommender
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, Stack
 
 pytestmark = pytest.mark.slow

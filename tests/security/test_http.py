@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from rerank import Reranker
-from serving.http import ServerLimits, create_app
+from serving.http import create_app
 from serving.recommender import Recommender
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, Stack, make_server
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from serving.http import ServerLimits
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, Stack, make_server
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,10 @@ from click.testing import CliRunner
 
 from catalog import Catalog, User
 from duorank.cli import EXIT_USAGE, cli
-from serving.http import ServerLimits, create_app, redact_query
+from serving.guard import redact_query
+from serving.http import create_app
 from serving.recommender import Recommender
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, Stack, make_server
 
 pytestmark = pytest.mark.slow

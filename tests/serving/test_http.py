@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexer import IndexRoot
-from serving.http import ServerLimits
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, Stack, make_server
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,9 @@ from indexer import IndexRoot
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
 from retrieval.redis_client import connect
-from serving.http import ServerLimits, create_app
+from serving.http import create_app
 from serving.recommender import Recommender
+from serving.schemas import ServerLimits
 from tests.live import LiveServer, RedisProcess, Stack
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,84 @@
+"""The service's Prometheus metrics, in a registry of their own: requests by route template and
+status, stage latency, refusals, fallbacks, index reloads and the embedding cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from serving.recommender import Recommender
+
+
+class _CacheCollector(Collector):
+    """The user encoder's embedding-cache counters, read at scrape time (none without one)."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.recommender.cache_stats()
+        if stats is None:
+            return
+        lookups = CounterMetricFamily(
+            "duorank_cache_lookups",
+            "Embedding-cache lookups by outcome (error: Redis unreachable, computed anyway)",
+            labels=["outcome"],
+        )
+        for outcome in ("hits", "misses", "errors", "corrupt"):
+            lookups.add_metric([outcome], float(stats[outcome]))
+        yield lookups
+        yield GaugeMetricFamily(
+            "duorank_cache_hit_ratio", "Embedding-cache hits / lookups", value=stats["hit_ratio"]
+        )
+
+
+class ServerMetrics:
+    """The service's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "duorank_requests",
+            "Requests by route template and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "duorank_stage_seconds",
+            "Latency per stage",
+            ["stage"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.rejected = Counter(
+            "duorank_rejected", "Requests refused by the overload policy", registry=registry
+        )
+        self.version_info = Gauge(
+            "duorank_index_version_info", "Serving index version", ["version"], registry=registry
+        )
+        self.degraded = Gauge(
+            "duorank_index_degraded",
+            "1 while serving an older verified version because CURRENT failed verification",
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
+        )
+        self.fallbacks = Counter(
+            "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
+        )
+        registry.register(_CacheCollector(recommender))
+
+    def count(self, route: str, status: str) -> None:
+        """One response of ``route`` (a template) with ``status``."""
+        self.requests.labels(route, status).inc()
+
+    def serving(self, recommender: Recommender) -> None:
+        """The version that serves, and whether it is a fallback."""
+        self.version_info.clear()
+        self.version_info.labels(recommender.index_version).set(1)
+        self.degraded.set(1 if recommender.degraded else 0)
