@@ -525,7 +525,8 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     """Needs the quickstart's home (dataset, tower, ranker, an index built with them); the
     cross-encoder rows need ``train reranker`` (and ``rerank export`` for ONNX)."""
     from catalog.store import load_catalog
-    from rerank.cross_encoder.inference import exported, resolve_backend, unweighted_text_head
+    from rerank.cross_encoder.backends import exported, resolve_backend
+    from rerank.cross_encoder.inference import unweighted_text_head
     from rerank.ranker.model import GBDTRanker
 
     ctx = ctx or BenchContext()

@@ -29,9 +29,9 @@ from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
 from metrics import heldout_ndcg
 from rerank import Reranker, export_onnx
+from rerank.cross_encoder.backends import ONNX_FILES, PREFIX_FILES
 from rerank.cross_encoder.context import prepare_stage
 from rerank.cross_encoder.evaluation import validation_set
-from rerank.cross_encoder.inference import ONNX_FILES, PREFIX_FILES
 from rerank.cross_encoder.model import read_config, split_pair_ids
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.cache import EmbeddingCache

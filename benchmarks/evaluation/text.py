@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from catalog.model import Catalog, User
 from catalog.text import ItemTextTemplate, UserTextTemplate
-from rerank.cross_encoder.inference import probability_np
+from rerank.cross_encoder.backends import probability_np
 from rerank.ranker.candidates import Lists
 from rerank.ranker.model import list_loss
 from rerank.ranker.train import list_ndcg10

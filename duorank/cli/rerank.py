@@ -20,7 +20,7 @@ def rerank_group() -> None:
 @click.option("--no-int8", is_flag=True, help="Skip the int8-quantized model.")
 def rerank_export(folder: Path, no_int8: bool) -> None:
     """Export a trained reranker to ONNX (fp32 and dynamic int8) under FOLDER/onnx/."""
-    from rerank.cross_encoder.inference import export_onnx
+    from rerank.cross_encoder.export import export_onnx
 
     for path in export_onnx(folder, quantize=not no_int8):
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

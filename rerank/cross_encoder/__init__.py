@@ -2,14 +2,16 @@
 ``cross_encoder/``: the network (:mod:`.model`), its pairs and features (:mod:`.pairs`), the
 first stage it learns from (:mod:`.context`), batches (:mod:`.collator`), the training
 arguments (:mod:`.training_args`) and loop (:mod:`.trainer`), validation (:mod:`.evaluation`),
-calibration and fusion (:mod:`.calibration`, :mod:`.fusion`), batched inference, backends and
-export (:mod:`.inference`).
+calibration and fusion (:mod:`.calibration`, :mod:`.fusion`), batched inference
+(:mod:`.inference`), its backends (:mod:`.backends`) and ONNX export (:mod:`.export`).
 
 ``RerankerConfig`` says what a saved cross-encoder is; ``RerankerTrainArgs`` how one is trained
 (:func:`rerank.cross_encoder.trainer.train_reranker` is not imported here).
 """
 
-from rerank.cross_encoder.inference import BACKENDS, Reranker, Scored, export_onnx
+from rerank.cross_encoder.backends import BACKENDS
+from rerank.cross_encoder.export import export_onnx
+from rerank.cross_encoder.inference import Reranker, Scored
 from rerank.cross_encoder.model import RerankerConfig
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 

@@ -38,7 +38,7 @@ def fit_temperature(
     logits: npt.NDArray[np.float32], labels: npt.NDArray[np.float64], config: RerankerConfig
 ) -> float:
     """The temperature (grid over 0.1..100, log-spaced) minimising validation log loss."""
-    from rerank.cross_encoder.inference import probability_np
+    from rerank.cross_encoder.backends import probability_np
 
     best_t, best_loss = 1.0, float("inf")
     for t in np.logspace(-1, 2, 121):

@@ -183,7 +183,7 @@ def validation_metrics(
     labelled, lists, held = val.labelled, val.lists, val.held
     from metrics import auc, logloss
     from metrics import expected_calibration_error as ece
-    from rerank.cross_encoder.inference import probability_np
+    from rerank.cross_encoder.backends import probability_np
 
     probs = probability_np(logits_l, config)
     labels = np.array([e.label for e in labelled])

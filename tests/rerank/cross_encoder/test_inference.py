@@ -12,7 +12,7 @@ from rerank import Reranker
 
 
 def test_native_bf16_is_read_from_the_cpu_flags() -> None:
-    from rerank.cross_encoder.inference import native_bf16
+    from rerank.cross_encoder.backends import native_bf16
 
     assert native_bf16("flags : fpu avx2 avx512f avx512_bf16 vaes") is True
     assert native_bf16("flags : fpu avx2 amx_bf16 amx_tile") is True
@@ -22,7 +22,7 @@ def test_native_bf16_is_read_from_the_cpu_flags() -> None:
 def test_auto_picks_the_fastest_backend_for_the_cpu_and_folder(tmp_path: Path) -> None:
     from duorank.cli import options
     from rerank.cross_encoder import inference
-    from rerank.cross_encoder.inference import resolve_backend
+    from rerank.cross_encoder.backends import resolve_backend
 
     bf16 = "flags : fpu avx2 avx512f avx512_bf16"
     plain = "flags : fpu avx2 avx512f"
@@ -65,9 +65,9 @@ def test_backends_agree(trained: tuple[Path, Catalog]) -> None:
     # retrieval score, popularity and ratings on one 8-bit scale.
     import onnx
 
-    from rerank.cross_encoder.inference import _head_nodes
+    from rerank.cross_encoder.export import head_nodes
 
-    assert len(_head_nodes(written[0])) == 4  # two Gemms, and the MatMuls they become
+    assert len(head_nodes(written[0])) == 4  # two Gemms, and the MatMuls they become
     for int8 in (written[3], written[5]):  # the whole pairs, the item side
         int8_nodes = onnx.load(str(int8)).graph.node
         quantized = [n.name for n in int8_nodes if n.op_type == "MatMulInteger"]
@@ -112,7 +112,7 @@ def test_onnx_threads_sleep_between_runs_unless_asked(trained: tuple[Path, Catal
     """ONNX Runtime's threads busy-wait after a run by default; a server interleaving it with
     torch must not let them (the user embedding's tail), so the sessions turn it off."""
     from rerank import Reranker, export_onnx
-    from rerank.cross_encoder.inference import OnnxBackend
+    from rerank.cross_encoder.backends import OnnxBackend
 
     out, _ = trained
     if not (out / "onnx" / "items-int8.onnx").is_file():
