@@ -31,11 +31,10 @@ import numpy.typing as npt
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
-from indexer.store import IndexRoot, NoVersionError, VerifyError, printable
-from rerank.cross_encoder.pairs import FEATURES, FeatureMaker, RatingStats
-from retrieval.index import VectorIndex
+from indexer.store import IndexRoot, VerifyError, printable
+from rerank.cross_encoder.pairs import RatingStats
 from retrieval.popularity import Popularity
-from retrieval.towers import HistoryTextTower, MeanItemsTower, UserState, UserTower
+from retrieval.towers import UserState
 from retrieval.vectors import ItemVectors
 from serving.explain import (
     Explanation,
@@ -45,11 +44,11 @@ from serving.explain import (
     movement,
     reasons,
 )
+from serving.versions import Loaded, VersionLoader
 
 if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommender uses it
     from rerank.cross_encoder import Reranker
     from rerank.ranker import GBDTRanker
-    from rerank.ranker.candidates import CandidateStage
     from retrieval.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -119,17 +118,6 @@ class Recommendation:
     """What the call ignored (history items or allowed items the catalog does not hold)."""
 
 
-@dataclass
-class _Loaded:
-    version: str
-    index: VectorIndex
-    tower: UserTower
-    manifest: dict[str, Any]
-    features: FeatureMaker
-    stage: CandidateStage | None = None  # the ranking stage's sources, when a ranker serves
-    ranker_cols: npt.NDArray[np.int64] | None = None  # the ranker's columns in the stage's rows
-
-
 class Recommender:
     """Two-stage recommendations over a published index.
 
@@ -177,14 +165,11 @@ class Recommender:
     ) -> None:
         self.user_encoder = user_encoder
         self.pinned = version
-        self.user_text_template = user_template
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
         self.reranker = reranker
         self.ranker = ranker if ranker is not None and _ranker_serves(ranker) else None
         self._why_ranker, self._why_first = _served_because(ranker)
-        self.text_vectors = text_vectors
-        self.n_recent = n_recent
         self.histories = group_histories(catalog.interactions)
         self.popularity = Popularity(catalog.interactions, list(catalog.items))
         self.item_template = ItemTextTemplate()
@@ -199,135 +184,24 @@ class Recommender:
             else UserTextTemplate()
         )
         self._lock = threading.Lock()
-        self.degraded: str | None = None
-        """Why an older version serves (CURRENT failed verification), else None."""
-        self._refused: tuple[object, ...] | None = None
-        self._loaded = self._open(fallback)
-
-    # ------------------------------------------------------------------ index versions
-    def _open(self, fallback: bool) -> _Loaded:
-        """The pinned version, else CURRENT, or with ``fallback`` the newest published version
-        (one CURRENT has named) that verifies, loudly."""
-        if self.pinned is not None:
-            return self._load(self.pinned)
-        try:
-            return self._load(self.root.require_current())
-        except VerifyError as exc:
-            if not fallback:
-                raise
-            damaged = exc
-        current = self.root.current_or_none()
-        unpublished = set(self.root.unpublished())
-        others = 0  # newer versions, besides CURRENT's, that failed too
-        for version in reversed(self.root.versions()):  # newest first, each verified once
-            if version == current or version in unpublished:
-                continue
-            try:
-                loaded = self._load(version)
-            except (VerifyError, NoVersionError):
-                others += 1
-                continue
-            self.degraded = f"{damaged}; serving {version}, the newest version that verifies" + (
-                f" ({others} newer also failed)" if others else ""
-            )
-            self._refused = self._signature(current)
-            log.error("DEGRADED: %s", self.degraded)
-            return loaded
-        raise NoVersionError(f"{self.root.path}: no published version verifies ({damaged})")
-
-    def _signature(self, version: str | None) -> tuple[object, ...]:
-        """What CURRENT names and the sizes and times of that version's files: a refused
-        version is verified again only when one of these changes (hashing a large index every
-        few seconds would be a cost of its own)."""
-        files: list[tuple[str, int, int]] = []
-        try:
-            folder = self.root.version_dir(version or "")
-            for path in sorted(folder.iterdir()):
-                stat = path.stat()
-                files.append((path.name, stat.st_size, stat.st_mtime_ns))
-        except (OSError, LookupError):
-            pass
-        return (version, tuple(files))
-
-    def _load(self, version: str) -> _Loaded:
-        index, manifest = self.root.load(version)
-        vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
-        tower: UserTower
-        if manifest.get("tower"):  # a trained tower published with this version
-            from retrieval.sequential import SequentialTower
-
-            tower = SequentialTower.load(self.root.version_dir(version)).bind(vectors)
-        elif self.user_encoder is not None:
-            if manifest.get("model_fingerprint") != self.user_encoder.fingerprint:
-                raise ValueError(
-                    f"index version {version} was built with model "
-                    f"{manifest.get('model_fingerprint')}, the user encoder is "
-                    f"{self.user_encoder.fingerprint}: their vectors are not comparable"
-                )
-            tower = HistoryTextTower(self.user_encoder, self.catalog.items, self.user_text_template)
-        else:
-            tower = MeanItemsTower(vectors, n_recent=self.n_recent)
-        expected = getattr(getattr(self.reranker, "config", None), "retrieval", tower.name)
-        if expected != tower.name:
-            log.warning(
-                "the reranker learned from a %s first stage, index version %s serves a %s "
-                "tower: its retrieval_score feature will be off",
-                expected,
-                version,
-                tower.name,
-            )
-        # The reranker's features, computed exactly as in training (one shared definition).
-        features = FeatureMaker(
-            tower,
-            index,
+        self.versions = VersionLoader(
+            self.root,
+            catalog,
+            self.histories,
             self._counts,
-            self.reranker.config.features if self.reranker is not None else FEATURES[:2],
             self._ratings,
-            vectors,
+            reranker,
+            self.ranker,
+            user_encoder,
+            user_template,
+            n_recent,
+            text_vectors,
         )
-        stage = self._stage(version, manifest, tower, index) if self.ranker is not None else None
-        cols = None
-        if stage is not None and self.ranker is not None:  # a ranker reads its columns by name
-            cols = np.array([stage.names.index(n) for n in self.ranker.names], dtype=np.int64)
-        return _Loaded(version, index, tower, manifest, features, stage, cols)
-
-    def _stage(
-        self, version: str, manifest: Mapping[str, Any], tower: UserTower, index: VectorIndex
-    ) -> CandidateStage:
-        """The ranking stage's sources and features: over the tables the version carries
-        (``index build --ranker``), else fitted from the catalog here (logged)."""
-        from rerank.ranker.candidates import CandidateStage
-        from rerank.ranker.tables import ALSParams, StageTables
-
-        assert self.ranker is not None
-        settings = self.ranker.record.get("stage", {})
-        depths = settings.get("depths")
-        if manifest.get("stage"):
-            tables = StageTables.load(self.root.version_dir(version))
-        else:
-            log.warning(
-                "index version %s carries no ranking-stage tables (index build --ranker): "
-                "fitting them from the catalog",
-                version,
-            )
-            text = [n for n in self.ranker.names if n.startswith("text_cos")]
-            vectors = self.text_vectors() if callable(self.text_vectors) else self.text_vectors
-            if text and vectors is None:
-                raise ValueError(
-                    f"the ranker reads {text}: pass the catalog's text vectors (text_vectors=) "
-                    "or serve an index version built with --ranker"
-                )
-            als = ALSParams(**settings["als"]) if "als" in settings else None
-            tables = StageTables.fit(self.catalog.items, self.histories, vectors, als)
-        if tables.text is None and any(n.startswith("text_cos") for n in self.ranker.names):
-            raise ValueError(f"index version {version}'s stage tables carry no text vectors")
-        stage = CandidateStage.from_tables(
-            tables, tower, index, depths=depths, histories=self.histories
-        )
-        missing = [n for n in self.ranker.names if n not in stage.names]
-        if missing:
-            raise ValueError(f"the ranker reads features this stage lacks: {missing}")
-        return stage
+        opened = self.versions.open(version, fallback)
+        self._loaded = opened.loaded
+        self.degraded: str | None = opened.degraded
+        """Why an older version serves (CURRENT failed verification), else None."""
+        self._refused: tuple[object, ...] | None = opened.refused
 
     def cache_stats(self) -> dict[str, int | float] | None:
         """The user encoder's embedding-cache counters (None without a cached text tower)."""
@@ -368,11 +242,11 @@ class Recommender:
                 log.warning("CURRENT names %s again: no longer degraded", version)
                 self.degraded = None
             return False
-        signature = self._signature(version)
+        signature = self.versions.signature(version)
         if signature == self._refused:
             return False
         try:
-            loaded = self._load(version)  # VerifyError (or NoVersionError) when damaged
+            loaded = self.versions.load(version)  # VerifyError (or NoVersionError) if damaged
         except Exception:
             self._refused = signature
             raise
@@ -561,7 +435,7 @@ class Recommender:
 
     def _tower_explanations(
         self,
-        loaded: _Loaded,
+        loaded: Loaded,
         state: UserState,
         cand_ids: Sequence[str],
         order: Sequence[int],
@@ -592,7 +466,7 @@ class Recommender:
 
     def _ranked(
         self,
-        loaded: _Loaded,
+        loaded: Loaded,
         state: UserState,
         vector: Any,
         seen: set[str],
@@ -658,7 +532,7 @@ class Recommender:
 
     def _stage_explanations(
         self,
-        loaded: _Loaded,
+        loaded: Loaded,
         state: UserState,
         cands: Any,
         x: Any,
@@ -735,7 +609,7 @@ class Recommender:
         return [float(p) for p in like.probability(rows[:, cols])]
 
     def _text_p_like(
-        self, loaded: _Loaded, state: UserState, vector: Any, item_ids: Sequence[str]
+        self, loaded: Loaded, state: UserState, vector: Any, item_ids: Sequence[str]
     ) -> npt.NDArray[np.floating]:
         """P(like) from the cross-encoder: the user's text and each item's, with its scalar
         features (one text forward pass per call)."""
