@@ -71,10 +71,14 @@ def is_open(path: str, public_demo: bool) -> bool:
 
 
 def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None) -> None:
-    """Adds the page and its data routes to ``app``."""
-    catalog = recommender.catalog
-    titles = [(i, it.title.casefold()) for i, it in catalog.items.items()]
-    users = sorted(set(catalog.users) | set(recommender.histories), key=_user_key)
+    """Adds the page, its search and history routes, and the report's routes to ``app``."""
+    _page_routes(app)
+    _data_routes(app, recommender)
+    _report_routes(app, recommender, report)
+
+
+def _page_routes(app: FastAPI) -> None:
+    """The page itself and its two files (open: they hold no data)."""
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -86,6 +90,13 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
             raise HTTPException(status_code=404, detail="not found")
         kind = "text/javascript" if name.endswith(".js") else "text/css"
         return FileResponse(STATIC / name, media_type=kind)
+
+
+def _data_routes(app: FastAPI, recommender: Recommender) -> None:
+    """Title search, user search and a user's history."""
+    catalog = recommender.catalog
+    titles = [(i, it.title.casefold()) for i, it in catalog.items.items()]
+    users = sorted(set(catalog.users) | set(recommender.histories), key=_user_key)
 
     @app.get("/items")
     async def search_items(
@@ -132,6 +143,11 @@ def explorer_routes(app: FastAPI, recommender: Recommender, report: Path | None)
                 if e.item_id in catalog.items
             ],
         }
+
+
+def _report_routes(app: FastAPI, recommender: Recommender, report: Path | None) -> None:
+    """The offline evaluation report (with this server's side of it) and its plots."""
+    catalog = recommender.catalog
 
     @app.get(
         "/report",

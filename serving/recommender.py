@@ -345,20 +345,7 @@ class Recommender:
         timings["embed"] = (time.perf_counter() - start) * 1000
         seen = {e.item_id for e in state.history} if exclude_seen else set()
         if not np.any(vector):
-            ids = self.popularity.top(
-                k,
-                exclude=seen
-                | ({i for i in self.catalog.items if allow is not None and i not in allow}),
-            )
-            why = Explanation(["popularity"], None) if explain else None
-            return Recommendation(
-                [self._item(i, None, None, explanation=why) for i in ids],
-                loaded.version,
-                timings,
-                served_by="popularity",
-                served_because="no history item the first stage can read: the most popular items",
-                fallback="popularity",
-            )
+            return self._popular(loaded, seen, k, allow, explain, timings)
         failed = None
         if loaded.stage is not None and second_stage:
             try:
@@ -394,6 +381,45 @@ class Recommender:
                 served_because=because,
                 fallback=failed,
             )
+        return self._cross_encoded(
+            loaded, state, vector, cand_ids, cand_scores, k, explain, timings
+        )
+
+    def _popular(
+        self,
+        loaded: Loaded,
+        seen: set[str],
+        k: int,
+        allow: Collection[str] | None,
+        explain: bool,
+        timings: dict[str, float],
+    ) -> Recommendation:
+        """The most popular items: for a user the first stage cannot read (no known item)."""
+        barred = {i for i in self.catalog.items if allow is not None and i not in allow}
+        ids = self.popularity.top(k, exclude=seen | barred)
+        why = Explanation(["popularity"], None) if explain else None
+        return Recommendation(
+            [self._item(i, None, None, explanation=why) for i in ids],
+            loaded.version,
+            timings,
+            served_by="popularity",
+            served_because="no history item the first stage can read: the most popular items",
+            fallback="popularity",
+        )
+
+    def _cross_encoded(
+        self,
+        loaded: Loaded,
+        state: UserState,
+        vector: Any,
+        cand_ids: Sequence[str],
+        cand_scores: Any,
+        k: int,
+        explain: bool,
+        timings: dict[str, float],
+    ) -> Recommendation:
+        """The first stage's candidates ordered by the cross-encoder's P(like); its failure
+        serves the first stage's order."""
         start = time.perf_counter()
         try:
             probs = self._text_p_like(loaded, state, vector, cand_ids)

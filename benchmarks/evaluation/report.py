@@ -13,7 +13,20 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
     from catalog.fsutil import write_json
 
     write_json(output, report)
-    written = [output]
+    rows = [
+        *_methods_table(report),
+        *_exposure_table(report),
+        *_sources_table(report),
+        *_stage_tables(report),
+        *_seeds_table(report),
+    ]
+    table = output.with_suffix(".md")
+    table.write_text("\n".join(rows) + "\n")
+    return [output, table, *_plots(report, output)]
+
+
+def _methods_table(report: dict[str, Any]) -> list[str]:
+    """The best baseline and every method's headline figures."""
     best = report.get("best_baseline")
     rows = [
         f"Best baseline of the run: {best}." if best else "No baseline in this run.",
@@ -32,7 +45,13 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
             f"{m.get('auc', float('nan')):.3f} | {m.get('cold_recall@100', float('nan')):.3f} "
             f"| {m.get('tune_seconds', 0.0) + m['train_seconds']:.0f} |"
         )
-    rows += [  # beyond accuracy: how the top 10 spreads over the catalog
+    return rows
+
+
+def _exposure_table(report: dict[str, Any]) -> list[str]:
+    """Beyond accuracy: how the top 10 spreads over the catalog."""
+    rows: list[str] = []
+    rows += [
         "",
         "| method | coverage@10 | Gini@10 | most shown item: share of users | most shown cold "
         "item: share | cold items' share of slots |",
@@ -46,6 +65,12 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                 f"| {m['cold_max_item_share@10']:.3f} ({m['cold_max_item_share@10_item']}) "
                 f"| {m['cold_slot_share@10']:.3f} |"
             )
+    return rows
+
+
+def _sources_table(report: dict[str, Any]) -> list[str]:
+    """The room the ranking stage has: each candidate source's recall on validation."""
+    rows: list[str] = []
     sources = report.get("candidate_sources")
     if sources:  # the room the ranking stage has (validation)
         depth = sources["depth"]
@@ -67,6 +92,12 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
             f"| {merged['recall@20']:.3f} | {merged['recall@50']:.3f} "
             f"| {merged['recall@100']:.3f} | |"
         )
+    return rows
+
+
+def _stage_tables(report: dict[str, Any]) -> list[str]:
+    """The ranking stage on validation: the served choice, the ablations, the text beside it."""
+    rows: list[str] = []
     stage = report.get("ranking_stage")
     if stage:  # the ranking stage on validation: the served choice and the ablations
         choice = stage["choice"]
@@ -105,6 +136,12 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                     f"| {name} | {t['ndcg@10']:.4f} "
                     f"| {t['minus_ranker']:+.4f} +- {t['minus_ranker_se']:.4f} |"
                 )
+    return rows
+
+
+def _seeds_table(report: dict[str, Any]) -> list[str]:
+    """The headline over seeds, with the interval of the seeds' mean."""
+    rows: list[str] = []
     seeded = {n: m["seeds"] for n, m in report["methods"].items() if "runs" in m.get("seeds", {})}
     if seeded:  # the headline over seeds, with the interval of the seeds' mean
         rows += [
@@ -124,16 +161,19 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
                 f"| {name} | {len(sm['runs'])} | {sm['ndcg@10_mean']:.4f} +- "
                 f"{sm['ndcg@10_std']:.4f} | {' | '.join(cells)} |"
             )
-    table = output.with_suffix(".md")
-    table.write_text("\n".join(rows) + "\n")
-    written.append(table)
+    return rows
+
+
+def _plots(report: dict[str, Any], output: Path) -> list[Path]:
+    """Recall@K per method, and the calibration of each P(like), as PNG beside the report."""
+    written: list[Path] = []
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return written
+        return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, m in report["methods"].items():
         ax.plot(KS, [m[f"recall@{k}"] for k in KS], marker="o", label=name)
