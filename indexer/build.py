@@ -9,7 +9,6 @@ reused, and added/changed/removed against the previous version.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -20,15 +19,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from catalog.fsutil import fsync_dir, fsync_tree, sha256_file, write_json
 from catalog.model import Item
-from catalog.progress import Progress
 from catalog.text import ItemTextTemplate
+from indexer.encoding import (
+    Encoded,
+    EncodeEngine,
+    LocalEngine,
+    Matrix,
+    vector_buffer,
+)
 from indexer.lock import BuildLock
 from indexer.store import MANIFEST, IndexRoot, NoVersionError
 from retrieval.encoder import CacheAudit, Encoder
@@ -38,140 +42,14 @@ from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
-Matrix = npt.NDArray[np.float32]
+
 ItemTransform = Callable[[Sequence[str], Matrix], Matrix]
+
+
 StageWriter = Callable[[ItemVectors, Path], dict[str, Any]]
 """Writes the ranking stage's tables into a folder from the items' text vectors; returns the
 manifest's ``stage`` entry."""
 """Maps (item ids, text vectors) to the vectors to index (e.g. a trained adaptor)."""
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """What :func:`encode_items` returns for one batch."""
-
-    ids: list[str]
-    texts: list[str]
-    vectors: Matrix
-    skipped_empty: list[str]
-
-
-def encode_items(
-    batch: Sequence[Item], template: ItemTextTemplate, encode: Callable[[Sequence[str]], Matrix]
-) -> EncodedBatch:
-    """Renders and encodes one batch of items; items whose text is empty are skipped.
-
-    A pure function of its inputs (``encode`` aside, which is deterministic for a fixed model),
-    so a distributed engine can map it over partitions of the catalog unchanged.
-    """
-    ids, texts, skipped = [], [], []
-    for item in batch:
-        text = template.render(item)
-        if text:
-            ids.append(item.id)
-            texts.append(text)
-        else:
-            skipped.append(item.id)
-    vectors = encode(texts) if texts else np.zeros((0, 0), dtype=np.float32)
-    return EncodedBatch(ids, texts, vectors, skipped)
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Every item's text vector, in catalog order, and what it cost."""
-
-    ids: list[str]
-    texts: list[str]
-    vectors: Matrix
-    skipped_empty: list[str]
-    encoded: int  # texts the model ran on (cache misses)
-    cache_hits: int
-
-
-class EncodeEngine(Protocol):
-    """Where a build's encoding step runs; what follows it is the same for every engine."""
-
-    name: str
-
-    def encode(
-        self,
-        items: Sequence[Item],
-        template: ItemTextTemplate,
-        encoder: Encoder,
-        batch_size: int,
-        progress: bool | None,
-        refresh: bool = False,
-        spill: Path | None = None,
-    ) -> Encoded:
-        """Every item's text vector in ``items`` order, through ``encoder``'s cache (with
-        ``refresh``, for a cache the audit found untrustworthy: read nothing from it,
-        encode everything and overwrite its entries). With ``spill``, the vectors are
-        written batch by batch into that file (:func:`vector_buffer`) instead of RAM."""
-        ...
-
-
-def vector_buffer(rows: int, dim: int, spill: Path | None) -> Matrix:
-    """An empty ``(rows, dim)`` float32 matrix: in RAM, or with ``spill`` a file-backed
-    ``np.memmap`` (``.npy`` format), so a large catalog's vectors never sit in memory at once."""
-    if spill is None:
-        return np.zeros((rows, dim), np.float32)
-    spill.parent.mkdir(parents=True, exist_ok=True)
-    out: Matrix = np.lib.format.open_memmap(spill, mode="w+", dtype=np.float32, shape=(rows, dim))
-    return out
-
-
-def compact_rows(matrix: Matrix, keep: npt.NDArray[np.bool_], shard: int = 65_536) -> Matrix:
-    """``matrix[keep]`` computed in place, shard by shard (kept rows only move up), so a
-    memmap is never copied whole; returns the leading view."""
-    kept = np.flatnonzero(keep)
-    for start in range(0, len(kept), shard):
-        rows = kept[start : start + shard]
-        matrix[start : start + len(rows)] = matrix[rows]
-    return matrix[: len(kept)]
-
-
-class LocalEngine:
-    """The encoding step in this process, batch after batch (the default)."""
-
-    name = "local"
-
-    def encode(
-        self,
-        items: Sequence[Item],
-        template: ItemTextTemplate,
-        encoder: Encoder,
-        batch_size: int,
-        progress: bool | None,
-        refresh: bool = False,
-        spill: Path | None = None,
-    ) -> Encoded:
-        encode = functools.partial(encoder.encode, refresh=refresh)
-
-        cache = encoder.cache
-        hits_before = cache.stats.hits if cache else 0
-        encoded_before = encoder.encoded
-        ids: list[str] = []
-        texts: list[str] = []
-        skipped: list[str] = []
-        vectors = vector_buffer(len(items), encoder.dim, spill)
-        with Progress("encoding items", len(items), "items", enabled=progress) as bar:
-            for start in range(0, len(items), batch_size):
-                batch = items[start : start + batch_size]
-                out = encode_items(batch, template, encode)
-                if len(out.ids):
-                    vectors[len(ids) : len(ids) + len(out.ids)] = out.vectors
-                ids += out.ids
-                texts += out.texts
-                skipped += out.skipped_empty
-                bar.update(len(batch))
-        return Encoded(
-            ids,
-            texts,
-            vectors[: len(ids)],
-            skipped,
-            encoder.encoded - encoded_before,
-            (cache.stats.hits - hits_before) if cache else 0,
-        )
 
 
 def text_hash(text: str) -> str:
@@ -183,6 +61,22 @@ def new_version_id() -> str:
     """A sortable, unique version id: UTC time to the microsecond plus 4 random hex digits."""
     now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{now}-{secrets.token_hex(2)}"
+
+
+def _distrusted(audit: CacheAudit | None) -> bool:
+    """Whether a cache audit found cached vectors that differ from the model (then the build
+    re-encodes every item and overwrites its entry), said loudly."""
+    if audit is None or not audit.mismatched:
+        return False
+    log.error(
+        "cache audit: %d of %d sampled cached vectors differ from the model (cosine "
+        "distance up to %.3g): the cache is not trusted for this build; every item is "
+        "re-encoded and its entry overwritten",
+        audit.mismatched,
+        audit.checked,
+        audit.worst_distance,
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -219,6 +113,8 @@ class BuildConfig:
 
 SPILL_FILES = ("vectors.npy", "indexed.npy")
 """The spilled matrices' names in the staging folder (never published)."""
+
+
 TRANSFORM_SHARD = 65_536
 """Items per call of the transform when the vectors are spilled."""
 
@@ -361,43 +257,15 @@ class IndexBuild:
         seconds["audit_cache"] = time.perf_counter() - started
         audit_encoded = self.encoder.encoded - encoded_before  # the audit's own re-encodes
         audit_hits = (cache.stats.hits - hits_before) if cache else 0
-        refresh = False
-        if audit is not None and audit.mismatched:
-            log.error(
-                "cache audit: %d of %d sampled cached vectors differ from the model (cosine "
-                "distance up to %.3g): the cache is not trusted for this build; every item is "
-                "re-encoded and its entry overwritten",
-                audit.mismatched,
-                audit.checked,
-                audit.worst_distance,
-            )
-            refresh = True
+        refresh = _distrusted(audit)
 
         started = time.perf_counter()
         spill = len(all_items) > cfg.spill_items
-        result = self.engine.encode(
-            all_items,
-            cfg.template,
-            self.encoder,
-            cfg.batch_size,
-            progress,
-            refresh,
-            spill=staging / SPILL_FILES[0] if spill else None,
-        )
+        result = self._encode(all_items, staging if spill else None, refresh, progress)
         ids, skipped = result.ids, result.skipped_empty
         hashes = {i: text_hash(t) for i, t in zip(ids, result.texts, strict=True)}
-        if not ids:
-            raise ValueError(
-                f"no item has any text ({len(skipped)} items, all empty): nothing to index"
-            )
         vectors = np.asarray(result.vectors, dtype=np.float32)  # no copy of a spilled file
         seconds["encode"] = time.perf_counter() - started
-        if skipped:
-            log.warning(
-                "%d items have empty text and were skipped (e.g. %s)",
-                len(skipped),
-                ", ".join(skipped[:5]),
-            )
 
         stage_spec: dict[str, Any] | None = None
         if self.stage is not None:
@@ -423,20 +291,8 @@ class IndexBuild:
         del vectors, result
         for name in SPILL_FILES:  # the index holds what it needs; these are never published
             (staging / name).unlink(missing_ok=True)
-        tower_spec: dict[str, Any] | None = None
-        if self.tower is not None:
-            tower_files = [self.tower.save(staging), staging / "model.safetensors"]
-            digest = hashlib.sha256()
-            for path in tower_files:
-                digest.update(sha256_file(path).encode())
-            self.transform_fingerprint = f"{self.tower.name}-{digest.hexdigest()[:16]}"
-            tower_spec = {
-                "name": self.tower.name,
-                "files": [p.name for p in tower_files],
-                "config": self.tower.config(),
-            }
+        tower_spec = self._save_tower(staging)
         (staging / "item_hashes.json").write_text(json.dumps(hashes, sort_keys=True))
-        diff = self._diff(hashes)
         manifest: dict[str, Any] = {
             "format": "duorank.index/1",
             "version": version,
@@ -464,7 +320,7 @@ class IndexBuild:
                 "cache_audit": (
                     None if audit is None else {**asdict(audit), "trusted": audit.mismatched == 0}
                 ),
-                **diff,
+                **self._diff(hashes),
                 "seconds": seconds,
             },
             "files": {},
@@ -474,6 +330,54 @@ class IndexBuild:
         write_json(staging / MANIFEST, manifest)
         fsync_tree(staging)
         return manifest
+
+    def _encode(
+        self, items: Sequence[Item], spill_to: Path | None, refresh: bool, progress: bool | None
+    ) -> Encoded:
+        """Every item's text encoded through the cache by the build's engine (into a file in
+        ``spill_to`` past ``spill_items``); items with no text are skipped, said, and counted.
+
+        Raises:
+            ValueError: no item has any text.
+        """
+        cfg = self.config
+        result = self.engine.encode(
+            items,
+            cfg.template,
+            self.encoder,
+            cfg.batch_size,
+            progress,
+            refresh,
+            spill=spill_to / SPILL_FILES[0] if spill_to is not None else None,
+        )
+        skipped = result.skipped_empty
+        if not result.ids:
+            raise ValueError(
+                f"no item has any text ({len(skipped)} items, all empty): nothing to index"
+            )
+        if skipped:
+            log.warning(
+                "%d items have empty text and were skipped (e.g. %s)",
+                len(skipped),
+                ", ".join(skipped[:5]),
+            )
+        return result
+
+    def _save_tower(self, staging: Path) -> dict[str, Any] | None:
+        """The trained tower's files into the version (and its fingerprint as the transform's),
+        or None without one."""
+        if self.tower is None:
+            return None
+        tower_files = [self.tower.save(staging), staging / "model.safetensors"]
+        digest = hashlib.sha256()
+        for path in tower_files:
+            digest.update(sha256_file(path).encode())
+        self.transform_fingerprint = f"{self.tower.name}-{digest.hexdigest()[:16]}"
+        return {
+            "name": self.tower.name,
+            "files": [p.name for p in tower_files],
+            "config": self.tower.config(),
+        }
 
     def _apply_transform(self, ids: Sequence[str], vectors: Matrix, spill: Path | None) -> Matrix:
         """The transform's vectors: in one call, or with ``spill`` shard by shard into a file."""

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from catalog.model import Item
 from catalog.text import ItemTextTemplate
-from indexer.build import Encoded, compact_rows, encode_items, vector_buffer
+from indexer.encoding import Encoded, compact_rows, encode_items, vector_buffer
 from retrieval.encoder import Encoder
 
 Matrix = npt.NDArray[np.float32]

@@ -328,6 +328,7 @@ def test_a_spilled_build_publishes_the_same_version(
     transform) shard by shard: the published files are byte for byte the in-memory build's,
     and the spilled files are not among them."""
     import indexer.build as build_module
+    import indexer.encoding as encoding_module
     from retrieval.index import VectorIndex
 
     items = _items(30)
@@ -341,7 +342,8 @@ def test_a_spilled_build_publishes_the_same_version(
         spills.append(spill and spill.name)
         return real_buffer(rows, dim, spill)
 
-    monkeypatch.setattr(build_module, "vector_buffer", buffer)
+    monkeypatch.setattr(build_module, "vector_buffer", buffer)  # the transform's output
+    monkeypatch.setattr(encoding_module, "vector_buffer", buffer)  # the encoded vectors
 
     def transform(ids: object, vectors: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(vectors[:, :32] * 2.0, dtype=np.float32)
