@@ -25,6 +25,7 @@ from retrieval.memory import reuse_freed_memory
 from retrieval.sequential import Matrix, SequentialConfig, SequentialTower
 from retrieval.sequential_net import SeqNet
 from retrieval.towers import MeanItemsTower, UserState, UserTower
+from retrieval.training import EarlyStopping
 from retrieval.vectors import ItemVectors, normalize
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,8 @@ def train_sequential(
     if not seqs:
         raise ValueError("no training sequences: users need at least two training items")
     val_users = [u for u in validation if u in train and validation[u] in pos]
-    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(net.state_dict()))
+    stopper = EarlyStopping(cfg.patience, -1.0, copy.deepcopy(net.state_dict()))
     history: list[dict[str, float]] = []
-    stale = 0
-    best_epoch = cfg.epochs
     started = time.perf_counter()
     with reuse_freed_memory():  # the logits of every step: see its docstring
         for epoch in range(cfg.epochs):
@@ -126,7 +125,7 @@ def train_sequential(
                 losses.append(float(loss.detach()))
             if not val_users:  # no validation: a fixed number of epochs, keep the last
                 history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-                best = (float("nan"), copy.deepcopy(net.state_dict()))
+                stopper.best, stopper.snapshot = float("nan"), copy.deepcopy(net.state_dict())
                 continue
             tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
             tower.bind_text(text_vectors)
@@ -150,13 +149,11 @@ def train_sequential(
                     duration(per_epoch),
                     duration(per_epoch * (cfg.epochs - epoch - 1)),
                 )
-            if recall > best[0]:
-                best, stale, best_epoch = (recall, copy.deepcopy(net.state_dict())), 0, epoch + 1
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    net.load_state_dict(best[1])
+            if stopper.update(recall, epoch + 1, lambda: copy.deepcopy(net.state_dict())):
+                break
+    assert stopper.snapshot is not None
+    net.load_state_dict(stopper.snapshot)
+    best_epoch = stopper.epoch or cfg.epochs
     net.eval()
     text_unit = ItemVectors(ids, normalize(text_vectors.matrix))
     text_tower = MeanItemsTower(text_unit, n_recent=cfg.blend_recent)
@@ -205,7 +202,7 @@ def train_sequential(
     card = {
         "config": asdict(cfg),
         "epochs": history,
-        "best_recall@10": best[0],
+        "best_recall@10": stopper.best,
         "best_epoch": best_epoch if val_users else len(history),
         "train_seconds": time.perf_counter() - started,
         "blend": blends,

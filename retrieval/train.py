@@ -15,7 +15,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from retrieval.encoder import Encoder
 from retrieval.evaluate import heldout_targets, recall_at_ks
 from retrieval.index import FlatIndex
 from retrieval.towers import HistoryTextTower
+from retrieval.training import EarlyStopping, seed_everything, step_budget, warmup_then_decay
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +78,6 @@ class RetrieverTrainConfig:
     like_threshold: float = LIKE_THRESHOLD
     max_user_tokens: int = 128
     item_template: ItemTextTemplate = field(default_factory=ItemTextTemplate)
-
-
-def warmup_then_decay(total: int, warmup: int) -> Callable[[int], float]:
-    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then linear decay to
-    zero at ``total``."""
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return schedule
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python, numpy and torch (CPU and CUDA)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_pairs(
@@ -212,19 +192,16 @@ def train_retriever(
     zero_shot = validate(encoder, catalog, split, cfg, user_template)
     log.info("zero-shot validation: %s", zero_shot)
     loss_fn = MultipleNegativesRankingLoss(st)
-    steps_per_epoch = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = step_budget(len(pairs), cfg.batch_size, cfg.epochs, cfg.max_steps)
     optimizer = torch.optim.AdamW(st.parameters(), lr=cfg.lr)
     warmup = max(1, int(total * cfg.warmup_ratio))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
-    best_state = copy.deepcopy(st.state_dict())
-    best_value = zero_shot[cfg.select_metric]
+    stopper = EarlyStopping(
+        cfg.patience, zero_shot[cfg.select_metric], copy.deepcopy(st.state_dict())
+    )
     history: list[dict[str, Any]] = []
     step = 0
-    stale = 0
     for epoch in range(cfg.epochs):
         st.train()
         batches = _batches(pairs, cfg.batch_size, rng)
@@ -257,19 +234,13 @@ def train_retriever(
             }
         )
         log.info("epoch %d validation: %s", epoch + 1, metrics)
-        if metrics[cfg.select_metric] > best_value:
-            best_value, best_state, stale = (
-                metrics[cfg.select_metric],
-                copy.deepcopy(st.state_dict()),
-                0,
-            )
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+        figure = metrics[cfg.select_metric]
+        if stopper.update(figure, epoch + 1, lambda: copy.deepcopy(st.state_dict())):
+            break
         if step >= total:
             break
-    st.load_state_dict(best_state)
+    assert stopper.snapshot is not None
+    st.load_state_dict(stopper.snapshot)
     card = {
         "kind": "duorank.retriever/1",
         "base_model": encoder.model_name,
@@ -285,7 +256,7 @@ def train_retriever(
         "train_seconds": time.perf_counter() - started,
         "zero_shot": zero_shot,
         "epochs": history,
-        "best": {cfg.select_metric: best_value},
+        "best": {cfg.select_metric: stopper.best},
         "user_template": asdict(user_template),
     }
     with atomic_dir(Path(out), MODEL) as staging:

@@ -22,6 +22,7 @@ from torch import nn
 
 from benchmarks.baselines.base import Floats, Rows, Scorer, TrainData, Validation
 from metrics.heldout import ndcg_at_k_from_ranks, target_ranks
+from retrieval.training import EarlyStopping
 
 
 class SASRecNet(nn.Module):
@@ -150,7 +151,7 @@ class SASRecScorer(Scorer):
         self.net = net
         inputs, targets = self._pairs(data)
         optimiser = torch.optim.Adam(net.parameters(), lr=float(p["lr"]), betas=(0.9, 0.98))
-        best: tuple[float, int, dict[str, Any]] | None = None
+        stopper: EarlyStopping[dict[str, Any]] = EarlyStopping(int(p["patience"]))
         self.history = []
         for epoch in range(1, int(p["epochs"]) + 1):
             net.train()
@@ -170,15 +171,15 @@ class SASRecScorer(Scorer):
             record = {"epoch": epoch, "loss": total / max(count, 1)}
             if validation is not None:
                 record["ndcg@10"] = self.validation_ndcg10(validation)
-                if best is None or record["ndcg@10"] > best[0]:
-                    best = (record["ndcg@10"], epoch, copy.deepcopy(net.state_dict()))
-                elif epoch - best[1] >= int(p["patience"]):
+                if stopper.update(
+                    record["ndcg@10"], epoch, lambda: copy.deepcopy(net.state_dict())
+                ):
                     self.history.append(record)
                     break
             self.history.append(record)
-        if best is not None:
-            net.load_state_dict(best[2])
-            self.best_epoch = best[1]
+        if stopper.snapshot is not None:
+            net.load_state_dict(stopper.snapshot)
+            self.best_epoch = stopper.epoch or int(p["epochs"])
         else:
             self.best_epoch = int(p["epochs"])
         self.train_seconds = time.perf_counter() - started

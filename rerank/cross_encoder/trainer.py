@@ -13,9 +13,9 @@ continue an interrupted run.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -48,6 +48,7 @@ from rerank.cross_encoder.model import RerankerConfig, RerankerNet, new_net, sav
 from rerank.cross_encoder.pairs import Example, build_examples
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.towers import UserTower
+from retrieval.training import EarlyStopping
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def train_reranker(
             none.
     """
     from retrieval.encoder import bundled_model_path
-    from retrieval.train import seed_everything
+    from retrieval.training import seed_everything
 
     cfg = cfg or RerankerTrainArgs()
     dev = _device(device)  # first: a bad one fails before minutes of pair building, not after
@@ -346,7 +347,7 @@ def _optimiser(
     """
     import torch
 
-    from retrieval.train import warmup_then_decay
+    from retrieval.training import step_budget, warmup_then_decay
 
     heads = [p for m in (net.head, net.feature_head) if m is not None for p in m.parameters()]
     head_ids = {id(p) for p in heads}
@@ -357,10 +358,7 @@ def _optimiser(
         ],
         weight_decay=0.01,
     )
-    steps_per_epoch = math.ceil(n_examples / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = step_budget(n_examples, cfg.batch_size, cfg.epochs, cfg.max_steps)
     warmup = max(1, int(total * cfg.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(total, warmup))
     return optimizer, scheduler, total
@@ -392,10 +390,12 @@ def _train_epochs(
     history: list[dict[str, Any]] = state["history"] if state else []
     step = int(state["step"]) if state else 0
     first_epoch = int(state["epoch"]) if state else 0
-    best_auc = max([auc_rank(h["auc"]) for h in history], default=-1.0)
-    best_state = copy.deepcopy(net.state_dict())
-    best_logits: tuple[Any, Any] | None = None  # the kept epoch's validation pass, for the fusion
-    stale = 0
+    # The kept epoch's weights and validation pass (for the fusion; None when a resumed run
+    # keeps an epoch from before it).
+    best: tuple[dict[str, Any], tuple[Any, Any] | None] = (copy.deepcopy(net.state_dict()), None)
+    stopper = EarlyStopping(
+        cfg.patience, max([auc_rank(h["auc"]) for h in history], default=-1.0), best
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.head == "binary" else torch.nn.CrossEntropyLoss()
     for epoch in range(first_epoch, cfg.epochs):
         order = list(range(len(examples)))
@@ -434,12 +434,9 @@ def _train_epochs(
         }
         history.append(record)
         log.info("epoch %d validation: %s", epoch + 1, metrics)
-        if auc_rank(metrics["auc"]) > best_auc:
-            best_auc, best_state = auc_rank(metrics["auc"]), copy.deepcopy(net.state_dict())
-            stale = 0
-            best_logits = val_logits
-        else:
-            stale += 1
+        stop = stopper.update(
+            auc_rank(metrics["auc"]), epoch + 1, functools.partial(_snapshot, net, val_logits)
+        )
         _save_checkpoint(
             checkpoint,
             net,
@@ -447,10 +444,17 @@ def _train_epochs(
             scheduler,
             {"epoch": epoch + 1, "step": step, "history": history},
         )
-        if stale >= cfg.patience or step >= total:
+        if stop or step >= total:
             break
+    assert stopper.snapshot is not None
+    best_state, best_logits = stopper.snapshot
     net.load_state_dict(best_state)
     return history, step, best_logits
+
+
+def _snapshot(net: RerankerNet, logits: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:
+    """An epoch worth keeping: a copy of its weights, with its validation pass."""
+    return copy.deepcopy(net.state_dict()), logits
 
 
 def _calibrate(
