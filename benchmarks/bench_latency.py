@@ -111,24 +111,20 @@ def _validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[A
     """The ranking stage and the :class:`rerank.ranker.train.RankerValidation` that
     ``train ranker`` validates on: the served tower and the stage's tables fitted on the
     training split (text vectors from the build's cache)."""
-    from catalog import ItemTextTemplate
     from catalog.store import load_catalog
     from rerank.ranker.candidates import CandidateStage
     from rerank.ranker.tables import ALSParams
     from rerank.ranker.train import ranker_validation
     from retrieval.cache import EmbeddingCache
-    from retrieval.encoder import Encoder
+    from retrieval.encoder import Encoder, encode_catalog
     from retrieval.redis_client import open_redis
-    from retrieval.vectors import ItemVectors
 
     card = ranker.record
     catalog = load_catalog(home / "datasets" / "ml-latest-small")
-    template = ItemTextTemplate()
-    ids = [i for i, item in catalog.items.items() if template.render(item)]
     client, server = open_redis(redis_url, home / "redis")  # the build's cache
     try:
         encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
-        text = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+        text = encode_catalog(encoder, catalog.items)
     finally:
         client.close()
         if server is not None:

@@ -35,9 +35,8 @@ from rerank.cross_encoder.evaluation import validation_set
 from rerank.cross_encoder.model import read_config, split_pair_ids
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.cache import EmbeddingCache
-from retrieval.encoder import Encoder
+from retrieval.encoder import Encoder, encode_catalog
 from retrieval.redis_client import open_redis
-from retrieval.vectors import ItemVectors
 
 FLOP_PER_TOKEN = 2 * 11.0e6
 """Forward FLOPs per token of MiniLM-L6 (2 x ~11M non-embedding weights; attention over short
@@ -97,8 +96,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     client, server = open_redis(ctx.redis_url, ctx.home / "redis")
     try:
         encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
-        ids = [i for i, it in catalog.items.items() if template.render(it)]
-        vectors = ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
+        vectors = encode_catalog(encoder, catalog.items, template)
     finally:
         client.close()
         if server is not None:

@@ -19,13 +19,11 @@ from duorank.settings import Settings
 
 def item_vectors(rt: Runtime, catalog: Any) -> tuple[Any, list[str], Any]:
     """The runtime's cached encoder, the ids of the items with text and their text vectors."""
-    from catalog import ItemTextTemplate
+    from retrieval.encoder import encode_catalog
 
-    template = ItemTextTemplate()
     encoder = rt.encoder()
-    ids = [i for i, item in catalog.items.items() if template.render(item)]
-    texts = [template.render(catalog.items[i]) for i in ids]
-    return encoder, ids, encoder.encode(texts, progress=True)
+    vectors = encode_catalog(encoder, catalog.items, progress=True)
+    return encoder, vectors.ids, vectors.matrix
 
 
 def bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from catalog.model import Item
+from catalog.text import ItemTextTemplate
 from retrieval.cache import EmbeddingCache
 from retrieval.fingerprint import model_fingerprint
+from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +234,19 @@ def _weights_fingerprint(model: Any) -> str:
         digest.update(name.encode() + b"\0")
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def encode_catalog(
+    encoder: Encoder,
+    items: Mapping[str, Item],
+    template: ItemTextTemplate | None = None,
+    *,
+    progress: bool = False,
+) -> ItemVectors:
+    """The catalog's text vectors: every item whose rendered text is not empty, in catalog
+    order, encoded through the encoder's cache (the one way training, serving and the
+    benchmarks read item text vectors)."""
+    template = template or ItemTextTemplate()
+    texts = {i: template.render(item) for i, item in items.items()}
+    ids = [i for i, text in texts.items() if text]
+    return ItemVectors(ids, encoder.encode([texts[i] for i in ids], progress=progress))
