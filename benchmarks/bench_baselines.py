@@ -40,7 +40,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     points: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     for name, grid in baseline_grids(quick, seed).items():
-        best, rows = tune_staged(grid.make, grid.start, grid.stages, folds.val, progress=log.info)
+        best, rows = tune_staged(
+            grid.make, grid.start, grid.stages, folds.val, progress=log.info, name=name
+        )
         started = time.perf_counter()
         final = best.refitted().fit(folds.test.data)
         refit_s = time.perf_counter() - started

@@ -38,6 +38,7 @@ import numpy as np
 
 from benchmarks.bench_latency import fast_path_quality
 from benchmarks.contract import BenchContext, BenchReport, Target
+from catalog.progress import Progress
 
 
 def _free_port() -> int:
@@ -62,6 +63,7 @@ def _level(
     lock = threading.Lock()
     deadline = time.monotonic() + budget_s
     rng = random.Random(clients)
+    bar = Progress(f"{clients} client(s)", requests, "requests")
 
     def worker() -> None:
         with httpx.Client(timeout=60) as client:
@@ -85,6 +87,7 @@ def _level(
                 elapsed = time.perf_counter() - start
                 with lock:
                     codes[slot] = status
+                    bar.update()
                     if status == 200:
                         lat.append(elapsed)
                         for name, ms in body.get("timings_ms", {}).items():
@@ -96,6 +99,7 @@ def _level(
         t.start()
     for t in threads:
         t.join()
+    bar.close()
     wall = time.perf_counter() - started
     ok = len(lat)
 

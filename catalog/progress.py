@@ -68,6 +68,10 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the bar (a summary line is the caller's: :meth:`summary`)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -129,7 +129,7 @@ def tuned_baselines(ev: Evaluation, seeds: int = 1) -> None:
     for name, grid in baseline_grids(ev.quick, ev.seed).items():
         ev.progress(f"{name}: tuning on validation")
         best, results = tune_staged(
-            grid.make, grid.start, grid.stages, ev.val, progress=ev.progress
+            grid.make, grid.start, grid.stages, ev.val, progress=ev.progress, name=name
         )
         ev.grids[name] = results
         started = time.perf_counter()

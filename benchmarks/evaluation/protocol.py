@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import scipy.sparse as sp
 from benchmarks.baselines import Scorer, TrainData, Validation
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
+from catalog.progress import Progress
 from catalog.text import ItemTextTemplate, UserTextTemplate, likes
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from metrics import (
@@ -291,19 +293,24 @@ def tune_staged(
     fold: Fold,
     metric: str = "ndcg@10",
     progress: Callable[[str], None] | None = None,
+    name: str = "grid",
 ) -> tuple[Scorer, list[dict[str, Any]]]:
     """Coordinate search: each stage grids its settings with the rest at the best so far.
 
     Costs the sum of the stages' grids instead of their product; the order of the stages is
-    the order of how much each setting matters (a shape first, then regularisation).
+    the order of how much each setting matters (a shape first, then regularisation). With
+    ``progress``, a bar (or log lines) counts the settings tried, ``name`` its label.
     """
     best_params = dict(start)
     best: tuple[float, Scorer] | None = None
     grid: list[dict[str, Any]] = []
     tried: dict[str, float] = {}
+    points = sum(math.prod(len(v) for v in stage.values()) for stage in stages) or 1
+    bar = Progress(f"{name}: validation grid", points, "settings", enabled=progress is not None)
     for n, stage in enumerate(stages or [{}]):  # no stages: the starting settings alone
         names = list(stage)
         for values in itertools.product(*(stage[k] for k in names)):
+            bar.update()
             params = {**best_params, **dict(zip(names, values, strict=True))}
             key = repr(sorted(params.items()))
             if key in tried:  # the best so far is usually in the next stage's grid too
@@ -317,6 +324,9 @@ def tune_staged(
         assert best is not None
         # carry the best so far (start keys and every stage's keys) into the next stage
         best_params = {k: best[1].params[k] for k in (*best_params, *names)}
+    bar.close()
+    if progress is not None:
+        progress(bar.summary(tried=len(tried)))
     assert best is not None
     return best[1], grid
 

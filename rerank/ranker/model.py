@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.fsutil import RANKER, atomic_dir, write_json
+from catalog.progress import Progress
 from rerank.ranker.candidates import Lists
 
 CARD = "ranker.json"
@@ -241,17 +242,20 @@ class GBDTRanker:
         d_fit = dataset(fit_part)
         d_val = dataset(val_part, d_fit)
         curve: dict[str, Any] = {}
-        booster = lgb.train(
-            params,
-            d_fit,
-            num_boost_round=cfg.max_rounds,
-            valid_sets=[d_val],
-            valid_names=["held_out"],
-            callbacks=[
-                lgb.early_stopping(cfg.early_stopping, verbose=False),
-                lgb.record_evaluation(curve),
-            ],
-        )
+        bar = Progress("ranker: boosting", cfg.max_rounds, "trees", enabled=progress is not None)
+        with bar:  # the ceiling; early stopping usually ends it sooner
+            booster = lgb.train(
+                params,
+                d_fit,
+                num_boost_round=cfg.max_rounds,
+                valid_sets=[d_val],
+                valid_names=["held_out"],
+                callbacks=[
+                    lgb.early_stopping(cfg.early_stopping, verbose=False),
+                    lgb.record_evaluation(curve),
+                    lambda env: bar.update(),
+                ],
+            )
         rounds = max(1, int(booster.best_iteration or cfg.max_rounds))
         if progress:
             progress(f"ranker: {rounds} trees chosen on {len(val_idx)} held-out lists")

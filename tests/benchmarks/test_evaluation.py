@@ -186,3 +186,27 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert f"Best baseline of the run: {best}." in table and "| Gini@10 |" in table
     assert "| covisit |" in table and "| merged (" in table
     assert "Text on validation" in table and "| text only (cross-encoder) |" in table
+
+
+def test_a_validation_grid_reports_its_progress() -> None:
+    """The staged grid counts its settings (a bar on a terminal, log lines elsewhere) and ends
+    with a summary; a setting met again in a later stage is counted, not refitted."""
+    from benchmarks.baselines import ItemKNNScorer
+    from benchmarks.evaluation.protocol import tune_staged
+
+    catalog = tiny_catalog()
+    assert isinstance(catalog, Catalog)
+    split = leave_one_out(catalog.interactions)
+    fold = make_fold("validation", catalog, split.train, split.validation, None, 0)
+    said: list[str] = []
+    stages = [{"neighbours": [2, 5]}, {"shrink": [0.0, 10.0]}]
+    _, rows = tune_staged(
+        ItemKNNScorer,
+        {"neighbours": 2, "shrink": 0.0},
+        stages,
+        fold,
+        progress=said.append,
+        name="itemknn",
+    )
+    assert said[-1].startswith("itemknn: validation grid: 4 settings in ")
+    assert said[-1].endswith(f"(tried {len(rows)})") and len(rows) == 3
