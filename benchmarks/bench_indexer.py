@@ -18,6 +18,7 @@ from typing import Any
 
 from benchmarks.contract import BenchContext, BenchReport, Target
 from catalog import Item, load_movielens
+from catalog.progress import Progress
 from indexer import BuildConfig, IndexBuild
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
@@ -136,7 +137,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     rows: list[dict[str, Any]] = []
     targets: list[Target] = []
     try:
+        bar = Progress("indexer catalogs", len(catalogs), "catalogs")  # between timed builds
         for name, items in catalogs.items():
+            bar.update()
             ns = f"duorank-bench-indexer:{uuid.uuid4().hex[:8]}"
             encoder = Encoder(
                 device="cpu", batch_size=64, cache=EmbeddingCache(client, namespace=ns)

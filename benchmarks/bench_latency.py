@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.contract import BenchContext, BenchReport, Target, percentile
+from catalog.progress import Progress
 
 DEPTHS = (10, 20, 50, 100, 200)
 REFERENCE_DEPTH = 100
@@ -605,12 +606,15 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     ]
     levers: list[dict[str, Any]] = []
     by_depth: dict[str, Any] = {}
-    for config in configs:
-        users_of = sample if config.reranker else long_sample
-        rows = _in_child(config, ctx.home, users_of, warmup, ctx.redis_url)
-        levers.append({"configuration": config.name, **rows[str(REFERENCE_DEPTH)]})
-        if config.name == DEFAULT:
-            by_depth = rows
+    # Counted in this process, between the children's timed calls (never during them).
+    with Progress("latency configurations", len(configs), "configurations") as bar:
+        for config in configs:
+            users_of = sample if config.reranker else long_sample
+            rows = _in_child(config, ctx.home, users_of, warmup, ctx.redis_url)
+            levers.append({"configuration": config.name, **rows[str(REFERENCE_DEPTH)]})
+            if config.name == DEFAULT:
+                by_depth = rows
+            bar.update()
 
     # One validation setup (text vectors, tower index, the stage's tables) for both curves.
     stage, setup = _validation_stage(ctx.home, ctx.redis_url, ranker)

@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport, Target, cpu_model
 from catalog import ItemTextTemplate, leave_one_out, load_movielens
+from catalog.progress import Progress
 from metrics import heldout_ndcg
 from rerank import Reranker, export_onnx
 from rerank.cross_encoder.backends import ONNX_FILES, PREFIX_FILES
@@ -189,7 +190,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             None,
         )
     )
+    bar = Progress("rerank backends", 4, "backends")  # counted between the timed runs
     for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
+        bar.update()
         # The transformer runs even where the fusion gave the text no weight: its cost.
         reranker = Reranker(folder, backend=backend, batch_size=32, skip_unweighted_text=False)
         rows.append(

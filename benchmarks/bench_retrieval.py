@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from benchmarks.contract import BenchContext, BenchReport, Target, percentile
 from catalog import ItemTextTemplate, load_movielens
+from catalog.progress import Progress
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
 from retrieval.index import VectorIndex, make_index
@@ -176,7 +177,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         ("ml-latest-small items", item_vectors, _queries(item_vectors, 200, 1))
     ]
     datasets += [(f"clustered {n:,}", clustered(n), np.empty(0, np.float32)) for n in sizes]
+    bar = Progress("retrieval datasets", len(datasets), "datasets")  # between timed runs
     for name, base, queries in datasets:
+        bar.update()
         if queries.size == 0:
             queries = _queries(base, 500, 7)
         exact = faiss.IndexFlatIP(base.shape[1])

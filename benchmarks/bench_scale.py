@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport, Target
 from catalog.model import Item
+from catalog.progress import Progress
 from catalog.text import ItemTextTemplate
 
 ADJECTIVES = ("Silent", "Last", "Red", "Hidden", "Broken", "Golden", "Lost", "Wild", "Dark")
@@ -47,8 +48,10 @@ def _encode_local(items: dict[str, Item], encoder: Any) -> float:
     template = ItemTextTemplate()
     texts = [template.render(it) for it in items.values()]
     started = time.perf_counter()
-    for start in range(0, len(texts), 512):
-        encoder.encode_uncached(texts[start : start + 512])
+    with Progress("encoding in process", len(texts), "items") as bar:  # a long row: say so
+        for start in range(0, len(texts), 512):
+            encoder.encode_uncached(texts[start : start + 512])
+            bar.update(min(512, len(texts) - start))
     return time.perf_counter() - started
 
 
