@@ -13,7 +13,7 @@ A version folder appears only by ``rename`` from staging after every file was fs
 CURRENT changes only by ``os.replace``: a reader sees a complete old version or a complete new one.
 A version is *published* once CURRENT has named it (the log keeps that); a build killed between
 its version folder and CURRENT leaves an unpublished version, which degraded serving never
-falls back to and the next build removes.
+falls back to, `index list` marks and ``--keep`` retires like any old version.
 """
 
 from __future__ import annotations
