@@ -150,15 +150,11 @@ def _faiss_at(n: int, folder: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
-    import tempfile
-    from pathlib import Path
+def _encode_rows(sizes: tuple[int, ...], encoder: Any) -> list[dict[str, Any]]:
+    """Encoding throughput at each size: in process, then on a local Ray with 1 and 2 actors
+    (Ray starts after the in-process runs, so they share the cores with nothing)."""
+    import ray
 
-    from retrieval.encoder import Encoder
-
-    ctx = ctx or BenchContext()
-    sizes = (1_000,) if quick else (10_000, 100_000)
-    encoder = Encoder(device="cpu")
     _encode_local(synthetic_items(64), encoder)  # warm the model
     rows: list[dict[str, Any]] = [
         {
@@ -170,26 +166,38 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         }
         for n in sizes
     ]
-    import ray  # started after the local runs, so they share the cores with nothing
-
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for n in sizes:
             items = synthetic_items(n)
             for workers in (1, 2):
+                seconds = _encode_ray(items, encoder, workers)
                 rows.append(
                     {
                         "part": "encode",
                         "engine": "ray",
                         "workers": workers,
                         "items": n,
-                        "seconds": _encode_ray(items, encoder, workers),
+                        "seconds": seconds,
                     }
                 )
     finally:
         ray.shutdown()
     for row in rows:
         row["items_per_s"] = row["items"] / row["seconds"]
+    return rows
+
+
+def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
+    import tempfile
+    from pathlib import Path
+
+    from retrieval.encoder import Encoder
+
+    ctx = ctx or BenchContext()
+    sizes = (1_000,) if quick else (10_000, 100_000)
+    encoder = Encoder(device="cpu")
+    rows = _encode_rows(sizes, encoder)
 
     def seconds(engine: str, workers: int, n: int) -> float:
         return float(

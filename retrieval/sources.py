@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from catalog.history import item_columns
+from catalog.history import before, item_columns
 from catalog.text import HistoryEvent
 from metrics import top_k
 from retrieval.index import VectorIndex
@@ -66,7 +66,7 @@ def recency_weights(
 
 def _before(history: Sequence[HistoryEvent], at: int | None) -> list[HistoryEvent]:
     """The events a request at ``at`` may see (all of them when ``at`` is None)."""
-    return list(history) if at is None else [e for e in history if e.timestamp < at]
+    return list(history) if at is None else before(history, at)
 
 
 class CandidateSource(ABC):

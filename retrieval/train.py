@@ -213,14 +213,7 @@ def train_retriever(
             columns = [[pairs[n][1] for n in batch], [item_text[pairs[n][2]] for n in batch]]
             if negatives:
                 columns.append([item_text[negatives.get(n, pairs[n][2])] for n in batch])
-            features = [_to_device(st.preprocess(col), st.device) for col in columns]
-            loss = loss_fn(features, torch.zeros(len(batch)))
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(st.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(_step(st, loss_fn, optimizer, scheduler, columns))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             step += 1
         st.eval()
@@ -263,6 +256,21 @@ def train_retriever(
         st.save(str(staging))
         write_json(staging / "duorank-card.json", card)
     return card
+
+
+def _step(st: Any, loss_fn: Any, optimizer: Any, scheduler: Any, columns: list[list[str]]) -> float:
+    """One optimiser step on a batch of (anchor, positive[, hard negative]) text columns,
+    in-batch negatives; its loss."""
+    import torch
+
+    features = [_to_device(st.preprocess(col), st.device) for col in columns]
+    loss = loss_fn(features, torch.zeros(len(columns[0])))
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(st.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
 
 
 def _to_device(features: dict[str, Any], device: Any) -> dict[str, Any]:

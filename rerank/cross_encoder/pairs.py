@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.model import Interactions, Item, User
+from catalog.ratings import shrunk_mean
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate, is_positive
 from retrieval.index import VectorIndex
 from retrieval.towers import UserState, UserTower
@@ -86,14 +87,14 @@ class RatingStats:
         total, n = self.sums.get(item_id, 0.0), self.counts.get(item_id, 0)
         if leave_out is not None and n:
             total, n = total - leave_out, n - 1
-        return (total + self.shrink * self.global_mean) / (n + self.shrink) - self.global_mean
+        return shrunk_mean(total, n, self.global_mean, self.shrink) - self.global_mean
 
     def user(self, history: Sequence[HistoryEvent]) -> float:
         """Shrunk mean deviation of the ratings in a history."""
         values = [e.rating for e in history if e.rating is not None and e.rating == e.rating]
-        return (sum(values) + self.shrink * self.global_mean) / (
-            len(values) + self.shrink
-        ) - self.global_mean
+        return shrunk_mean(sum(values), len(values), self.global_mean, self.shrink) - (
+            self.global_mean
+        )
 
 
 class FeatureMaker:

@@ -166,18 +166,7 @@ def train_reranker(
     started = time.perf_counter()
     stage = prepare_stage(catalog, split, item_vectors, cfg, tower=tower)
     # The network before the pairs: a backbone that cannot be frozen as asked fails fast.
-    config = RerankerConfig(
-        head=cfg.head,
-        levels=stage.levels,
-        threshold=cfg.threshold,
-        features=cfg.features,
-        max_length=cfg.max_length,
-        user_template=asdict(stage.template),
-        base_model=base,
-        retrieval=stage.features.tower.name,
-        attention=cfg.attention,
-        item_layers=cfg.item_layers,
-    )
+    config = _model_config(cfg, stage, base)
     net, tokenizer = new_net(base, config, cfg.layers)
     trainable = freeze_bottom(net, cfg.freeze_layers)
     if cfg.teacher:  # a teacher that cannot teach this student fails before the pairs, too
@@ -193,12 +182,9 @@ def train_reranker(
     optimizer, scheduler, total = _optimiser(net, trainable, cfg, len(examples))
     checkpoint = Path(str(out) + ".checkpoint")
     state = _load_checkpoint(checkpoint, net, optimizer, scheduler) if resume else None
-    initial = (
-        evaluate(net, tokenizer, stage, cfg, fit.val, config)
-        if cfg.eval_before and state is None
-        else None
-    )
-    if initial is not None:
+    initial = None
+    if cfg.eval_before and state is None:
+        initial = evaluate(net, tokenizer, stage, cfg, fit.val, config)
         log.info("before training: %s", initial)
     history, step, best_logits = _train_epochs(
         fit, examples, optimizer, scheduler, total, checkpoint, state, progress, soft
@@ -216,9 +202,7 @@ def train_reranker(
             "validation_lists": len(fit.val.lists),
         },
         "steps": step,
-        "distillation": None
-        if soft is None
-        else {"teacher": cfg.teacher, "mean_target": float(soft.mean()), "pairs": len(soft)},
+        "distillation": _distillation(cfg, soft),
         "device": str(dev),
         "train_seconds": time.perf_counter() - started,
         "before_training": initial,
@@ -450,6 +434,32 @@ def _train_epochs(
     best_state, best_logits = stopper.snapshot
     net.load_state_dict(best_state)
     return history, step, best_logits
+
+
+def _model_config(cfg: RerankerTrainArgs, stage: Stage, base: str) -> RerankerConfig:
+    """What the saved model will be: its head, features, text budget and attention, and the
+    first stage it learned from."""
+    return RerankerConfig(
+        head=cfg.head,
+        levels=stage.levels,
+        threshold=cfg.threshold,
+        features=cfg.features,
+        max_length=cfg.max_length,
+        user_template=asdict(stage.template),
+        base_model=base,
+        retrieval=stage.features.tower.name,
+        attention=cfg.attention,
+        item_layers=cfg.item_layers,
+    )
+
+
+def _distillation(
+    cfg: RerankerTrainArgs, soft: npt.NDArray[np.float32] | None
+) -> dict[str, Any] | None:
+    """The card's record of a teacher's targets, or None without a teacher."""
+    if soft is None:
+        return None
+    return {"teacher": cfg.teacher, "mean_target": float(soft.mean()), "pairs": len(soft)}
 
 
 def _snapshot(net: RerankerNet, logits: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:

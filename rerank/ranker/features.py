@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from catalog.history import item_columns
+from catalog.history import before, item_columns
+from catalog.ratings import shrunk_mean
 from catalog.text import HistoryEvent
 from retrieval.sources import CandidateSet
 
@@ -173,7 +174,7 @@ class EventLog:
         n = self.rated[end] - self.rated[start]
         g = np.array([self.global_mean_before(int(t)) for t in np.unique(ats)])
         mean = g[np.searchsorted(np.unique(ats), ats)]
-        out: npt.NDArray[np.float64] = (total + SHRINK * mean) / (n + SHRINK) - mean
+        out: npt.NDArray[np.float64] = shrunk_mean(total, n, mean, SHRINK) - mean
         return out
 
 
@@ -282,7 +283,7 @@ class RankingFeatures:
     ) -> Floats:
         m = len(cols)
         at = np.full(m, request.at, dtype=np.int64)
-        past = [e for e in request.history if e.timestamp < request.at]
+        past = before(request.history, request.at)
         hist = self.cols_of(past)
         recent = np.array(hist[::-1][: max(LAST)], dtype=np.int64)  # newest first
         out: list[npt.NDArray[np.floating]] = [tower, self.exposure[cols]]
@@ -336,7 +337,7 @@ class RankingFeatures:
         ][-RATED_RECENT:]
         g = self.log.global_mean_before(request.at)
         values = np.array([r for _, r in rated], dtype=np.float64)
-        user_mean = (values.sum() + SHRINK * g) / (len(values) + SHRINK) if len(rated) else g
+        user_mean = shrunk_mean(values.sum(), len(values), g, SHRINK) if len(rated) else g
         out.append(np.full(m, user_mean - g))
         if rated and m:
             rcols = np.array([c for c, _ in rated], dtype=np.int64)

@@ -188,6 +188,18 @@ def refit_config(tower: Any, card: Mapping[str, Any]) -> Any:
     )
 
 
+def _stacked_first_stage(
+    text_vectors: ItemVectors, stacked: Stacked, tower_cfg: Any
+) -> tuple[Any, VectorIndex]:
+    """A tower with the served tower's settings, fitted on the events before every stacked
+    list's targets, and its index: the first stage the training lists come from."""
+    from retrieval.sequential_train import train_sequential
+
+    tower, _ = train_sequential(text_vectors, stacked.fit_histories, {}, tower_cfg, progress=False)
+    assert tower.item_vectors is not None
+    return tower, FlatIndex(tower.dim).build(tower.item_vectors.ids, tower.item_vectors.matrix)
+
+
 def train_ranking_stage(
     items: Mapping[str, Item],
     histories: Mapping[str, Sequence[HistoryEvent]],
@@ -215,21 +227,13 @@ def train_ranking_stage(
     """
     import time
 
-    from retrieval.sequential_train import train_sequential
-
     args = args or RankingStageArgs()
     say = progress or (lambda _m: None)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     stacked = stack(histories, args.per_user, args.min_history)
     say(f"ranking stage: {len(stacked.lists)} stacked lists; fitting their first stage")
-    stack_tower, _ = train_sequential(
-        text_vectors, stacked.fit_histories, {}, tower_cfg, progress=False
-    )
-    assert stack_tower.item_vectors is not None
-    stack_index = FlatIndex(stack_tower.dim).build(
-        stack_tower.item_vectors.ids, stack_tower.item_vectors.matrix
-    )
+    stack_tower, stack_index = _stacked_first_stage(text_vectors, stacked, tower_cfg)
     seconds["stacked_tower"] = time.perf_counter() - started
     started = time.perf_counter()
     stage_fit = CandidateStage.build(
