@@ -234,28 +234,41 @@ def train_retriever(
             break
     assert stopper.snapshot is not None
     st.load_state_dict(stopper.snapshot)
-    card = {
-        "kind": "duorank.retriever/1",
-        "base_model": encoder.model_name,
-        "config": _jsonable(asdict(cfg)),
-        "data": {
-            "source": catalog.source,
-            "pairs": len(pairs),
-            "train": len(split.train),
-            "validation": len(split.validation),
-            "hard_negatives": len(negatives),
-        },
-        "steps": step,
-        "train_seconds": time.perf_counter() - started,
-        "zero_shot": zero_shot,
-        "epochs": history,
-        "best": {cfg.select_metric: stopper.best},
-        "user_template": asdict(user_template),
+    data = {
+        "source": catalog.source,
+        "pairs": len(pairs),
+        "train": len(split.train),
+        "validation": len(split.validation),
+        "hard_negatives": len(negatives),
     }
+    card = _card(encoder, cfg, data, step, time.perf_counter() - started, zero_shot, history)
+    card.update(best={cfg.select_metric: stopper.best}, user_template=asdict(user_template))
     with atomic_dir(Path(out), MODEL) as staging:
         st.save(str(staging))
         write_json(staging / "duorank-card.json", card)
     return card
+
+
+def _card(
+    encoder: Encoder,
+    cfg: RetrieverTrainConfig,
+    data: dict[str, Any],
+    steps: int,
+    seconds: float,
+    zero_shot: dict[str, float],
+    epochs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The fine-tuned model's card: what it was trained from, how, and what validation said."""
+    return {
+        "kind": "duorank.retriever/1",
+        "base_model": encoder.model_name,
+        "config": _jsonable(asdict(cfg)),
+        "data": data,
+        "steps": steps,
+        "train_seconds": seconds,
+        "zero_shot": zero_shot,
+        "epochs": epochs,
+    }
 
 
 def _step(st: Any, loss_fn: Any, optimizer: Any, scheduler: Any, columns: list[list[str]]) -> float:

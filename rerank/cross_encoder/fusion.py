@@ -84,6 +84,26 @@ def _fit_rank(z: Any, mask: Any, target: Any, prior: Any, lam: float) -> Any:
     return w.detach()
 
 
+def _fit_probability(s_l: Any, zu_l: Any, y: Any) -> tuple[float, Any, float]:
+    """``alpha`` (> 0, so the order of ``s`` is kept), the user-level weights ``u`` and the
+    bias ``b`` of P(like) = sigmoid(alpha * s + zu . u + b), by binary cross-entropy on the
+    labelled rows (lightly L2-regularised; no labels: alpha 1, u and b 0)."""
+    import torch
+
+    log_alpha = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    u = torch.zeros(zu_l.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    if len(y):
+
+        def closure() -> Any:
+            logit = log_alpha.exp() * s_l + zu_l @ u + b
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+            return bce + 1e-4 * (u.square().sum() + log_alpha.square())
+
+        _lbfgs([log_alpha, u, b], closure)
+    return float(log_alpha.detach().exp()), u.detach(), float(b.detach())
+
+
 def fit(
     columns: Sequence[str],
     labelled: npt.NDArray[np.floating[Any]],
@@ -195,25 +215,12 @@ def fit(
         w_rank[anchor_pos] = 1.0
 
     # The probability: alpha * s + user terms + b, alpha = exp(.) > 0 keeps the order of s.
-    s_l = z_l[:, item_idx] @ w_rank
-    zu_l = z_l[:, user_idx]
-    log_alpha = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    u = torch.zeros(len(user_idx), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    if len(y):
-
-        def closure() -> Any:
-            logit = log_alpha.exp() * s_l + zu_l @ u + b
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
-            return bce + 1e-4 * (u.square().sum() + log_alpha.square())
-
-        _lbfgs([log_alpha, u, b], closure)
-    alpha = float(log_alpha.detach().exp())
+    alpha, u, b = _fit_probability(z_l[:, item_idx] @ w_rank, z_l[:, user_idx], y)
     z_weights = torch.zeros(d, dtype=torch.float64)
     z_weights[item_idx] = alpha * w_rank
-    z_weights[user_idx] = u.detach()
+    z_weights[user_idx] = u
     weights = (z_weights / sigma).numpy()
-    bias = float(b.detach()) - float((z_weights * mu / sigma).sum())
+    bias = b - float((z_weights * mu / sigma).sum())
     record.update(
         alpha=alpha,
         ranking_weights_standardised=dict(
