@@ -1,6 +1,6 @@
 """The nightly build's encoding step on Ray Data (``duorank index build --engine ray``).
 
-The catalog becomes a Ray dataset; ``map_batches`` runs :func:`indexer.build.encode_items`
+The catalog becomes a Ray dataset; ``map_batches`` runs :func:`indexer.encoding.encode_items`
 (render each item's text, look the batch up in the Redis cache, run the model on the misses
 only, write them back) in a pool of encoder actors, each loading the model once (one GPU per
 actor when the cluster has GPUs). The vectors come back to the driver in catalog order, and
@@ -85,7 +85,7 @@ class RayEngine:
         spill: Path | None = None,
     ) -> Encoded:
         """Encodes ``items`` on the actors (each with its own encoder on ``encoder``'s model
-        and cache; ``refresh`` and ``spill`` as for :class:`indexer.build.EncodeEngine`).
+        and cache; ``refresh`` and ``spill`` as for :class:`indexer.encoding.EncodeEngine`).
         Batches are written into the result as they stream back, so the driver never holds
         them all twice."""
         import ray
