@@ -55,5 +55,11 @@ class DataError(ValueError):
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return printable(str(value), limit)
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` safe to echo into a terminal, log or response: control and other unprintable
+    characters escaped (so escaping twice changes nothing), at most ``limit`` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

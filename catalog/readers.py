@@ -263,31 +263,31 @@ def parse_timestamp(value: Any, *, path: Path, line: int, column: str) -> int:
     def bad(reason: str) -> DataError:
         return DataError(reason, path=path, line=line, column=column, value=value)
 
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return int(dt.timestamp())
     text = str(value).strip()
-    out: int | None = None
-    try:
-        out = int(text)
-    except ValueError:
+    number: float | int
+    if isinstance(value, datetime):
+        number = _epoch(value)
+    else:
         try:
-            number = float(text)
+            number = int(text)
         except ValueError:
-            number = None
-        if number is not None:
-            if not math.isfinite(number):
-                raise bad("expected a finite time") from None
-            out = int(number) if abs(number) <= TIMESTAMP_LIMIT else TIMESTAMP_LIMIT + 1
-    if out is None:
-        try:
-            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise bad("expected epoch seconds or an ISO-8601 time") from None
-        out = int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
-    if abs(out) > TIMESTAMP_LIMIT:
+            try:
+                number = float(text)
+            except ValueError:
+                try:
+                    number = _epoch(datetime.fromisoformat(text.replace("Z", "+00:00")))
+                except ValueError:
+                    raise bad("expected epoch seconds or an ISO-8601 time") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise bad("expected a finite time")
+    if abs(number) > TIMESTAMP_LIMIT:
         raise bad(f"time out of range (at most 2**53 in absolute value, {TIMESTAMP_LIMIT})")
-    return out
+    return int(number)
+
+
+def _epoch(dt: datetime) -> int:
+    """Epoch seconds of a date/time (UTC when it carries no zone)."""
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def parse_rating(value: Any, *, path: Path, line: int, column: str) -> float:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from catalog.errors import printable
 from catalog.fsutil import fsync_dir, sha256_file
 from retrieval.index import VectorIndex, VectorIndexError, load_index
 
@@ -33,13 +34,6 @@ MANIFEST = "manifest.json"
 PUBLISHED = "published.log"
 CURRENT_MAX_BYTES = 1024
 """CURRENT holds one version id (at most 200 characters); anything longer is not one."""
-
-
-def printable(text: str, limit: int = 80) -> str:
-    """``text`` safe to echo into a terminal, log or response: control and other unprintable
-    characters escaped (so escaping twice changes nothing), at most ``limit`` characters."""
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 class VerifyError(RuntimeError):

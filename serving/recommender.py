@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from catalog.errors import printable
 from catalog.history import group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
-from indexer.store import IndexRoot, VerifyError, printable
+from indexer.store import IndexRoot, VerifyError
 from rerank.cross_encoder.pairs import RatingStats
 from retrieval.popularity import Popularity
 from retrieval.towers import UserState

@@ -292,8 +292,8 @@ def index_verify(root: Path, version: str | None) -> None:
 )
 def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
     """List published versions, oldest first; * marks CURRENT, FAILED a damaged version."""
+    from catalog.errors import printable
     from indexer import VerifyError
-    from indexer.store import printable
 
     store = _root(root)
     try:
@@ -342,8 +342,8 @@ def index_list(root: Path, as_json: bool, no_verify: bool) -> None:
 @root_option()
 def index_rollback(version: str | None, root: Path) -> None:
     """Point CURRENT at VERSION (default: the version before CURRENT), after verifying it."""
+    from catalog.errors import printable
     from indexer import NoVersionError, VerifyError
-    from indexer.store import printable
 
     store = _root(root)
     try:

@@ -31,7 +31,8 @@ def data_option(*, required: bool = True, help: str | None = None) -> Callable[[
 def out_option(help: str, marker: str) -> Callable[[F], F]:
     """``--out DIR``: the folder a command writes (always atomically). It is checked when the
     command line is read, before any work: only a new or empty folder, or one this kind of
-    command made (``marker``: a name in :mod:`catalog.fsutil`), may be replaced."""
+    command made (``marker``: a name in :mod:`catalog.fsutil`, looked up only when the option
+    is used, so `duorank --help` loads no catalog code), may be replaced."""
 
     def check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
         from catalog import fsutil
