@@ -20,6 +20,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,37 +75,32 @@ def _spearman(a: Any, b: Any) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
-    """Times every backend on the same calls; needs a trained reranker under
-    ``<home>/models/reranker`` (``duorank train reranker`` or the quickstart) and, when it
-    learned from the trained tower, that tower under ``<home>/models/tower``."""
-    from sentence_transformers import CrossEncoder
+Call = tuple[str, list[str], list[str], Any]
+"""One timed call: the user text, the candidates' ids, their texts, their features."""
 
-    ctx = ctx or BenchContext()
-    folder = ctx.home / "models" / "reranker"
-    if not (folder / "reranker.json").is_file():
-        raise FileNotFoundError(
-            f"no trained reranker at {folder}: run `duorank train reranker "
-            f"--out {folder}` (or the quickstart) first"
-        )
+
+def _exported(folder: Path) -> None:
+    """Export the ONNX int8 graphs the backends need, unless they are there already."""
     files = [ONNX_FILES["onnx-int8"]]
     if read_config(folder).attention == "user_prefix":
         files += PREFIX_FILES["onnx-int8"]
     if not all((folder / "onnx" / name).is_file() for name in files):
         export_onnx(folder)
-    n_users = 10 if quick else 40
+
+
+def _calls(ctx: BenchContext, reference: Reranker, n_users: int) -> tuple[list[Call], Any]:
+    """One call per validation list of the reranker's own validation setup (the stage it
+    learned from, every list kept), and the held-out items."""
     catalog = load_movielens(ctx.data)
     split = leave_one_out(catalog.interactions, seed=0)
-    template = ItemTextTemplate()
     client, server = open_redis(ctx.redis_url, ctx.home / "redis")
     try:
         encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
-        vectors = encode_catalog(encoder, catalog.items, template)
+        vectors = encode_catalog(encoder, catalog.items, ItemTextTemplate())
     finally:
         client.close()
         if server is not None:
             server.close()
-    reference = Reranker(folder)
     cfg = RerankerTrainArgs(
         val_users=n_users,
         val_candidates=100,
@@ -117,7 +115,6 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         tower.bind_text(vectors)
     stage = prepare_stage(catalog, split, vectors, cfg, tower=tower)
     val = validation_set(catalog, split, stage, cfg, every_list=True)
-    lists, held = val.lists, val.held
     calls = [
         (
             lst[0].user_text,
@@ -125,37 +122,47 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             [stage.item_text[e.item_id] for e in lst],
             np.array([e.features for e in lst], dtype=np.float32),
         )
-        for lst in lists
+        for lst in val.lists
     ]
-    tokens = [sum(len(r) for r in reference.encode_pairs(u, texts)) for u, _, texts, _ in calls]
-    prefix_tokens = []  # what a backend that computes the user side once computes
-    for u, _, texts, _ in calls:
-        prefix, items = split_pair_ids(reference.tokenizer, u, texts, reference.config.max_length)
-        prefix_tokens.append(len(prefix) + sum(len(r) for r in items))
-    peak = cpu_peak_gflops()
+    return calls, val.held
 
-    rows: list[dict[str, Any]] = []
-    baseline = CrossEncoder(
-        str(folder / "backbone"), num_labels=1, device="cpu", max_length=reference.config.max_length
-    )
 
-    outputs: dict[str, list[Any]] = {}
+def _score(reranker: Reranker, call: Call) -> Any:
+    return reranker.score(call[0], call[2], call[3])
+
+
+def _by_prob(call: Call, probs: Any) -> list[str]:
+    return [call[1][i] for i in np.argsort(-np.asarray(probs), kind="stable")]
+
+
+@dataclass
+class _Timer:
+    """Times one scoring function over every call; keeps its outputs for the agreement."""
+
+    calls: list[Call]
+    held: Any
+    tokens: list[int]
+    outputs: dict[str, list[Any]] = field(default_factory=dict)
 
     def measure(
-        name: str, fn: Any, ranked_fn: Any | None, computed: list[int] = tokens
+        self,
+        name: str,
+        fn: Callable[[Call], Any],
+        ranked_fn: Callable[[Call, Any], list[str]] | None,
+        computed: list[int] | None = None,
     ) -> dict[str, Any]:
-        fn(calls[0])  # warm-up
+        computed = self.tokens if computed is None else computed
+        fn(self.calls[0])  # warm-up
         times = []
         ranked = []
-        outputs[name] = []
-        for call in calls:
+        self.outputs[name] = []
+        for call in self.calls:
             start = time.perf_counter()
             out = fn(call)
             times.append(time.perf_counter() - start)
-            outputs[name].append(np.asarray(out, dtype=np.float64).reshape(-1))
+            self.outputs[name].append(np.asarray(out, dtype=np.float64).reshape(-1))
             if ranked_fn is not None:
                 ranked.append(ranked_fn(call, out))
-        p50 = statistics.median(times)
 
         def rate(counts: list[int]) -> float:
             return float(
@@ -166,49 +173,27 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
 
         return {
             "backend": name,
-            "calls": len(calls),
-            "pairs_per_call": len(calls[0][1]),
-            "p50_ms": p50 * 1000,
+            "calls": len(self.calls),
+            "pairs_per_call": len(self.calls[0][1]),
+            "p50_ms": statistics.median(times) * 1000,
             "p95_ms": float(np.percentile(times, 95)) * 1000,
-            "ndcg@10": heldout_ndcg(ranked, held, 10) if ranked else None,
+            "ndcg@10": heldout_ndcg(ranked, self.held, 10) if ranked else None,
             "tokens_computed": float(np.mean(computed)),
             "gflops": rate(computed),
-            "pair_gflops": rate(tokens),
+            "pair_gflops": rate(self.tokens),
         }
 
-    def by_prob(call: Any, probs: Any) -> list[str]:
-        return [call[1][i] for i in np.argsort(-np.asarray(probs), kind="stable")]
 
-    rows.append(
-        measure(
-            "CrossEncoder.predict fp32 (straightforward)",
-            lambda c: baseline.predict(
-                list(zip([c[0]] * len(c[2]), c[2], strict=True)),
-                batch_size=32,
-                show_progress_bar=False,
-            ),
-            None,
-        )
-    )
-    bar = Progress("rerank backends", 4, "backends")  # counted between the timed runs
-    for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
-        bar.update()
-        # The transformer runs even where the fusion gave the text no weight: its cost.
-        reranker = Reranker(folder, backend=backend, batch_size=32, skip_unweighted_text=False)
-        rows.append(
-            measure(
-                backend,
-                lambda c, r=reranker: r.score(c[0], c[2], c[3]),
-                by_prob,
-                prefix_tokens if reranker.core.prefix_once else tokens,
-            )
-        )
+def _compare(rows: list[dict[str, Any]], timer: _Timer, peak: dict[str, float]) -> None:
+    """Each row against the baseline's speed, fp32's NDCG@10 and order, and the CPU's peak."""
     for row in rows[1:]:  # rank agreement with fp32 on every call: median Spearman
         row["spearman_vs_fp32"] = float(
             np.median(
                 [
                     _spearman(a, b)
-                    for a, b in zip(outputs["torch"], outputs[row["backend"]], strict=True)
+                    for a, b in zip(
+                        timer.outputs["torch"], timer.outputs[row["backend"]], strict=True
+                    )
                 ]
             )
         )
@@ -221,6 +206,59 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         )
         peak_here = peak["bf16"] if "bf16" in row["backend"] else peak["fp32"]
         row["share_of_peak"] = row["gflops"] / peak_here if peak_here else None
+
+
+def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
+    """Times every backend on the same calls; needs a trained reranker under
+    ``<home>/models/reranker`` (``duorank train reranker`` or the quickstart) and, when it
+    learned from the trained tower, that tower under ``<home>/models/tower``."""
+    from sentence_transformers import CrossEncoder
+
+    ctx = ctx or BenchContext()
+    folder = ctx.home / "models" / "reranker"
+    if not (folder / "reranker.json").is_file():
+        raise FileNotFoundError(
+            f"no trained reranker at {folder}: run `duorank train reranker "
+            f"--out {folder}` (or the quickstart) first"
+        )
+    _exported(folder)
+    reference = Reranker(folder)
+    calls, held = _calls(ctx, reference, 10 if quick else 40)
+    tokens = [sum(len(r) for r in reference.encode_pairs(u, texts)) for u, _, texts, _ in calls]
+    prefix_tokens = []  # what a backend that computes the user side once computes
+    for u, _, texts, _ in calls:
+        prefix, items = split_pair_ids(reference.tokenizer, u, texts, reference.config.max_length)
+        prefix_tokens.append(len(prefix) + sum(len(r) for r in items))
+    peak = cpu_peak_gflops()
+    timer = _Timer(calls, held, tokens)
+    baseline = CrossEncoder(
+        str(folder / "backbone"), num_labels=1, device="cpu", max_length=reference.config.max_length
+    )
+    rows = [
+        timer.measure(
+            "CrossEncoder.predict fp32 (straightforward)",
+            lambda c: baseline.predict(
+                list(zip([c[0]] * len(c[2]), c[2], strict=True)),
+                batch_size=32,
+                show_progress_bar=False,
+            ),
+            None,
+        )
+    ]
+    bar = Progress("rerank backends", 4, "backends")  # counted between the timed runs
+    for backend in ("torch", "torch-bf16", "onnx", "onnx-int8"):
+        bar.update()
+        # The transformer runs even where the fusion gave the text no weight: its cost.
+        reranker = Reranker(folder, backend=backend, batch_size=32, skip_unweighted_text=False)
+        rows.append(
+            timer.measure(
+                backend,
+                partial(_score, reranker),
+                _by_prob,
+                prefix_tokens if reranker.core.prefix_once else tokens,
+            )
+        )
+    _compare(rows, timer, peak)
     retrieval_order = heldout_ndcg([c[1] for c in calls], held, 10)
     qualified = [r for r in rows[1:] if (r["ndcg_retained"] or 0) >= 0.99]
     best = max(qualified, key=lambda r: r["speedup"]) if qualified else None

@@ -15,7 +15,7 @@ same scores): its row says so, and the default-against-previous target is then l
 
 Quality kept: the served fast path and the ranking stage before the latency levers (LightGBM's
 thread pool, OpenMP's default wait) each score the ranker's validation lists one request at a
-time in a process of their own (:func:`benchmarks.bench_latency.fast_path_quality`); the
+time in a process of their own (:func:`benchmarks.latency.harness.fast_path_quality`); the
 targets are the ratio of their NDCG@10 and the Spearman correlation of their orders.
 """
 
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_latency import fast_path_quality
 from benchmarks.contract import BenchContext, BenchReport, Target
+from benchmarks.latency.harness import fast_path_quality
 from catalog.progress import Progress
 
 

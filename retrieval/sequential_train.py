@@ -48,6 +48,144 @@ def _sequences(
     return out
 
 
+def _batch(seqs: Sequence[list[int]]) -> tuple[Any, Any]:
+    """Inputs (every position but the last) and next-item targets (-100 where padded)."""
+    import torch
+
+    width = max(len(s) for s in seqs) - 1
+    inputs = torch.zeros((len(seqs), width), dtype=torch.long)
+    targets = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        n = len(seq) - 1
+        inputs[b, :n] = torch.tensor(seq[:-1])
+        targets[b, :n] = torch.tensor(seq[1:])
+    return inputs, targets
+
+
+def _epoch(
+    net: SeqNet,
+    optimizer: Any,
+    seqs: Sequence[list[int]],
+    order: npt.NDArray[np.int64],
+    text: Any,
+    id_index: Any,
+    cfg: SequentialConfig,
+) -> float:
+    """One pass over the sequences in ``order``: full softmax over the catalog; mean loss."""
+    import torch
+
+    net.train()
+    losses = []
+    for start in range(0, len(order), cfg.batch_size):
+        inputs, targets = _batch([seqs[i] for i in order[start : start + cfg.batch_size]])
+        items = net.items(text, id_index, drop=cfg.id_dropout)  # all catalog items
+        users = net.users(items[inputs])
+        logits = users @ items.T / cfg.temperature
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _fit(
+    net: SeqNet,
+    seqs: Sequence[list[int]],
+    text_vectors: ItemVectors,
+    item_rows: dict[str, int],
+    train: Mapping[str, Sequence[HistoryEvent]],
+    validation: Mapping[str, str],
+    val_users: list[str],
+    cfg: SequentialConfig,
+    progress: bool,
+) -> tuple[list[dict[str, float]], EarlyStopping[Any]]:
+    """The epochs, early stopped on validation Recall@10 (without validation users: all
+    ``cfg.epochs``, the last kept); ``net`` ends with the kept epoch's weights."""
+    import torch
+
+    rng = np.random.default_rng(cfg.seed)
+    id_index = torch.tensor([item_rows.get(i, 0) for i in text_vectors.ids], dtype=torch.long)
+    text = torch.from_numpy(np.ascontiguousarray(text_vectors.matrix))
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    stopper = EarlyStopping(cfg.patience, -1.0, copy.deepcopy(net.state_dict()))
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    with reuse_freed_memory():  # the logits of every step: see its docstring
+        for epoch in range(cfg.epochs):
+            loss = _epoch(net, optimizer, seqs, rng.permutation(len(seqs)), text, id_index, cfg)
+            if not val_users:  # no validation: a fixed number of epochs, keep the last
+                history.append({"epoch": epoch + 1, "loss": loss})
+                stopper.best, stopper.snapshot = float("nan"), copy.deepcopy(net.state_dict())
+                continue
+            tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
+            tower.bind_text(text_vectors)
+            assert tower.item_vectors is not None
+            recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
+                "recall@10"
+            ]
+            net.train()
+            history.append({"epoch": epoch + 1, "loss": loss, "recall@10": recall})
+            if progress:
+                per_epoch = (time.perf_counter() - started) / (epoch + 1)
+                log.info(
+                    "sequential tower epoch %d/%d: loss %.4f, validation Recall@10 %.4f "
+                    "(%s an epoch; at most %s left, early stopping may end it sooner)",
+                    epoch + 1,
+                    cfg.epochs,
+                    loss,
+                    recall,
+                    duration(per_epoch),
+                    duration(per_epoch * (cfg.epochs - epoch - 1)),
+                )
+            if stopper.update(recall, epoch + 1, lambda: copy.deepcopy(net.state_dict())):
+                break
+    assert stopper.snapshot is not None
+    net.load_state_dict(stopper.snapshot)
+    net.eval()
+    return history, stopper
+
+
+def _chosen_blend(
+    tower: SequentialTower,
+    text_vectors: ItemVectors,
+    train: Mapping[str, Sequence[HistoryEvent]],
+    validation: Mapping[str, str],
+    val_users: list[str],
+    progress: bool,
+) -> tuple[SequentialTower, list[dict[str, float]], dict[str, float]]:
+    """The blend weights, on validation: the best NDCG@10 among the (cold, collaborative)
+    pairs that keep the zero-shot text tower's Recall@100 on cold targets (else the best cold
+    recall), ties to the smaller weights. Returns the blended tower, every pair's figures and
+    the zero-shot tower's."""
+    text_unit = ItemVectors(text_vectors.ids, normalize(text_vectors.matrix))
+    text_tower = MeanItemsTower(text_unit, n_recent=tower.cfg.blend_recent)
+    zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, tower.item_counts)
+    blends = _blend_search(tower, text_vectors, train, validation, val_users)
+    floor = zero_shot["cold_recall@100"]
+    keeping = [r for r in blends if r["cold_recall@100"] >= floor or math.isnan(floor)]
+    chosen = (
+        max(keeping, key=lambda r: (r["ndcg@10"], -r["collab_weight"], -r["cold_blend"]))
+        if keeping
+        else max(
+            blends, key=lambda r: (r["cold_recall@100"], -r["collab_weight"], -r["cold_blend"])
+        )
+    )
+    tower = tower.with_blend(chosen["cold_blend"], chosen["collab_weight"])
+    if progress:
+        log.info(
+            "blend chosen on validation: cold %.2f, collaborative %.2f (NDCG@10 %.4f; "
+            "the zero-shot text tower's: %.4f)",
+            tower.cfg.cold_blend,
+            tower.cfg.collab_weight,
+            chosen["ndcg@10"],
+            zero_shot.get("ndcg@10", float("nan")),
+        )
+    return tower, blends, zero_shot
+
+
 def train_sequential(
     text_vectors: ItemVectors,
     train: Mapping[str, Sequence[HistoryEvent]],
@@ -76,9 +214,8 @@ def train_sequential(
 
     cfg = cfg or SequentialConfig()
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    ids = text_vectors.ids
-    pos = {i: n for n, i in enumerate(ids)}
+    started = time.perf_counter()
+    pos = {i: n for n, i in enumerate(text_vectors.ids)}
     seen_items = (
         train_items
         if train_items is not None
@@ -88,76 +225,18 @@ def train_sequential(
     item_counts = dict(
         Counter(e.item_id for events in train.values() for e in events if e.item_id in pos)
     )
-    id_index = torch.tensor([item_rows.get(i, 0) for i in ids], dtype=torch.long)
-    text = torch.from_numpy(np.ascontiguousarray(text_vectors.matrix))
     net = SeqNet(text_vectors.dim, len(item_rows), cfg.dim, cfg.use_ids)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seqs = _sequences(train, pos, cfg.max_len)
     if not seqs:
         raise ValueError("no training sequences: users need at least two training items")
     val_users = [u for u in validation if u in train and validation[u] in pos]
-    stopper = EarlyStopping(cfg.patience, -1.0, copy.deepcopy(net.state_dict()))
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    with reuse_freed_memory():  # the logits of every step: see its docstring
-        for epoch in range(cfg.epochs):
-            net.train()
-            order = rng.permutation(len(seqs))
-            losses = []
-            for start in range(0, len(order), cfg.batch_size):
-                batch = [seqs[i] for i in order[start : start + cfg.batch_size]]
-                width = max(len(s) for s in batch) - 1
-                inputs = torch.zeros((len(batch), width), dtype=torch.long)
-                targets = torch.full((len(batch), width), -100, dtype=torch.long)
-                for b, seq in enumerate(batch):
-                    n = len(seq) - 1
-                    inputs[b, :n] = torch.tensor(seq[:-1])
-                    targets[b, :n] = torch.tensor(seq[1:])
-                items = net.items(text, id_index, drop=cfg.id_dropout)  # all catalog items
-                users = net.users(items[inputs])
-                logits = users @ items.T / cfg.temperature
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-                )
-                optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            if not val_users:  # no validation: a fixed number of epochs, keep the last
-                history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
-                stopper.best, stopper.snapshot = float("nan"), copy.deepcopy(net.state_dict())
-                continue
-            tower = SequentialTower(net, replace(cfg, cold_blend=0.0), item_rows, text_vectors.dim)
-            tower.bind_text(text_vectors)
-            assert tower.item_vectors is not None
-            recall = _val_metrics(tower, tower.item_vectors, train, validation, val_users, {})[
-                "recall@10"
-            ]
-            net.train()
-            history.append(
-                {"epoch": epoch + 1, "loss": float(np.mean(losses)), "recall@10": recall}
-            )
-            if progress:
-                per_epoch = (time.perf_counter() - started) / (epoch + 1)
-                log.info(
-                    "sequential tower epoch %d/%d: loss %.4f, validation Recall@10 %.4f "
-                    "(%s an epoch; at most %s left, early stopping may end it sooner)",
-                    epoch + 1,
-                    cfg.epochs,
-                    np.mean(losses),
-                    recall,
-                    duration(per_epoch),
-                    duration(per_epoch * (cfg.epochs - epoch - 1)),
-                )
-            if stopper.update(recall, epoch + 1, lambda: copy.deepcopy(net.state_dict())):
-                break
-    assert stopper.snapshot is not None
-    net.load_state_dict(stopper.snapshot)
-    best_epoch = stopper.epoch or cfg.epochs
-    net.eval()
-    text_unit = ItemVectors(ids, normalize(text_vectors.matrix))
-    text_tower = MeanItemsTower(text_unit, n_recent=cfg.blend_recent)
-    pooled = text_tower.embed([UserState(u, {}, events) for u, events in train.items()])
+    history, stopper = _fit(
+        net, seqs, text_vectors, item_rows, train, validation, val_users, cfg, progress
+    )
+    text_unit = ItemVectors(text_vectors.ids, normalize(text_vectors.matrix))
+    pooled = MeanItemsTower(text_unit, n_recent=cfg.blend_recent).embed(
+        [UserState(u, {}, events) for u, events in train.items()]
+    )
     pooled = pooled[np.any(pooled, axis=1)]
     center = pooled.mean(axis=0) if len(pooled) else None
     collab: Matrix | None = None
@@ -173,37 +252,16 @@ def train_sequential(
     blends: list[dict[str, float]] = []
     zero_shot: dict[str, float] = {}
     if searching:
-        # The blend weights, on validation: the best NDCG@10 among the (cold, collaborative)
-        # pairs that keep the zero-shot text tower's Recall@100 on cold targets (else the best
-        # cold recall), ties to the smaller weights.
-        zero_shot = _val_metrics(text_tower, text_unit, train, validation, val_users, item_counts)
-        blends = _blend_search(tower, text_vectors, train, validation, val_users)
-        floor = zero_shot["cold_recall@100"]
-        keeping = [r for r in blends if r["cold_recall@100"] >= floor or math.isnan(floor)]
-        chosen = (
-            max(keeping, key=lambda r: (r["ndcg@10"], -r["collab_weight"], -r["cold_blend"]))
-            if keeping
-            else max(
-                blends, key=lambda r: (r["cold_recall@100"], -r["collab_weight"], -r["cold_blend"])
-            )
+        tower, blends, zero_shot = _chosen_blend(
+            tower, text_vectors, train, validation, val_users, progress
         )
-        tower = tower.with_blend(chosen["cold_blend"], chosen["collab_weight"])
         cfg = tower.cfg
-        if progress:
-            log.info(
-                "blend chosen on validation: cold %.2f, collaborative %.2f (NDCG@10 %.4f; "
-                "the zero-shot text tower's: %.4f)",
-                cfg.cold_blend,
-                cfg.collab_weight,
-                chosen["ndcg@10"],
-                zero_shot.get("ndcg@10", float("nan")),
-            )
     tower.bind_text(text_vectors)
     card = {
         "config": asdict(cfg),
         "epochs": history,
         "best_recall@10": stopper.best,
-        "best_epoch": best_epoch if val_users else len(history),
+        "best_epoch": (stopper.epoch or cfg.epochs) if val_users else len(history),
         "train_seconds": time.perf_counter() - started,
         "blend": blends,
         "blend_zero_shot": zero_shot,

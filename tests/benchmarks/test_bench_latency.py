@@ -8,38 +8,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_latency import (
-    CASCADE,
-    CASCADE_DEPTHS,
-    DEFAULT,
-    REFERENCE_DEPTH,
-    Config,
-    _cascade_quality,
-    _in_child,
-    _order_agreement,
-    _validation_stage,
-    cascade,
-    compare_orders,
-    fast_path_quality,
-    run,
-)
+from benchmarks.bench_latency import run
 from benchmarks.contract import BenchContext
+from benchmarks.latency.agreement import compare_orders, order_agreement
+from benchmarks.latency.configs import CASCADE, CASCADE_DEPTHS, DEFAULT, REFERENCE_DEPTH, Config
+from benchmarks.latency.harness import fast_path_quality, in_child
+from benchmarks.latency.quality import cascade, cascade_quality, validation_stage
 from catalog import save_catalog
 from retrieval.encoder import Encoder
 from tests.conftest import tiny_catalog
 from tests.live import build_ranked_stack
 
 
-def test_order_agreement_of_top_tens() -> None:
+def testorder_agreement_of_top_tens() -> None:
     scores = np.arange(20, dtype=np.float64)
     ids = list(range(20))
-    assert _order_agreement(scores, scores, ids, ids) == (1.0, 1.0)
+    assert order_agreement(scores, scores, ids, ids) == (1.0, 1.0)
     # Same ten items, reversed: full overlap, perfectly anti-correlated.
     reverse = np.where(scores >= 10, 29 - scores, scores)
-    rho, overlap = _order_agreement(scores, reverse, ids, ids)
+    rho, overlap = order_agreement(scores, reverse, ids, ids)
     assert overlap == 1.0 and rho == pytest.approx(-1.0)
     # Disjoint top tens (another list's items): no overlap, ranks disagree.
-    rho, overlap = _order_agreement(scores, scores, ids, [i + 100 for i in ids])
+    rho, overlap = order_agreement(scores, scores, ids, [i + 100 for i in ids])
     assert overlap == 0.0 and rho < 0
 
 
@@ -137,8 +127,8 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
 
     ctx = BenchContext(home=home, redis_url=redis_url)
     ranker = GBDTRanker.load(models / "ranker")
-    stage, setup = _validation_stage(home, redis_url, ranker)
-    rows = _cascade_quality(ctx, stage, setup, ranker, "torch", True)
+    stage, setup = validation_stage(home, redis_url, ranker)
+    rows = cascade_quality(ctx, stage, setup, ranker, "torch", True)
     assert [r["cross_encoder_depth"] for r in rows] == [0, *CASCADE_DEPTHS]
     ranker_alone = rows[0]
     assert ranker_alone["lists"] == 12 and ranker_alone["pairs"] > 0
@@ -146,6 +136,6 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     assert ranker_alone["ndcg_vs_ranker"] == 1.0
     # The served path with the ranker's top N through the cross-encoder, timed per N.
     users = sorted(set(catalog.interactions.user_ids.tolist()))[:3]
-    timed = _in_child(Config(CASCADE, reranker="torch", cascade=True), home, users, 1)
+    timed = in_child(Config(CASCADE, reranker="torch", cascade=True), home, users, 1)
     assert set(timed) == {str(n) for n in CASCADE_DEPTHS}
     assert all(row["calls"] == 3 and row["p_like_p50_ms"] > 0 for row in timed.values())
