@@ -73,18 +73,9 @@ def quick_stage_args() -> RankingStageArgs:
     )
 
 
-def ranking_stage(
-    ev: Any, towers: Any, args: RankingStageArgs | None = None, reranker: Any | None = None
-) -> dict[str, Any]:
-    """Trains and evaluates the ranking stage (see the module docstring); records the
-    ``ranking_stage`` method on test and returns the validation report. With a cross-encoder
-    ``reranker``, the report's ``text`` entry says whether its text earns weight
-    (:mod:`benchmarks.evaluation.text`)."""
-    base = args or RankingStageArgs()
-    args = replace(  # the settings `train ranker` uses, seeded as the run
-        base, als=replace(base.als, seed=ev.seed), ranker=replace(base.ranker, seed=ev.seed)
-    )
-    started = time.perf_counter()
+def _trained(ev: Any, towers: Any, args: RankingStageArgs) -> Any:
+    """Steps 1-2 (see the module docstring): the stacked training and the validation lists,
+    as ``train ranker`` builds them, on the validation fold's tower."""
     val_tower = towers.val_tower
     val_index = FlatIndex(val_tower.dim).build(
         val_tower.item_vectors.ids, val_tower.item_vectors.matrix
@@ -96,7 +87,7 @@ def ranking_stage(
         [fold.item_ids[c] for c in fold.relevant],
         fold.like.tolist(),
     )
-    trained = train_ranking_stage(
+    return train_ranking_stage(
         ev.catalog.items,
         ev.hist_val,
         validation,
@@ -107,11 +98,13 @@ def ranking_stage(
         args,
         progress=ev.progress,
     )
-    train_lists, val_lists, cfg = trained.train_lists, trained.val_lists, args.ranker
-    stage_val = trained.stage_val
-    # 3. The ranker and its ablations.
-    first = list_ndcg10(val_lists.column("retrieval_score"), val_lists)
-    sources = [s.name for s in stage_val.sources]
+
+
+def _variants(trained: Any, cfg: RankerConfig) -> dict[str, tuple[Lists, Lists, RankerConfig]]:
+    """The ranker and its ablations: from scratch, without each feature group, without the
+    sources' own scores, without each source but the first."""
+    train_lists, val_lists = trained.train_lists, trained.val_lists
+    sources = [s.name for s in trained.stage_val.sources]
     variants: dict[str, tuple[Lists, Lists, RankerConfig]] = {
         "ranker": (train_lists, val_lists, cfg),
         "from scratch (no first-stage correction)": (
@@ -139,26 +132,20 @@ def ranking_stage(
             _without_source(val_lists, source, sources),
             cfg,
         )
-    report: dict[str, Any] = {
-        "fold": "validation",
-        "stacked_lists": len(trained.stacked.lists),
-        "settings": args.as_dict(),
-        "seconds": trained.seconds,
-        "choice": trained.choice,
-        "candidates_per_list": float(np.mean(val_lists.sizes)),
-        "candidate_recall": float(
-            np.mean([lbl.any() for lbl in np.split(val_lists.labels, val_lists.offsets[1:-1])])
-        ),
-        "first_stage_ndcg@10": float(first.mean()),
-        "ablation": {},
-    }
-    ranker = trained.ranker
-    for name, (tr, va, c) in variants.items():
+    return variants
+
+
+def _ablation(ev: Any, trained: Any, cfg: RankerConfig) -> dict[str, Any]:
+    """Each variant's validation NDCG@10 against the first stage's (paired, with its SE)."""
+    val_lists = trained.val_lists
+    first = list_ndcg10(val_lists.column("retrieval_score"), val_lists)
+    out: dict[str, Any] = {}
+    for name, (tr, va, c) in _variants(trained, cfg).items():
         t0 = time.perf_counter()
-        model = ranker if name == "ranker" else GBDTRanker.fit(tr, c)
+        model = trained.ranker if name == "ranker" else GBDTRanker.fit(tr, c)
         per_list = list_ndcg10(model.score(va.x), va)
         diff = per_list - first
-        report["ablation"][name] = {
+        out[name] = {
             "ndcg@10": float(per_list.mean()),
             "vs_first_stage": float(per_list.mean() / first.mean()) if first.mean() else None,
             "minus_first_stage": float(diff.mean()),
@@ -170,24 +157,58 @@ def ranking_stage(
             f"ranking stage ({name}): validation NDCG@10 {per_list.mean():.4f} "
             f"(first stage {first.mean():.4f})"
         )
+    return out
+
+
+def _validation_report(
+    ev: Any, trained: Any, args: RankingStageArgs, reranker: Any | None
+) -> dict[str, Any]:
+    """Step 3: the validation report (the choice, the ablations, the text beside the ranker
+    when a cross-encoder is given, the importances and the models' records)."""
+    val_lists, ranker = trained.val_lists, trained.ranker
+    first = list_ndcg10(val_lists.column("retrieval_score"), val_lists)
+    report: dict[str, Any] = {
+        "fold": "validation",
+        "stacked_lists": len(trained.stacked.lists),
+        "settings": args.as_dict(),
+        "seconds": trained.seconds,
+        "choice": trained.choice,
+        "candidates_per_list": float(np.mean(val_lists.sizes)),
+        "candidate_recall": float(
+            np.mean([lbl.any() for lbl in np.split(val_lists.labels, val_lists.offsets[1:-1])])
+        ),
+        "first_stage_ndcg@10": float(first.mean()),
+        "ablation": _ablation(ev, trained, args.ranker),
+    }
     if reranker is not None:
         ev.progress("ranking stage: the cross-encoder's text on validation")
         report["text"] = text_side_by_side(
             reranker,
             ranker,
             val_lists,
-            stage_val.features.item_ids,
+            trained.stage_val.features.item_ids,
             ev.catalog,
             ev.hist_val,
             ev.seed,
             ev.progress,
         )
-    serve = trained.choice["served"] == "ranker"
     report["served"] = trained.choice["served"]
     report["importance"] = dict(sorted(ranker.importance().items(), key=lambda kv: -kv[1]))
     report["ranker"] = ranker.record
     report["like"] = ranker.like.record if ranker.like is not None else ranker.record.get("like")
-    # 5. Test: the first stage refitted on train + validation, each seed's tower.
+    return report
+
+
+def _test(
+    ev: Any,
+    towers: Any,
+    args: RankingStageArgs,
+    ranker: GBDTRanker,
+    served: str,
+    started: float,
+) -> None:
+    """Step 5: test, the first stage refitted on train + validation, each seed's tower;
+    records the ``ranking_stage`` method (the first seed) and the other seeds' rankings."""
     stage_test = CandidateStage.build(
         ev.catalog.items,
         ev.hist_test,
@@ -204,14 +225,13 @@ def ranking_stage(
         *((s, t, i) for s, _r, t, i in towers.others),
     ]:
         stage_s = stage_test if tower_s is towers.tower else stage_test.with_tower(tower_s, index_s)
-        ranked, recall = _test_ranking(ev, stage_s, ranker, serve)
+        ranked, recall = _test_ranking(ev, stage_s, ranker, served == "ranker")
         if not rankings:  # the first seed is the reported method
-            seconds = time.perf_counter() - started
             m = ev.record(
                 "ranking_stage",
                 ranked,
-                {"served": report["served"], **args.as_dict(), **ranker.record},
-                seconds,
+                {"served": served, **args.as_dict(), **ranker.record},
+                time.perf_counter() - started,
             )
             m["candidate_recall@all"] = recall
             m["calibration"] = calibration_curve(ranked.target_score, ev.test.like)
@@ -229,6 +249,23 @@ def ranking_stage(
             m["seeds"]["vs_first_stage"] = vs_first
         else:  # one seed: no seeds' summary to hold it
             m["vs_first_stage"] = vs_first
+
+
+def ranking_stage(
+    ev: Any, towers: Any, args: RankingStageArgs | None = None, reranker: Any | None = None
+) -> dict[str, Any]:
+    """Trains and evaluates the ranking stage (see the module docstring); records the
+    ``ranking_stage`` method on test and returns the validation report. With a cross-encoder
+    ``reranker``, the report's ``text`` entry says whether its text earns weight
+    (:mod:`benchmarks.evaluation.text`)."""
+    base = args or RankingStageArgs()
+    args = replace(  # the settings `train ranker` uses, seeded as the run
+        base, als=replace(base.als, seed=ev.seed), ranker=replace(base.ranker, seed=ev.seed)
+    )
+    started = time.perf_counter()
+    trained = _trained(ev, towers, args)
+    report = _validation_report(ev, trained, args, reranker)
+    _test(ev, towers, args, trained.ranker, report["served"], started)
     return report
 
 

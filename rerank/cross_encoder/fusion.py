@@ -104,6 +104,110 @@ def _fit_probability(s_l: Any, zu_l: Any, y: Any) -> tuple[float, Any, float]:
     return float(log_alpha.detach().exp()), u.detach(), float(b.detach())
 
 
+@dataclass(frozen=True)
+class _Standardised:
+    """The fit's inputs as tensors, standardised (a cosine differs by hundredths between
+    candidates, a rating by a star): the labelled rows, the padded lists and their mask, and
+    which columns rank (item-level) and which only calibrate (user-level)."""
+
+    z_l: Any
+    zi_c: Any  # the lists' item-level columns
+    mask: Any
+    target: Any
+    mu: Any
+    sigma: Any
+    item_idx: Any
+    user_idx: Any
+    anchor_pos: int  # the prior's position among the item-level columns
+
+    @classmethod
+    def of(
+        cls,
+        cols: list[str],
+        labelled: npt.NDArray[np.floating[Any]],
+        lists: Sequence[npt.NDArray[np.floating[Any]]],
+        targets: Sequence[int],
+        user_level: Sequence[str],
+        anchor: int,
+    ) -> _Standardised:
+        import torch
+
+        d = len(cols)
+        x_l = torch.as_tensor(np.asarray(labelled, dtype=np.float64)).reshape(-1, d)
+        width = max((len(lst) for lst in lists), default=1)
+        x_c = torch.zeros((len(lists), width, d), dtype=torch.float64)
+        mask = torch.zeros((len(lists), width), dtype=torch.bool)
+        for n, lst in enumerate(lists):
+            x_c[n, : len(lst)] = torch.as_tensor(np.asarray(lst, dtype=np.float64))
+            mask[n, : len(lst)] = True
+        every = torch.cat([x_l, x_c[mask]]) if len(lists) else x_l
+        mu = every.mean(0) if len(every) else torch.zeros(d, dtype=torch.float64)
+        sigma = every.std(0).nan_to_num(1.0).clamp(min=1e-6) if len(every) > 1 else torch.ones(d)
+        sigma = sigma.to(torch.float64)
+        user = torch.tensor([c in user_level for c in cols])
+        item_idx = torch.nonzero(~user)[:, 0]
+        return cls(
+            z_l=(x_l - mu) / sigma,
+            zi_c=((x_c - mu) / sigma)[:, :, item_idx],
+            mask=mask,
+            target=torch.as_tensor(np.asarray(targets, dtype=np.int64)).reshape(-1),
+            mu=mu,
+            sigma=sigma,
+            item_idx=item_idx,
+            user_idx=torch.nonzero(user)[:, 0],
+            anchor_pos=int((item_idx == anchor).nonzero()[0, 0]),
+        )
+
+    def prior_on(self, rows: Any) -> Any:
+        """The prior: the anchor column alone, at its scale fitted on these lists (kept
+        non-negative)."""
+        import torch
+
+        one = self.zi_c[rows, :, self.anchor_pos : self.anchor_pos + 1]
+        ones = torch.ones(1, dtype=torch.float64)
+        scale = _fit_rank(one, self.mask[rows], self.target[rows], ones, 0.0)
+        w = torch.zeros(len(self.item_idx), dtype=torch.float64)
+        w[self.anchor_pos] = float(scale.clamp(min=0.0)[0])
+        return w
+
+    def list_loss(self, w: Any, rows: Any = slice(None)) -> float:
+        return float(_list_loss(self.zi_c[rows] @ w, self.mask[rows], self.target[rows]))
+
+
+def _shrinkage(
+    data: _Standardised, w_prior: Any, folds: int, seed: int
+) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The L2 strength toward the prior (or the prior itself, ``"prior"``) by cross-validation
+    over the lists and the one-standard-error rule: the most shrunk candidate whose
+    cross-validated loss is within one standard error of the best one's, so features the lists
+    cannot tell from noise do not reorder the first stage. Also each candidate's mean loss and
+    its standard error."""
+    import torch
+
+    n = len(data.target)
+    fold_of = np.random.default_rng(seed).permutation(n) % max(1, folds)
+    cv: dict[str, float] = {}
+    se: dict[str, float] = {}
+    if n < 2 * folds:  # too few lists to choose: keep the first stage's order
+        return "prior", cv, se
+    for lam in (None, *LAMBDAS):  # None: the prior itself (its scale from the fold)
+        losses = []
+        for f in range(folds):
+            held = torch.as_tensor(fold_of == f)
+            w = (
+                data.prior_on(~held)
+                if lam is None
+                else _fit_rank(data.zi_c[~held], data.mask[~held], data.target[~held], w_prior, lam)
+            )
+            losses.append(data.list_loss(w, held))
+        key = "prior" if lam is None else str(lam)
+        cv[key] = float(np.mean(losses))
+        se[key] = float(np.std(losses, ddof=1) / np.sqrt(folds))
+    best = min(cv, key=lambda k: cv[k])
+    order = ["prior", *(str(lam) for lam in sorted(LAMBDAS, reverse=True))]
+    return next(k for k in order if cv[k] <= cv[best] + se[best]), cv, se
+
+
 def fit(
     columns: Sequence[str],
     labelled: npt.NDArray[np.floating[Any]],
@@ -137,94 +241,43 @@ def fit(
     import torch
 
     cols = list(columns)
-    d = len(cols)
-    x_l = torch.as_tensor(np.asarray(labelled, dtype=np.float64)).reshape(-1, d)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
-    width = max((len(lst) for lst in lists), default=1)
-    x_c = torch.zeros((len(lists), width, d), dtype=torch.float64)
-    mask = torch.zeros((len(lists), width), dtype=torch.bool)
-    for n, lst in enumerate(lists):
-        x_c[n, : len(lst)] = torch.as_tensor(np.asarray(lst, dtype=np.float64))
-        mask[n, : len(lst)] = True
-    target = torch.as_tensor(np.asarray(targets, dtype=np.int64)).reshape(-1)
-
-    # Standardised inputs: a cosine differs by hundredths between candidates, a rating by a star.
-    every = torch.cat([x_l, x_c[mask]]) if len(lists) else x_l
-    mu = every.mean(0) if len(every) else torch.zeros(d, dtype=torch.float64)
-    sigma = every.std(0).nan_to_num(1.0).clamp(min=1e-6) if len(every) > 1 else torch.ones(d)
-    sigma = sigma.to(torch.float64)
-    z_l, z_c = (x_l - mu) / sigma, (x_c - mu) / sigma
-    user = torch.tensor([c in user_level for c in cols])
-    item_idx = torch.nonzero(~user)[:, 0]
-    user_idx = torch.nonzero(user)[:, 0]
     anchor = cols.index(prior) if prior in cols else cols.index("text")
-    anchor_pos = int((item_idx == anchor).nonzero()[0, 0])
-    zi_c = z_c[:, :, item_idx]
+    data = _Standardised.of(cols, labelled, lists, targets, user_level, anchor)
     record: dict[str, Any] = {"lists_with_target": len(lists), "prior": cols[anchor]}
-
-    def prior_on(rows: Any) -> Any:
-        """The prior: the anchor column alone, at its scale fitted on these lists (kept
-        non-negative)."""
-        one = zi_c[rows, :, anchor_pos : anchor_pos + 1]
-        scale = _fit_rank(one, mask[rows], target[rows], torch.ones(1, dtype=torch.float64), 0.0)
-        w = torch.zeros(len(item_idx), dtype=torch.float64)
-        w[anchor_pos] = float(scale.clamp(min=0.0)[0])
-        return w
-
-    w_prior = torch.zeros(len(item_idx), dtype=torch.float64)
     if len(lists):
-        w_prior = prior_on(slice(None))
-        fold_of = np.random.default_rng(seed).permutation(len(lists)) % max(1, folds)
-        cv: dict[str, float] = {}
-        se: dict[str, float] = {}
-        choice = "prior"  # too few lists to choose: keep the first stage's order
-        if len(lists) >= 2 * folds:
-            for lam in (None, *LAMBDAS):  # None: the prior itself (its scale from the fold)
-                losses = []
-                for f in range(folds):
-                    held = torch.as_tensor(fold_of == f)
-                    w = (
-                        prior_on(~held)
-                        if lam is None
-                        else _fit_rank(zi_c[~held], mask[~held], target[~held], w_prior, lam)
-                    )
-                    losses.append(float(_list_loss(zi_c[held] @ w, mask[held], target[held])))
-                key = "prior" if lam is None else str(lam)
-                cv[key] = float(np.mean(losses))
-                se[key] = float(np.std(losses, ddof=1) / np.sqrt(folds))
-            # The one-standard-error rule: the most shrunk candidate whose cross-validated
-            # loss is within one standard error of the best one's, so features the lists
-            # cannot tell from noise do not reorder the first stage.
-            best = min(cv, key=lambda k: cv[k])
-            order = ["prior", *(str(lam) for lam in sorted(LAMBDAS, reverse=True))]
-            choice = next(k for k in order if cv[k] <= cv[best] + se[best])
+        w_prior = data.prior_on(slice(None))
+        choice, cv, se = _shrinkage(data, w_prior, folds, seed)
         w_rank = (
-            w_prior if choice == "prior" else _fit_rank(zi_c, mask, target, w_prior, float(choice))
+            w_prior
+            if choice == "prior"
+            else _fit_rank(data.zi_c, data.mask, data.target, w_prior, float(choice))
         )
         record.update(
-            prior_scale=float(w_prior[anchor_pos]),
+            prior_scale=float(w_prior[data.anchor_pos]),
             l2=None if choice == "prior" else float(choice),
             chosen=choice,
             cv_list_loss=cv,
             cv_list_loss_se=se,
-            list_loss_prior=float(_list_loss(zi_c @ w_prior, mask, target)),
-            list_loss=float(_list_loss(zi_c @ w_rank, mask, target)),
+            list_loss_prior=data.list_loss(w_prior),
+            list_loss=data.list_loss(w_rank),
         )
     else:
-        w_rank = w_prior
-        w_rank[anchor_pos] = 1.0
+        w_rank = torch.zeros(len(data.item_idx), dtype=torch.float64)
+        w_rank[data.anchor_pos] = 1.0
 
     # The probability: alpha * s + user terms + b, alpha = exp(.) > 0 keeps the order of s.
-    alpha, u, b = _fit_probability(z_l[:, item_idx] @ w_rank, z_l[:, user_idx], y)
-    z_weights = torch.zeros(d, dtype=torch.float64)
-    z_weights[item_idx] = alpha * w_rank
-    z_weights[user_idx] = u
-    weights = (z_weights / sigma).numpy()
-    bias = b - float((z_weights * mu / sigma).sum())
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    z_l = data.z_l
+    alpha, u, b = _fit_probability(z_l[:, data.item_idx] @ w_rank, z_l[:, data.user_idx], y)
+    z_weights = torch.zeros(len(cols), dtype=torch.float64)
+    z_weights[data.item_idx] = alpha * w_rank
+    z_weights[data.user_idx] = u
+    weights = (z_weights / data.sigma).numpy()
+    bias = b - float((z_weights * data.mu / data.sigma).sum())
     record.update(
         alpha=alpha,
         ranking_weights_standardised=dict(
-            zip([cols[i] for i in item_idx.tolist()], w_rank.tolist(), strict=True)
+            zip([cols[i] for i in data.item_idx.tolist()], w_rank.tolist(), strict=True)
         ),
     )
     return Fusion(tuple(cols), weights, bias, record)
