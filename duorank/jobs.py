@@ -305,6 +305,7 @@ def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
     catalog = load_catalog(job.data)
     reranker_path = job.reranker or settings.layout.trained_reranker()
     reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
+    tower = SequentialConfig(seed=job.seed)  # what `train tower` trains, seeded as the run
     with runtime(settings) as rt:
         _, ids, vectors = item_vectors(rt, catalog)
         retriever = rt.encoder(job.retriever) if job.retriever else None
@@ -313,11 +314,7 @@ def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
             item_vectors=ItemVectors(ids, vectors),
             reranker=reranker,
             retriever=retriever,
-            sequential=(
-                SequentialConfig(seed=job.seed, epochs=3 if job.quick else 30)
-                if job.trained_tower
-                else None
-            ),
+            sequential=(tower.reduced() if job.quick else tower) if job.trained_tower else None,
             quick=job.quick,
             seed=job.seed,
             seeds=job.seeds,

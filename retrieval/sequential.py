@@ -105,6 +105,13 @@ class SequentialConfig:
     collab_iterations: int = 20
     collab_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
 
+    def reduced(self) -> SequentialConfig:
+        """The CI size (``--quick``): 3 epochs, everything else as measured."""
+        return replace(self, epochs=QUICK_EPOCHS)
+
+
+QUICK_EPOCHS = 3
+"""Epochs of ``--quick`` runs: enough to exercise every step, far too few to mean anything."""
 
 class SequentialTower(UserTower):
     """The trained tower: ``item_transform`` for index builds, ``embed`` for users.

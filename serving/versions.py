@@ -21,7 +21,8 @@ import numpy.typing as npt
 from catalog.model import Catalog
 from catalog.text import HistoryEvent, UserTextTemplate
 from indexer.store import IndexRoot, NoVersionError, VerifyError
-from rerank.cross_encoder.pairs import FEATURES, FeatureMaker, RatingStats
+from rerank.cross_encoder.pairs import FeatureMaker, RatingStats
+from rerank.cross_encoder.training_args import FEATURES
 from retrieval.index import VectorIndex
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors

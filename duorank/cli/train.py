@@ -1,4 +1,5 @@
-"""`duorank train`: the four trainable parts, each named for what it trains."""
+"""`duorank train`: the four trainable parts, each named for what it trains. The options' defaults
+are the training dataclasses' own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 
 import click
 
-from catalog.thresholds import LIKE_THRESHOLD
 from duorank.cli.options import (
     data_option,
     device_option,
@@ -19,6 +19,13 @@ from duorank.cli.options import (
     tower_option,
 )
 from duorank.settings import Settings
+from rerank.cross_encoder.training_args import QUICK_STEPS, RerankerTrainArgs
+from retrieval.sequential import QUICK_EPOCHS, SequentialConfig
+
+# The options' defaults are the dataclasses' own (both modules load without torch), so a
+# command run without flags trains the measured configuration the library's callers get.
+TOWER = SequentialConfig()
+RERANKER = RerankerTrainArgs()
 
 
 @click.group(short_help="Train the first stage, the ranking stage or the cross-encoder.")
@@ -99,8 +106,14 @@ def train_retriever_cmd(
 )
 @data_option()
 @out_option("Tower folder to write (tower.json + model.safetensors).", "MODEL")
-@click.option("--dim", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--dim", type=click.IntRange(min=2), default=TOWER.dim, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=TOWER.epochs,
+    show_default=True,
+    help="At most; early stopping on validation Recall@10 usually ends sooner.",
+)
 @click.option("--no-ids", is_flag=True, help="Text only: no per-item ID vectors.")
 @click.option(
     "--no-collab",
@@ -108,7 +121,7 @@ def train_retriever_cmd(
     help="No collaborative (ALS) block: the tower's own score and the cold-item blend only.",
 )
 @seed_option
-@quick_option("CI size: 3 epochs.")
+@quick_option(f"CI size: {QUICK_EPOCHS} epochs.")
 @click.pass_obj
 def train_tower_cmd(
     settings: Settings,
@@ -130,9 +143,10 @@ def train_tower_cmd(
     from dataclasses import replace
 
     from duorank.jobs import train_tower
-    from retrieval.sequential import SequentialConfig
 
-    cfg = SequentialConfig(dim=dim, epochs=3 if quick else epochs, use_ids=not no_ids, seed=seed)
+    cfg = replace(TOWER, dim=dim, epochs=epochs, use_ids=not no_ids, seed=seed)
+    if quick:
+        cfg = cfg.reduced()
     if no_collab:
         cfg = replace(cfg, collab_grid=())
     tower, card = train_tower(settings, data_path, out, cfg, seed=seed)
@@ -159,40 +173,57 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 @click.option(
     "--head",
     type=click.Choice(["binary", "rating"]),
-    default="binary",
+    default=RERANKER.head,
     show_default=True,
     help="Sigmoid like/click head, or softmax over rating levels.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=RERANKER.epochs, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=RERANKER.batch_size, show_default=True
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=3e-5,
+    default=RERANKER.lr,
     show_default=True,
     help="Backbone learning rate.",
 )
 @click.option(
     "--head-lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-3,
+    default=RERANKER.head_lr,
     show_default=True,
     help="Learning rate of the heads over the pooled text and the scalar features.",
 )
 @click.option(
     "--max-steps",
     type=click.IntRange(min=0),
-    default=300,
+    default=RERANKER.max_steps,
     show_default=True,
     help="Optimiser steps (the measured configuration); 0: whole epochs (--epochs).",
 )
-@click.option("--targets-per-user", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--random-negatives", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--hard-negatives", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option(
+    "--targets-per-user",
+    type=click.IntRange(min=1),
+    default=RERANKER.targets_per_user,
+    show_default=True,
+)
+@click.option(
+    "--random-negatives",
+    type=click.IntRange(min=0),
+    default=RERANKER.random_negatives,
+    show_default=True,
+)
+@click.option(
+    "--hard-negatives",
+    type=click.IntRange(min=0),
+    default=RERANKER.hard_negatives,
+    show_default=True,
+)
 @click.option(
     "--threshold",
     type=float,
-    default=LIKE_THRESHOLD,
+    default=RERANKER.threshold,
     show_default=True,
     help="Rating at or above = like.",
 )
@@ -204,7 +235,7 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 @click.option(
     "--val-users",
     type=click.IntRange(min=1),
-    default=1000,
+    default=RERANKER.val_users,
     show_default=True,
     help="Validation users (seeded sample); only lists holding the held-out item are scored.",
 )
@@ -222,7 +253,7 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 @click.option(
     "--attention",
     type=click.Choice(["user_prefix", "full"]),
-    default="user_prefix",
+    default=RERANKER.attention,
     show_default=True,
     help="user_prefix: item tokens attend to the user's, not the reverse, so serving encodes "
     "the user once per call; full: a standard cross-encoder (any backbone).",
@@ -230,7 +261,7 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 @click.option(
     "--freeze-layers",
     type=click.IntRange(min=0),
-    default=3,
+    default=RERANKER.freeze_layers,
     show_default=True,
     help="Keep the backbone's embeddings and first N layers as pretrained: backward stops "
     "above them (cheaper steps); 0 tunes all.",
@@ -238,7 +269,7 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 @click.option(
     "--item-layers",
     type=click.IntRange(min=0),
-    default=0,
+    default=RERANKER.item_layers,
     show_default=True,
     help="With user_prefix: the first N layers read the item alone, so serving keeps each "
     "item's states after them in Redis and runs only the layers above per call; 0: none.",
@@ -259,8 +290,8 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
 )
 @seed_option
 @quick_option(
-    "Reduced: 30 steps, 2 targets/user, 20 validation candidates (all validation users: "
-    "fewer leave the fusion too little to tie the probability to the item)."
+    f"Reduced: {QUICK_STEPS} steps, 2 targets/user, 20 validation candidates (all validation "
+    "users: fewer leave the fusion too little to tie the probability to the item)."
 )
 @device_option
 @click.pass_obj
@@ -298,10 +329,9 @@ def train_reranker_cmd(
     from dataclasses import replace
 
     from duorank.jobs import RerankerJob, train_reranker
-    from rerank.cross_encoder.model import DEFAULT_FEATURES
-    from rerank.cross_encoder.training_args import RerankerTrainArgs
 
-    cfg = RerankerTrainArgs(
+    cfg = replace(
+        RERANKER,
         head=head,
         epochs=epochs,
         batch_size=batch_size,
@@ -313,7 +343,7 @@ def train_reranker_cmd(
         random_negatives=random_negatives,
         hard_negatives=hard_negatives,
         threshold=threshold,
-        features=() if no_features else DEFAULT_FEATURES,
+        features=() if no_features else RERANKER.features,
         val_users=val_users,
         eval_before=eval_before,
         attention=attention,
@@ -322,11 +352,13 @@ def train_reranker_cmd(
         layers=layers,
         teacher=str(teacher) if teacher is not None else None,
     )
-    if quick:
+    if quick:  # --quick's own step count unless --max-steps was given
         given = click.get_current_context().get_parameter_source("max_steps")
-        if given is click.core.ParameterSource.DEFAULT:  # --quick's own 30 steps
-            cfg = replace(cfg, max_steps=None)
-        cfg = cfg.reduced()
+        cfg = (
+            cfg.reduced()
+            if given is click.core.ParameterSource.DEFAULT
+            else cfg.reduced(cfg.max_steps)
+        )
     job = RerankerJob(data_path, out, tower_path, model, resume, device, seed)
     print_reranker_card(train_reranker(settings, job, cfg), out)
 

@@ -45,13 +45,12 @@ import torch
 from torch import nn
 
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.cross_encoder.pairs import FEATURES
+from rerank.cross_encoder.training_args import DEFAULT_FEATURES
 
 HEADS = ("binary", "rating")
 ATTENTIONS = ("full", "user_prefix")
 ITEM_TOKENS = 48
 """Tokens kept for the item side of a ``user_prefix`` pair; the user side gets the rest."""
-DEFAULT_FEATURES = FEATURES  # all of them: the head learns how much each one is worth
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from catalog.model import Interactions, Item, User
 from catalog.ratings import shrunk_mean
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate, is_positive
+from rerank.cross_encoder.training_args import FEATURES
 from retrieval.index import VectorIndex
 from retrieval.towers import UserState, UserTower
 from retrieval.vectors import ItemVectors
@@ -50,8 +51,6 @@ def user_text_at(
     return template.render(user, past, items, count_tokens)  # type: ignore[arg-type]
 
 
-FEATURES = ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
-"""Scalar features a reranker head can read (its config names the ones it uses, in order)."""
 
 
 @dataclass

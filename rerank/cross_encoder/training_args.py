@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.cross_encoder.model import DEFAULT_FEATURES
+
+FEATURES = ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
+"""Scalar features a reranker head can read (its config names the ones it uses, in order;
+:class:`rerank.cross_encoder.pairs.FeatureMaker` computes them). Named here, beside the
+training arguments, so that they load without torch."""
+DEFAULT_FEATURES = FEATURES  # all of them: the head learns how much each one is worth
+QUICK_STEPS = 30
+"""Optimiser steps of the reduced run (:meth:`RerankerTrainArgs.reduced`)."""
 
 
 @dataclass(frozen=True)
@@ -15,7 +22,8 @@ class RerankerTrainArgs:
 
     Attributes:
         head: ``binary`` or ``rating``.
-        epochs, batch_size, lr, warmup_ratio, max_steps: optimisation (``lr``: the backbone).
+        epochs, batch_size, lr, warmup_ratio: optimisation (``lr``: the backbone).
+        max_steps: optimiser steps, the measured configuration (None: whole epochs).
         head_lr: learning rate of the linear heads over the pooled text and the features.
         targets_per_user: most recent training events per user used as targets.
         random_negatives, hard_negatives: sampled negatives per positive.
@@ -51,7 +59,7 @@ class RerankerTrainArgs:
     lr: float = 3e-5
     head_lr: float = 1e-3
     warmup_ratio: float = 0.1
-    max_steps: int | None = None
+    max_steps: int | None = 300
     targets_per_user: int = 10
     random_negatives: int = 1
     hard_negatives: int = 1
@@ -84,8 +92,8 @@ class RerankerTrainArgs:
         if self.teacher is not None and self.head != "binary":
             raise ValueError("a teacher's scores are P(like): distillation needs the binary head")
 
-    def reduced(self) -> RerankerTrainArgs:
-        """The reduced run of the quickstart and CI: 30 steps (unless set), 2 targets per
-        user, 20 validation candidates. Every validation user is kept: fewer leave the fusion
-        too few pairs to tie the probability to the item."""
-        return replace(self, max_steps=self.max_steps or 30, targets_per_user=2, val_candidates=20)
+    def reduced(self, max_steps: int | None = QUICK_STEPS) -> RerankerTrainArgs:
+        """The reduced run of the quickstart and CI: ``max_steps`` steps, 2 targets per user,
+        20 validation candidates. Every validation user is kept: fewer leave the fusion too
+        few pairs to tie the probability to the item."""
+        return replace(self, max_steps=max_steps, targets_per_user=2, val_candidates=20)

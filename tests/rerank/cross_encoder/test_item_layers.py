@@ -25,8 +25,8 @@ from rerank.cross_encoder.model import (
     save_net,
     split_pair_ids,
 )
-from rerank.cross_encoder.pairs import FEATURES
 from rerank.cross_encoder.trainer import train_reranker
+from rerank.cross_encoder.training_args import FEATURES
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder, bundled_model_path
 from tests.rerank.cross_encoder.conftest import CFG, text_reading_net, text_vectors

@@ -18,7 +18,7 @@ from rerank.cross_encoder.model import (
     read_config,
     split_pair_ids,
 )
-from rerank.cross_encoder.pairs import FEATURES
+from rerank.cross_encoder.training_args import FEATURES
 from retrieval.encoder import bundled_model_path
 from tests.rerank.cross_encoder.conftest import text_reading_net
 
