@@ -7,13 +7,16 @@ evaluation) works on whole columns; the row types exist for readable APIs and te
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from catalog.errors import DataError
+
+if TYPE_CHECKING:  # catalog.tags builds on Item
+    from catalog.tags import DatedTags
 
 NO_LABEL = -1
 """Stored in :attr:`Interactions.labels` where an interaction has no label."""
@@ -217,6 +220,9 @@ class Catalog:
         interactions: all interactions, in the source's order.
         source: where the data came from (loader name, path, layout).
         stats: counts gathered while loading (skipped rows, unknown ids, ...).
+        tag_events: when each item tag was written, where the source says (MovieLens
+            ``tags.csv``); the items' ``tags`` hold them all, :meth:`items_as_of` only the
+            ones written before a time.
     """
 
     items: dict[str, Item]
@@ -224,6 +230,20 @@ class Catalog:
     interactions: Interactions
     source: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    tag_events: DatedTags | None = None
+
+    def items_as_of(self, at: int | None) -> dict[str, Item]:
+        """The items as they were known at ``at`` (seconds; None: now): dated tags written
+        before it only (:mod:`catalog.tags`); title, genres, description and undated tags are
+        known from the item's release."""
+        if self.tag_events is None:
+            return dict(self.items)
+        return self.tag_events.items_as_of(self.items, at)
+
+    def as_of(self, at: int | None) -> Catalog:
+        """This catalog with its items' text as of ``at`` (:meth:`items_as_of`); the
+        interactions are unchanged (a split cuts them)."""
+        return replace(self, items=self.items_as_of(at))
 
     def summary(self) -> dict[str, int]:
         """The three headline counts, as recorded in a dataset manifest."""

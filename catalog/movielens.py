@@ -11,7 +11,7 @@ users (with a profile where the layout has one) and rating interactions.
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from catalog.readers import (
     parse_rating,
     parse_timestamp,
 )
+from catalog.tags import DatedTags, ordered_tags
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,14 @@ def load_movielens(path: str | Path, *, skip_bad: bool = False) -> Catalog:
     root = Path(path)
     layout = detect_layout(root)
     policy = BadRowPolicy(skip_bad=skip_bad)
+    dated = DatedTags()
     if layout == "csv":
-        items, users, rows = _load_csv_layout(root, policy)
+        items, users, rows, dated = _load_csv_layout(root, policy)
     elif layout == "100k":
         items, users, rows = _load_100k(root, policy)
     else:
         items, users, rows = _load_1m(root, policy)
-    return _assemble(
+    catalog = _assemble(
         items,
         users,
         rows,
@@ -106,6 +108,8 @@ def load_movielens(path: str | Path, *, skip_bad: bool = False) -> Catalog:
         {"loader": "movielens", "layout": layout, "path": str(root.resolve())},
         (root / LAYOUT_FILES[layout][0], root / LAYOUT_FILES[layout][1]),
     )
+    catalog.tag_events = dated
+    return catalog
 
 
 _Row = tuple[str, str, int, float]
@@ -163,7 +167,7 @@ def _id_key(value: str) -> tuple[int, int | str]:
 
 def _load_csv_layout(
     root: Path, policy: BadRowPolicy
-) -> tuple[dict[str, Item], dict[str, User], list[_Row]]:
+) -> tuple[dict[str, Item], dict[str, User], list[_Row], DatedTags]:
     movies = root / "movies.csv"
     items: dict[str, Item] = {}
     for line, row in iter_csv(movies):
@@ -189,9 +193,9 @@ def _load_csv_layout(
         items[item_id] = Item(item_id, title, genres=genres)
 
     tags_path = root / "tags.csv"
+    dated: list[tuple[str, str, int]] = []
     if tags_path.exists() and tags_path.stat().st_size > 0:
-        counts: dict[str, Counter[str]] = defaultdict(Counter)
-        spelling: dict[str, dict[str, str]] = defaultdict(dict)
+        written: dict[str, list[str]] = defaultdict(list)
         for line, row in iter_csv(tags_path):
             if "__error__" in row:
                 policy.handle(DataError(row["__error__"], path=tags_path, line=line))
@@ -209,15 +213,21 @@ def _load_csv_layout(
                     )
                 )
                 continue
-            key = tag.lower()
-            counts[movie][key] += 1
-            spelling[movie].setdefault(key, tag)
-        for movie, counter in counts.items():
+            if "timestamp" in row:  # a tags file without the column: undated tags, kept
+                try:
+                    when = parse_timestamp(
+                        row["timestamp"], path=tags_path, line=line, column="timestamp"
+                    )
+                except DataError as exc:
+                    policy.handle(exc)
+                    continue
+                if movie in items:
+                    dated.append((movie, tag, when))
+            written[movie].append(tag)
+        for movie, tags in written.items():
             if movie in items:
-                ordered = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
-                tags = tuple(spelling[movie][k] for k, _ in ordered)
                 old = items[movie]
-                items[movie] = Item(old.id, old.title, genres=old.genres, tags=tags)
+                items[movie] = Item(old.id, old.title, genres=old.genres, tags=ordered_tags(tags))
 
     ratings = root / "ratings.csv"
     rows: list[_Row] = []
@@ -239,7 +249,7 @@ def _load_csv_layout(
             )
         except DataError as exc:
             policy.handle(exc)
-    return items, {}, rows
+    return items, {}, rows, DatedTags.of(dated)
 
 
 def _rating_row(

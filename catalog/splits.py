@@ -78,6 +78,14 @@ def leave_one_out(interactions: Interactions, *, seed: int = 0) -> Split:
     )
 
 
+def heldout_start(split: Split) -> int | None:
+    """The time of the earliest held-out event (validation or test): what a model trained and
+    validated on this split may know of the items' text (their tags written before it; see
+    :meth:`catalog.model.Catalog.as_of`). None when nothing is held out."""
+    held = [s.timestamps for s in (split.validation, split.test) if len(s)]
+    return int(min(int(h.min()) for h in held)) if held else None
+
+
 def _run_lengths(sorted_keys: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
     n = len(sorted_keys)
     if n == 0:

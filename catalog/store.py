@@ -5,6 +5,8 @@ Layout::
     DIR/items.parquet         id, title, description, genres, tags, attributes (JSON text)
     DIR/users.parquet         id, attributes (JSON text)
     DIR/interactions.parquet  user_id, item_id, timestamp, rating, label, event
+    DIR/tags.parquet          item_id, tag, timestamp: when each tag was written (optional:
+                              only a source that dates its tags writes it)
     DIR/manifest.json         counts, source, import stats, sha256 of every file
 """
 
@@ -23,9 +25,11 @@ import pyarrow.parquet as pq
 from catalog.errors import DataError
 from catalog.fsutil import DATASET, atomic_dir, sha256_file, write_json
 from catalog.model import NO_LABEL, Catalog, Interactions, Item, User
+from catalog.tags import DatedTags
 
 FORMAT = "duorank.dataset/1"
 FILES = ("items.parquet", "users.parquet", "interactions.parquet")
+TAGS_FILE = "tags.parquet"
 
 
 def save_catalog(catalog: Catalog, out: str | Path, inputs: Iterable[Path] = ()) -> dict[str, Any]:
@@ -81,13 +85,28 @@ def save_catalog(catalog: Catalog, out: str | Path, inputs: Iterable[Path] = ())
             ),
             staging / "interactions.parquet",
         )
+        written = list(FILES)
+        dated = catalog.tag_events
+        if dated is not None and len(dated):
+            pq.write_table(
+                pa.table(
+                    {
+                        "item_id": pa.array(dated.item_ids.tolist(), type=pa.string()),
+                        "tag": pa.array(dated.tags.tolist(), type=pa.string()),
+                        "timestamp": pa.array(dated.timestamps, type=pa.int64()),
+                    }
+                ),
+                staging / TAGS_FILE,
+            )
+            written.append(TAGS_FILE)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             **catalog.summary(),
+            "dated_tags": len(dated) if dated is not None else 0,
             "source": catalog.source,
             "import_stats": catalog.stats,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: sha256_file(staging / name) for name in FILES},
+            "files": {name: sha256_file(staging / name) for name in written},
         }
         write_json(staging / "manifest.json", manifest)
     return manifest
@@ -176,7 +195,8 @@ def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
     """
     root = Path(path)
     manifest = read_manifest(root)
-    for name in FILES:
+    listed = [*FILES, *([TAGS_FILE] if TAGS_FILE in manifest.get("files", {}) else [])]
+    for name in listed:
         file = root / name
         if not file.exists():
             raise DataError("file listed in manifest.json is missing", path=file)
@@ -209,10 +229,19 @@ def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
         col("label").fill_null(NO_LABEL).to_numpy(zero_copy_only=False),
         np.array(col("event").fill_null("").to_pylist(), dtype=str) if len(table) else None,
     )
+    dated = None
+    if TAGS_FILE in listed:
+        tags = pq.read_table(root / TAGS_FILE)
+        dated = DatedTags(
+            np.array(tags.column("item_id").to_pylist(), dtype=str).reshape(-1),
+            np.array(tags.column("tag").to_pylist(), dtype=str).reshape(-1),
+            tags.column("timestamp").to_numpy().astype(np.int64),
+        )
     return Catalog(
         items,
         users,
         inter,
         source=manifest.get("source", {}),
         stats=manifest.get("import_stats", {}),
+        tag_events=dated,
     )

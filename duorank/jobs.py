@@ -26,6 +26,19 @@ def item_vectors(rt: Runtime, catalog: Any) -> tuple[Any, list[str], Any]:
     return encoder, vectors.ids, vectors.matrix
 
 
+def training_catalog(data: Path, seed: int = 0) -> tuple[Any, Any, int | None]:
+    """The dataset as a model trained on its leave-one-out split may know it: the split, and
+    the items' text as of the earliest held-out event (tags written later are left out:
+    :meth:`catalog.model.Catalog.as_of`), with that time."""
+    from catalog import leave_one_out, load_catalog
+    from catalog.splits import heldout_start
+
+    catalog = load_catalog(data)
+    split = leave_one_out(catalog.interactions, seed=seed)
+    at = heldout_start(split)
+    return catalog.as_of(at), split, at
+
+
 def bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
     """The sequential tower at ``path`` bound to its item vectors (None without a path)."""
     if path is None:
@@ -56,14 +69,12 @@ def train_tower(
     Returns:
         The tower and its card.
     """
-    from catalog import leave_one_out, load_catalog
     from catalog.fsutil import MODEL, atomic_dir, write_json
     from catalog.history import group_histories
     from retrieval.sequential_train import train_sequential
     from retrieval.vectors import ItemVectors
 
-    catalog = load_catalog(data)
-    split = leave_one_out(catalog.interactions, seed=seed)
+    catalog, split, text_as_of = training_catalog(data, seed)
     with runtime(settings) as rt:
         encoder, ids, vectors = item_vectors(rt, catalog)
         fingerprint = encoder.fingerprint
@@ -74,6 +85,7 @@ def train_tower(
         ItemVectors(ids, vectors), group_histories(split.train), validation, cfg
     )
     card["text_model_fingerprint"] = fingerprint
+    card["text_as_of"] = text_as_of
     with atomic_dir(out, MODEL) as staging:
         tower.save(staging)
         write_json(staging / "duorank-card.json", card)
@@ -99,12 +111,10 @@ def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, 
     Args:
         cfg: a :class:`rerank.cross_encoder.training_args.RerankerTrainArgs`.
     """
-    from catalog import leave_one_out, load_catalog
     from rerank.cross_encoder.trainer import train_reranker as train
     from retrieval.vectors import ItemVectors
 
-    catalog = load_catalog(job.data)
-    split = leave_one_out(catalog.interactions, seed=job.seed)
+    catalog, split, _ = training_catalog(job.data, job.seed)
     with runtime(settings) as rt:
         encoder, ids, vectors = item_vectors(rt, catalog)
         tower = bound_tower(job.tower, ids, vectors)
@@ -139,11 +149,10 @@ def train_ranker(
         tower_path: the trained sequential tower (``train tower``): the served first stage.
         args: a :class:`rerank.ranker.train.RankingStageArgs`.
     """
-    from catalog import load_catalog
     from rerank.ranker.train import ranker_validation, refit_config, train_ranking_stage
     from retrieval.vectors import ItemVectors
 
-    catalog = load_catalog(data)
+    catalog, _, text_as_of = training_catalog(data, seed)
     with runtime(settings) as rt:
         _, ids, vectors = item_vectors(rt, catalog)
     setup = ranker_validation(catalog, ItemVectors(ids, vectors), tower_path, seed=seed)
@@ -165,6 +174,7 @@ def train_ranker(
         tower=str(tower_path),
         data=str(data),
         seconds=trained.seconds,
+        text_as_of=text_as_of,
     )
     if ranker.like is not None:
         ranker.record["like"] = ranker.like.record
@@ -209,6 +219,17 @@ class IndexJob:
     tower: Path | None = None
     ranker: Path | None = None
     engine: Any = None  # an indexer encoding engine (None: local)
+
+
+def tower_text_as_of(tower: Path | None) -> int | None:
+    """The cut-off of the item text a trained tower learned from (its card's ``text_as_of``;
+    None without a tower or for a tower trained before the card recorded it)."""
+    if tower is None or not (tower / "duorank-card.json").is_file():
+        return None
+    import json
+
+    value = json.loads((tower / "duorank-card.json").read_text()).get("text_as_of")
+    return int(value) if isinstance(value, int) else None
 
 
 def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, Any]]:
@@ -256,7 +277,8 @@ def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any
     if (job.data is None) == (job.items is None):
         raise ValueError("give exactly one of a dataset folder or an items file")
     if job.data is not None:
-        source = CatalogSource.from_dataset(job.data)
+        # The text the served tower learned from: its card's cut-off (else every tag).
+        source = CatalogSource.from_dataset(job.data, tower_text_as_of(job.tower))
     else:
         assert job.items is not None  # exactly one of the two, checked above
         mapping = ColumnMapping.from_pairs(list(job.mapping))
@@ -297,21 +319,24 @@ def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
     """The offline evaluation's report, stamped with machine, date and commit."""
     from benchmarks.contract import stamp
     from benchmarks.evaluation import run_eval
-    from catalog import load_catalog
     from rerank import Reranker
+    from retrieval.encoder import encode_catalog
     from retrieval.sequential import SequentialConfig
     from retrieval.vectors import ItemVectors
 
-    catalog = load_catalog(job.data)
+    catalog, _, text_as_of = training_catalog(job.data, job.seed)
     reranker_path = job.reranker or settings.layout.trained_reranker()
     reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
     tower = SequentialConfig(seed=job.seed)  # what `train tower` trains, seeded as the run
     with runtime(settings) as rt:
         _, ids, vectors = item_vectors(rt, catalog)
         retriever = rt.encoder(job.retriever) if job.retriever else None
+        encoder = rt.encoder()
         report = run_eval(
             catalog,
             item_vectors=ItemVectors(ids, vectors),
+            text_as_of=text_as_of,
+            encode=lambda items: encode_catalog(encoder, items),
             reranker=reranker,
             retriever=retriever,
             sequential=(tower.reduced() if job.quick else tower) if job.trained_tower else None,

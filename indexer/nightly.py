@@ -35,11 +35,13 @@ class CatalogSource:
     source_hash: str
 
     @classmethod
-    def from_dataset(cls, path: Path) -> CatalogSource:
-        """A dataset folder written by ``duorank data import``."""
+    def from_dataset(cls, path: Path, text_as_of: int | None = None) -> CatalogSource:
+        """A dataset folder written by ``duorank data import``, its items' text as of
+        ``text_as_of`` (dated tags written before it only; None: every tag), which the
+        manifest records."""
         return cls(
-            load_catalog(path).items,
-            {"data": str(path.resolve())},
+            load_catalog(path).items_as_of(text_as_of),
+            {"data": str(path.resolve()), "text_as_of": text_as_of},
             read_manifest(path)["files"]["items.parquet"],
         )
 

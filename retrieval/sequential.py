@@ -113,6 +113,7 @@ class SequentialConfig:
 QUICK_EPOCHS = 3
 """Epochs of ``--quick`` runs: enough to exercise every step, far too few to mean anything."""
 
+
 class SequentialTower(UserTower):
     """The trained tower: ``item_transform`` for index builds, ``embed`` for users.
 

@@ -19,6 +19,7 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
         *_sources_table(report),
         *_stage_tables(report),
         *_seeds_table(report),
+        *_arrivals_table(report),
     ]
     table = output.with_suffix(".md")
     table.write_text("\n".join(rows) + "\n")
@@ -136,6 +137,41 @@ def _stage_tables(report: dict[str, Any]) -> list[str]:
                     f"| {name} | {t['ndcg@10']:.4f} "
                     f"| {t['minus_ranker']:+.4f} +- {t['minus_ranker_se']:.4f} |"
                 )
+    return rows
+
+
+def _arrivals_table(report: dict[str, Any]) -> list[str]:
+    """The new-arrivals protocol: (a) to (d) per method, paired against the served pipeline."""
+    arrivals = report.get("new_arrivals")
+    if not arrivals or not arrivals.get("methods"):
+        return []
+    rows = [
+        "",
+        f"New arrivals (cut-off {arrivals['cutoff']}, {arrivals['new_items']} new items; "
+        f"{arrivals['events_on_new_items']} events on new items of "
+        f"{arrivals['returning_users']} returning users; {arrivals['cold_events']} events of "
+        f"{arrivals['cold_users']} cold users):",
+        "",
+        "| method | shelf NDCG@10 (95% CI) | - served (95% CI) | new items NDCG@10 "
+        "| Recall@10 | Recall@50 | - served (95% CI) | AUC new items | cold users NDCG@10 "
+        "| - served (95% CI) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(pair: Any) -> str:
+        return "" if pair is None else f"{pair[0]:+.4f} to {pair[1]:+.4f}"
+
+    for name, m in arrivals["methods"].items():
+        shelf, new, cold = m["shelf"], m["new_items"], m["cold_users"]
+        lo, hi = shelf["ndcg@10_ci95"]
+        rows.append(
+            f"| {name} | {shelf['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f}) "
+            f"| {ci(m.get('shelf_ndcg@10_minus_served_ci95'))} | {new['ndcg@10']:.4f} "
+            f"| {new['recall@10']:.4f} | {new['recall@50']:.4f} "
+            f"| {ci(m.get('new_items_recall@50_minus_served_ci95'))} "
+            f"| {m['like_auc_new_items']:.3f} | {cold['ndcg@10']:.4f} "
+            f"| {ci(m.get('cold_ndcg@10_minus_served_ci95'))} |"
+        )
     return rows
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,13 +11,15 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.evaluation import methods as steps
+from benchmarks.evaluation.arrivals import run_arrivals
 from benchmarks.evaluation.candidates import candidate_sources
 from benchmarks.evaluation.protocol import KS, Fold, make_fold
 from benchmarks.evaluation.ranking import quick_stage_args, ranking_stage
 from catalog.history import group_histories
-from catalog.model import Catalog, Interactions
+from catalog.model import Catalog, Interactions, Item
 from catalog.splits import Split, leave_one_out
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
+from rerank.ranker.train import RankingStageArgs
 from retrieval.index import FlatIndex
 from retrieval.sequential import SequentialConfig
 from retrieval.towers import MeanItemsTower
@@ -30,6 +32,8 @@ def run_eval(
     catalog: Catalog,
     *,
     item_vectors: ItemVectors,
+    text_as_of: int | None = None,
+    encode: Callable[[Mapping[str, Item]], ItemVectors] | None = None,
     reranker: Any | None = None,
     retriever: Any | None = None,
     sequential: SequentialConfig | None = None,
@@ -44,6 +48,9 @@ def run_eval(
     ``seeds`` > 1 repeats the trained tower with seeds ``seed + 1, ...`` and reports each
     run's headline metrics beside the first (and of the pipeline, reranked per seed).
     ``rerank_als`` also reranks ALS's candidates (what the reranker adds on its own).
+    ``item_vectors`` are the items' text as of ``text_as_of`` (the report records it);
+    ``encode`` turns items into text vectors for the new-arrivals protocol
+    (:mod:`benchmarks.evaluation.arrivals`), which runs with the trained tower.
     """
     ev = _evaluation(catalog, item_vectors, quick=quick, seed=seed, progress=progress)
     steps.popularity(ev)
@@ -75,6 +82,17 @@ def run_eval(
         sources = candidate_sources(ev, MeanItemsTower(item_vectors, n_recent=5), ev.index)
     if pipeline_seeds:
         steps.pipeline_over_seeds(ev, pipeline_seeds)
+    arrivals = None
+    if encode is not None and sequential is not None:
+        arrivals = run_arrivals(
+            catalog,
+            encode,
+            sequential=sequential,
+            stage_args=quick_stage_args() if quick else RankingStageArgs(),
+            quick=quick,
+            seed=seed,
+            progress=progress,
+        )
     return {
         "dataset": catalog.source,
         "protocol": {
@@ -88,11 +106,17 @@ def run_eval(
             "users": {"validation": len(ev.val.users), "test": len(ev.test.users)},
             "like_threshold": LIKE_THRESHOLD,
             "cold_item_threshold": COLD_ITEM_THRESHOLD,
+            "item_text_as_of": text_as_of,
+            "dated_tags_before_text_as_of": (
+                catalog.tag_events.before(text_as_of) if catalog.tag_events is not None else 0
+            ),
+            "dated_tags": len(catalog.tag_events) if catalog.tag_events is not None else 0,
             "quick": quick,
         },
         "best_baseline": ev.best_baseline(),
         "candidate_sources": sources,
         "ranking_stage": ranking,
+        "new_arrivals": arrivals,
         "methods": ev.methods,
         "grids": ev.grids,
     }

@@ -33,7 +33,7 @@ def validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[An
     client, server = open_redis(redis_url, home / "redis")  # the build's cache
     try:
         encoder = Encoder(device="cpu", cache=EmbeddingCache(client))
-        text = encode_catalog(encoder, catalog.items)
+        text = encode_catalog(encoder, catalog.items_as_of(card.get("text_as_of")))
     finally:
         client.close()
         if server is not None:

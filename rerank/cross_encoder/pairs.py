@@ -51,8 +51,6 @@ def user_text_at(
     return template.render(user, past, items, count_tokens)  # type: ignore[arg-type]
 
 
-
-
 @dataclass
 class RatingStats:
     """Per-item rating sums and counts, for shrunk mean ratings.

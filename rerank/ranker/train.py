@@ -92,14 +92,27 @@ def ranker_validation(
     validates on (and ``bench latency``'s depth curve re-scores)."""
     import json
 
-    from catalog import leave_one_out
-    from catalog.history import group_histories
     from retrieval.sequential import SequentialTower
 
-    split = leave_one_out(catalog.interactions, seed=seed)
     tower = SequentialTower.load(tower_path).bind_text(text_vectors)
     card_path = tower_path / "duorank-card.json"
     tower_card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    return validation_of(catalog, text_vectors, tower, tower_card, seed=seed)
+
+
+def validation_of(
+    catalog: Any,
+    text_vectors: ItemVectors,
+    tower: Any,
+    tower_card: dict[str, Any],
+    *,
+    seed: int = 0,
+) -> RankerValidation:
+    """:func:`ranker_validation` with a tower in memory (bound to ``text_vectors``)."""
+    from catalog import leave_one_out
+    from catalog.history import group_histories
+
+    split = leave_one_out(catalog.interactions, seed=seed)
     histories = group_histories(split.train)
     requests, excludes, targets, likes = [], [], [], []
     for row in split.validation:

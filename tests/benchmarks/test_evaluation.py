@@ -14,7 +14,7 @@ from catalog.history import group_histories
 from rerank import Reranker
 from rerank.cross_encoder.trainer import train_reranker
 from rerank.cross_encoder.training_args import RerankerTrainArgs
-from retrieval.encoder import Encoder
+from retrieval.encoder import Encoder, encode_catalog
 from retrieval.sequential import SequentialConfig
 from retrieval.sequential_train import train_sequential
 from retrieval.vectors import ItemVectors
@@ -61,6 +61,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     report = run_eval(
         catalog,
         item_vectors=vectors,
+        encode=lambda items: encode_catalog(encoder, items),
         quick=True,
         reranker=Reranker(tmp_path / "rr"),
         retriever=encoder,  # the bundled model stands in for a fine-tuned one
@@ -134,6 +135,9 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
         lo, hi = m["ndcg@10_ci95"]
         assert lo <= m["ndcg@10"] <= hi
     assert report["protocol"]["users"]["test"] == 12
+    assert report["protocol"]["item_text_as_of"] is None  # given no cut-off: every tag
+    arrivals = report["new_arrivals"]  # always run with the trained tower
+    assert arrivals["cutoff"] and arrivals["cold_users"] >= 1
     # The ranking stage: chosen on validation against its own first stage, ablated, tested
     # per seed against the tower with the same seed.
     stage = report["ranking_stage"]

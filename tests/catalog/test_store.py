@@ -16,7 +16,12 @@ def test_round_trip_and_manifest(ml_csv: Path, tmp_path: Path) -> None:
     manifest = save_catalog(catalog, out)
     assert (manifest["users"], manifest["items"], manifest["interactions"]) == (2, 3, 4)
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert set(on_disk["files"]) == {"items.parquet", "users.parquet", "interactions.parquet"}
+    assert set(on_disk["files"]) == {
+        "items.parquet",
+        "users.parquet",
+        "interactions.parquet",
+        "tags.parquet",  # the fixture's tags.csv dates its tags
+    }
     again = load_catalog(out)
     assert again.items == catalog.items
     assert again.users == catalog.users

@@ -1,0 +1,159 @@
+"""The new-arrivals protocol: who and what is tested, how ranks are counted, and that the
+ranking stage scores new items on the shelf."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks.evaluation.arrivals import (
+    Arrivals,
+    Event,
+    Scored,
+    figures,
+    rank_events,
+    run_arrivals,
+)
+from benchmarks.evaluation.ranking import quick_stage_args
+from catalog import Catalog, Interactions, Item, User
+from retrieval.encoder import Encoder, encode_catalog
+from retrieval.sequential import SequentialConfig
+
+GENRES = ("Horror", "Comedy", "Drama", "Sci-Fi")
+
+
+def _log(n_old: int = 30, n_new: int = 8, n_users: int = 12) -> Catalog:
+    """Old films rated before time 10_000, new ones (ids n1, n2, ...) only after it; users
+    u0..u9 return after it, c0 and c1 start after it."""
+    items = {f"o{i}": Item(f"o{i}", f"Old film {i}", genres=(GENRES[i % 4],)) for i in range(n_old)}
+    items |= {
+        f"n{i}": Item(f"n{i}", f"New film {i}", genres=(GENRES[i % 4],)) for i in range(n_new)
+    }
+    rng = np.random.default_rng(0)
+    users, rated, times, ratings = [], [], [], []
+    for u in range(n_users - 2):
+        for t, i in enumerate(rng.choice(n_old, size=12, replace=False)):
+            users.append(f"u{u}"), rated.append(f"o{i}"), times.append(100 * u + t)
+            ratings.append(5.0 if t % 3 else 2.0)
+        for t, i in enumerate(rng.choice(n_new, size=2, replace=False)):
+            users.append(f"u{u}"), rated.append(f"n{i}"), times.append(20_000 + 10 * u + t)
+            ratings.append(4.0)
+    for c in range(2):  # cold users: four events each, all after the cut-off
+        for t, i in enumerate(rng.choice(n_old, size=4, replace=False)):
+            users.append(f"c{c}"), rated.append(f"o{i}"), times.append(30_000 + 10 * c + t)
+            ratings.append(4.0)
+    return Catalog(
+        items,
+        {u: User(u) for u in sorted(set(users))},
+        Interactions(users, rated, times, ratings),
+        source={"loader": "test"},
+    )
+
+
+def test_the_split_holds_returning_users_after_the_cutoff_and_cold_users() -> None:
+    catalog = _log()
+    arrivals = Arrivals.of(catalog)
+    assert all(t < arrivals.cutoff for t in arrivals.catalog.interactions.timestamps)
+    new = {i for i, c in arrivals.item_col.items() if arrivals.new[c]}
+    assert new <= {f"n{i}" for i in range(8)} and new
+    assert arrivals.events and {e.user_id[0] for e in arrivals.events} == {"u"}
+    for e in arrivals.events:
+        assert e.at >= arrivals.cutoff
+        assert all(h.timestamp <= e.at for h in e.history)
+        assert any(h.timestamp < arrivals.cutoff for h in e.history)
+    assert {e.user_id for e in arrivals.cold} == {"c0", "c1"}
+    assert sorted(len(e.history) for e in arrivals.cold) == [1, 1, 2, 2, 3, 3]
+
+
+def test_ties_count_against_the_target_and_the_shelf_holds_released_new_items() -> None:
+    arrivals = Arrivals.of(_log())
+    event = next(e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]])
+    n = len(arrivals.item_col)
+
+    def constant(events: list[Event]) -> Scored:
+        return Scored(np.zeros((len(events), n)))
+
+    ranks = rank_events(arrivals, [event], constant)
+    seen = {h.item_id for h in event.history}
+    released = [
+        i
+        for i, c in arrivals.item_col.items()
+        if arrivals.released[c] <= event.at or i == event.item_id
+    ]
+    assert ranks.full[0] == len([i for i in released if i not in seen])  # every tie above it
+    shelf = [i for i in released if i not in seen and arrivals.new[arrivals.item_col[i]]]
+    assert ranks.shelf[0] == len(shelf)
+
+    def target_first(events: list[Event]) -> Scored:
+        scores = np.zeros((len(events), n))
+        for k, e in enumerate(events):
+            scores[k, arrivals.item_col[e.item_id]] = 1.0
+        return Scored(scores)
+
+    best = rank_events(arrivals, [event], target_first)
+    assert best.full[0] == 1.0 and best.shelf[0] == 1.0
+    old = next(e for e in arrivals.events if not arrivals.new[arrivals.item_col[e.item_id]])
+    assert math.isnan(rank_events(arrivals, [old], target_first).shelf[0])
+    report = figures(
+        arrivals,
+        rank_events(arrivals, arrivals.events, target_first),
+        rank_events(arrivals, arrivals.cold, target_first),
+        seed=0,
+    )
+    assert report["shelf"]["ndcg@10"] == 1.0 and report["cold_users"]["ndcg@10"] == 1.0
+
+
+def test_every_method_is_reported_and_new_items_reach_the_stages_shelf(encoder: Encoder) -> None:
+    catalog = _log()
+    report = run_arrivals(
+        catalog,
+        lambda items: encode_catalog(encoder, items),
+        sequential=SequentialConfig(dim=16, epochs=2),
+        stage_args=quick_stage_args(),
+        quick=True,
+        seed=0,
+        progress=lambda _: None,
+    )
+    assert report["events_on_new_items"] > 0 and report["cold_events"] == 6
+    methods = report["methods"]
+    assert set(methods) == {
+        "popularity_at_cutoff",
+        "popularity_since_release",
+        "two_tower_zero_shot",
+        "two_tower_trained",
+        "ranking_stage_without_text",
+        "ranking_stage",
+        "served_pipeline",
+    }
+    for name, m in methods.items():
+        assert 0.0 <= m["shelf"]["ndcg@10"] <= 1.0, name
+        assert "shelf_ndcg@10_minus_served_ci95" in m or name == "served_pipeline"
+    # Popularity before the cut-off knows nothing of new items: every shelf item ties.
+    assert methods["popularity_at_cutoff"]["new_items"]["recall@10"] == 0.0
+    from benchmarks.evaluation.report import _arrivals_table
+
+    table = _arrivals_table({"new_arrivals": report})
+    assert {row.split(" | ")[0][2:] for row in table if row.startswith("| ")} >= set(methods)
+
+
+def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder) -> None:
+    from benchmarks.evaluation.arrivals import StageScorer, _trained
+
+    catalog = _log()
+    arrivals = Arrivals.of(catalog)
+    text = encode_catalog(encoder, arrivals.catalog.items)
+    methods = _trained(
+        arrivals, text, SequentialConfig(dim=16, epochs=2), quick_stage_args(), 0, lambda _: None
+    )
+    stage = methods["ranking_stage"]
+    assert isinstance(stage, StageScorer)
+    events = [e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]]]
+    scored = stage(events)
+    assert scored.shelf is not None
+    for k, e in enumerate(events):
+        seen = {h.item_id for h in e.history}
+        for item, c in arrivals.item_col.items():
+            on_shelf = arrivals.new[c] and (arrivals.released[c] <= e.at or item == e.item_id)
+            if on_shelf and item not in seen:
+                assert np.isfinite(scored.shelf[k, c]), (e, item)
