@@ -57,6 +57,16 @@ def import_movielens(path: Path, out: Path, *, skip_bad: bool = False) -> dict[s
     return save_catalog(load_movielens(path, skip_bad=skip_bad), out, inputs=[path])
 
 
+def import_mind(
+    path: Path, out: Path, *, negatives: bool = True, skip_bad: bool = False
+) -> dict[str, Any]:
+    """Imports a MIND folder (news.tsv, behaviors.tsv) into a dataset folder."""
+    from catalog import save_catalog
+    from catalog.mind import load_mind
+
+    return save_catalog(load_mind(path, negatives=negatives, skip_bad=skip_bad), out, inputs=[path])
+
+
 def train_tower(
     settings: Settings, data: Path, out: Path, cfg: Any, *, seed: int = 0
 ) -> tuple[Any, dict[str, Any]]:

@@ -52,6 +52,24 @@ def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> No
     print_import(run(path, out, skip_bad=skip_bad), out, as_json)
 
 
+@data_import.command(name="mind")
+@click.argument("path", type=click.Path(path_type=Path))
+@out_option("Dataset folder to write.", "DATASET")
+@click.option(
+    "--negatives/--no-negatives",
+    default=True,
+    show_default=True,
+    help="Keep each impression's non-clicks as label-0 events (real negatives).",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
+@json_option()
+def import_mind(path: Path, out: Path, negatives: bool, skip_bad: bool, as_json: bool) -> None:
+    """Import MIND (news.tsv and behaviors.tsv, e.g. MINDsmall_train) from PATH."""
+    from duorank.jobs import import_mind as run
+
+    print_import(run(path, out, negatives=negatives, skip_bad=skip_bad), out, as_json)
+
+
 @data_import.command(name="table")
 @click.option(
     "--items",
@@ -131,7 +149,10 @@ def data_info(path: Path, as_json: bool) -> None:
             "a like)"
         )
     else:
-        click.echo(f"  {'ratings':<22} {'none':>10} (every event counts as a like)")
+        meaning = (
+            "labels say which are likes" if about["labelled"] else "every event counts as a like"
+        )
+        click.echo(f"  {'ratings':<22} {'none':>10} ({meaning})")
     if about["labelled"]:
         click.echo(f"  {'labels (0/1)':<22} {about['labelled']:>10,}")
     for key, value in about["import_stats"].items():
