@@ -434,8 +434,36 @@ class StageScorer:
         return Scored(full, shelf, p_like)
 
 
+def live_stage(
+    before: Catalog,
+    log: Catalog,
+    tower: Any,
+    index: Any,
+    text: ItemVectors,
+    stage_args: Any,
+    seed: int,
+) -> Any:
+    """The ranking stage's tables fitted on the events before the cut-off, reading the live
+    log: its popularity, age and rating features and its recent-popularity source count the
+    events before each request (every feature is cut at the request's time), as a nightly
+    refresh of the tables gives them; the models and co-occurrence tables stay as fitted."""
+    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.features import event_arrays
+    from rerank.ranker.tables import StageTables
+
+    fitted = group_histories(before.interactions, seed=seed)
+    tables = StageTables.fit(before.items, fitted, text, stage_args.als)
+    col = {i: n for n, i in enumerate(tables.item_ids)}
+    cols, times, ratings = event_arrays(col, group_histories(log.interactions, seed=seed))
+    live = replace(tables, log_cols=cols, log_times=times, log_ratings=ratings)
+    return CandidateStage.from_tables(
+        live, tower, index, depths=stage_args.depths, histories=fitted
+    )
+
+
 def _trained(
     arrivals: Arrivals,
+    log: Catalog,
     text: ItemVectors,
     sequential: Any,
     stage_args: Any,
@@ -443,10 +471,10 @@ def _trained(
     progress: Callable[[str], None],
 ) -> dict[str, Scorer]:
     """The trained tower and the ranking stage (with and without its text features), fitted
-    on the events before the cut-off as ``train tower`` and ``train ranker`` fit them, and
-    the served pipeline (the stage or the tower, as the ranker's card chose)."""
+    on the events before the cut-off as ``train tower`` and ``train ranker`` fit them (the
+    stage reading the live ``log``: :func:`live_stage`), and the served pipeline (the stage
+    or the tower, as the ranker's card chose)."""
     from catalog.splits import leave_one_out
-    from rerank.ranker.candidates import CandidateStage
     from rerank.ranker.model import GBDTRanker
     from rerank.ranker.train import refit_config, train_ranking_stage, validation_of
     from retrieval.sequential_train import train_sequential
@@ -477,15 +505,7 @@ def _trained(
         stage_args,
         progress=progress,
     )
-    stage = CandidateStage.build(
-        before.items,
-        group_histories(before.interactions, seed=seed),
-        tower,
-        setup.index,
-        text,
-        als=stage_args.als,
-        depths=stage_args.depths,
-    )
+    stage = live_stage(before, log, tower, setup.index, text, stage_args, seed)
     without = GBDTRanker.fit(trained.train_lists.without_columns(TEXT_COLUMNS), stage_args.ranker)
     methods["ranking_stage_without_text"] = StageScorer(arrivals, stage, without)
     methods["ranking_stage"] = StageScorer(arrivals, stage, trained.ranker)
@@ -519,7 +539,7 @@ def run_arrivals(
         "popularity_at_cutoff": popularity_at_cutoff(arrivals),
         "popularity_since_release": popularity_since_release(arrivals, catalog),
         "two_tower_zero_shot": zero_shot(arrivals, text),
-        **_trained(arrivals, text, sequential, stage_args, seed, progress),
+        **_trained(arrivals, catalog, text, sequential, stage_args, seed, progress),
     }
     ranks = {}
     for name, scorer in methods.items():

@@ -144,7 +144,13 @@ def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder)
     arrivals = Arrivals.of(catalog)
     text = encode_catalog(encoder, arrivals.catalog.items)
     methods = _trained(
-        arrivals, text, SequentialConfig(dim=16, epochs=2), quick_stage_args(), 0, lambda _: None
+        arrivals,
+        catalog,
+        text,
+        SequentialConfig(dim=16, epochs=2),
+        quick_stage_args(),
+        0,
+        lambda _: None,
     )
     stage = methods["ranking_stage"]
     assert isinstance(stage, StageScorer)
@@ -157,3 +163,23 @@ def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder)
             on_shelf = arrivals.new[c] and (arrivals.released[c] <= e.at or item == e.item_id)
             if on_shelf and item not in seen:
                 assert np.isfinite(scored.shelf[k, c]), (e, item)
+
+
+def test_the_live_stage_counts_only_the_events_before_each_request(encoder: Encoder) -> None:
+    from benchmarks.evaluation.arrivals import live_stage
+    from rerank.ranker.features import Request
+    from retrieval.index import FlatIndex
+    from retrieval.towers import MeanItemsTower
+
+    catalog = _log()
+    arrivals = Arrivals.of(catalog)
+    text = encode_catalog(encoder, arrivals.catalog.items)
+    tower = MeanItemsTower(text, n_recent=5)
+    index = FlatIndex(text.dim).build(text.ids, text.matrix)
+    stage = live_stage(arrivals.catalog, catalog, tower, index, text, quick_stage_args(), 0)
+    inter = catalog.interactions
+    pop = stage.names.index("pop_all")
+    for e in arrivals.on_new()[:5]:
+        row = stage.item_rows([Request(e.user_id, list(e.history), e.at)], [e.item_id])
+        before = np.count_nonzero((inter.item_ids == e.item_id) & (inter.timestamps < e.at))
+        assert row[0, pop] == before  # the live log, cut at the request: never its own event
