@@ -49,7 +49,7 @@ def fit_temperature(
     return best_t
 
 
-USER_LEVEL = frozenset({"user_mean_rating"})
+USER_LEVEL = frozenset({"user_rating_deviation"})
 """Features constant within a user's candidate list: they calibrate, they cannot reorder."""
 
 
@@ -170,7 +170,7 @@ def recalibrate(
         raise ValueError(f"{root}: only a binary head with features has a fusion to refit")
     card: dict[str, Any] = json.loads((root / "duorank-card.json").read_text())
     raw = dict(card["config"])
-    raw["features"] = tuple(raw.get("features", ()))
+    raw["features"] = config.features  # today's names (RENAMED) for a folder saved before
     if val_users is not None:
         raw["val_users"] = val_users
     cfg = RerankerTrainArgs(**raw)

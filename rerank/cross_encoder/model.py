@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from catalog.thresholds import LIKE_THRESHOLD
-from rerank.cross_encoder.training_args import DEFAULT_FEATURES
+from rerank.cross_encoder.training_args import DEFAULT_FEATURES, RENAMED
 
 HEADS = ("binary", "rating")
 ATTENTIONS = ("full", "user_prefix")
@@ -528,7 +528,7 @@ def read_config(folder: Path) -> RerankerConfig:
         raise FileNotFoundError(f"not a reranker folder (no reranker.json): {folder}")
     raw = json.loads(path.read_text())
     raw["levels"] = tuple(raw.get("levels", ()))
-    raw["features"] = tuple(raw.get("features", ()))
+    raw["features"] = tuple(RENAMED.get(f, f) for f in raw.get("features", ()))
     try:
         return RerankerConfig(**raw)
     except TypeError as exc:

@@ -183,7 +183,7 @@ class FeatureMaker:
                         for c, i in zip(counts, item_ids, strict=True)
                     ]
                 columns.append(np.log1p(np.array(counts, dtype=np.float64)) / self.norm)
-            elif name == "item_mean_rating":
+            elif name == "item_rating_deviation":
                 own = held_out.rating if held_out is not None else None
                 columns.append(
                     np.array(
@@ -197,7 +197,7 @@ class FeatureMaker:
                         ]
                     )
                 )
-            else:  # user_mean_rating
+            else:  # user_rating_deviation
                 value = self.ratings.user(history) if self.ratings else 0.0
                 columns.append(np.full(len(item_ids), value))
         if not columns:

@@ -6,10 +6,17 @@ from dataclasses import dataclass, replace
 
 from catalog.thresholds import LIKE_THRESHOLD
 
-FEATURES = ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
+FEATURES = ("retrieval_score", "log_popularity", "item_rating_deviation", "user_rating_deviation")
 """Scalar features a reranker head can read (its config names the ones it uses, in order;
 :class:`rerank.cross_encoder.pairs.FeatureMaker` computes them). Named here, beside the
-training arguments, so that they load without torch."""
+training arguments, so that they load without torch. The two rating features are shrunk means
+as deviations from the global mean (the ranker's ``item_mean_rating`` is the shrunk mean
+itself: another column)."""
+RENAMED = {
+    "item_mean_rating": "item_rating_deviation",
+    "user_mean_rating": "user_rating_deviation",
+}
+"""Feature names of folders saved before the rename, read as today's."""
 DEFAULT_FEATURES = FEATURES  # all of them: the head learns how much each one is worth
 QUICK_STEPS = 30
 """Optimiser steps of the reduced run (:meth:`RerankerTrainArgs.reduced`)."""

@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from rerank.cross_encoder import fusion
 
-COLUMNS = ("text", "retrieval_score", "log_popularity", "user_mean_rating")
+COLUMNS = ("text", "retrieval_score", "log_popularity", "user_rating_deviation")
 
 
 def _lists(
@@ -36,10 +36,10 @@ def test_the_lists_choose_the_order_and_the_likes_the_probability() -> None:
     rng = np.random.default_rng(0)
     lists, targets = _lists(rng, 200, 20, key=2)  # popularity decides what is chosen
     rows, labels = _labelled(rng, 300)
-    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_mean_rating"])
+    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_rating_deviation"])
     w = dict(zip(COLUMNS, fit.weights, strict=True))
     assert w["log_popularity"] > 5 * abs(w["retrieval_score"])
-    assert w["user_mean_rating"] > 1.0  # the likes' signal
+    assert w["user_rating_deviation"] > 1.0  # the likes' signal
     assert fit.record["lists_with_target"] == 200 and set(fit.record["cv_list_loss"])
     # Fused order within every list is the ranking part's order: calibration cannot reorder.
     hits = [int(np.argmax(fit.logits(lst)) == t) for lst, t in zip(lists, targets, strict=True)]
@@ -53,12 +53,12 @@ def test_noise_features_leave_the_first_stage_order() -> None:
     rng = np.random.default_rng(1)
     lists, targets = _lists(rng, 30, 20, key=1)  # the retrieval score decides; the rest is noise
     rows, labels = _labelled(rng, 100)
-    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_mean_rating"])
+    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_rating_deviation"])
     assert fit.record["prior"] == "retrieval_score" and fit.record["prior_scale"] > 1.0
     same_top = [int(np.argmax(fit.logits(lst)) == np.argmax(lst[:, 1])) for lst in lists]
     assert np.mean(same_top) >= 0.9
     # No lists at all: the retrieval score alone orders, scaled by a positive alpha.
-    fit0 = fusion.fit(COLUMNS, rows, labels, [], [], user_level=["user_mean_rating"])
+    fit0 = fusion.fit(COLUMNS, rows, labels, [], [], user_level=["user_rating_deviation"])
     w0 = dict(zip(COLUMNS, fit0.weights, strict=True))
     assert w0["retrieval_score"] > 0 and w0["text"] == 0 and w0["log_popularity"] == 0
     assert fit0.record["lists_with_target"] == 0
@@ -74,7 +74,7 @@ def test_gains_the_lists_cannot_measure_keep_the_first_stage_order_exactly() -> 
         lists.append(rows)
         targets.append(int(rng.choice(20, p=p)))
     rows, labels = _labelled(rng, 100)
-    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_mean_rating"])
+    fit = fusion.fit(COLUMNS, rows, labels, lists, targets, user_level=["user_rating_deviation"])
     cv, se = fit.record["cv_list_loss"], fit.record["cv_list_loss_se"]
     best = min(cv, key=lambda k: cv[k])
     assert fit.record["chosen"] == "prior" and cv["prior"] <= cv[best] + se[best]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,12 @@ def test_user_text_only_sees_history_before_the_target(encoder: Encoder) -> None
     rated = ~np.isnan(train.ratings)
     mean = float(train.ratings[rated].mean())
     names = stage.features.names
-    assert names == ("retrieval_score", "log_popularity", "item_mean_rating", "user_mean_rating")
+    assert names == (
+        "retrieval_score",
+        "log_popularity",
+        "item_rating_deviation",
+        "user_rating_deviation",
+    )
     for e in (e for e in examples if e.kind in ("positive", "dislike")):
         own = next(h for h in histories[e.user_id] if h.timestamp == e.timestamp)
         others = [
@@ -68,3 +74,18 @@ def test_user_text_only_sees_history_before_the_target(encoder: Encoder) -> None
         expected_user = (sum(earlier) + 5 * mean) / (len(earlier) + 5) - mean  # type: ignore[arg-type]
         assert e.features[2] == pytest.approx(expected_item, abs=1e-4)
         assert e.features[3] == pytest.approx(expected_user, abs=1e-4)
+
+
+def test_a_folder_saved_with_the_old_rating_feature_names_reads_as_today(tmp_path: Path) -> None:
+    import json
+
+    from rerank.cross_encoder.model import read_config
+
+    (tmp_path / "reranker.json").write_text(
+        json.dumps({"features": ["retrieval_score", "item_mean_rating", "user_mean_rating"]})
+    )
+    assert read_config(tmp_path).features == (
+        "retrieval_score",
+        "item_rating_deviation",
+        "user_rating_deviation",
+    )
