@@ -10,17 +10,30 @@ from catalog.faces import lazy_faces
 
 if TYPE_CHECKING:
     from serving.http import create_app
-    from serving.recommender import Recommendation, RecommendedItem, Recommender
+    from serving.recommender import (
+        Recommendation,
+        RecommendedItem,
+        Recommender,
+        RecommendRequest,
+    )
     from serving.schemas import ServerLimits
 
 _FACES = {
     "Recommendation": "serving.recommender",
     "RecommendedItem": "serving.recommender",
     "Recommender": "serving.recommender",
+    "RecommendRequest": "serving.recommender",
     "ServerLimits": "serving.schemas",
     "create_app": "serving.http",
 }
 
-__all__ = ["Recommendation", "RecommendedItem", "Recommender", "ServerLimits", "create_app"]
+__all__ = [
+    "RecommendRequest",
+    "Recommendation",
+    "RecommendedItem",
+    "Recommender",
+    "ServerLimits",
+    "create_app",
+]
 
 __getattr__ = lazy_faces(__name__, _FACES)

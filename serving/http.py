@@ -46,7 +46,7 @@ from serving.guard import (
     finite_json,
     redact_access_log,
 )
-from serving.recommender import Recommendation, Recommender
+from serving.recommender import Recommendation, Recommender, RecommendRequest
 from serving.schemas import ERROR_RESPONSES, Event, Scores, ServerLimits, request_models
 from serving.telemetry import ServerMetrics
 
@@ -283,6 +283,21 @@ def _history_of(events: list[Event] | None) -> list[HistoryEvent] | None:
     return [HistoryEvent(e.item_id, e.timestamp, e.rating, e.label) for e in events]
 
 
+def recommend_request(body: Any) -> RecommendRequest:
+    """The one request a /recommend body poses (``candidates`` raised to ``k``, as documented)."""
+    return RecommendRequest(
+        body.user_id,
+        _history_of(body.history),
+        body.profile,
+        body.k,
+        max(body.candidates, body.k),
+        body.exclude_seen,
+        set(body.allow) if body.allow is not None else None,
+        body.explain,
+        body.second_stage,
+    )
+
+
 def _model_routes(
     app: FastAPI, recommender: Recommender, metrics: ServerMetrics, lim: ServerLimits
 ) -> None:
@@ -308,23 +323,10 @@ def _model_routes(
     async def post_recommend(body: recommend_model) -> dict[str, Any]:  # type: ignore[valid-type]
         """Top-k items: the first stage's candidates (and the other sources'), ordered by the
         ranking stage where it serves; the answer says which part served it and why."""
-        req: Any = body
-        history = _history_of(req.history)
         started = time.perf_counter()
         try:
-            result = await run_model(
-                lambda: recommender.recommend(
-                    req.user_id,
-                    history=history,
-                    profile=req.profile,
-                    k=req.k,
-                    candidates=max(req.candidates, req.k),
-                    exclude_seen=req.exclude_seen,
-                    allow=set(req.allow) if req.allow is not None else None,
-                    explain=req.explain,
-                    second_stage=req.second_stage,
-                )
-            )
+            request = recommend_request(body)
+            result = await run_model(lambda: recommender.answer(request))
         except KeyError as exc:
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
         except ValueError as exc:  # the same shape as every other 422

@@ -119,6 +119,34 @@ class Recommendation:
     """What the call ignored (history items or allowed items the catalog does not hold)."""
 
 
+@dataclass(frozen=True)
+class RecommendRequest:
+    """One recommend call, as the HTTP route, the CLI and the Python API pose it: who (an id,
+    and or a history and profile sent with the call), how many, and what may be shown.
+
+    Raises:
+        ValueError: ``k`` or ``candidates`` below 1, or ``k`` above ``candidates``.
+    """
+
+    user_id: str | None = None
+    history: Sequence[HistoryEvent] | None = None
+    profile: Mapping[str, str] | None = None
+    k: int = 10
+    candidates: int = 100
+    exclude_seen: bool = True
+    allow: Collection[str] | None = None
+    explain: bool = False
+    second_stage: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.candidates < 1:
+            raise ValueError(
+                f"k and candidates must be >= 1, got k={self.k}, candidates={self.candidates}"
+            )
+        if self.k > self.candidates:
+            raise ValueError(f"k ({self.k}) must not exceed candidates ({self.candidates})")
+
+
 class Recommender:
     """Two-stage recommendations over a published index.
 
@@ -294,20 +322,36 @@ class Recommender:
     ) -> Recommendation:
         """Top-``k`` items for a user: retrieve ``candidates``, rerank, cut to ``k``; with
         ``explain``, each item says why (:mod:`serving.explain`); without ``second_stage``,
-        the first stage's order (no ranking stage or reranker: what they change).
+        the first stage's order (no ranking stage or reranker: what they change). The keyword
+        form of :meth:`answer`.
 
         Raises:
             KeyError: an unknown user id without a history.
             ValueError: ``k`` or ``candidates`` below 1, or ``k`` above ``candidates``.
         """
-        if k < 1 or candidates < 1:
-            raise ValueError(f"k and candidates must be >= 1, got k={k}, candidates={candidates}")
-        if k > candidates:
-            raise ValueError(f"k ({k}) must not exceed candidates ({candidates})")
-        result = self._recommend(
-            user_id, history, profile, k, candidates, exclude_seen, allow, explain, second_stage
+        return self.answer(
+            RecommendRequest(
+                user_id,
+                history,
+                profile,
+                k,
+                candidates,
+                exclude_seen,
+                allow,
+                explain,
+                second_stage,
+            )
         )
-        result.warnings = self.ignored(history, allow)
+
+    def answer(self, request: RecommendRequest) -> Recommendation:
+        """The list for one :class:`RecommendRequest`, with what it named that the catalog
+        does not hold in ``warnings``.
+
+        Raises:
+            KeyError: an unknown user id without a history.
+        """
+        result = self._recommend(request)
+        result.warnings = self.ignored(request.history, request.allow)
         return result
 
     def ignored(
@@ -326,25 +370,16 @@ class Recommender:
             out.append(f"allow: {unknown} item id(s) not in the catalog: ignored")
         return out[:20]
 
-    def _recommend(
-        self,
-        user_id: str | None,
-        history: Sequence[HistoryEvent] | None,
-        profile: Mapping[str, str] | None,
-        k: int,
-        candidates: int,
-        exclude_seen: bool,
-        allow: Collection[str] | None,
-        explain: bool,
-        second_stage: bool,
-    ) -> Recommendation:
+    def _recommend(self, request: RecommendRequest) -> Recommendation:
+        k, candidates, allow = request.k, request.candidates, request.allow
+        explain, second_stage = request.explain, request.second_stage
         loaded = self._loaded  # one version for the whole call
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        state = self.user_state(user_id, history, profile)
+        state = self.user_state(request.user_id, request.history, request.profile)
         vector = loaded.tower.embed([state])[0]
         timings["embed"] = (time.perf_counter() - start) * 1000
-        seen = {e.item_id for e in state.history} if exclude_seen else set()
+        seen = {e.item_id for e in state.history} if request.exclude_seen else set()
         if not np.any(vector):
             return self._popular(loaded, seen, k, allow, explain, timings)
         failed = None

@@ -221,3 +221,20 @@ def test_explanations_name_the_sources_the_history_and_the_features(
     whys = [i.explanation for i in first.items]
     assert all(w is not None and w.sources == ["tower"] for w in whys)
     assert [w.first_stage_rank for w in whys if w] == [1, 2, 3, 4, 5]
+
+
+def test_one_request_object_carries_a_call_and_checks_itself(served: dict[str, object]) -> None:
+    from serving.recommender import RecommendRequest
+
+    tmp = served["tmp"]
+    assert isinstance(tmp, Path)
+    rec = Recommender(tmp / "index", served["catalog"], ranker=GBDTRanker.load(tmp / "ranker"))  # type: ignore[arg-type]
+    user = sorted(rec.histories)[0]
+    by_keywords = rec.recommend(user, k=4, candidates=8, allow=None)
+    by_request = rec.answer(RecommendRequest(user, k=4, candidates=8))
+    assert [i.item_id for i in by_request.items] == [i.item_id for i in by_keywords.items]
+    assert by_request.served_by == by_keywords.served_by == "ranking stage"
+    with pytest.raises(ValueError, match="must not exceed"):
+        RecommendRequest(user, k=9, candidates=8)
+    with pytest.raises(ValueError, match=">= 1"):
+        RecommendRequest(user, k=0)
