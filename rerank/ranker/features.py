@@ -79,11 +79,16 @@ def group_of(name: str, sources: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """One list to rank: a user's history (events before ``at``, oldest first) and the time."""
+    """One list to rank: a user's history and the time. The history is cut at ``at`` here,
+    once (events strictly before it, oldest first), so no feature can read the request's own
+    event or a later one."""
 
     user_id: str
     history: Sequence[HistoryEvent]
     at: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "history", before(self.history, self.at))
 
 
 def event_arrays(
@@ -283,7 +288,7 @@ class RankingFeatures:
     ) -> Floats:
         m = len(cols)
         at = np.full(m, request.at, dtype=np.int64)
-        past = before(request.history, request.at)
+        past = request.history  # cut at request.at when the request was made
         hist = self.cols_of(past)
         recent = np.array(hist[::-1][: max(LAST)], dtype=np.int64)  # newest first
         out: list[npt.NDArray[np.floating]] = [tower, self.exposure[cols]]
