@@ -10,11 +10,15 @@ without a header:
   user's click history before the log (space-separated news ids, oldest first) and the
   impression (``N123-1 N456-0``: each news shown, clicked 1 or not 0).
 
-Every shown news becomes an event at the impression's time: a click (label 1) or, with
-``negatives``, a non-click (label 0), which a point-wise model reads as a real negative (the
-user saw it and passed). The history clicks have no time; they become clicks just before the
-user's first impression, in their order, so every split keeps them in the past. A user's
-history repeats on each of their impressions: it is read once, from the first.
+Every click becomes an event at the impression's time (label 1). With ``negatives``, every
+shown news the user passed on becomes a label-0 event too: a real negative for a point-wise
+model (the user saw it and passed). They are off by default because the ranking protocols hold
+out each user's last *event* and the towers learn from every event in a history: with non-clicks
+among them, a held-out target could be a news the user did not click.
+
+The history clicks have no time; they become clicks just before the user's first impression,
+in their order, so every split keeps them in the past. A user's history repeats on each of
+their impressions: it is read once, from the first.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def _news(path: Path, policy: BadRowPolicy) -> dict[str, Item]:
     return items
 
 
-def load_mind(path: str | Path, *, negatives: bool = True, skip_bad: bool = False) -> Catalog:
+def load_mind(path: str | Path, *, negatives: bool = False, skip_bad: bool = False) -> Catalog:
     """Loads a MIND folder (``news.tsv`` and ``behaviors.tsv``).
 
     Args:

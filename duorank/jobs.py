@@ -58,7 +58,7 @@ def import_movielens(path: Path, out: Path, *, skip_bad: bool = False) -> dict[s
 
 
 def import_mind(
-    path: Path, out: Path, *, negatives: bool = True, skip_bad: bool = False
+    path: Path, out: Path, *, negatives: bool = False, skip_bad: bool = False
 ) -> dict[str, Any]:
     """Imports a MIND folder (news.tsv, behaviors.tsv) into a dataset folder."""
     from catalog import save_catalog

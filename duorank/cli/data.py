@@ -57,9 +57,10 @@ def import_movielens(path: Path, out: Path, skip_bad: bool, as_json: bool) -> No
 @out_option("Dataset folder to write.", "DATASET")
 @click.option(
     "--negatives/--no-negatives",
-    default=True,
+    default=False,
     show_default=True,
-    help="Keep each impression's non-clicks as label-0 events (real negatives).",
+    help="Also keep each impression's non-clicks as label-0 events (real negatives for a "
+    "point-wise model; off by default: the ranking protocols hold out each user's last event).",
 )
 @click.option("--skip-bad", is_flag=True, help="Skip malformed rows and count them.")
 @json_option()

@@ -32,7 +32,7 @@ def _folder(root: Path, news: str = NEWS, behaviors: str = BEHAVIORS) -> Path:
 
 
 def test_news_become_items_and_impressions_labelled_events(tmp_path: Path) -> None:
-    catalog = load_mind(_folder(tmp_path / "mind"))
+    catalog = load_mind(_folder(tmp_path / "mind"), negatives=True)
     bills = catalog.items["N1"]
     assert bills.title == "The Bills win again" and bills.genres == ("sports", "football_nfl")
     assert bills.description.startswith("Buffalo")
@@ -59,7 +59,7 @@ def test_news_become_items_and_impressions_labelled_events(tmp_path: Path) -> No
         ("N3", first + 2 * 86400 + 10 * 3600 + 24 * 60 + 2, 1, "click"),
     ]
     assert np.isnan(inter.ratings).all()
-    without = load_mind(tmp_path / "mind", negatives=False)
+    without = load_mind(tmp_path / "mind")  # clicks only: the default
     assert (without.interactions.labels == 1).all()
     assert len(without.interactions) == len(inter) - 2
 
