@@ -76,7 +76,7 @@ class Arrivals:
     cutoff: int
     catalog: Catalog  # the items' text as of the cut-off, the events before it
     released: npt.NDArray[np.float64]  # per catalog item: its first event's time (inf: none)
-    new: npt.NDArray[np.bool_]  # per catalog item: released after the cut-off
+    new: npt.NDArray[np.bool_]  # per catalog item: first event after the cut-off
     events: list[Event]
     cold: list[Event]
     item_col: dict[str, int] = field(default_factory=dict)
@@ -136,7 +136,8 @@ class Arrivals:
             )
         before = inter.take(np.flatnonzero(inter.timestamps < cutoff))
         at_cutoff = replace(catalog.as_of(cutoff), interactions=before)
-        return cls(cutoff, at_cutoff, released, released >= cutoff, events, cold, item_col)
+        new = np.isfinite(released) & (released >= cutoff)  # never-rated items are never offered
+        return cls(cutoff, at_cutoff, released, new, events, cold, item_col)
 
     def on_new(self) -> list[Event]:
         """The returning users' events on new items."""

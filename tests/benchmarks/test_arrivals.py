@@ -57,6 +57,8 @@ def test_the_split_holds_returning_users_after_the_cutoff_and_cold_users() -> No
     assert all(t < arrivals.cutoff for t in arrivals.catalog.interactions.timestamps)
     new = {i for i, c in arrivals.item_col.items() if arrivals.new[c]}
     assert new <= {f"n{i}" for i in range(8)} and new
+    catalog.items["never"] = Item("never", "A film nobody rated")
+    assert not Arrivals.of(catalog).new[-1]  # never rated: never offered, never counted new
     assert arrivals.events and {e.user_id[0] for e in arrivals.events} == {"u"}
     for e in arrivals.events:
         assert e.at >= arrivals.cutoff
