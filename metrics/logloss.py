@@ -36,6 +36,8 @@ def expected_calibration_error(
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if p.size == 0:
         return float("nan")
+    if not np.all((p >= 0.0) & (p <= 1.0)):
+        raise ValueError("expected probabilities in [0, 1] (a score is not calibrated)")
     idx = np.minimum((p * bins).astype(int), bins - 1)
     counts = np.bincount(idx, minlength=bins)
     p_sum = np.bincount(idx, weights=p, minlength=bins)

@@ -12,6 +12,8 @@ of them. Two sets of test events:
 - **Cold users**: users whose first event comes after the cut-off, at their second to fourth
   event (1 to 3 events before the target).
 
+An event on an item the user already had (a repeat) is left out of both: it is no arrival.
+
 Measured per method, with 95% intervals from a bootstrap over users (events of one user are not
 independent) and, paired, against the served pipeline:
 
@@ -115,7 +117,8 @@ class Arrivals:
                 into = cold
             for k in positions:
                 e = history[k]
-                if e.item_id in item_col:
+                again = any(h.item_id == e.item_id for h in history[:k])  # a repeat, not new
+                if e.item_id in item_col and not again:
                     liked = is_positive(e, LIKE_THRESHOLD)
                     into.append(
                         Event(
@@ -189,8 +192,8 @@ def _rank(scores: Scores, mask: npt.NDArray[np.bool_], target: int) -> float:
     mine = scores[target]
     offered = scores[mask]
     if not np.isfinite(mine):
-        return float(len(offered))
-    return float(np.count_nonzero(offered >= mine))  # the target itself is one of them
+        return float(max(len(offered), 1))
+    return float(max(int(np.count_nonzero(offered >= mine)), 1))  # the target is one of them
 
 
 def rank_events(arrivals: Arrivals, events: Sequence[Event], scorer: Scorer) -> Ranks:

@@ -313,8 +313,9 @@ def reranked(
             time.perf_counter() - started,
         )
         m["candidate_recall@100"] = ev.methods[base]["recall@100"]
-        m["calibration"] = calibration_curve(ranked.target_score, test.like)
-        m["ece"] = expected_calibration_error(ranked.target_score, test.like)
+        if ranked.probabilities:  # the binary head's P(like); a rating head's is not one
+            m["calibration"] = calibration_curve(ranked.target_score, test.like)
+            m["ece"] = expected_calibration_error(ranked.target_score, test.like)
     pipeline_seeds: list[tuple[int, Ranked]] = []
     if first == "two_tower_trained" and towers and towers.others and first_stage[0] is towers.tower:
         # The headline over seeds: each seed's tower, its candidates and its features.

@@ -234,8 +234,9 @@ def _test(
                 time.perf_counter() - started,
             )
             m["candidate_recall@all"] = recall
-            m["calibration"] = calibration_curve(ranked.target_score, ev.test.like)
-            m["ece"] = expected_calibration_error(ranked.target_score, ev.test.like)
+            if ranked.probabilities:  # a P(like) head: every like was a like, or there is none
+                m["calibration"] = calibration_curve(ranked.target_score, ev.test.like)
+                m["ece"] = expected_calibration_error(ranked.target_score, ev.test.like)
         else:
             ev.extra_rankings.setdefault("ranking_stage", []).append(ranked)
         rankings.append(ranked)

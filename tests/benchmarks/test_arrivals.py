@@ -59,6 +59,8 @@ def test_the_split_holds_returning_users_after_the_cutoff_and_cold_users() -> No
     assert new <= {f"n{i}" for i in range(8)} and new
     catalog.items["never"] = Item("never", "A film nobody rated")
     assert not Arrivals.of(catalog).new[-1]  # never rated: never offered, never counted new
+    for e in arrivals.events + arrivals.cold:  # a repeat of a history item is no arrival
+        assert e.item_id not in {h.item_id for h in e.history}
     assert arrivals.events and {e.user_id[0] for e in arrivals.events} == {"u"}
     for e in arrivals.events:
         assert e.at >= arrivals.cutoff

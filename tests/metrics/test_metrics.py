@@ -209,3 +209,11 @@ def test_heldout_ndcg_of_id_lists() -> None:
     expected = (1 / math.log2(3) + 1.0 + 0.0) / 3  # b at rank 2, x at rank 1, q missing
     assert heldout_ndcg(lists, ["b", "x", "q"], 10) == expected
     assert heldout_ndcg(lists, ["c", "y", "p"], 2) == (0.0 + 1 / math.log2(3) + 1.0) / 3
+
+
+def test_expected_calibration_error_refuses_a_score_that_is_no_probability() -> None:
+    from metrics import expected_calibration_error
+
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error([0.2, -1.5, 3.0], [1, 0, 1])
+    assert expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0
