@@ -153,7 +153,7 @@ def test_an_unhandled_error_is_a_counted_500(stack: Stack) -> None:
         def explode(*args: object, **kwargs: object) -> object:
             raise RuntimeError("boom")
 
-        rec.recommend = explode  # type: ignore[method-assign]
+        rec.answer = explode  # type: ignore[method-assign]
         r = httpx.post(f"{live.url}/recommend", json={"user_id": "u1"})
         assert r.status_code == 500
         assert _count(httpx.get(f"{live.url}/metrics").text, "/recommend", "500") == 1
