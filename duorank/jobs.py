@@ -159,24 +159,14 @@ def train_ranker(
         tower_path: the trained sequential tower (``train tower``): the served first stage.
         args: a :class:`rerank.ranker.train.RankingStageArgs`.
     """
-    from rerank.ranker.train import ranker_validation, refit_config, train_ranking_stage
+    from rerank.ranker.train import ranker_validation, train_on
     from retrieval.vectors import ItemVectors
 
     catalog, _, text_as_of = training_catalog(data, seed)
     with runtime(settings) as rt:
         _, ids, vectors = item_vectors(rt, catalog)
     setup = ranker_validation(catalog, ItemVectors(ids, vectors), tower_path, seed=seed)
-    trained = train_ranking_stage(
-        setup.catalog.items,
-        setup.histories,
-        setup.validation,
-        setup.tower,
-        setup.index,
-        setup.text_vectors,
-        refit_config(setup.tower, setup.tower_card),
-        args,
-        progress=progress,
-    )
+    trained = train_on(setup, args, progress=progress)
     ranker = trained.ranker
     ranker.record.update(
         choice=trained.choice,

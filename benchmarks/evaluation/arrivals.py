@@ -480,7 +480,7 @@ def _trained(
     or the tower, as the ranker's card chose)."""
     from catalog.splits import leave_one_out
     from rerank.ranker.model import GBDTRanker
-    from rerank.ranker.train import refit_config, train_ranking_stage, validation_of
+    from rerank.ranker.train import train_on, validation_of
     from retrieval.sequential_train import train_sequential
 
     before = arrivals.catalog
@@ -498,17 +498,7 @@ def _trained(
     }
     progress("new arrivals: the ranking stage on the events before the cut-off")
     setup = validation_of(before, text, tower, card, seed=seed)
-    trained = train_ranking_stage(
-        setup.catalog.items,
-        setup.histories,
-        setup.validation,
-        setup.tower,
-        setup.index,
-        setup.text_vectors,
-        refit_config(setup.tower, setup.tower_card),
-        stage_args,
-        progress=progress,
-    )
+    trained = train_on(setup, stage_args, progress=progress)
     stage = live_stage(before, log, tower, setup.index, text, stage_args, seed)
     without = GBDTRanker.fit(trained.train_lists.without_columns(TEXT_COLUMNS), stage_args.ranker)
     methods["ranking_stage_without_text"] = StageScorer(arrivals, stage, without)

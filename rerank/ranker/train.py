@@ -310,3 +310,24 @@ def train_ranking_stage(
         f"{choice['first_stage_ndcg@10']:.4f}; serving the {choice['served'].replace('_', ' ')}"
     )
     return TrainedStage(ranker, train_lists, val_lists, choice, stacked, stage_val, seconds)
+
+
+def train_on(
+    setup: RankerValidation,
+    args: RankingStageArgs,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> TrainedStage:
+    """:func:`train_ranking_stage` over what :func:`ranker_validation` (or
+    :func:`validation_of`) prepared, the tower refitted with its validated settings."""
+    return train_ranking_stage(
+        setup.catalog.items,
+        setup.histories,
+        setup.validation,
+        setup.tower,
+        setup.index,
+        setup.text_vectors,
+        refit_config(setup.tower, setup.tower_card),
+        args,
+        progress=progress,
+    )
