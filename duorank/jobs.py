@@ -329,9 +329,8 @@ def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
     reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
     tower = SequentialConfig(seed=job.seed)  # what `train tower` trains, seeded as the run
     with runtime(settings) as rt:
-        _, ids, vectors = item_vectors(rt, catalog)
+        encoder, ids, vectors = item_vectors(rt, catalog)  # one model load for both texts
         retriever = rt.encoder(job.retriever) if job.retriever else None
-        encoder = rt.encoder()
         report = run_eval(
             catalog,
             item_vectors=ItemVectors(ids, vectors),
