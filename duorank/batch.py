@@ -18,12 +18,15 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalog.fsutil import RECOMMENDATIONS
 from catalog.progress import Progress
 from duorank.jobs import ServingJob, open_recommender
 from duorank.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.recommender import Recommender
 
 COLUMNS = ("user_id", "rank", "item_id", "ranking_score", "first_stage_score", "p_like")
 """The rows' columns (``rank`` counts from 1)."""
@@ -32,7 +35,7 @@ REDIS_PREFIX = "duorank:recs"
 
 
 def recommend_rows(
-    rec: Any,
+    rec: Recommender,
     users: Sequence[str],
     k: int,
     candidates: int,

@@ -11,13 +11,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duorank.app import Runtime, runtime
 from duorank.settings import Settings
 
+if TYPE_CHECKING:  # the types only: each job imports its heavy parts when it runs
+    from catalog.model import Catalog
+    from catalog.splits import Split
+    from indexer import BuildConfig
+    from indexer.encoding import EncodeEngine
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
+    from rerank.ranker.train import RankingStageArgs
+    from retrieval.cache import EmbeddingCache
+    from retrieval.encoder import Encoder, Matrix
+    from retrieval.sequential import SequentialConfig, SequentialTower
+    from retrieval.vectors import ItemVectors
+    from serving.recommender import Recommender
 
-def item_vectors(rt: Runtime, catalog: Any) -> tuple[Any, list[str], Any]:
+
+def item_vectors(rt: Runtime, catalog: Catalog) -> tuple[Encoder, list[str], Matrix]:
     """The runtime's cached encoder, the ids of the items with text and their text vectors."""
     from retrieval.encoder import encode_catalog
 
@@ -26,7 +39,7 @@ def item_vectors(rt: Runtime, catalog: Any) -> tuple[Any, list[str], Any]:
     return encoder, vectors.ids, vectors.matrix
 
 
-def training_catalog(data: Path, seed: int = 0) -> tuple[Any, Any, int | None]:
+def training_catalog(data: Path, seed: int = 0) -> tuple[Catalog, Split, int | None]:
     """The dataset as a model trained on its leave-one-out split may know it: the split, and
     the items' text as of the earliest held-out event (tags written later are left out:
     :meth:`catalog.model.Catalog.as_of`), with that time."""
@@ -39,7 +52,7 @@ def training_catalog(data: Path, seed: int = 0) -> tuple[Any, Any, int | None]:
     return catalog.as_of(at), split, at
 
 
-def bound_tower(path: Path | None, ids: list[str], vectors: Any) -> Any:
+def bound_tower(path: Path | None, ids: list[str], vectors: Matrix) -> SequentialTower | None:
     """The sequential tower at ``path`` bound to its item vectors (None without a path)."""
     if path is None:
         return None
@@ -68,8 +81,8 @@ def import_mind(
 
 
 def train_tower(
-    settings: Settings, data: Path, out: Path, cfg: Any, *, seed: int = 0
-) -> tuple[Any, dict[str, Any]]:
+    settings: Settings, data: Path, out: Path, cfg: SequentialConfig, *, seed: int = 0
+) -> tuple[SequentialTower, dict[str, Any]]:
     """Trains the sequential user tower on cached item vectors and saves it atomically.
 
     Args:
@@ -115,7 +128,7 @@ class RerankerJob:
     seed: int = 0
 
 
-def train_reranker(settings: Settings, job: RerankerJob, cfg: Any) -> dict[str, Any]:
+def train_reranker(settings: Settings, job: RerankerJob, cfg: RerankerTrainArgs) -> dict[str, Any]:
     """Fine-tunes the point-wise cross-encoder on the training split; returns its card.
 
     Args:
@@ -147,7 +160,7 @@ def train_ranker(
     data: Path,
     tower_path: Path,
     out: Path,
-    args: Any,
+    args: RankingStageArgs,
     *,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
@@ -218,7 +231,7 @@ class IndexJob:
     model: str | None = None
     tower: Path | None = None
     ranker: Path | None = None
-    engine: Any = None  # an indexer encoding engine (None: local)
+    engine: EncodeEngine | None = None  # None: encode in this process
 
 
 def tower_text_as_of(tower: Path | None) -> int | None:
@@ -232,7 +245,7 @@ def tower_text_as_of(tower: Path | None) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, Any]]:
+def stage_writer(data: Path, ranker: Path) -> Callable[[ItemVectors, Path], dict[str, Any]]:
     """Fits the ranking stage's tables on the dataset's interactions, with the ALS settings of
     the ranker's card, and writes them into an index version's staging folder."""
     from dataclasses import asdict
@@ -245,7 +258,7 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, An
     card = read_card(ranker)  # before any work: a wrong folder fails at once
     als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
 
-    def write(text_vectors: Any, folder: Path) -> dict[str, Any]:
+    def write(text_vectors: ItemVectors, folder: Path) -> dict[str, Any]:
         catalog = load_catalog(data)
         tables = StageTables.fit(
             catalog.items, group_histories(catalog.interactions), text_vectors, als
@@ -261,7 +274,7 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[Any, Path], dict[str, An
     return write
 
 
-def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any]:
+def build_index(settings: Settings, job: IndexJob, config: BuildConfig) -> dict[str, Any]:
     """Builds and publishes one index version; returns its manifest.
 
     Args:
@@ -285,7 +298,7 @@ def build_index(settings: Settings, job: IndexJob, config: Any) -> dict[str, Any
         source = CatalogSource.from_items_file(job.items, mapping, job.duplicates)
 
     @contextlib.contextmanager
-    def open_encoder() -> Iterator[Any]:
+    def open_encoder() -> Iterator[Encoder]:
         with runtime(settings) as rt:
             yield rt.encoder(job.model)
 
@@ -363,7 +376,7 @@ class ServingJob:
     version: str | None = None  # a published version to serve instead of CURRENT
 
 
-def item_state_cache(rt: Any) -> Any:
+def item_state_cache(rt: Runtime) -> EmbeddingCache:
     """The cache of an item-layers reranker's item states: the embedding cache's Redis, its
     own namespace, float16."""
     from retrieval.cache import EmbeddingCache
@@ -412,7 +425,7 @@ def cache_item_states(
 
 
 @contextlib.contextmanager
-def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
+def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Recommender]:
     """The Recommender over the job's (or the home's) dataset, index and reranker; with
     ``text_users`` the cached text encoder stays open as long as the Recommender is used.
 
@@ -448,7 +461,7 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Any]:
 
             ranker = GBDTRanker.load(ranker_path)
 
-        def text_vectors() -> Any:
+        def text_vectors() -> ItemVectors:
             """Only for an index version without stage tables: the cached text vectors."""
             from retrieval.vectors import ItemVectors
 

@@ -14,6 +14,7 @@ from catalog.model import Item
 from catalog.store import load_catalog, read_manifest
 from catalog.table import ColumnMapping, load_items
 from indexer.build import BuildConfig, IndexBuild, StageWriter
+from indexer.encoding import EncodeEngine
 from indexer.lock import BuildLock
 from retrieval.encoder import Encoder
 
@@ -63,7 +64,7 @@ def publish_version(
     tower_path: Path | None = None,
     stage: StageWriter | None = None,
     progress: bool | None = None,
-    engine: Any | None = None,
+    engine: EncodeEngine | None = None,
 ) -> dict[str, Any]:
     """Builds, verifies and publishes one version; returns its manifest (``engine``: where
     the encoding runs, see :class:`indexer.build.IndexBuild`).

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,7 @@ from indexer.store import IndexRoot, VerifyError
 from rerank.cross_encoder.pairs import RatingStats
 from retrieval.popularity import Popularity
 from retrieval.towers import UserState
-from retrieval.vectors import ItemVectors
+from retrieval.vectors import ItemVectors, Matrix
 from serving.explain import (
     Explanation,
     because,
@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommende
     from rerank.cross_encoder import Reranker
     from rerank.ranker import GBDTRanker
     from retrieval.encoder import Encoder
+    from retrieval.sources import CandidateSet
 
 log = logging.getLogger(__name__)
 
@@ -447,9 +448,9 @@ class Recommender:
         self,
         loaded: Loaded,
         state: UserState,
-        vector: Any,
+        vector: Matrix,
         cand_ids: Sequence[str],
-        cand_scores: Any,
+        cand_scores: Matrix,
         k: int,
         explain: bool,
         timings: dict[str, float],
@@ -530,7 +531,7 @@ class Recommender:
         self,
         loaded: Loaded,
         state: UserState,
-        vector: Any,
+        vector: Matrix,
         seen: set[str],
         k: int,
         candidates: int,
@@ -596,8 +597,8 @@ class Recommender:
         self,
         loaded: Loaded,
         state: UserState,
-        cands: Any,
-        x: Any,
+        cands: CandidateSet,
+        x: Matrix,
         ids: Sequence[str],
         order: Sequence[int],
     ) -> list[Explanation | None]:
@@ -663,7 +664,7 @@ class Recommender:
             probs = self._text_p_like(loaded, state, vector, item_ids).tolist()
         return [self._item(i, float(retrieval[n]), probs[n]) for n, i in enumerate(item_ids)]
 
-    def _head_p_like(self, rows: Any, names: Sequence[str]) -> list[float | None]:
+    def _head_p_like(self, rows: Matrix, names: Sequence[str]) -> list[float | None]:
         """P(like) from the ranking stage's own head, for feature rows laid out as ``names``."""
         assert self.ranker is not None and self.ranker.like is not None
         like = self.ranker.like
@@ -671,7 +672,7 @@ class Recommender:
         return [float(p) for p in like.probability(rows[:, cols])]
 
     def _text_p_like(
-        self, loaded: Loaded, state: UserState, vector: Any, item_ids: Sequence[str]
+        self, loaded: Loaded, state: UserState, vector: Matrix, item_ids: Sequence[str]
     ) -> npt.NDArray[np.floating]:
         """P(like) from the cross-encoder: the user's text and each item's, with its scalar
         features (one text forward pass per call)."""

@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +47,16 @@ from catalog.model import Catalog, Item
 from catalog.text import HistoryEvent, is_positive
 from catalog.thresholds import LIKE_THRESHOLD
 from metrics import auc
-from retrieval.towers import MeanItemsTower, UserState
+from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
+
+if TYPE_CHECKING:
+    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.model import GBDTRanker
+    from rerank.ranker.train import RankingStageArgs
+    from retrieval.index import VectorIndex
+    from retrieval.sequential import SequentialConfig
+    from retrieval.sources import CandidateSet
 
 QUANTILE = 0.9
 """The cut-off: this quantile of the log's event times (the last 10% of the log is after it)."""
@@ -348,7 +356,7 @@ def _vectors_in_catalog(arrivals: Arrivals, vectors: ItemVectors) -> npt.NDArray
     return matrix
 
 
-def tower_scorer(arrivals: Arrivals, tower: Any, vectors: ItemVectors) -> Scorer:
+def tower_scorer(arrivals: Arrivals, tower: UserTower, vectors: ItemVectors) -> Scorer:
     """A user tower's inner product with every item's vector (-inf: no vector)."""
     matrix = _vectors_in_catalog(arrivals, vectors)
     missing = ~np.any(matrix, axis=1)
@@ -367,7 +375,9 @@ def zero_shot(arrivals: Arrivals, text: ItemVectors) -> Scorer:
     return tower_scorer(arrivals, MeanItemsTower(text, n_recent=5), text)
 
 
-def _unproposed(cands: Any, extra: Sequence[str], depths: Mapping[str, int]) -> Any:
+def _unproposed(
+    cands: CandidateSet, extra: Sequence[str], depths: Mapping[str, int]
+) -> CandidateSet:
     """``cands`` with ``extra`` items appended as candidates no source proposed."""
     from retrieval.sources import CandidateSet
 
@@ -389,8 +399,8 @@ class StageScorer:
     on a new item, of every new item released by then (the shelf)."""
 
     arrivals: Arrivals
-    stage: Any
-    ranker: Any
+    stage: CandidateStage
+    ranker: GBDTRanker
     serve: bool = True  # False: the first stage's order (the card chose the tower)
 
     def __call__(self, events: Sequence[Event]) -> Scored:
@@ -405,7 +415,8 @@ class StageScorer:
         first_col = stage.names.index("retrieval_score")
         full = np.full((len(events), len(arrivals.item_col)), -np.inf)
         shelf = full.copy()
-        p_like = np.full(len(events), np.nan) if ranker.like is not None else None
+        like = ranker.like
+        p_like = np.full(len(events), np.nan) if like is not None else None
         for n, e in enumerate(events):
             extra: list[str] = []
             if arrivals.new[arrivals.item_col[e.item_id]]:
@@ -431,22 +442,22 @@ class StageScorer:
             k = len(sets[n].ids)
             full[n, at[:k]] = score[:k]
             shelf[n, at] = score
-            if p_like is not None:
+            if like is not None and p_like is not None:
                 row = stage.item_rows([requests[n]], [e.item_id], vectors[n : n + 1])
-                like_cols = [stage.names.index(c) for c in ranker.like.names]
-                p_like[n] = float(ranker.like.probability(row[:, like_cols])[0])
+                like_cols = [stage.names.index(c) for c in like.names]
+                p_like[n] = float(like.probability(row[:, like_cols])[0])
         return Scored(full, shelf, p_like)
 
 
 def live_stage(
     before: Catalog,
     log: Catalog,
-    tower: Any,
-    index: Any,
+    tower: UserTower,
+    index: VectorIndex,
     text: ItemVectors,
-    stage_args: Any,
+    stage_args: RankingStageArgs,
     seed: int,
-) -> Any:
+) -> CandidateStage:
     """The ranking stage's tables fitted on the events before the cut-off, reading the live
     log: its popularity, age and rating features and its recent-popularity source count the
     events before each request (every feature is cut at the request's time), as a nightly
@@ -469,8 +480,8 @@ def _trained(
     arrivals: Arrivals,
     log: Catalog,
     text: ItemVectors,
-    sequential: Any,
-    stage_args: Any,
+    sequential: SequentialConfig,
+    stage_args: RankingStageArgs,
     seed: int,
     progress: Callable[[str], None],
 ) -> dict[str, Scorer]:
@@ -512,8 +523,8 @@ def run_arrivals(
     catalog: Catalog,
     encode: Callable[[Mapping[str, Item]], ItemVectors],
     *,
-    sequential: Any,
-    stage_args: Any,
+    sequential: SequentialConfig,
+    stage_args: RankingStageArgs,
     quick: bool,
     seed: int,
     progress: Callable[[str], None],

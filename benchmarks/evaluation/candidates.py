@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,13 +28,17 @@ from retrieval.sources import (
     TowerSource,
 )
 
+if TYPE_CHECKING:
+    from retrieval.index import VectorIndex
+    from retrieval.towers import UserTower
+
 SOURCE_DEPTH = 100
 """Items each source proposes: the serving depth of the first stage."""
 RECALL_AT = (20, 50, 100)
 
 
 def candidate_sources(
-    ev: Evaluation, tower: Any, index: Any, depth: int = SOURCE_DEPTH
+    ev: Evaluation, tower: UserTower, index: VectorIndex, depth: int = SOURCE_DEPTH
 ) -> dict[str, Any]:
     """Each source's and the merge's candidate recall on the validation fold."""
     fold = ev.val

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +38,14 @@ from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from metrics import expected_calibration_error
 from rerank.cross_encoder.pairs import FeatureMaker, RatingStats
 from retrieval.index import FlatIndex, VectorIndex
-from retrieval.sequential import SequentialConfig
+from retrieval.sequential import SequentialConfig, SequentialTower
 from retrieval.sequential_train import train_sequential
-from retrieval.towers import HistoryTextTower, MeanItemsTower
+from retrieval.towers import HistoryTextTower, MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
+
+if TYPE_CHECKING:
+    from rerank.cross_encoder import Reranker
+    from retrieval.encoder import Encoder
 
 
 @dataclass
@@ -108,10 +112,10 @@ class TowerRuns:
     """The trained tower of the first seed (its ranking is in the report) and the other
     seeds' (seed, ranking, tower, index)."""
 
-    tower: Any
-    index: Any
-    others: list[tuple[int, Ranked, Any, Any]]
-    val_tower: Any = None
+    tower: SequentialTower
+    index: VectorIndex
+    others: list[tuple[int, Ranked, SequentialTower, VectorIndex]]
+    val_tower: SequentialTower | None = None
     """The first seed's tower trained on train only (what validation-time figures use)."""
 
 
@@ -228,7 +232,7 @@ def trained_tower(ev: Evaluation, sequential: SequentialConfig, seeds: int) -> T
     m["candidate_recall@100"] = m["recall@100"]
     runs = [{"seed": sequential.seed, **headline(m)}]
     chosen = tower.cfg  # the refit settings (blend grids already empty)
-    others: list[tuple[int, Ranked, Any, Any]] = []
+    others: list[tuple[int, Ranked, SequentialTower, VectorIndex]] = []
     for extra in range(1, seeds):
         # Other seeds refit with the settings validated above: how much of the figure is
         # the seed (initialisation and batch order), not the choice of epochs and blend.
@@ -242,7 +246,7 @@ def trained_tower(ev: Evaluation, sequential: SequentialConfig, seeds: int) -> T
     return TowerRuns(tower, index, others, val_tower)
 
 
-def finetuned(ev: Evaluation, retriever: Any) -> None:
+def finetuned(ev: Evaluation, retriever: Encoder) -> None:
     """The fine-tuned text model, used as it was trained: user history text -> item text."""
     catalog = ev.catalog
     started = time.perf_counter()
@@ -273,8 +277,8 @@ def finetuned(ev: Evaluation, retriever: Any) -> None:
 
 def reranked(
     ev: Evaluation,
-    reranker: Any,
-    first_stage: tuple[Any, Any],
+    reranker: Reranker,
+    first_stage: tuple[UserTower, VectorIndex],
     towers: TowerRuns | None,
     rerank_als: bool,
 ) -> list[tuple[int, Ranked]]:
@@ -292,7 +296,7 @@ def reranked(
     test_counts = {i: int(c) for i, c in zip(test.item_ids, item_counts, strict=True) if c}
     test_ratings = RatingStats.of(Interactions.concat([ev.split.train, ev.split.validation]))
 
-    def features_of(tower: Any, index: Any) -> FeatureMaker:
+    def features_of(tower: UserTower, index: VectorIndex) -> FeatureMaker:
         """The features the reranker trained and serves with, from this first stage."""
         return FeatureMaker(tower, index, test_counts, reranker.config.features, test_ratings)
 

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,7 @@ from benchmarks.baselines import Scorer, TrainData, Validation
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
 from catalog.progress import Progress
-from catalog.text import ItemTextTemplate, UserTextTemplate, likes
+from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate, likes
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from metrics import (
     auc,
@@ -44,6 +44,9 @@ from rerank.cross_encoder.pairs import FeatureMaker
 from retrieval.index import VectorIndex
 from retrieval.towers import MeanItemsTower, UserState, UserTower
 from retrieval.vectors import ItemVectors
+
+if TYPE_CHECKING:
+    from rerank.cross_encoder import Reranker
 
 KS = (10, 20, 50, 100)
 RERANK_DEPTH = 100
@@ -158,7 +161,7 @@ def rank_two_tower(
     tower: UserTower,
     index: VectorIndex,
     fold: Fold,
-    histories: Mapping[str, Sequence[Any]],
+    histories: Mapping[str, Sequence[HistoryEvent]],
     depth: int = max(KS),
     *,
     item_vectors: ItemVectors | None = None,
@@ -335,9 +338,9 @@ def rerank_top(
     ranked: Ranked,
     fold: Fold,
     catalog: Catalog,
-    reranker: Any,
+    reranker: Reranker,
     features: FeatureMaker,
-    histories: Mapping[str, Sequence[Any]],
+    histories: Mapping[str, Sequence[HistoryEvent]],
     template: UserTextTemplate,
     depth: int = RERANK_DEPTH,
 ) -> Ranked:

@@ -21,8 +21,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,8 +37,19 @@ from rerank.ranker.candidates import CandidateStage, Lists
 from rerank.ranker.features import FEATURE_GROUPS, Request, source_features
 from rerank.ranker.model import GBDTRanker, RankerConfig
 from rerank.ranker.stacking import request_time
-from rerank.ranker.train import RankingStageArgs, Validation, list_ndcg10, train_ranking_stage
+from rerank.ranker.train import (
+    RankingStageArgs,
+    TrainedStage,
+    Validation,
+    list_ndcg10,
+    train_ranking_stage,
+)
 from retrieval.index import FlatIndex
+
+if TYPE_CHECKING:
+    from benchmarks.evaluation.methods import Evaluation, TowerRuns
+    from catalog.model import Interactions
+    from rerank.cross_encoder import Reranker
 
 
 def ranked_from(scores: npt.NDArray[np.floating], lists: Lists, fold: Fold) -> Ranked:
@@ -56,7 +68,9 @@ def ranked_from(scores: npt.NDArray[np.floating], lists: Lists, fold: Fold) -> R
     return Ranked(top, target)
 
 
-def _requests(fold: Fold, histories: Any, split: Any) -> list[Request]:
+def _requests(
+    fold: Fold, histories: Mapping[str, Sequence[HistoryEvent]], split: Interactions
+) -> list[Request]:
     when = dict(zip(split.user_ids.tolist(), split.timestamps.tolist(), strict=True))
     return [
         Request(u, histories.get(u, []), request_time(HistoryEvent("", int(when[u]))))
@@ -73,13 +87,13 @@ def quick_stage_args() -> RankingStageArgs:
     )
 
 
-def _trained(ev: Any, towers: Any, args: RankingStageArgs) -> Any:
+def _trained(ev: Evaluation, towers: TowerRuns, args: RankingStageArgs) -> TrainedStage:
     """Steps 1-2 (see the module docstring): the stacked training and the validation lists,
     as ``train ranker`` builds them, on the validation fold's tower."""
     val_tower = towers.val_tower
-    val_index = FlatIndex(val_tower.dim).build(
-        val_tower.item_vectors.ids, val_tower.item_vectors.matrix
-    )
+    assert val_tower is not None and val_tower.item_vectors is not None  # bound at training
+    vectors = val_tower.item_vectors
+    val_index = FlatIndex(val_tower.dim).build(vectors.ids, vectors.matrix)
     fold = ev.val
     validation = Validation(
         _requests(fold, ev.hist_val, ev.split.validation),
@@ -100,7 +114,9 @@ def _trained(ev: Any, towers: Any, args: RankingStageArgs) -> Any:
     )
 
 
-def _variants(trained: Any, cfg: RankerConfig) -> dict[str, tuple[Lists, Lists, RankerConfig]]:
+def _variants(
+    trained: TrainedStage, cfg: RankerConfig
+) -> dict[str, tuple[Lists, Lists, RankerConfig]]:
     """The ranker and its ablations: from scratch, without each feature group, without the
     sources' own scores, without each source but the first."""
     train_lists, val_lists = trained.train_lists, trained.val_lists
@@ -161,7 +177,7 @@ def _ablation(ev: Any, trained: Any, cfg: RankerConfig) -> dict[str, Any]:
 
 
 def _validation_report(
-    ev: Any, trained: Any, args: RankingStageArgs, reranker: Any | None
+    ev: Evaluation, trained: TrainedStage, args: RankingStageArgs, reranker: Reranker | None
 ) -> dict[str, Any]:
     """Step 3: the validation report (the choice, the ablations, the text beside the ranker
     when a cross-encoder is given, the importances and the models' records)."""
@@ -200,8 +216,8 @@ def _validation_report(
 
 
 def _test(
-    ev: Any,
-    towers: Any,
+    ev: Evaluation,
+    towers: TowerRuns,
     args: RankingStageArgs,
     ranker: GBDTRanker,
     served: str,
@@ -253,7 +269,10 @@ def _test(
 
 
 def ranking_stage(
-    ev: Any, towers: Any, args: RankingStageArgs | None = None, reranker: Any | None = None
+    ev: Evaluation,
+    towers: TowerRuns,
+    args: RankingStageArgs | None = None,
+    reranker: Reranker | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates the ranking stage (see the module docstring); records the
     ``ranking_stage`` method on test and returns the validation report. With a cross-encoder
@@ -271,7 +290,7 @@ def ranking_stage(
 
 
 def _test_ranking(
-    ev: Any, stage: CandidateStage, ranker: GBDTRanker, serve: bool
+    ev: Evaluation, stage: CandidateStage, ranker: GBDTRanker, serve: bool
 ) -> tuple[Ranked, float]:
     """Test users' top 100 by the served order, P(like) of their held-out item, and the
     share of test targets among the candidates."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,17 +13,21 @@ import numpy.typing as npt
 from benchmarks.evaluation import methods as steps
 from benchmarks.evaluation.arrivals import run_arrivals
 from benchmarks.evaluation.candidates import candidate_sources
-from benchmarks.evaluation.protocol import KS, Fold, make_fold
+from benchmarks.evaluation.protocol import KS, Fold, Ranked, make_fold
 from benchmarks.evaluation.ranking import quick_stage_args, ranking_stage
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, Item
 from catalog.splits import Split, leave_one_out
 from catalog.thresholds import COLD_ITEM_THRESHOLD, LIKE_THRESHOLD
 from rerank.ranker.train import RankingStageArgs
-from retrieval.index import FlatIndex
+from retrieval.index import FlatIndex, VectorIndex
 from retrieval.sequential import SequentialConfig
-from retrieval.towers import MeanItemsTower
+from retrieval.towers import MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
+
+if TYPE_CHECKING:
+    from rerank.cross_encoder import Reranker
+    from retrieval.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,8 @@ def run_eval(
     item_vectors: ItemVectors,
     text_as_of: int | None = None,
     encode: Callable[[Mapping[str, Item]], ItemVectors] | None = None,
-    reranker: Any | None = None,
-    retriever: Any | None = None,
+    reranker: Reranker | None = None,
+    retriever: Encoder | None = None,
     sequential: SequentialConfig | None = None,
     quick: bool = False,
     seed: int = 0,
@@ -59,10 +63,13 @@ def run_eval(
     towers = steps.trained_tower(ev, sequential, seeds) if sequential is not None else None
     if retriever is not None:
         steps.finetuned(ev, retriever)
-    pipeline_seeds: list[Any] = []
+    pipeline_seeds: list[tuple[int, Ranked]] = []
     if reranker is not None:
         # The reranker's retrieval_score comes from the tower it trained with.
-        first_stage: tuple[Any, Any] = (MeanItemsTower(item_vectors, n_recent=5), ev.index)
+        first_stage: tuple[UserTower, VectorIndex] = (
+            MeanItemsTower(item_vectors, n_recent=5),
+            ev.index,
+        )
         if towers is not None and reranker.config.retrieval == towers.tower.name:
             first_stage = (towers.tower, towers.index)
         pipeline_seeds = steps.reranked(ev, reranker, first_stage, towers, rerank_als)
@@ -74,9 +81,9 @@ def run_eval(
     # The room the ranking stage has: each candidate source's recall on validation.
     if towers is not None and towers.val_tower is not None:
         val_tower = towers.val_tower
-        val_index = FlatIndex(val_tower.dim).build(
-            val_tower.item_vectors.ids, val_tower.item_vectors.matrix
-        )
+        assert val_tower is not None and val_tower.item_vectors is not None  # bound at training
+        vectors = val_tower.item_vectors
+        val_index = FlatIndex(val_tower.dim).build(vectors.ids, vectors.matrix)
         sources = candidate_sources(ev, val_tower, val_index)
     else:
         sources = candidate_sources(ev, MeanItemsTower(item_vectors, n_recent=5), ev.index)

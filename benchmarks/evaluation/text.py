@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from catalog.model import Catalog, User
-from catalog.text import ItemTextTemplate, UserTextTemplate
+from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from rerank.cross_encoder.backends import probability_np
 from rerank.ranker.candidates import Lists
-from rerank.ranker.model import list_loss
+from rerank.ranker.model import GBDTRanker, list_loss
 from rerank.ranker.train import list_ndcg10
+
+if TYPE_CHECKING:
+    from rerank.cross_encoder import Reranker
 
 TEXT_DEPTH = 50
 """The tower's top N per list that the cross-encoder scores (its serving depth before)."""
@@ -49,11 +52,11 @@ def tower_top(lists: Lists, depth: int = TEXT_DEPTH) -> Lists:
 
 
 def text_logits(
-    reranker: Any,
+    reranker: Reranker,
     lists: Lists,
     item_ids: Sequence[str],
     catalog: Catalog,
-    histories: Mapping[str, Sequence[Any]],
+    histories: Mapping[str, Sequence[HistoryEvent]],
     progress: Callable[[str], None] | None = None,
 ) -> Floats:
     """The cross-encoder's text logit per row (features zeroed: the text's own evidence);
@@ -119,12 +122,12 @@ def _rows(off: npt.NDArray[np.int64], lists: npt.NDArray[np.int64]) -> npt.NDArr
 
 
 def text_side_by_side(
-    reranker: Any,
-    ranker: Any,
+    reranker: Reranker,
+    ranker: GBDTRanker,
     val_lists: Lists,
     item_ids: Sequence[str],
     catalog: Catalog,
-    histories: Mapping[str, Sequence[Any]],
+    histories: Mapping[str, Sequence[HistoryEvent]],
     seed: int,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

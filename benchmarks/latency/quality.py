@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,8 +15,15 @@ from benchmarks.contract import BenchContext
 from benchmarks.latency.agreement import order_agreement
 from benchmarks.latency.configs import CASCADE_DEPTHS, DEPTHS, REFERENCE_DEPTH
 
+if TYPE_CHECKING:
+    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.model import GBDTRanker
+    from rerank.ranker.train import RankerValidation
 
-def validation_stage(home: Path, redis_url: str | None, ranker: Any) -> tuple[Any, Any]:
+
+def validation_stage(
+    home: Path, redis_url: str | None, ranker: GBDTRanker
+) -> tuple[CandidateStage, RankerValidation]:
     """The ranking stage and the :class:`rerank.ranker.train.RankerValidation` that
     ``train ranker`` validates on: the served tower and the stage's tables fitted on the
     training split (text vectors from the build's cache)."""
@@ -106,8 +113,13 @@ def cascade(
 
 
 def cascade_quality(
-    ctx: BenchContext, stage: Any, setup: Any, ranker: Any, backend: str, quick: bool
-) -> list[Any]:
+    ctx: BenchContext,
+    stage: CandidateStage,
+    setup: RankerValidation,
+    ranker: GBDTRanker,
+    backend: str,
+    quick: bool,
+) -> list[dict[str, Any]]:
     """Lever 2 on the validation lists at the trained depth: the ranker orders every
     candidate, the cross-encoder's P(like) (its text and its own features, as it serves)
     reorders the ranker's top N. Per N: NDCG@10, its ratio to the ranker's order, and the

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from duorank.cli.errors import EXIT_USAGE, EXIT_VERIFY
 from duorank.cli.options import json_option, root_option, tower_option
 from duorank.settings import Settings
+
+if TYPE_CHECKING:
+    from indexer import IndexRoot
 
 
 @click.group()
@@ -248,7 +251,7 @@ def print_build(manifest: dict[str, Any], index_type: str, root: Path, as_json: 
         )
 
 
-def _root(root: Path) -> Any:
+def _root(root: Path) -> IndexRoot:
     from indexer import IndexRoot
 
     if not root.is_dir():

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,6 +24,10 @@ from duorank.cli.options import (
     root_option,
 )
 from duorank.settings import Settings
+
+if TYPE_CHECKING:  # `--help` loads none of serving
+    from duorank.jobs import ServingJob
+    from serving.recommender import Recommendation
 
 log = logging.getLogger("duorank")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,7 +90,7 @@ def list_size_options(fn: F) -> F:
     )(fn)
 
 
-def serving_job(*, fallback: bool = False, **options: Any) -> Any:
+def serving_job(*, fallback: bool = False, **options: Any) -> ServingJob:
     """The :class:`duorank.jobs.ServingJob` of :func:`serving_options`' values."""
     from duorank.jobs import ServingJob
 
@@ -132,7 +136,7 @@ def recommend(
     print_recommendation(result)
 
 
-def print_recommendation(result: Any) -> None:
+def print_recommendation(result: Recommendation) -> None:
     """A recommendation as a table (sorted by its ranking score, the first column of scores)
     with which part served it and why, the version, fallback and stage timings."""
     click.echo(

@@ -18,12 +18,15 @@ lists can measure, the fusion keeps the first stage's order exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:  # torch loads only when a fusion is fitted
+    from torch import Tensor
 
 LAMBDAS = (0.003, 0.03, 0.3, 3.0)
 """L2 strengths toward the prior tried by cross-validation (standardised inputs, mean list loss)."""
@@ -50,21 +53,21 @@ class Fusion:
         return np.asarray(x, dtype=np.float64) @ self.weights + self.bias
 
 
-def _lbfgs(params: list[Any], closure: Any, iterations: int = 100) -> None:
+def _lbfgs(params: list[Tensor], closure: Callable[[], Tensor], iterations: int = 100) -> None:
     import torch
 
     opt = torch.optim.LBFGS(params, max_iter=iterations, line_search_fn="strong_wolfe")
 
-    def step() -> Any:
+    def step() -> Tensor:
         opt.zero_grad()
         loss = closure()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
     opt.step(step)  # type: ignore[no-untyped-call]
 
 
-def _list_loss(scores: Any, mask: Any, target: Any) -> Any:
+def _list_loss(scores: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     """Mean softmax cross-entropy of the target over each (padded) list."""
     import torch
 
@@ -72,19 +75,19 @@ def _list_loss(scores: Any, mask: Any, target: Any) -> Any:
     return (torch.logsumexp(masked, 1) - scores.gather(1, target[:, None])[:, 0]).mean()
 
 
-def _fit_rank(z: Any, mask: Any, target: Any, prior: Any, lam: float) -> Any:
+def _fit_rank(z: Tensor, mask: Tensor, target: Tensor, prior: Tensor, lam: float) -> Tensor:
     """Ranking weights over standardised item-level columns, L2-shrunk toward ``prior``."""
 
     w = prior.clone().requires_grad_(True)
 
-    def closure() -> Any:
+    def closure() -> Tensor:
         return _list_loss(z @ w, mask, target) + lam * (w - prior).square().sum()
 
     _lbfgs([w], closure)
     return w.detach()
 
 
-def _fit_probability(s_l: Any, zu_l: Any, y: Any) -> tuple[float, Any, float]:
+def _fit_probability(s_l: Tensor, zu_l: Tensor, y: Tensor) -> tuple[float, Tensor, float]:
     """``alpha`` (> 0, so the order of ``s`` is kept), the user-level weights ``u`` and the
     bias ``b`` of P(like) = sigmoid(alpha * s + zu . u + b), by binary cross-entropy on the
     labelled rows (lightly L2-regularised; no labels: alpha 1, u and b 0)."""
@@ -95,7 +98,7 @@ def _fit_probability(s_l: Any, zu_l: Any, y: Any) -> tuple[float, Any, float]:
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     if len(y):
 
-        def closure() -> Any:
+        def closure() -> Tensor:
             logit = log_alpha.exp() * s_l + zu_l @ u + b
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
             return bce + 1e-4 * (u.square().sum() + log_alpha.square())
@@ -110,14 +113,14 @@ class _Standardised:
     candidates, a rating by a star): the labelled rows, the padded lists and their mask, and
     which columns rank (item-level) and which only calibrate (user-level)."""
 
-    z_l: Any
-    zi_c: Any  # the lists' item-level columns
-    mask: Any
-    target: Any
-    mu: Any
-    sigma: Any
-    item_idx: Any
-    user_idx: Any
+    z_l: Tensor
+    zi_c: Tensor  # the lists' item-level columns
+    mask: Tensor
+    target: Tensor
+    mu: Tensor
+    sigma: Tensor
+    item_idx: Tensor
+    user_idx: Tensor
     anchor_pos: int  # the prior's position among the item-level columns
 
     @classmethod
@@ -158,7 +161,7 @@ class _Standardised:
             anchor_pos=int((item_idx == anchor).nonzero()[0, 0]),
         )
 
-    def prior_on(self, rows: Any) -> Any:
+    def prior_on(self, rows: Tensor | slice) -> Tensor:
         """The prior: the anchor column alone, at its scale fitted on these lists (kept
         non-negative)."""
         import torch
@@ -170,12 +173,12 @@ class _Standardised:
         w[self.anchor_pos] = float(scale.clamp(min=0.0)[0])
         return w
 
-    def list_loss(self, w: Any, rows: Any = slice(None)) -> float:
+    def list_loss(self, w: Tensor, rows: Tensor | slice = slice(None)) -> float:
         return float(_list_loss(self.zi_c[rows] @ w, self.mask[rows], self.target[rows]))
 
 
 def _shrinkage(
-    data: _Standardised, w_prior: Any, folds: int, seed: int
+    data: _Standardised, w_prior: Tensor, folds: int, seed: int
 ) -> tuple[str, dict[str, float], dict[str, float]]:
     """The L2 strength toward the prior (or the prior itself, ``"prior"``) by cross-validation
     over the lists and the one-standard-error rule: the most shrunk candidate whose

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,9 @@ from rerank.cross_encoder.backends import (
     resolve_backend,
 )
 from rerank.cross_encoder.model import ITEM_TOKENS, RerankerConfig, read_config, split_pair_ids
+
+if TYPE_CHECKING:
+    from retrieval.cache import EmbeddingCache
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class Reranker:
         batch_size: int = 32,
         threads: int | None = None,
         spin: bool = False,
-        item_cache: Any | None = None,
+        item_cache: EmbeddingCache | None = None,
         skip_unweighted_text: bool = True,
     ) -> None:
         from transformers import AutoTokenizer

@@ -20,10 +20,10 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,10 +51,17 @@ from retrieval.towers import UserTower
 from retrieval.training import EarlyStopping
 from retrieval.vectors import ItemVectors
 
+if TYPE_CHECKING:  # torch and transformers load when training starts
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+Logits = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+"""A validation pass: the labelled pairs' logits and the candidate lists'."""
+
 log = logging.getLogger(__name__)
 
 
-def freeze_bottom(net: RerankerNet, layers: int) -> list[Any]:
+def freeze_bottom(net: RerankerNet, layers: int) -> list[torch.nn.Parameter]:
     """Freezes the backbone's embeddings and first ``layers`` layers; returns the parameters
     left to train.
 
@@ -83,7 +90,11 @@ def freeze_bottom(net: RerankerNet, layers: int) -> list[Any]:
 
 
 def _save_checkpoint(
-    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any, state: dict[str, Any]
+    folder: Path,
+    net: RerankerNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
 ) -> None:
     """Weights (safetensors), optimizer and schedule state, and progress; state.json last."""
     import torch
@@ -102,7 +113,10 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    folder: Path, net: RerankerNet, optimizer: Any, scheduler: Any
+    folder: Path,
+    net: RerankerNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any] | None:
     """Restores what :func:`_save_checkpoint` wrote; None when there is no checkpoint."""
     import torch
@@ -128,7 +142,7 @@ def train_reranker(
     base_model: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    count_tokens: Any = None,
+    count_tokens: Callable[[str], int] | None = None,
     tower: UserTower | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -223,15 +237,15 @@ class _Fit:
     """What the loop and the calibration share."""
 
     net: RerankerNet
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     stage: Stage
     cfg: RerankerTrainArgs
     config: RerankerConfig
     val: ValidationSet
-    device: Any
+    device: torch.device
 
 
-def _device(device: str | None) -> Any:
+def _device(device: str | None) -> torch.device:
     """The torch device to train on (default: CUDA when present).
 
     Raises:
@@ -246,7 +260,11 @@ def _device(device: str | None) -> Any:
 
 
 def _training_pairs(
-    catalog: Catalog, split: Split, stage: Stage, cfg: RerankerTrainArgs, count_tokens: Any
+    catalog: Catalog,
+    split: Split,
+    stage: Stage,
+    cfg: RerankerTrainArgs,
+    count_tokens: Callable[[str], int] | None,
 ) -> list[Example]:
     """Positives, random and hard negatives from the training histories.
 
@@ -322,8 +340,8 @@ def _check_teacher(teacher: Path, cfg: RerankerTrainArgs) -> None:
 
 
 def _optimiser(
-    net: RerankerNet, trainable: list[Any], cfg: RerankerTrainArgs, n_examples: int
-) -> tuple[Any, Any, int]:
+    net: RerankerNet, trainable: list[torch.nn.Parameter], cfg: RerankerTrainArgs, n_examples: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
     """AdamW with two learning rates, the warm-up-then-decay schedule, and the step budget.
 
     The backbone fine-tunes gently; the heads start from scratch (the scalar features'
@@ -351,14 +369,14 @@ def _optimiser(
 def _train_epochs(
     fit: _Fit,
     examples: list[Example],
-    optimizer: Any,
-    scheduler: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     total: int,
     checkpoint: Path,
     state: dict[str, Any] | None,
     progress: bool,
     soft: npt.NDArray[np.float32] | None = None,
-) -> tuple[list[dict[str, Any]], int, tuple[Any, Any] | None]:
+) -> tuple[list[dict[str, Any]], int, Logits | None]:
     """The epochs (from a checkpoint's when resuming), each validated and checkpointed; the
     best epoch by validation AUC is loaded back into the net. ``soft``: a teacher's P(like)
     per example, the binary head's targets in place of the labels.
@@ -376,7 +394,7 @@ def _train_epochs(
     first_epoch = int(state["epoch"]) if state else 0
     # The kept epoch's weights and validation pass (for the fusion; None when a resumed run
     # keeps an epoch from before it).
-    best: tuple[dict[str, Any], tuple[Any, Any] | None] = (copy.deepcopy(net.state_dict()), None)
+    best: tuple[dict[str, Any], Logits | None] = (copy.deepcopy(net.state_dict()), None)
     stopper = EarlyStopping(
         cfg.patience, max([auc_rank(h["auc"]) for h in history], default=-1.0), best
     )
@@ -462,14 +480,12 @@ def _distillation(
     return {"teacher": cfg.teacher, "mean_target": float(soft.mean()), "pairs": len(soft)}
 
 
-def _snapshot(net: RerankerNet, logits: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:
+def _snapshot(net: RerankerNet, logits: Logits) -> tuple[dict[str, Any], Logits]:
     """An epoch worth keeping: a copy of its weights, with its validation pass."""
     return copy.deepcopy(net.state_dict()), logits
 
 
-def _calibrate(
-    fit: _Fit, best_logits: tuple[Any, Any] | None
-) -> tuple[dict[str, Any], RerankerConfig]:
+def _calibrate(fit: _Fit, best_logits: Logits | None) -> tuple[dict[str, Any], RerankerConfig]:
     """The card's calibration record (the fusion for a binary head with features, else a
     temperature), and the config to save (the temperature changes it)."""
     net, cfg, config, val = fit.net, fit.cfg, fit.config, fit.val

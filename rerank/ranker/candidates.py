@@ -10,9 +10,8 @@ before the request.
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -351,7 +350,7 @@ class CandidateStage:
         excludes: Sequence[Collection[str]],
         targets: Sequence[str | None] | None = None,
         batch: int = 512,
-        progress: Any = None,
+        progress: Callable[[str], None] | None = None,
         *,
         vectors: Floats | None = None,
         depths: Mapping[str, int] | None = None,

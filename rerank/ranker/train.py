@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,10 @@ from rerank.ranker.stacking import Stacked, request_time, stack
 from rerank.ranker.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
+
+if TYPE_CHECKING:  # the tower's module imports torch; the ranker loads without it
+    from catalog.model import Catalog
+    from retrieval.sequential import SequentialConfig, SequentialTower
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ class Validation:
 class RankerValidation:
     """What the ranking stage is trained and validated over (:func:`ranker_validation`)."""
 
-    catalog: Any
+    catalog: Catalog
     text_vectors: ItemVectors
-    tower: Any  # the served sequential tower, bound to the text vectors
+    tower: SequentialTower  # the served tower, bound to the text vectors
     tower_card: dict[str, Any]
     histories: Mapping[str, Sequence[HistoryEvent]]  # the training split's events per user
     validation: Validation
@@ -85,7 +89,7 @@ class RankerValidation:
 
 
 def ranker_validation(
-    catalog: Any, text_vectors: ItemVectors, tower_path: Path, *, seed: int = 0
+    catalog: Catalog, text_vectors: ItemVectors, tower_path: Path, *, seed: int = 0
 ) -> RankerValidation:
     """The leave-one-out split's training histories and each user's validation request, the
     served tower (bound to the catalog's text vectors) and its index: what ``train ranker``
@@ -101,9 +105,9 @@ def ranker_validation(
 
 
 def validation_of(
-    catalog: Any,
+    catalog: Catalog,
     text_vectors: ItemVectors,
-    tower: Any,
+    tower: SequentialTower,
     tower_card: dict[str, Any],
     *,
     seed: int = 0,
@@ -190,7 +194,7 @@ class TrainedStage:
     seconds: dict[str, float]
 
 
-def refit_config(tower: Any, card: Mapping[str, Any]) -> Any:
+def refit_config(tower: SequentialTower, card: Mapping[str, Any]) -> SequentialConfig:
     """A trained sequential tower's settings for a fixed-length refit: its validated epochs
     (``card["best_epoch"]``) and chosen blends, no grids."""
     return replace(
@@ -202,8 +206,8 @@ def refit_config(tower: Any, card: Mapping[str, Any]) -> Any:
 
 
 def _stacked_first_stage(
-    text_vectors: ItemVectors, stacked: Stacked, tower_cfg: Any
-) -> tuple[Any, VectorIndex]:
+    text_vectors: ItemVectors, stacked: Stacked, tower_cfg: SequentialConfig
+) -> tuple[SequentialTower, VectorIndex]:
     """A tower with the served tower's settings, fitted on the events before every stacked
     list's targets, and its index: the first stage the training lists come from."""
     from retrieval.sequential_train import train_sequential
@@ -217,10 +221,10 @@ def train_ranking_stage(
     items: Mapping[str, Item],
     histories: Mapping[str, Sequence[HistoryEvent]],
     validation: Validation,
-    tower: Any,
+    tower: SequentialTower,
     index: VectorIndex,
     text_vectors: ItemVectors,
-    tower_cfg: Any,
+    tower_cfg: SequentialConfig,
     args: RankingStageArgs | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainedStage:
