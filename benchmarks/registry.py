@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "benchmarks.bench_scale",
     "scale-encode": "benchmarks.bench_scale_encode",
     "latency": "benchmarks.bench_latency",
+    "cascade": "benchmarks.bench_cascade",
 }
 
 

@@ -31,6 +31,7 @@ from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from rerank.cross_encoder.backends import probability_np
 from rerank.ranker.candidates import Lists
+from rerank.ranker.cascade import DEPTHS, cross_fitted_cascade
 from rerank.ranker.model import GBDTRanker, list_loss
 from rerank.ranker.train import list_ndcg10
 
@@ -172,4 +173,103 @@ def text_side_by_side(
         "fits": {"features ranker + text": ranker_fits, "first stage + text": tower_fits},
         "text_earns_weight": bool(earns),
         "served": "features ranker + text" if earns else "features ranker (no text pass)",
+    }
+
+
+SLICES: dict[str, tuple[str, float]] = {
+    "rare targets (at most 10 events before the request)": ("pop_all", float(np.log1p(10))),
+    "short histories (at most 10 events)": ("history_length", float(np.log1p(10))),
+}
+"""Where text should matter, as (column, ceiling) over each list's target row (both columns
+are ``log1p`` counts)."""
+
+
+def _target_values(lists: Lists, column: str) -> Floats:
+    """Per list, ``column``'s value on its target row (inf: no target among the candidates)."""
+    values = lists.column(column)
+    off = lists.offsets
+    out = np.full(len(lists.sizes), np.inf)
+    for n in range(len(lists.sizes)):
+        hit = np.flatnonzero(lists.labels[off[n] : off[n + 1]])
+        if len(hit):
+            out[n] = float(values[off[n] + hit[0]])
+    return out
+
+
+def _paired(per_list: Floats, reference: Floats, name: str) -> dict[str, float]:
+    """The mean of ``per_list`` minus ``reference`` and the standard error of that paired
+    difference, keyed ``minus_{name}``."""
+    diff = per_list - reference
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    mean = float(diff.mean()) if len(diff) else float("nan")
+    return {f"minus_{name}": mean, f"minus_{name}_se": se}
+
+
+def _slice(per_list: Floats, first: Floats, control: Floats) -> dict[str, float]:
+    """One slice's figures: the cascade's NDCG@10 against the first pass and the control."""
+    empty = not len(per_list)
+    return {
+        "lists": len(per_list),
+        "ndcg@10": float("nan") if empty else float(per_list.mean()),
+        "first_pass_ndcg@10": float("nan") if empty else float(first.mean()),
+        "control_ndcg@10": float("nan") if empty else float(control.mean()),
+        **_paired(per_list, first, "first_pass"),
+        **_paired(per_list, control, "control"),
+    }
+
+
+def _beats(figures: Mapping[str, float], name: str) -> bool:
+    return figures[f"minus_{name}"] > figures[f"minus_{name}_se"]
+
+
+def cascade_side_by_side(
+    lists: Lists,
+    first: Floats,
+    text: Floats,
+    seed: int,
+    ms_per_pair: float | None,
+    depths: Sequence[int] = DEPTHS,
+) -> dict[str, Any]:
+    """The text cascade (:mod:`rerank.ranker.cascade`) on validation lists, per top N: its
+    cross-fitted NDCG@10 against the features ranker's order (the first pass) and against the
+    control (the same second pass, fitted the same way, with the text logit held at zero: what
+    refitting trees on these lists gives without text), overall and per :data:`SLICES`; the
+    cost per call; and the N that serves: the one with the largest gain among those beating
+    both the first pass and the control by more than one standard error, else none (no text
+    pass).
+
+    Args:
+        lists: the validation lists (their targets labelled), every feature the ranker reads.
+        first: the features ranker's score per row.
+        text: the cross-encoder's logit per row (only each list's top ``max(depths)`` by
+            ``first`` is read).
+        ms_per_pair: the cross-encoder's measured cost per pair (None: not measured).
+    """
+    reference = list_ndcg10(first, lists)
+    targets = {name: _target_values(lists, col) for name, (col, _) in SLICES.items()}
+    no_text = np.zeros_like(text)
+    rows: dict[str, Any] = {}
+    for depth in depths:
+        scores, fits = cross_fitted_cascade(lists, first, text, depth, seed)
+        control_scores, _ = cross_fitted_cascade(lists, first, no_text, depth, seed)
+        per_list = list_ndcg10(scores, lists)
+        control = list_ndcg10(control_scores, lists)
+        entry: dict[str, Any] = {"all": _slice(per_list, reference, control)}
+        for name, (_, ceiling) in SLICES.items():
+            keep = targets[name] <= ceiling
+            entry[name] = _slice(per_list[keep], reference[keep], control[keep])
+        entry["ms_per_call"] = ms_per_pair * depth if ms_per_pair is not None else None
+        entry["second_pass_rounds"] = [f.get("rounds") for f in fits]
+        rows[str(depth)] = entry
+    earning = {
+        d: e["all"]["minus_first_pass"]
+        for d, e in rows.items()
+        if _beats(e["all"], "first_pass") and _beats(e["all"], "control")
+    }
+    served = max(earning, key=lambda d: earning[d]) if earning else None
+    return {
+        "depths": rows,
+        "served_depth": int(served) if served else None,
+        "served": f"cascade, top {served}" if served else "features ranker (no text pass)",
+        "ms_per_pair": ms_per_pair,
     }

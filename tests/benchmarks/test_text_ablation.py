@@ -62,3 +62,35 @@ def test_tower_top_keeps_the_towers_first_ranks_only() -> None:
     kept = tower_top(lists, depth=5)
     assert kept.sizes.tolist() == [5, 5, 5]
     assert kept.column("tower_rank").max() == 4
+
+
+def _with_history(lists: Lists) -> Lists:
+    """The cascade test's lists with a ``history_length`` column (every user: 20 events)."""
+    x = np.column_stack([lists.x, np.full(len(lists.cols), np.log1p(20.0))])
+    return Lists(
+        x.astype(np.float32),
+        lists.sizes,
+        lists.cols,
+        lists.labels,
+        (*lists.names, "history_length"),
+        lists.users,
+    )
+
+
+def test_the_cascade_serves_only_when_the_text_beats_its_control() -> None:
+    from benchmarks.evaluation.text import cascade_side_by_side
+    from tests.rerank.ranker.test_cascade import synthetic
+
+    lists, first, text = synthetic(400, 30, seed=0)
+    lists = _with_history(lists)
+    report = cascade_side_by_side(lists, first, text, seed=0, ms_per_pair=0.5, depths=(20,))
+    entry = report["depths"]["20"]
+    assert report["served_depth"] == 20
+    assert entry["all"]["minus_control"] > 3 * entry["all"]["minus_control_se"]
+    assert entry["ms_per_call"] == 10.0
+    rare = entry["rare targets (at most 10 events before the request)"]
+    assert rare["lists"] == 200 and rare["minus_first_pass"] > 0.5  # the new targets' slice
+    # A logit that says nothing: the cascade is its own control, and no text pass serves.
+    silent = cascade_side_by_side(lists, first, np.zeros_like(text), 0, None, depths=(20,))
+    assert silent["served_depth"] is None
+    assert silent["depths"]["20"]["all"]["minus_control"] == 0.0

@@ -1,0 +1,99 @@
+"""`duorank bench cascade`: does the cross-encoder's logit earn a place as a ranking-stage feature?
+
+On the ranker's own validation lists (the training split's histories, each user's validation
+event, the served tower and the stage's tables fitted on the training split, as ``train
+ranker`` validates), the features ranker orders every candidate; the home's cross-encoder
+(``train reranker``, trained on the training split only, so it never saw a validation event)
+scores each list's top 50 as text; for the top 10, 20 and 50 a second LightGBM pass sees the
+logit next to every feature and reorders them, cross-fitted over two halves of the lists
+(:mod:`rerank.ranker.cascade`). Per N: NDCG@10 against the ranker's order with the standard
+error of the paired difference, overall and where text should matter (rare targets, short
+histories), and the text pass's cost per call (the cross-encoder's measured time per pair
+times N). A control refits the same second pass with the logit held at zero: what refitting
+trees on these lists gives without text. The N that serves must beat both the ranker's order
+and the control by more than one standard error (the one-standard-error rule), else no text
+pass serves.
+
+Needs the home's ``models/ranker``, ``models/tower`` and ``models/reranker``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.contract import BenchContext, BenchReport
+from benchmarks.evaluation.text import cascade_side_by_side, text_logits
+from benchmarks.latency.configs import REFERENCE_DEPTH
+from benchmarks.latency.quality import validation_stage
+from rerank.ranker.cascade import DEPTHS, top_rows
+
+COLUMNS = (
+    "top_n",
+    "slice",
+    "lists",
+    "ndcg@10",
+    "first_pass_ndcg@10",
+    "minus_first_pass",
+    "minus_first_pass_se",
+    "control_ndcg@10",
+    "minus_control",
+    "minus_control_se",
+    "ms_per_call",
+)
+
+
+def run(quick: bool, ctx: BenchContext) -> BenchReport:
+    """Prints the table of the module docstring and returns its record."""
+    from rerank import Reranker
+    from rerank.ranker.model import GBDTRanker
+
+    ranker = GBDTRanker.load(ctx.home / "models" / "ranker")
+    reranker = Reranker(ctx.home / "models" / "reranker", backend="torch")
+    stage, setup = validation_stage(ctx.home, ctx.redis_url, ranker)
+    val = setup.validation
+    n = 150 if quick else len(val.requests)
+    lists = stage.lists(
+        val.requests[:n], val.excludes[:n], val.targets[:n], depths={"tower": REFERENCE_DEPTH}
+    )
+    cols = np.array([lists.names.index(c) for c in ranker.names], dtype=np.int64)
+    first = np.asarray(ranker.score(lists.x[:, cols]), dtype=np.float64)
+    rows = top_rows(lists, first, max(DEPTHS))
+    drop = np.ones(len(lists.cols), dtype=bool)
+    drop[rows] = False
+    histories = {r.user_id: list(r.history) for r in val.requests[:n]}
+    started = time.perf_counter()
+    logits = text_logits(
+        reranker, lists.without_rows(drop), stage.item_ids, setup.catalog, histories
+    )
+    seconds = time.perf_counter() - started
+    text = np.zeros(len(lists.cols), dtype=np.float64)
+    text[np.flatnonzero(~drop)] = logits  # without_rows keeps the rows' order
+    report = cascade_side_by_side(
+        lists, first, text, seed=0, ms_per_pair=1000 * seconds / len(rows)
+    )
+    table: list[dict[str, Any]] = []
+    for depth, entry in report["depths"].items():
+        for name, figures in entry.items():
+            if isinstance(figures, dict):
+                table.append(
+                    {
+                        "top_n": int(depth),
+                        "slice": name,
+                        **figures,
+                        "ms_per_call": entry["ms_per_call"],
+                    }
+                )
+    params = {
+        "lists": len(lists.sizes),
+        "pairs_scored": len(rows),
+        "backend": reranker.backend,
+        "reranker": str(ctx.home / "models" / "reranker"),
+        "ranker": str(ctx.home / "models" / "ranker"),
+        "quick": quick,
+    }
+    return BenchReport(
+        "cascade", params, report, table=[{k: r.get(k) for k in COLUMNS} for r in table]
+    )
