@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rerank.ranker.candidates import Lists
-from rerank.ranker.model import GBDTRanker, RankerConfig
+from rerank.ranker.model import GBDTRanker, RankerConfig, with_targets
 
 FIRST_PASS = "first_pass_score"
 """The second pass's base column: the features ranker's score."""
@@ -127,9 +127,15 @@ def cross_fitted_cascade(
     second = np.zeros(len(rows), dtype=np.float64)
     fits = []
     for fit_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
-        cascade = TextCascade.fit(top.select(fit_on), depth, replace(config, seed=seed))
-        fits.append({k: float(v) for k, v in cascade.second.record.items() if _is_number(v)})
-        scored = cascade.scores(top.select(score_on))
+        part = top.select(fit_on)
+        if len(with_targets(part).sizes) < 2:  # nothing to learn from: keep the first pass
+            fits.append({"lists": float(len(fit_on)), "rounds": 0.0})
+            scored = top.select(score_on).column(FIRST_PASS).astype(np.float64)
+        else:
+            cascade = TextCascade.fit(part, depth, replace(config, seed=seed))
+            record = cascade.second.record
+            fits.append({k: float(v) for k, v in record.items() if _is_number(v)})
+            scored = cascade.scores(top.select(score_on))
         at = (
             np.concatenate([np.arange(top_off[n], top_off[n + 1]) for n in score_on])
             if len(score_on)

@@ -134,6 +134,18 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     assert ranker_alone["lists"] == 12 and ranker_alone["pairs"] > 0
     assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
     assert ranker_alone["ndcg_vs_ranker"] == 1.0
+    # `bench cascade` on the same home: the logit as a second pass's feature, per top N,
+    # against the ranker's order and the no-text control, overall and per slice.
+    from benchmarks.bench_cascade import run as run_cascade
+    from rerank.ranker.cascade import DEPTHS
+
+    cascaded = run_cascade(True, ctx)
+    assert cascaded.params["lists"] == 12 and cascaded.params["pairs_scored"] > 0
+    assert set(cascaded.results["depths"]) == {str(d) for d in DEPTHS}
+    for entry in cascaded.results["depths"].values():
+        assert entry["all"]["lists"] == 12 and entry["ms_per_call"] > 0
+        assert entry["all"]["first_pass_ndcg@10"] == pytest.approx(ranker_alone["ndcg@10"])
+    assert cascaded.table and {r["slice"] for r in cascaded.table} >= {"all"}
     # The served path with the ranker's top N through the cross-encoder, timed per N.
     users = sorted(set(catalog.interactions.user_ids.tolist()))[:3]
     timed = in_child(Config(CASCADE, reranker="torch", cascade=True), home, users, 1)
