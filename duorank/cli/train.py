@@ -19,7 +19,7 @@ from duorank.cli.options import (
     tower_option,
 )
 from duorank.settings import Settings
-from rerank.cross_encoder.training_args import QUICK_STEPS, RerankerTrainArgs
+from rerank.cross_encoder.training_args import LOSSES, QUICK_STEPS, RerankerTrainArgs
 from retrieval.sequential import QUICK_EPOCHS, SequentialConfig
 
 # The options' defaults are the dataclasses' own (both modules load without torch), so a
@@ -288,6 +288,14 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     help="A trained reranker folder: its P(like) of each training pair is the target "
     "(distillation) instead of the 0/1 label.",
 )
+@click.option(
+    "--loss",
+    type=click.Choice(list(LOSSES)),
+    default=RERANKER.loss,
+    show_default=True,
+    help="pointwise: cross-entropy of each pair; listwise: softmax cross-entropy of each liked "
+    "target against its own negatives (raise --hard-negatives for longer lists).",
+)
 @seed_option
 @quick_option(
     f"Reduced: {QUICK_STEPS} steps, 2 targets/user, 20 validation candidates (all validation "
@@ -320,6 +328,7 @@ def train_reranker_cmd(
     item_layers: int,
     layers: int | None,
     teacher: Path | None,
+    loss: str,
     seed: int,
     quick: bool,
     device: str | None,
@@ -351,6 +360,7 @@ def train_reranker_cmd(
         item_layers=item_layers,
         layers=layers,
         teacher=str(teacher) if teacher is not None else None,
+        loss=loss,
     )
     if quick:  # --quick's own step count unless --max-steps was given
         given = click.get_current_context().get_parameter_source("max_steps")

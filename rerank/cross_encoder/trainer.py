@@ -44,6 +44,7 @@ from rerank.cross_encoder.evaluation import (
     validation_metrics,
     validation_set,
 )
+from rerank.cross_encoder.listwise import example_lists, list_batches, listwise_loss
 from rerank.cross_encoder.model import RerankerConfig, RerankerNet, new_net, save_net
 from rerank.cross_encoder.pairs import Example, build_examples
 from rerank.cross_encoder.training_args import RerankerTrainArgs
@@ -399,27 +400,36 @@ def _train_epochs(
         cfg.patience, max([auc_rank(h["auc"]) for h in history], default=-1.0), best
     )
     loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.head == "binary" else torch.nn.CrossEntropyLoss()
+    lists = example_lists(examples) if cfg.loss == "listwise" else []
+    if cfg.loss == "listwise" and not lists:
+        raise ValueError("no liked target has a sampled negative: no list to learn from")
     for epoch in range(first_epoch, cfg.epochs):
-        order = list(range(len(examples)))
-        random.Random(cfg.seed + epoch).shuffle(order)
         net.train()
         losses: list[float] = []
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        grouped = list_batches(lists, cfg.batch_size, cfg.seed + epoch) if lists else []
+        if cfg.loss == "listwise":
+            batches = [[i for lst in batch for i in lst] for batch in grouped]
+        else:
+            order = list(range(len(examples)))
+            random.Random(cfg.seed + epoch).shuffle(order)
+            batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
-        for idx in bar:
+        for b, idx in enumerate(bar):
             if step >= total:
                 break
             chunk = [examples[i] for i in idx]
             batch = collate(fit.tokenizer, chunk, fit.stage, cfg, torch, fit.config.attention)
             logits = net(**to_device(batch, dev))
-            if cfg.head == "binary":
+            if cfg.loss == "listwise":
+                loss = listwise_loss(logits[:, 0], [len(lst) for lst in grouped[b]])
+            elif cfg.head == "binary":
                 labels = [e.label for e in chunk] if soft is None else soft[idx]
                 target = torch.tensor(labels, dtype=torch.float32, device=dev)
                 loss = loss_fn(logits[:, 0], target)
             else:
                 loss = loss_fn(logits, torch.tensor([e.level for e in chunk], device=dev))
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
             scheduler.step()

@@ -18,6 +18,8 @@ RENAMED = {
 }
 """Feature names of folders saved before the rename, read as today's."""
 DEFAULT_FEATURES = FEATURES  # all of them: the head learns how much each one is worth
+LOSSES = ("pointwise", "listwise")
+"""The training losses (:attr:`RerankerTrainArgs.loss`)."""
 QUICK_STEPS = 30
 """Optimiser steps of the reduced run (:meth:`RerankerTrainArgs.reduced`)."""
 
@@ -57,6 +59,10 @@ class RerankerTrainArgs:
         teacher: a trained reranker folder whose P(like) of each training pair is the target
             (distillation; binary head): the student learns the teacher's scores, not the
             0/1 labels.
+        loss: ``pointwise``: binary cross-entropy of each pair (or the rating softmax);
+            ``listwise``: softmax cross-entropy of each liked target against its own sampled
+            negatives (the served first stage's candidates with ``hard_negatives``), the
+            ranker's loss (binary head; dislikes, which have no list, are left out).
         seed: seeds Python, numpy and torch.
     """
 
@@ -86,6 +92,7 @@ class RerankerTrainArgs:
     item_layers: int = 0
     layers: int | None = None
     teacher: str | None = None
+    loss: str = "pointwise"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +105,12 @@ class RerankerTrainArgs:
             )
         if self.teacher is not None and self.head != "binary":
             raise ValueError("a teacher's scores are P(like): distillation needs the binary head")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.loss == "listwise" and (self.head != "binary" or self.teacher is not None):
+            raise ValueError("the list-wise loss needs the binary head and no teacher")
+        if self.loss == "listwise" and not (self.random_negatives or self.hard_negatives):
+            raise ValueError("the list-wise loss needs negatives: a list is a target and its own")
 
     def reduced(self, max_steps: int | None = QUICK_STEPS) -> RerankerTrainArgs:
         """The reduced run of the quickstart and CI: ``max_steps`` steps, 2 targets per user,
