@@ -26,8 +26,7 @@ import numpy as np
 
 from benchmarks.contract import BenchContext, BenchReport
 from benchmarks.evaluation.text import cascade_side_by_side, text_logits
-from benchmarks.latency.configs import REFERENCE_DEPTH
-from benchmarks.latency.quality import validation_stage
+from benchmarks.latency.quality import ranked_lists, validation_stage
 from rerank.ranker.cascade import DEPTHS, top_rows
 
 COLUMNS = (
@@ -53,17 +52,12 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
     ranker = GBDTRanker.load(ctx.home / "models" / "ranker")
     reranker = Reranker(ctx.home / "models" / "reranker", backend="torch")
     stage, setup = validation_stage(ctx.home, ctx.redis_url, ranker)
-    val = setup.validation
-    n = 150 if quick else len(val.requests)
-    lists = stage.lists(
-        val.requests[:n], val.excludes[:n], val.targets[:n], depths={"tower": REFERENCE_DEPTH}
-    )
-    cols = np.array([lists.names.index(c) for c in ranker.names], dtype=np.int64)
-    first = np.asarray(ranker.score(lists.x[:, cols]), dtype=np.float64)
+    lists, first = ranked_lists(stage, setup, ranker, quick)
+    requests = setup.validation.requests[: len(lists.sizes)]
     rows = top_rows(lists, first, max(DEPTHS))
     drop = np.ones(len(lists.cols), dtype=bool)
     drop[rows] = False
-    histories = {r.user_id: list(r.history) for r in val.requests[:n]}
+    histories = {r.user_id: list(r.history) for r in requests}
     started = time.perf_counter()
     logits = text_logits(
         reranker, lists.without_rows(drop), stage.item_ids, setup.catalog, histories

@@ -16,7 +16,7 @@ from benchmarks.latency.agreement import order_agreement
 from benchmarks.latency.configs import CASCADE_DEPTHS, DEPTHS, REFERENCE_DEPTH
 
 if TYPE_CHECKING:
-    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.candidates import CandidateStage, Lists
     from rerank.ranker.model import GBDTRanker
     from rerank.ranker.train import RankerValidation
 
@@ -57,6 +57,20 @@ def validation_stage(
         depths=stage_args.get("depths"),
     )
     return stage, setup
+
+
+def ranked_lists(
+    stage: CandidateStage, setup: RankerValidation, ranker: GBDTRanker, quick: bool
+) -> tuple[Lists, npt.NDArray[np.float64]]:
+    """The validation lists at the trained depth (the first 150 users with ``quick``) and the
+    ranker's score of every row."""
+    val = setup.validation
+    n = 150 if quick else len(val.requests)
+    lists = stage.lists(
+        val.requests[:n], val.excludes[:n], val.targets[:n], depths={"tower": REFERENCE_DEPTH}
+    )
+    cols = np.array([lists.names.index(c) for c in ranker.names], dtype=np.int64)
+    return lists, np.asarray(ranker.score(lists.x[:, cols]), dtype=np.float64)
 
 
 def depth_quality(stage: Any, setup: Any, ranker: Any, quick: bool) -> list[dict[str, Any]]:
@@ -142,12 +156,8 @@ def cascade_quality(
     users = UserTextTemplate.from_dict(reranker.config.user_template)
     items = ItemTextTemplate()
     val = setup.validation
-    n = 150 if quick else len(val.requests)
-    lists = stage.lists(
-        val.requests[:n], val.excludes[:n], val.targets[:n], depths={"tower": REFERENCE_DEPTH}
-    )
-    cols = np.array([lists.names.index(c) for c in ranker.names], dtype=np.int64)
-    ranked = np.asarray(ranker.score(lists.x[:, cols]), dtype=np.float64)
+    lists, ranked = ranked_lists(stage, setup, ranker, quick)
+    n = len(lists.sizes)
     deepest = max(CASCADE_DEPTHS)
     cascaded = {depth: ranked.copy() for depth in CASCADE_DEPTHS}
     started = time.perf_counter()
