@@ -78,6 +78,7 @@ def cli(
     orders them where it beat the first stage on validation. Embeddings are cached in Redis."""
     settings = Settings.from_env(home=home, redis_url=redis_url, log_level=log_level)
     _setup_logging(settings.log_level)
+    logging.getLogger("duorank").debug("settings: %s", settings.public())  # secrets masked
     ctx.obj = settings
 
 

@@ -113,6 +113,34 @@ def test_settings_from_env_and_secret_masking() -> None:
     assert public["api_token"] == "***" and "pw" not in public["redis_url"]
 
 
+def test_debug_logging_shows_the_settings_masked(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DUORANK_REDIS_URL": "redis://user:pw@127.0.0.1:1/0",
+        "DUORANK_API_TOKEN": "s3cret",
+        "DUORANK_HOME": str(tmp_path),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "duorank",
+            "--log-level",
+            "debug",
+            "index",
+            "list",
+            "--root",
+            str(tmp_path / "none"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "settings: {" in done.stderr and "redis://***@127.0.0.1:1/0" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout and ":pw@" not in done.stderr
+
+
 def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) -> None:
     """train tower -> index build --tower -> recommend (the tower serves), then a version
     without a tower served with --text-users (users embedded from text through Redis)."""
