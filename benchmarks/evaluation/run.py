@@ -27,6 +27,7 @@ from retrieval.vectors import ItemVectors
 
 if TYPE_CHECKING:
     from rerank.cross_encoder import Reranker
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
     from retrieval.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def run_eval(
             quick=quick,
             seed=seed,
             progress=progress,
+            reranker_args=_training_args(reranker, quick),
         )
     return {
         "dataset": catalog.source,
@@ -177,3 +179,17 @@ def _evaluation(
         quick=quick,
         progress=progress,
     )
+
+
+def _training_args(reranker: Reranker | None, quick: bool) -> RerankerTrainArgs | None:
+    """The evaluated reranker's training arguments (its card's), for the new-arrivals
+    protocol's own cross-encoder (None without a reranker)."""
+    if reranker is None:
+        return None
+    import json
+
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
+
+    card = json.loads((reranker.folder / "duorank-card.json").read_text())
+    args = RerankerTrainArgs.of_card(card)
+    return args.reduced() if quick else args

@@ -289,6 +289,12 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     "(distillation) instead of the 0/1 label.",
 )
 @click.option(
+    "--no-calibrate",
+    is_flag=True,
+    help="Keep the trained head as it learned: no validation fusion (which can give the text "
+    "no weight); for the text's own logit, e.g. as a ranking-stage feature.",
+)
+@click.option(
     "--loss",
     type=click.Choice(list(LOSSES)),
     default=RERANKER.loss,
@@ -328,6 +334,7 @@ def train_reranker_cmd(
     item_layers: int,
     layers: int | None,
     teacher: Path | None,
+    no_calibrate: bool,
     loss: str,
     seed: int,
     quick: bool,
@@ -361,6 +368,7 @@ def train_reranker_cmd(
         layers=layers,
         teacher=str(teacher) if teacher is not None else None,
         loss=loss,
+        calibrate=not no_calibrate,
     )
     if quick:  # --quick's own step count unless --max-steps was given
         given = click.get_current_context().get_parameter_source("max_steps")

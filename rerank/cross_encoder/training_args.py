@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from catalog.thresholds import LIKE_THRESHOLD
 
@@ -111,6 +113,16 @@ class RerankerTrainArgs:
             raise ValueError("the list-wise loss needs the binary head and no teacher")
         if self.loss == "listwise" and not (self.random_negatives or self.hard_negatives):
             raise ValueError("the list-wise loss needs negatives: a list is a target and its own")
+
+    @classmethod
+    def of_card(cls, card: Mapping[str, Any]) -> RerankerTrainArgs:
+        """The arguments a saved reranker was trained with (its card's ``config``; fields
+        added since it was saved keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in card.get("config", {}).items() if k in known}
+        if "features" in given:
+            given["features"] = tuple(RENAMED.get(f, f) for f in given["features"])
+        return cls(**given)
 
     def reduced(self, max_steps: int | None = QUICK_STEPS) -> RerankerTrainArgs:
         """The reduced run of the quickstart and CI: ``max_steps`` steps, 2 targets per user,

@@ -187,3 +187,42 @@ def test_the_live_stage_counts_only_the_events_before_each_request(encoder: Enco
         row = stage.item_rows([Request(e.user_id, list(e.history), e.at)], [e.item_id])
         before = np.count_nonzero((inter.item_ids == e.item_id) & (inter.timestamps < e.at))
         assert row[0, pop] == before  # the live log, cut at the request: never its own event
+
+
+def test_a_cross_encoder_trained_before_the_cutoff_scores_the_shelf(encoder: Encoder) -> None:
+    """With training arguments the protocol trains its own cross-encoder on the events before
+    the cut-off; it scores every new item released by a new item's event, and its P(like) is
+    the target's score."""
+    import pytest
+
+    from benchmarks.evaluation.arrivals import _trained
+    from rerank.cross_encoder.training_args import RerankerTrainArgs
+
+    catalog = _log()
+    arrivals = Arrivals.of(catalog)
+    text = encode_catalog(encoder, arrivals.catalog.items)
+    args = RerankerTrainArgs(
+        max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
+    )
+    methods = _trained(
+        arrivals,
+        catalog,
+        text,
+        SequentialConfig(dim=16, epochs=2),
+        quick_stage_args(),
+        0,
+        lambda _: None,
+        args,
+    )
+    scorer = methods["cross_encoder"]
+    events = [e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]]]
+    scored = scorer(events)
+    assert scored.shelf is not None and scored.p_like is not None
+    for k, e in enumerate(events):
+        col = arrivals.item_col[e.item_id]
+        assert scored.p_like[k] == pytest.approx(scored.shelf[k, col])
+        assert 0.0 < scored.p_like[k] < 1.0
+        for c in np.flatnonzero(arrivals.new & (arrivals.released <= e.at)):
+            assert np.isfinite(scored.shelf[k, c])
+    ranks = rank_events(arrivals, events, scorer)
+    assert np.all(ranks.shelf >= 1) and np.all(np.isfinite(ranks.target))

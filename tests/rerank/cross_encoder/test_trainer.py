@@ -92,6 +92,20 @@ def test_binary_head_saves_a_standard_folder(trained: tuple[Path, Catalog]) -> N
     assert [r.probability for r in ranked] == sorted((r.probability for r in ranked), reverse=True)
 
 
+def test_a_card_gives_back_the_arguments_it_was_trained_with(
+    trained: tuple[Path, Catalog],
+) -> None:
+    out, _ = trained
+    card = json.loads((out / "duorank-card.json").read_text())
+    assert RerankerTrainArgs.of_card(card) == CFG
+    # A card from before a field existed (and with the old feature names) reads as today's.
+    old = {"config": {**card["config"], "features": ["retrieval_score", "item_mean_rating"]}}
+    del old["config"]["loss"]
+    args = RerankerTrainArgs.of_card(old)
+    assert args.loss == "pointwise"
+    assert args.features == ("retrieval_score", "item_rating_deviation")
+
+
 def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
     catalog = rerank_catalog()
     split = leave_one_out(catalog.interactions)
