@@ -11,12 +11,14 @@ from benchmarks.evaluation.arrivals import (
     Arrivals,
     Event,
     Scored,
+    Scorer,
     figures,
     rank_events,
     run_arrivals,
 )
 from benchmarks.evaluation.ranking import quick_stage_args
 from catalog import Catalog, Interactions, Item, User
+from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder, encode_catalog
 from retrieval.sequential import SequentialConfig
 
@@ -141,8 +143,11 @@ def test_every_method_is_reported_and_new_items_reach_the_stages_shelf(encoder: 
     assert {row.split(" | ")[0][2:] for row in table if row.startswith("| ")} >= set(methods)
 
 
-def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder) -> None:
-    from benchmarks.evaluation.arrivals import StageScorer, _trained
+def _trained_methods(
+    encoder: Encoder, reranker_args: RerankerTrainArgs | None = None
+) -> tuple[Arrivals, dict[str, Scorer]]:
+    """The protocol's trained methods on :func:`_log`, at test size."""
+    from benchmarks.evaluation.arrivals import _trained
 
     catalog = _log()
     arrivals = Arrivals.of(catalog)
@@ -155,7 +160,15 @@ def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder)
         quick_stage_args(),
         0,
         lambda _: None,
+        reranker_args,
     )
+    return arrivals, methods
+
+
+def test_the_stage_scores_every_new_item_released_by_the_event(encoder: Encoder) -> None:
+    from benchmarks.evaluation.arrivals import StageScorer
+
+    arrivals, methods = _trained_methods(encoder)
     stage = methods["ranking_stage"]
     assert isinstance(stage, StageScorer)
     events = [e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]]]
@@ -195,25 +208,12 @@ def test_a_cross_encoder_trained_before_the_cutoff_scores_the_shelf(encoder: Enc
     the target's score."""
     import pytest
 
-    from benchmarks.evaluation.arrivals import _trained
     from rerank.cross_encoder.training_args import RerankerTrainArgs
 
-    catalog = _log()
-    arrivals = Arrivals.of(catalog)
-    text = encode_catalog(encoder, arrivals.catalog.items)
     args = RerankerTrainArgs(
         max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
     )
-    methods = _trained(
-        arrivals,
-        catalog,
-        text,
-        SequentialConfig(dim=16, epochs=2),
-        quick_stage_args(),
-        0,
-        lambda _: None,
-        args,
-    )
+    arrivals, methods = _trained_methods(encoder, args)
     scorer = methods["cross_encoder"]
     events = [e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]]]
     scored = scorer(events)
