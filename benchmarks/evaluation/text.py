@@ -227,7 +227,7 @@ def cascade_side_by_side(
     first: Floats,
     text: Floats,
     seed: int,
-    ms_per_pair: float | None,
+    ms_per_call: Mapping[int, float] | None = None,
     depths: Sequence[int] = DEPTHS,
 ) -> dict[str, Any]:
     """The text cascade (:mod:`rerank.ranker.cascade`) on validation lists, per top N: its
@@ -243,7 +243,7 @@ def cascade_side_by_side(
         first: the features ranker's score per row.
         text: the cross-encoder's logit per row (only each list's top ``max(depths)`` by
             ``first`` is read).
-        ms_per_pair: the cross-encoder's measured cost per pair (None: not measured).
+        ms_per_call: the text pass's measured cost of one call per N (None: not measured).
     """
     reference = list_ndcg10(first, lists)
     targets = {name: _target_values(lists, col) for name, (col, _) in SLICES.items()}
@@ -258,7 +258,7 @@ def cascade_side_by_side(
         for name, (_, ceiling) in SLICES.items():
             keep = targets[name] <= ceiling
             entry[name] = _slice(per_list[keep], reference[keep], control[keep])
-        entry["ms_per_call"] = ms_per_pair * depth if ms_per_pair is not None else None
+        entry["ms_per_call"] = ms_per_call.get(depth) if ms_per_call is not None else None
         entry["second_pass_rounds"] = [f.get("rounds") for f in fits]
         rows[str(depth)] = entry
     earning = {
@@ -271,5 +271,4 @@ def cascade_side_by_side(
         "depths": rows,
         "served_depth": int(served) if served else None,
         "served": f"cascade, top {served}" if served else "features ranker (no text pass)",
-        "ms_per_pair": ms_per_pair,
     }

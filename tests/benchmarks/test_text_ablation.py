@@ -83,7 +83,7 @@ def test_the_cascade_serves_only_when_the_text_beats_its_control() -> None:
 
     lists, first, text = synthetic(400, 30, seed=0)
     lists = _with_history(lists)
-    report = cascade_side_by_side(lists, first, text, seed=0, ms_per_pair=0.5, depths=(20,))
+    report = cascade_side_by_side(lists, first, text, 0, {20: 10.0}, depths=(20,))
     entry = report["depths"]["20"]
     assert report["served_depth"] == 20
     assert entry["all"]["minus_control"] > 3 * entry["all"]["minus_control_se"]
@@ -91,6 +91,6 @@ def test_the_cascade_serves_only_when_the_text_beats_its_control() -> None:
     rare = entry["rare targets (at most 10 events before the request)"]
     assert rare["lists"] == 200 and rare["minus_first_pass"] > 0.5  # the new targets' slice
     # A logit that says nothing: the cascade is its own control, and no text pass serves.
-    silent = cascade_side_by_side(lists, first, np.zeros_like(text), 0, None, depths=(20,))
+    silent = cascade_side_by_side(lists, first, np.zeros_like(text), 0, depths=(20,))
     assert silent["served_depth"] is None
     assert silent["depths"]["20"]["all"]["minus_control"] == 0.0
