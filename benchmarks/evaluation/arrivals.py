@@ -474,7 +474,8 @@ def _cross_encoder(
         out = Path(tmp) / "reranker"
         split = leave_one_out(before.interactions, seed=seed)
         # The head as trained: the warm validation's fusion would decide the text's weight.
-        raw = replace(args, calibrate=False)
+        # No teacher: a home's teacher has seen the events after the cut-off.
+        raw = replace(args, calibrate=False, teacher=None)
         train_reranker(before, split, text, out, raw, progress=False, tower=tower)
         reranker = Reranker(out, backend="torch")
         reranker.core  # noqa: B018  (loaded into memory before the folder goes)
