@@ -14,7 +14,8 @@ refitting trees on these lists gives without text. The N that serves must beat b
 ranker's order and the control by more than one standard error (the one-standard-error
 rule), else no text pass serves.
 
-Needs the home's ``models/ranker``, ``models/tower`` and ``models/reranker``.
+Needs the home's ``models/ranker``, ``models/tower`` and ``models/reranker`` (trained with
+``--no-calibrate``, or any reranker whose head still weighs its text).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
 
     ranker = GBDTRanker.load(ctx.home / "models" / "ranker")
     reranker = Reranker(ctx.home / "models" / "reranker", backend="torch")
+    if reranker.features_only is not None:
+        raise ValueError(
+            f"{reranker.folder}: its head gives the text no weight (the validation fusion set "
+            "it to zero), so it has no text logit to read; train it with `duorank train "
+            "reranker --no-calibrate`"
+        )
     stage, setup = validation_stage(ctx.home, ctx.redis_url, ranker)
     lists, first = ranked_lists(stage, setup, ranker, quick)
     requests = setup.validation.requests[: len(lists.sizes)]

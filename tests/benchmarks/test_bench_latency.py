@@ -116,8 +116,14 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     models = home / "models"
     stack = build_ranked_stack(models, catalog, encoder, tower_dir=models / "tower")
     (models / "index").rename(home / "index")
-    args = RerankerTrainArgs(
-        max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
+    args = RerankerTrainArgs(  # the head as trained: `bench cascade` reads its text logit
+        max_steps=2,
+        batch_size=8,
+        targets_per_user=2,
+        val_users=4,
+        val_candidates=5,
+        hard_pool=5,
+        calibrate=False,
     )
     tower = SequentialTower.load(models / "tower").bind_text(stack.text)
     split = leave_one_out(catalog.interactions)
@@ -151,3 +157,12 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     timed = in_child(Config(CASCADE, reranker="torch", cascade=True), home, users, 1)
     assert set(timed) == {str(n) for n in CASCADE_DEPTHS}
     assert all(row["calls"] == 3 and row["p_like_p50_ms"] > 0 for row in timed.values())
+    # A fused head that gives the text no weight has no logit to read: a clear error.
+    from safetensors.numpy import load_file, save_file
+
+    head_file = models / "reranker" / "head.safetensors"
+    head = load_file(str(head_file))
+    head["head.weight"][:] = 0.0
+    save_file(head, str(head_file))
+    with pytest.raises(ValueError, match="--no-calibrate"):
+        run_cascade(True, ctx)
