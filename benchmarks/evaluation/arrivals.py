@@ -428,7 +428,9 @@ def cross_encoder_scorer(
             if not is_new and (e.user_id, e.item_id, e.at) not in cold:
                 continue
             seen = np.zeros(len(ids), dtype=bool)
-            seen[[arrivals.item_col[h.item_id] for h in e.history if h.item_id in ids_set]] = True
+            seen[
+                [arrivals.item_col[h.item_id] for h in e.history if h.item_id in arrivals.item_col]
+            ] = True
             offered = (arrivals.released <= e.at) & ~seen
             offered[target] = True  # released by its own event at the latest
             in_full = top(full[n], offered)
@@ -445,7 +447,6 @@ def cross_encoder_scorer(
                 scores[n, kept] = scores[n].max() + 2.0 + np.array([p_of[c] for c in kept])
         return Scored(full, shelf, p_like)
 
-    ids_set = set(ids)
     return score
 
 

@@ -207,12 +207,9 @@ def test_a_cross_encoder_trained_before_the_cutoff_scores_the_shelf(encoder: Enc
     the cut-off; it scores every new item released by a new item's event, and its P(like) is
     the target's score."""
 
-    from rerank.cross_encoder.training_args import RerankerTrainArgs
+    from tests.rerank.cross_encoder.conftest import TINY
 
-    args = RerankerTrainArgs(
-        max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
-    )
-    arrivals, methods = _trained_methods(encoder, args)
+    arrivals, methods = _trained_methods(encoder, TINY)
     scorer = methods["cross_encoder"]
     events = [e for e in arrivals.events if arrivals.new[arrivals.item_col[e.item_id]]]
     scored = scorer(events)

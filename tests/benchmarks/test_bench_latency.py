@@ -104,11 +104,13 @@ def test_the_depth_curve_and_the_default_row_on_a_tiny_home(
 
 @pytest.mark.slow
 def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redis_url: str) -> None:
+    from dataclasses import replace
+
     from catalog import leave_one_out
     from rerank.cross_encoder.trainer import train_reranker
-    from rerank.cross_encoder.training_args import RerankerTrainArgs
     from rerank.ranker.model import GBDTRanker
     from retrieval.sequential import SequentialTower
+    from tests.rerank.cross_encoder.conftest import TINY
 
     catalog = tiny_catalog(n_items=40, n_users=12, per_user=8)
     home = tmp_path / "home"
@@ -116,15 +118,7 @@ def test_the_cascade_lever_on_a_tiny_home(tmp_path: Path, encoder: Encoder, redi
     models = home / "models"
     stack = build_ranked_stack(models, catalog, encoder, tower_dir=models / "tower")
     (models / "index").rename(home / "index")
-    args = RerankerTrainArgs(  # the head as trained: `bench cascade` reads its text logit
-        max_steps=2,
-        batch_size=8,
-        targets_per_user=2,
-        val_users=4,
-        val_candidates=5,
-        hard_pool=5,
-        calibrate=False,
-    )
+    args = replace(TINY, calibrate=False)  # the head as trained: `bench cascade` reads it
     tower = SequentialTower.load(models / "tower").bind_text(stack.text)
     split = leave_one_out(catalog.interactions)
     train_reranker(

@@ -29,6 +29,10 @@ def text_vectors(catalog: Catalog, encoder: Encoder) -> ItemVectors:
     return ItemVectors(ids, encoder.encode([template.render(catalog.items[i]) for i in ids]))
 
 
+TINY = RerankerTrainArgs(
+    max_steps=2, batch_size=8, targets_per_user=2, val_users=4, val_candidates=5, hard_pool=5
+)
+"""The smallest run that trains, validates and saves (tests that only need a folder)."""
 CFG = RerankerTrainArgs(
     max_steps=2,
     batch_size=8,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rerank import Reranker
 from rerank.cross_encoder.trainer import train_reranker
 from rerank.cross_encoder.training_args import RerankerTrainArgs
 from retrieval.encoder import Encoder
-from tests.rerank.cross_encoder.conftest import CFG, rerank_catalog, text_vectors
+from tests.rerank.cross_encoder.conftest import CFG, TINY, rerank_catalog, text_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -109,16 +110,7 @@ def test_a_card_gives_back_the_arguments_it_was_trained_with(
 def test_rating_head(tmp_path: Path, encoder: Encoder) -> None:
     catalog = rerank_catalog()
     split = leave_one_out(catalog.interactions)
-    cfg = RerankerTrainArgs(
-        head="rating",
-        max_steps=1,
-        batch_size=8,
-        targets_per_user=2,
-        val_users=4,
-        val_candidates=5,
-        hard_pool=5,
-        calibrate=False,
-    )
+    cfg = replace(TINY, head="rating", max_steps=1, calibrate=False)
     train_reranker(
         catalog, split, text_vectors(catalog, encoder), tmp_path / "r", cfg, progress=False
     )
