@@ -258,6 +258,7 @@ class FactorSource(_CatalogScorer):
         if item_factors.shape[0] != len(self.item_ids):
             raise ValueError(f"{item_factors.shape[0]} factor rows for {len(self.item_ids)} items")
         self.factors = item_factors
+        self.empty = ~np.any(item_factors, axis=1)
         self.reg = reg
         self.alpha = alpha
 
@@ -298,6 +299,7 @@ class FactorSource(_CatalogScorer):
         users = fold_in(padded, rows, self.reg, self.alpha)
         scores = (users @ self.factors.T).astype(np.float64)
         scores[~np.any(users, axis=1)] = -np.inf  # no known item: no proposal
+        scores[:, self.empty] = -np.inf  # an item with no events has no factors: no proposal
         return scores
 
 

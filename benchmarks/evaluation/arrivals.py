@@ -594,7 +594,8 @@ def _trained(
     progress: Callable[[str], None],
     reranker_args: RerankerTrainArgs | None = None,
 ) -> dict[str, Scorer]:
-    """The trained tower and the ranking stage (with and without its text features), fitted
+    """The trained tower and the ranking stage (with and without its text features, and
+    without cold dropout when it has it), fitted
     on the events before the cut-off as ``train tower`` and ``train ranker`` fit them (the
     stage reading the live ``log``: :func:`live_stage`), and the served pipeline (the stage
     or the tower, as the ranker's card chose)."""
@@ -622,6 +623,10 @@ def _trained(
     stage = live_stage(before, log, tower, setup.index, text, stage_args, seed)
     without = GBDTRanker.fit(trained.train_lists.without_columns(TEXT_COLUMNS), stage_args.ranker)
     methods["ranking_stage_without_text"] = StageScorer(arrivals, stage, without)
+    if stage_args.ranker.cold_dropout:  # the stage as it was before cold dropout
+        warm_only = replace(stage_args.ranker, cold_dropout=0.0)
+        before_dropout = GBDTRanker.fit(trained.train_lists, warm_only)
+        methods["ranking_stage_without_cold_dropout"] = StageScorer(arrivals, stage, before_dropout)
     methods["ranking_stage"] = StageScorer(arrivals, stage, trained.ranker)
     serves = trained.choice["served"] == "ranker"
     methods["served_pipeline"] = StageScorer(arrivals, stage, trained.ranker, serve=serves)

@@ -117,8 +117,8 @@ def _trained(ev: Evaluation, towers: TowerRuns, args: RankingStageArgs) -> Train
 def _variants(
     trained: TrainedStage, cfg: RankerConfig
 ) -> dict[str, tuple[Lists, Lists, RankerConfig]]:
-    """The ranker and its ablations: from scratch, without each feature group, without the
-    sources' own scores, without each source but the first."""
+    """The ranker and its ablations: from scratch, without cold dropout, without each feature
+    group, without the sources' own scores, without each source but the first."""
     train_lists, val_lists = trained.train_lists, trained.val_lists
     sources = [s.name for s in trained.stage_val.sources]
     variants: dict[str, tuple[Lists, Lists, RankerConfig]] = {
@@ -129,6 +129,8 @@ def _variants(
             replace(cfg, residual=False),
         ),
     }
+    if cfg.cold_dropout:  # what the new arrivals' gain costs the warm lists
+        variants["without cold dropout"] = (train_lists, val_lists, replace(cfg, cold_dropout=0.0))
     for group, names in FEATURE_GROUPS.items():
         if group == "first_stage":
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +91,9 @@ class Lists:
         cols: each row's item column.
         labels: 1 for a list's target, else 0 (all zero without targets).
         names: the feature names (columns of ``x``).
+        users: each list's user.
+        depths: each source's depth: the rank a candidate it did not propose reads (what a
+            cold row reads there, :mod:`rerank.ranker.cold`).
     """
 
     x: Floats
@@ -99,6 +102,7 @@ class Lists:
     labels: npt.NDArray[np.float32]
     names: tuple[str, ...]
     users: list[str] = field(default_factory=list)
+    depths: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def offsets(self) -> npt.NDArray[np.int64]:
@@ -110,21 +114,14 @@ class Lists:
         keep = ~drop
         list_of = np.repeat(np.arange(len(self.sizes)), self.sizes)
         sizes = np.bincount(list_of[keep], minlength=len(self.sizes)).astype(np.int64)
-        return Lists(
-            self.x[keep], sizes, self.cols[keep], self.labels[keep], self.names, self.users
+        return replace(
+            self, x=self.x[keep], sizes=sizes, cols=self.cols[keep], labels=self.labels[keep]
         )
 
     def without_columns(self, names: Sequence[str]) -> Lists:
         """The same rows without the named features."""
         keep = [n for n, name in enumerate(self.names) if name not in set(names)]
-        return Lists(
-            self.x[:, keep],
-            self.sizes,
-            self.cols,
-            self.labels,
-            tuple(self.names[n] for n in keep),
-            self.users,
-        )
+        return replace(self, x=self.x[:, keep], names=tuple(self.names[n] for n in keep))
 
     def column(self, name: str) -> Floats:
         """One feature's values."""
@@ -139,13 +136,13 @@ class Lists:
             if len(lists)
             else np.zeros(0, np.int64)
         )
-        return Lists(
-            self.x[rows],
-            self.sizes[lists],
-            self.cols[rows],
-            self.labels[rows],
-            self.names,
-            [self.users[n] for n in lists] if self.users else [],
+        return replace(
+            self,
+            x=self.x[rows],
+            sizes=self.sizes[lists],
+            cols=self.cols[rows],
+            labels=self.labels[rows],
+            users=[self.users[n] for n in lists] if self.users else [],
         )
 
 
@@ -383,4 +380,5 @@ class CandidateStage:
             np.concatenate(labels) if labels else np.zeros(0, np.float32),
             self.names,
             [r.user_id for r in requests],
+            {**self.depths, **(depths or {})},
         )

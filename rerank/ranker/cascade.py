@@ -32,9 +32,15 @@ DEPTHS = (10, 20, 50)
 """The top N tried on validation (N >= 10: NDCG@10 is then the same on the top N as on the
 whole list)."""
 SECOND_PASS = RankerConfig(
-    num_leaves=7, min_data_in_leaf=20, max_rounds=300, early_stopping=30, holdout=0.25
+    num_leaves=7,
+    min_data_in_leaf=20,
+    max_rounds=300,
+    early_stopping=30,
+    holdout=0.25,
+    cold_dropout=0.0,
 )
-"""Small trees: the second pass learns from a few hundred validation lists, not thousands."""
+"""Small trees: the second pass learns from a few hundred validation lists, not thousands.
+No cold copies: a cold row's first-pass score would still be its warm one."""
 
 Floats = npt.NDArray[np.float64]
 Rows = npt.NDArray[np.int64]
@@ -64,6 +70,7 @@ def cascade_lists(lists: Lists, rows: Rows, first: Floats, text: Floats) -> List
         lists.labels[rows],
         (*lists.names, FIRST_PASS, TEXT_LOGIT),
         lists.users,
+        lists.depths,
     )
 
 

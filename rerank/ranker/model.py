@@ -22,6 +22,7 @@ import numpy.typing as npt
 from catalog.fsutil import RANKER, atomic_dir, write_json
 from catalog.progress import Progress
 from rerank.ranker.candidates import Lists
+from rerank.ranker.cold import with_cold_copies
 
 CARD = "ranker.json"
 MODEL = "ranker.txt"
@@ -58,6 +59,9 @@ class RankerConfig:
     residual: bool = True
     seed: int = 0
     threads: int = 0
+    cold_dropout: float = 0.5
+    """Share of rows read as an item with no events in each training list's cold copy
+    (:mod:`rerank.ranker.cold`; 0: no copies); the early-stopping lists stay as they are."""
 
     def params(self) -> dict[str, Any]:
         """The LightGBM parameter dict."""
@@ -201,14 +205,20 @@ class GBDTRanker:
         base: str = "retrieval_score",
         progress: Callable[[str], None] | None = None,
     ) -> GBDTRanker:
-        """Fits on training lists (labels mark each list's target).
+        """Fits on training lists (labels mark each list's target); with
+        ``config.cold_dropout``, on each list and its cold copy (read with ``lists.depths``).
 
         Raises:
-            ValueError: no list holds its target, or ``base`` is not a feature.
+            ValueError: no list holds its target, ``base`` is not a feature, or a source of
+                the lists has no depth for the cold copies.
         """
         import lightgbm as lgb
 
         cfg = config or RankerConfig()
+
+        def cold(part: Lists) -> Lists:
+            return with_cold_copies(part, cfg.cold_dropout, part.depths, cfg.seed + 1)
+
         if base not in lists.names:
             raise ValueError(f"base feature {base!r} is not among {list(lists.names)}")
         train = with_targets(lists)
@@ -239,7 +249,7 @@ class GBDTRanker:
 
         params = cfg.params()
         fit_part, val_part = train.select(fit_idx), train.select(val_idx)
-        d_fit = dataset(fit_part)
+        d_fit = dataset(cold(fit_part))
         d_val = dataset(val_part, d_fit)
         curve: dict[str, Any] = {}
         bar = Progress("ranker: boosting", cfg.max_rounds, "trees", enabled=progress is not None)
@@ -270,7 +280,7 @@ class GBDTRanker:
             "held_out_list_loss": list_loss(held_scores, val_part),
             "held_out_list_loss_first_stage": list_loss(scale * val_part.x[:, b], val_part),
         }
-        final = lgb.train(params, dataset(train), num_boost_round=rounds)
+        final = lgb.train(params, dataset(cold(train)), num_boost_round=rounds)
         return cls(final, lists.names, scale, cfg, record, base)
 
     def score(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

@@ -30,6 +30,7 @@ from catalog.model import Item
 from catalog.text import HistoryEvent, is_positive
 from catalog.thresholds import LIKE_THRESHOLD
 from rerank.ranker.candidates import DEPTHS, CandidateStage, Lists
+from rerank.ranker.cold import as_cold
 from rerank.ranker.features import Request, group_of
 from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig
 from rerank.ranker.stacking import Stacked, request_time, stack
@@ -279,6 +280,10 @@ def train_ranking_stage(
         list_ndcg10(ranker.score(val_lists.x), val_lists),
         list_ndcg10(val_lists.column("retrieval_score"), val_lists),
     )
+    # The same lists with every candidate read as a new arrival (no events): how the stage
+    # orders items by their content alone. The first stage's order does not change.
+    cold_view = as_cold(val_lists.x, val_lists.names, val_lists.depths)
+    choice["cold_view_ndcg@10"] = float(list_ndcg10(ranker.score(cold_view), val_lists).mean())
     started = time.perf_counter()
     sources = [s.name for s in stage_fit.sources]
     like_cols = [

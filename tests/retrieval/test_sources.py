@@ -83,6 +83,10 @@ def test_factor_source_folds_in_and_excludes() -> None:
     proposal = source.propose(_h("i0", "i1"), k=8, exclude={"i0", "i1"})
     assert proposal.ids and not {"i0", "i1"} & set(proposal.ids)
     assert source.propose([], k=5).ids == []  # nothing known: no proposal
+    # i7 has no events, so no factors: a dot product of 0 outranks every negative score, yet
+    # a collaborative source knows nothing of it and never proposes it
+    assert not source.factors[ITEMS.index("i7")].any()
+    assert "i7" not in source.propose(_h("i0", "i1"), k=8).ids
     with pytest.raises(ValueError, match="3 factor rows for 8 items"):
         FactorSource(ITEMS, np.zeros((3, 4), np.float32), reg=0.1, alpha=1.0)
 
