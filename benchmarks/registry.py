@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "scale-encode": "benchmarks.bench_scale_encode",
     "latency": "benchmarks.bench_latency",
     "cascade": "benchmarks.bench_cascade",
+    "cold-dropout": "benchmarks.bench_cold_dropout",
 }
 
 

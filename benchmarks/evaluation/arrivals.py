@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from rerank.cross_encoder.training_args import RerankerTrainArgs
     from rerank.ranker.candidates import CandidateStage
     from rerank.ranker.model import GBDTRanker
-    from rerank.ranker.train import RankingStageArgs
+    from rerank.ranker.train import RankingStageArgs, TrainedStage
     from retrieval.index import VectorIndex
     from retrieval.sequential import SequentialConfig, SequentialTower
     from retrieval.sources import CandidateSet
@@ -584,7 +584,18 @@ def live_stage(
     )
 
 
-def _trained(
+@dataclass
+class BeforeCutoff:
+    """The tower and the ranking stage fitted on the events before the cut-off, and the stage
+    reading the live log (:func:`live_stage`)."""
+
+    tower: SequentialTower
+    index: VectorIndex
+    trained: TrainedStage
+    stage: CandidateStage
+
+
+def fit_before_cutoff(
     arrivals: Arrivals,
     log: Catalog,
     text: ItemVectors,
@@ -592,15 +603,10 @@ def _trained(
     stage_args: RankingStageArgs,
     seed: int,
     progress: Callable[[str], None],
-    reranker_args: RerankerTrainArgs | None = None,
-) -> dict[str, Scorer]:
-    """The trained tower and the ranking stage (with and without its text features, and
-    without cold dropout when it has it), fitted
-    on the events before the cut-off as ``train tower`` and ``train ranker`` fit them (the
-    stage reading the live ``log``: :func:`live_stage`), and the served pipeline (the stage
-    or the tower, as the ranker's card chose)."""
+) -> BeforeCutoff:
+    """The tower and the ranking stage on the events before the cut-off, as ``train tower``
+    and ``train ranker`` fit them."""
     from catalog.splits import leave_one_out
-    from rerank.ranker.model import GBDTRanker
     from rerank.ranker.train import train_on, validation_of
     from retrieval.sequential_train import train_sequential
 
@@ -613,14 +619,35 @@ def _trained(
     tower, card = train_sequential(
         text, group_histories(split.train, seed=seed), validation, sequential, progress=False
     )
-    assert tower.item_vectors is not None
-    methods: dict[str, Scorer] = {
-        "two_tower_trained": tower_scorer(arrivals, tower, tower.item_vectors)
-    }
     progress("new arrivals: the ranking stage on the events before the cut-off")
     setup = validation_of(before, text, tower, card, seed=seed)
     trained = train_on(setup, stage_args, progress=progress)
     stage = live_stage(before, log, tower, setup.index, text, stage_args, seed)
+    return BeforeCutoff(tower, setup.index, trained, stage)
+
+
+def _trained(
+    arrivals: Arrivals,
+    log: Catalog,
+    text: ItemVectors,
+    sequential: SequentialConfig,
+    stage_args: RankingStageArgs,
+    seed: int,
+    progress: Callable[[str], None],
+    reranker_args: RerankerTrainArgs | None = None,
+) -> dict[str, Scorer]:
+    """The trained tower and the ranking stage (with and without its text features, and
+    without cold dropout when it has it), fitted on the events before the cut-off
+    (:func:`fit_before_cutoff`), and the served pipeline (the stage or the tower, as the
+    ranker's card chose)."""
+    from rerank.ranker.model import GBDTRanker
+
+    fitted = fit_before_cutoff(arrivals, log, text, sequential, stage_args, seed, progress)
+    tower, trained, stage = fitted.tower, fitted.trained, fitted.stage
+    assert tower.item_vectors is not None
+    methods: dict[str, Scorer] = {
+        "two_tower_trained": tower_scorer(arrivals, tower, tower.item_vectors)
+    }
     without = GBDTRanker.fit(trained.train_lists.without_columns(TEXT_COLUMNS), stage_args.ranker)
     methods["ranking_stage_without_text"] = StageScorer(arrivals, stage, without)
     if stage_args.ranker.cold_dropout:  # the stage as it was before cold dropout
@@ -632,7 +659,7 @@ def _trained(
     methods["served_pipeline"] = StageScorer(arrivals, stage, trained.ranker, serve=serves)
     if reranker_args is not None:
         methods["cross_encoder"] = _cross_encoder(
-            arrivals, text, tower, setup.index, reranker_args, seed, progress
+            arrivals, text, tower, fitted.index, reranker_args, seed, progress
         )
     return methods
 

@@ -129,6 +129,7 @@ def test_every_method_is_reported_and_new_items_reach_the_stages_shelf(encoder: 
         "two_tower_zero_shot",
         "two_tower_trained",
         "ranking_stage_without_text",
+        "ranking_stage_without_cold_dropout",  # the stage before cold copies, as a reference
         "ranking_stage",
         "served_pipeline",
     }
@@ -231,3 +232,40 @@ def test_a_cross_encoder_trained_before_the_cutoff_scores_the_shelf(encoder: Enc
     np.testing.assert_array_equal(scorer(old).full, methods["two_tower_trained"](old).full)
     ranks = rank_events(arrivals, events, scorer)
     assert np.all(ranks.shelf >= 1) and np.all(np.isfinite(ranks.target))
+
+
+def test_the_cold_dropout_bench_reads_every_share_on_validation_and_after_the_cutoff(
+    encoder: Encoder,
+) -> None:
+    from benchmarks.bench_cold_dropout import RATES, _one_seed, _summary
+
+    out = _one_seed(_log(), encoder, 0, quick=True)
+    assert set(out) == {str(r) for r in RATES}
+    rows = _summary({0: out})
+    assert [r["cold_dropout"] for r in rows] == list(RATES)
+    assert rows[0]["minus_no_copies"] == 0.0  # share 0 is the reference
+    for row in rows:
+        assert 0.0 <= row["validation_ndcg@10"] <= 1.0
+        assert 0.0 <= row["cold_view_ndcg@10"] <= 1.0
+        assert 0.0 <= row["shelf_ndcg@10"] <= 1.0
+    # the copies change the trees: the cold view (the stage on content alone) moves
+    assert len({round(r["cold_view_ndcg@10"], 9) for r in rows}) > 1 or len(
+        {round(r["validation_ndcg@10"], 9) for r in rows}
+    ) > 1
+
+
+def test_the_share_is_chosen_on_validation_within_one_standard_error() -> None:
+    from benchmarks.bench_cold_dropout import choose
+
+    def row(rate: float, minus: float, cold: float) -> dict[str, float]:
+        return {
+            "cold_dropout": rate,
+            "minus_no_copies": minus,
+            "minus_no_copies_se": 0.005,
+            "cold_view_ndcg@10": cold,
+            "shelf_ndcg@10": 1.0 - rate,  # test figures never choose
+        }
+
+    rows = [row(0.0, 0.0, 0.03), row(0.25, -0.004, 0.05), row(0.5, -0.02, 0.07)]
+    assert choose(rows) == 0.25  # 0.5 sees new arrivals best but costs the warm lists
+    assert choose([row(0.0, 0.0, 0.03), row(0.5, -0.02, 0.07)]) == 0.0
