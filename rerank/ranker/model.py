@@ -345,7 +345,7 @@ class GBDTRanker:
             booster,
             card["names"],
             float(card["scale"]),
-            RankerConfig(**card["config"]),
+            RankerConfig(**{"cold_dropout": 0.0, **card["config"]}),  # older cards: none
             card["record"],
             card["base"],
             like,

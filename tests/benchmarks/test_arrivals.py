@@ -249,9 +249,10 @@ def test_the_cold_dropout_bench_reads_every_share_on_validation_and_after_the_cu
         assert 0.0 <= row["cold_view_ndcg@10"] <= 1.0
         assert 0.0 <= row["shelf_ndcg@10"] <= 1.0
     # the copies change the trees: the cold view (the stage on content alone) moves
-    assert len({round(r["cold_view_ndcg@10"], 9) for r in rows}) > 1 or len(
-        {round(r["validation_ndcg@10"], 9) for r in rows}
-    ) > 1
+    assert (
+        len({round(r["cold_view_ndcg@10"], 9) for r in rows}) > 1
+        or len({round(r["validation_ndcg@10"], 9) for r in rows}) > 1
+    )
 
 
 def test_the_share_is_chosen_on_validation_within_one_standard_error() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,12 @@ def test_the_ranker_learns_the_correction_and_round_trips(tmp_path) -> None:  # 
     ranker.save(tmp_path / "ranker")
     again = GBDTRanker.load(tmp_path / "ranker")
     np.testing.assert_allclose(again.score(test.x), ranker.score(test.x))
+    assert again.config == ranker.config
+    card_path = tmp_path / "ranker" / "ranker.json"
+    card = json.loads(card_path.read_text())
+    del card["config"]["cold_dropout"]  # a card written before cold copies
+    card_path.write_text(json.dumps(card))
+    assert GBDTRanker.load(tmp_path / "ranker").config.cold_dropout == 0.0  # trained without
     empty = Lists(
         train.x, train.sizes, train.cols, np.zeros_like(train.labels), train.names, train.users
     )
