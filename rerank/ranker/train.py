@@ -165,6 +165,13 @@ def list_ndcg10(scores: npt.NDArray[np.floating], lists: Lists) -> npt.NDArray[n
     return np.nan_to_num(values, nan=0.0)  # no target among the candidates: 0
 
 
+def cold_view_ndcg10(ranker: GBDTRanker, lists: Lists) -> float:
+    """Mean NDCG@10 of ``lists`` with every candidate read as a new arrival (no events): how
+    the stage orders items by their content alone (the first stage's order does not change)."""
+    cold = as_cold(lists.x, lists.names, lists.depths)
+    return float(list_ndcg10(ranker.score(cold), lists).mean())
+
+
 def one_se_choice(
     ranker: npt.NDArray[np.float64], first: npt.NDArray[np.float64]
 ) -> dict[str, Any]:
@@ -280,10 +287,7 @@ def train_ranking_stage(
         list_ndcg10(ranker.score(val_lists.x), val_lists),
         list_ndcg10(val_lists.column("retrieval_score"), val_lists),
     )
-    # The same lists with every candidate read as a new arrival (no events): how the stage
-    # orders items by their content alone. The first stage's order does not change.
-    cold_view = as_cold(val_lists.x, val_lists.names, val_lists.depths)
-    choice["cold_view_ndcg@10"] = float(list_ndcg10(ranker.score(cold_view), val_lists).mean())
+    choice["cold_view_ndcg@10"] = cold_view_ndcg10(ranker, val_lists)
     started = time.perf_counter()
     sources = [s.name for s in stage_fit.sources]
     like_cols = [

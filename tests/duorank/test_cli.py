@@ -175,6 +175,9 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     assert f"serves the {served.replace('_', ' ')}" in result.output
     assert "P(like) head: " in result.output  # its validation AUC, or why there is none
     assert card["record"]["stage"]["depths"]["tower"] == 100
+    assert card["config"]["cold_dropout"] == 0.5  # the measured default: cold copies
+    cold_view = card["record"]["choice"]["cold_view_ndcg@10"]
+    assert 0.0 <= cold_view <= 1.0 and f"NDCG@10 {cold_view:.4f}" in result.output
     result = runner.invoke(cli, [*build, "--tower", tower, "--ranker", ranker])
     assert result.exit_code == 0, result.output  # the stage's tables published in the version
     from indexer import IndexRoot
