@@ -19,6 +19,7 @@ figures say what that choice buys; they never choose.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -29,18 +30,7 @@ from benchmarks.contract import BenchContext, BenchReport
 RATES = (0.0, 0.25, 0.5)
 """The shares tried (0: no cold copies)."""
 SEEDS = (0, 1, 2)
-COLUMNS = (
-    "cold_dropout",
-    "validation_ndcg@10",
-    "minus_no_copies",
-    "minus_no_copies_se",
-    "cold_view_ndcg@10",
-    "shelf_ndcg@10",
-    "new_items_ndcg@10",
-    "new_items_recall@50",
-    "cold_users_ndcg@10",
-    "all_events_ndcg@10",
-)
+log = logging.getLogger(__name__)
 
 
 def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> dict[str, dict[str, Any]]:
@@ -72,7 +62,7 @@ def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> dict[str, d
         tower.reduced() if quick else tower,
         stage_args,
         seed,
-        lambda _m: None,
+        lambda message: log.info("seed %d: %s", seed, message),
     )
     val = fitted.trained.val_lists
     cold_view = as_cold(val.x, val.names, val.depths)
@@ -80,6 +70,7 @@ def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> dict[str, d
     for rate in RATES:
         config = replace(stage_args.ranker, cold_dropout=rate)
         ranker = GBDTRanker.fit(fitted.trained.train_lists, config)
+        log.info("seed %d: share %s of cold rows, %d trees", seed, rate, ranker.record["rounds"])
         scorer = StageScorer(arrivals, fitted.stage, ranker)
         test = figures(
             arrivals,
