@@ -19,15 +19,13 @@ COLD_ITEM = "i5"
 
 def _rows(
     histories: dict[str, list[HistoryEvent]], request: Request, exposure: np.ndarray
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], Lists]:
+    """Each candidate's feature row for ``request``, and the lists they came from."""
     stage = _stage(histories)
     stage.depths["tower"] = N_ITEMS  # the tower proposes every item, events or none
     stage.features.exposure = exposure  # the tower's, over every user: held as it was
     lists = stage.lists([request], [{e.item_id for e in request.history}])
-    return {stage.item_ids[c]: lists.x[n] for n, c in enumerate(lists.cols)} | {
-        "_names": lists.names,  # type: ignore[dict-item]
-        "_depths": stage.depths,  # type: ignore[dict-item]
-    }
+    return {stage.item_ids[c]: lists.x[n] for n, c in enumerate(lists.cols)}, lists
 
 
 def test_a_cold_row_is_what_the_features_compute_for_an_item_with_no_events() -> None:
@@ -38,10 +36,10 @@ def test_a_cold_row_is_what_the_features_compute_for_an_item_with_no_events() ->
     history = _events([0, 1, 2, 3], T0 + 40 * DAY)
     request = Request("me", history, T0 + 60 * DAY)
     exposure = np.linspace(0.0, 1.0, N_ITEMS, dtype=np.float32)
-    warm = _rows({**log, "me": history}, request, exposure)
+    warm, lists = _rows({**log, "me": history}, request, exposure)
     without = {u: [e for e in h if e.item_id != COLD_ITEM] for u, h in log.items()}
-    cold = _rows({**without, "me": history}, request, exposure)
-    names, depths = warm["_names"], warm["_depths"]
+    cold, _ = _rows({**without, "me": history}, request, exposure)
+    names, depths = lists.names, lists.depths
     expected = as_cold(warm[COLD_ITEM][None, :], names, depths)[0]
     np.testing.assert_array_equal(cold[COLD_ITEM], expected)
     changed = {names[n] for n in np.flatnonzero(~np.isclose(warm[COLD_ITEM], expected))}
