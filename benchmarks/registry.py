@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "latency": "benchmarks.bench_latency",
     "cascade": "benchmarks.bench_cascade",
     "cold-dropout": "benchmarks.bench_cold_dropout",
+    "short-histories": "benchmarks.bench_short_histories",
 }
 
 

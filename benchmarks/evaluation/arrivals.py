@@ -314,6 +314,26 @@ def paired(
     }
 
 
+SLICES = {
+    "shelf NDCG@10": "shelf_ndcg@10_minus_served_ci95",
+    "new items Recall@50": "new_items_recall@50_minus_served_ci95",
+    "cold users NDCG@10": "cold_ndcg@10_minus_served_ci95",
+}
+"""The slices where text should matter, and the key of each one's paired interval."""
+
+
+def text_by_slice(intervals: Mapping[str, Sequence[float]]) -> dict[str, dict[str, Any]]:
+    """Per slice, what the stage's text features do, read from the paired 95% interval of
+    (the stage without them - the stage with them): "earns" where the interval lies below zero,
+    "costs" where it lies above, "no evidence" where it spans zero."""
+    out = {}
+    for name, key in SLICES.items():
+        lo, hi = intervals[key]
+        verdict = "earns" if hi < 0 else "costs" if lo > 0 else "no evidence"
+        out[name] = {"without_minus_with_ci95": [lo, hi], "text": verdict}
+    return out
+
+
 # ---------------------------------------------------------------------------- the methods
 def popularity_at_cutoff(arrivals: Arrivals) -> Scorer:
     """Events per item before the cut-off: what the frozen models know of popularity."""
@@ -637,7 +657,7 @@ def _trained(
     reranker_args: RerankerTrainArgs | None = None,
 ) -> dict[str, Scorer]:
     """The trained tower and the ranking stage (with and without its text features, and
-    without cold dropout when it has it), fitted on the events before the cut-off
+    without cold dropout and short copies when it has them), fitted on the events before the cut-off
     (:func:`fit_before_cutoff`), and the served pipeline (the stage or the tower, as the
     ranker's card chose)."""
     from rerank.ranker.model import GBDTRanker
@@ -648,12 +668,20 @@ def _trained(
     methods: dict[str, Scorer] = {
         "two_tower_trained": tower_scorer(arrivals, tower, tower.item_vectors)
     }
-    without = GBDTRanker.fit(trained.train_lists.without_columns(TEXT_COLUMNS), stage_args.ranker)
+    short = trained.short_lists
+    without = GBDTRanker.fit(
+        trained.train_lists.without_columns(TEXT_COLUMNS),
+        stage_args.ranker,
+        extra=short.without_columns(TEXT_COLUMNS) if short is not None else None,
+    )
     methods["ranking_stage_without_text"] = StageScorer(arrivals, stage, without)
     if stage_args.ranker.cold_dropout:  # the stage as it was before cold dropout
         warm_only = replace(stage_args.ranker, cold_dropout=0.0)
-        before_dropout = GBDTRanker.fit(trained.train_lists, warm_only)
+        before_dropout = GBDTRanker.fit(trained.train_lists, warm_only, extra=short)
         methods["ranking_stage_without_cold_dropout"] = StageScorer(arrivals, stage, before_dropout)
+    if short is not None:  # the stage as it was before short copies
+        long_only = GBDTRanker.fit(trained.train_lists, stage_args.ranker)
+        methods["ranking_stage_without_short_histories"] = StageScorer(arrivals, stage, long_only)
     methods["ranking_stage"] = StageScorer(arrivals, stage, trained.ranker)
     serves = trained.choice["served"] == "ranker"
     methods["served_pipeline"] = StageScorer(arrivals, stage, trained.ranker, serve=serves)
@@ -721,5 +749,8 @@ def run_arrivals(
         if name != "served_pipeline":
             entry.update(paired(arrivals, (warm, cold), served, seed))
         report["methods"][name] = entry
+    report["text_features"] = text_by_slice(
+        paired(arrivals, ranks["ranking_stage_without_text"], ranks["ranking_stage"], seed)
+    )
     report["seconds"] = time.perf_counter() - started
     return report

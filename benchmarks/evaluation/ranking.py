@@ -21,8 +21,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,41 +115,51 @@ def _trained(ev: Evaluation, towers: TowerRuns, args: RankingStageArgs) -> Train
     )
 
 
-def _variants(
-    trained: TrainedStage, cfg: RankerConfig
-) -> dict[str, tuple[Lists, Lists, RankerConfig]]:
-    """The ranker and its ablations: from scratch, without cold dropout, without each feature
-    group, without the sources' own scores, without each source but the first."""
-    train_lists, val_lists = trained.train_lists, trained.val_lists
+@dataclass(frozen=True)
+class _Variant:
+    """One ablation: its training lists (and short copies), validation lists and settings."""
+
+    train: Lists
+    val: Lists
+    config: RankerConfig
+    short: Lists | None
+
+
+def _variants(trained: TrainedStage, cfg: RankerConfig) -> dict[str, _Variant]:
+    """The ranker and its ablations: from scratch, without cold dropout, without short copies,
+    without each feature group, without the sources' own scores, without each source but the
+    first. A variant changes the short copies as it changes the training lists."""
+    short = trained.short_lists
     sources = [s.name for s in trained.stage_val.sources]
-    variants: dict[str, tuple[Lists, Lists, RankerConfig]] = {
-        "ranker": (train_lists, val_lists, cfg),
-        "from scratch (no first-stage correction)": (
-            train_lists,
-            val_lists,
-            replace(cfg, residual=False),
-        ),
+
+    def variant(edit: Callable[[Lists], Lists], config: RankerConfig = cfg) -> _Variant:
+        return _Variant(
+            edit(trained.train_lists),
+            edit(trained.val_lists),
+            config,
+            edit(short) if short is not None else None,
+        )
+
+    def same(lists: Lists) -> Lists:
+        return lists
+
+    variants = {
+        "ranker": variant(same),
+        "from scratch (no first-stage correction)": variant(same, replace(cfg, residual=False)),
     }
     if cfg.cold_dropout:  # what the new arrivals' gain costs the warm lists
-        variants["without cold dropout"] = (train_lists, val_lists, replace(cfg, cold_dropout=0.0))
+        variants["without cold dropout"] = variant(same, replace(cfg, cold_dropout=0.0))
+    if short is not None:  # what the new users' gain costs the warm lists
+        variants["without short copies"] = replace(variant(same), short=None)
     for group, names in FEATURE_GROUPS.items():
-        if group == "first_stage":
-            continue
-        variants[f"without {group}"] = (
-            train_lists.without_columns(names),
-            val_lists.without_columns(names),
-            cfg,
-        )
-    variants["without sources' scores and ranks"] = (
-        train_lists.without_columns(source_features(sources)),
-        val_lists.without_columns(source_features(sources)),
-        cfg,
+        if group != "first_stage":
+            variants[f"without {group}"] = variant(partial(Lists.without_columns, names=names))
+    variants["without sources' scores and ranks"] = variant(
+        partial(Lists.without_columns, names=source_features(sources))
     )
     for source in sources[1:]:
-        variants[f"without source {source}"] = (
-            _without_source(train_lists, source, sources),
-            _without_source(val_lists, source, sources),
-            cfg,
+        variants[f"without source {source}"] = variant(
+            partial(_without_source, source=source, sources=sources)
         )
     return variants
 
@@ -158,10 +169,12 @@ def _ablation(ev: Any, trained: Any, cfg: RankerConfig) -> dict[str, Any]:
     val_lists = trained.val_lists
     first = list_ndcg10(val_lists.column("retrieval_score"), val_lists)
     out: dict[str, Any] = {}
-    for name, (tr, va, c) in _variants(trained, cfg).items():
+    for name, v in _variants(trained, cfg).items():
         t0 = time.perf_counter()
-        model = trained.ranker if name == "ranker" else GBDTRanker.fit(tr, c)
-        per_list = list_ndcg10(model.score(va.x), va)
+        model = (
+            trained.ranker if name == "ranker" else GBDTRanker.fit(v.train, v.config, extra=v.short)
+        )
+        per_list = list_ndcg10(model.score(v.val.x), v.val)
         diff = per_list - first
         out[name] = {
             "ndcg@10": float(per_list.mean()),

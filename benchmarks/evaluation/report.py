@@ -172,6 +172,13 @@ def _arrivals_table(report: dict[str, Any]) -> list[str]:
             f"| {m['like_auc_new_items']:.3f} | {cold['ndcg@10']:.4f} "
             f"| {ci(m.get('cold_ndcg@10_minus_served_ci95'))} |"
         )
+    verdicts = arrivals.get("text_features")
+    if verdicts:  # reports written before the slice-by-slice verdict lack it
+        said = "; ".join(
+            f"{name}: {v['text']} ({ci(v['without_minus_with_ci95'])} without them)"
+            for name, v in verdicts.items()
+        )
+        rows += ["", f"The stage's text features (`text_cos_*`), slice by slice: {said}."]
     return rows
 
 

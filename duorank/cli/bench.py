@@ -34,7 +34,7 @@ def bench(
     """Run benchmark NAME, print its table and write its JSON record.
 
     Names: baselines, metrics, retrieval, indexer, rerank, serving, scale, scale-encode,
-    latency, cascade, cold-dropout. The home and Redis settings apply.
+    latency, cascade, cold-dropout, short-histories. The home and Redis settings apply.
     """
     from benchmarks.contract import BenchContext
     from benchmarks.registry import run_benchmark

@@ -128,6 +128,26 @@ class Lists:
         out: Floats = self.x[:, self.names.index(name)]
         return out
 
+    def extended(self, other: Lists) -> Lists:
+        """These lists, then ``other``'s (the same features from the same stage).
+
+        Raises:
+            ValueError: the two hold different features.
+        """
+        if other.names != self.names:
+            raise ValueError(
+                f"cannot join lists of different features: {list(self.names)} and "
+                f"{list(other.names)}"
+            )
+        return replace(
+            self,
+            x=np.concatenate([self.x, other.x]),
+            sizes=np.concatenate([self.sizes, other.sizes]),
+            cols=np.concatenate([self.cols, other.cols]),
+            labels=np.concatenate([self.labels, other.labels]),
+            users=[*self.users, *other.users],
+        )
+
     def select(self, lists: npt.NDArray[np.int64]) -> Lists:
         """The given lists only, in that order."""
         off = self.offsets

@@ -98,13 +98,4 @@ def with_cold_copies(lists: Lists, rate: float, depths: Mapping[str, int], seed:
     (:func:`with_cold_rows`). Augmenting rather than replacing keeps every warm row the trees
     had: the copies teach the cold rows without taking evidence from the warm ones."""
     copy = with_cold_rows(lists, rate, depths, seed)
-    if copy is lists:
-        return lists
-    return replace(
-        lists,
-        x=np.concatenate([lists.x, copy.x]),
-        sizes=np.concatenate([lists.sizes, lists.sizes]),
-        cols=np.concatenate([lists.cols, lists.cols]),
-        labels=np.concatenate([lists.labels, lists.labels]),
-        users=[*lists.users, *lists.users],
-    )
+    return lists if copy is lists else lists.extended(copy)

@@ -203,10 +203,14 @@ class GBDTRanker:
         config: RankerConfig | None = None,
         *,
         base: str = "retrieval_score",
+        extra: Lists | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> GBDTRanker:
         """Fits on training lists (labels mark each list's target); with
         ``config.cold_dropout``, on each list and its cold copy (read with ``lists.depths``).
+        ``extra`` lists (the short copies of :func:`rerank.ranker.stacking.short_copies`) are
+        learned too but never pick the number of trees: early stopping reads ``lists`` only,
+        and a held-out user's extra lists sit out that fit.
 
         Raises:
             ValueError: no list holds its target, ``base`` is not a feature, or a source of
@@ -249,6 +253,12 @@ class GBDTRanker:
 
         params = cfg.params()
         fit_part, val_part = train.select(fit_idx), train.select(val_idx)
+        with_target = len(train.sizes)
+        more = with_targets(extra) if extra is not None else None
+        if more is not None and len(more.sizes):
+            fit_more = [n for n, user in enumerate(more.users) if user not in held]
+            fit_part = fit_part.extended(more.select(np.array(fit_more, dtype=np.int64)))
+            train = train.extended(more)
         d_fit = dataset(cold(fit_part))
         d_val = dataset(val_part, d_fit)
         curve: dict[str, Any] = {}
@@ -272,7 +282,8 @@ class GBDTRanker:
         held_scores = scale * val_part.x[:, b] + booster.predict(val_part.x, num_iteration=rounds)
         record = {
             "lists": len(lists.sizes),
-            "lists_with_target": len(train.sizes),
+            "lists_with_target": with_target,
+            "extra_lists_with_target": len(train.sizes) - with_target,
             "held_out_lists": len(val_idx),
             "rounds": rounds,
             "scale": scale,

@@ -11,12 +11,18 @@ reads any user's history at serving time, but never trained on them.
 
 Validation lists come from the full first stage (fitted on all training events), exactly as
 served.
+
+Every stacked list's history holds at least ``min_history`` events, so the trees never see a
+user who has just arrived. :func:`short_copies` adds such users: a share of the lists again, each
+history cut to its newest one to three events (what a user new this week has), the same target.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from catalog.text import HistoryEvent
 from rerank.ranker.features import Request
@@ -79,3 +85,48 @@ def stack(
                 StackedList(Request(user, events[:pos], request_time(events[pos])), events[pos])
             )
     return Stacked(fit, lists)
+
+
+SHORT = (1, 3)
+"""The history lengths of a short copy (drawn uniformly): a cold user's first events."""
+
+
+def short_draws(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per list, a uniform draw (the list gets a copy when it is below the share) and the
+    copy's length. Fixed by ``seed`` alone, so a larger share's copies hold a smaller one's."""
+    rng = np.random.default_rng(seed)
+    low, high = SHORT
+    return rng.random(n), rng.integers(low, high + 1, n)
+
+
+def short_positions(lists: Sequence[StackedList], share: float, seed: int) -> list[int]:
+    """Which of ``lists`` get a short copy (:func:`short_copies`), in order.
+
+    Raises:
+        ValueError: ``share`` is outside [0, 1].
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the share of short copies must be in [0, 1], got {share}")
+    draws, lengths = short_draws(len(lists), seed)
+    return [
+        n
+        for n, (s, u, k) in enumerate(zip(lists, draws, lengths.tolist(), strict=True))
+        if u < share and len(s.request.history) > k
+    ]
+
+
+def short_copies(lists: Sequence[StackedList], share: float, seed: int) -> list[StackedList]:
+    """A seeded ``share`` of ``lists`` again, each request's history cut to its newest
+    :data:`SHORT` events (the request time and the target unchanged): the lists of users
+    with one to three events, whom stacking alone never gives the trees.
+
+    Raises:
+        ValueError: ``share`` is outside [0, 1].
+    """
+    _, lengths = short_draws(len(lists), seed)
+    out = []
+    for n in short_positions(lists, share, seed):
+        s, k = lists[n], int(lengths[n])
+        cut = Request(s.request.user_id, list(s.request.history)[-k:], s.request.at)
+        out.append(StackedList(cut, s.target))
+    return out

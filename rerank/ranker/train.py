@@ -8,12 +8,15 @@ One recipe for ``duorank train ranker`` and ``duorank eval``:
    recent popularity are fitted on the events before each user's first target, and build every
    training list (:class:`rerank.ranker.candidates.CandidateStage`).
 3. :class:`rerank.ranker.model.GBDTRanker` learns the correction to the tower's score on those
-   lists.
+   lists, and on short copies of a share of them (each history cut to its newest one to three
+   events, :func:`rerank.ranker.stacking.short_copies`): the users new this week.
 4. The validation lists (each user's validation event) come from the served first stage: the
    tower trained on the training split, every table fitted on it. The ranker serves only if its
    NDCG@10 there beats the first stage's order of the same candidates by more than one standard
    error of the paired difference; else the first stage's order serves (one-standard-error
-   rule: the simpler model wins ties).
+   rule: the simpler model wins ties). The card also records two views of the same lists:
+   every candidate read as a new arrival (the cold view) and every history cut short (the
+   short view).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from rerank.ranker.candidates import DEPTHS, CandidateStage, Lists
 from rerank.ranker.cold import as_cold
 from rerank.ranker.features import Request, group_of
 from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig
-from rerank.ranker.stacking import Stacked, request_time, stack
+from rerank.ranker.stacking import Stacked, request_time, short_copies, short_draws, stack
 from rerank.ranker.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
@@ -49,6 +52,9 @@ class RankingStageArgs:
 
     per_user: int = 5
     min_history: int = 5
+    short_histories: float = 0.0
+    """Share of the stacked lists learned again with the history cut to its newest one to
+    three events (:func:`rerank.ranker.stacking.short_copies`; 0: none)."""
     depths: Mapping[str, int] = field(default_factory=lambda: dict(DEPTHS))
     als: ALSParams = field(default_factory=ALSParams)
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -58,6 +64,7 @@ class RankingStageArgs:
         return {
             "per_user": self.per_user,
             "min_history": self.min_history,
+            "short_histories": self.short_histories,
             "depths": dict(self.depths),
             "als": asdict(self.als),
             "ranker": asdict(self.ranker),
@@ -165,6 +172,16 @@ def list_ndcg10(scores: npt.NDArray[np.floating], lists: Lists) -> npt.NDArray[n
     return np.nan_to_num(values, nan=0.0)  # no target among the candidates: 0
 
 
+def short_requests(validation: Validation, seed: int) -> list[Request]:
+    """Each validation request with its history cut to its newest one to three events
+    (:data:`rerank.ranker.stacking.SHORT`, seeded): the same targets as a cold user sees them."""
+    _, lengths = short_draws(len(validation.requests), seed)
+    return [
+        Request(r.user_id, list(r.history)[-k:], r.at)
+        for r, k in zip(validation.requests, lengths.tolist(), strict=True)
+    ]
+
+
 def cold_view_ndcg10(ranker: GBDTRanker, lists: Lists) -> float:
     """Mean NDCG@10 of ``lists`` with every candidate read as a new arrival (no events): how
     the stage orders items by their content alone (the first stage's order does not change)."""
@@ -196,6 +213,8 @@ class TrainedStage:
     ranker: GBDTRanker
     train_lists: Lists
     val_lists: Lists
+    short_lists: Lists | None  # the short copies it learned too (None: no share)
+    short_val: Lists  # the validation lists with every history cut short
     choice: dict[str, Any]
     stacked: Stacked
     stage_val: CandidateStage
@@ -278,16 +297,35 @@ def train_ranking_stage(
     stage_val = CandidateStage.build(
         items, histories, tower, index, text_vectors, als=args.als, depths=args.depths
     )
+    short = short_copies(stacked.lists, args.short_histories, args.ranker.seed)
+    short_lists = (
+        stage_fit.lists(
+            [s.request for s in short],
+            [{e.item_id for e in s.request.history} for s in short],
+            [s.target.item_id for s in short],
+        )
+        if short
+        else None
+    )
     val_lists = stage_val.lists(validation.requests, validation.excludes, list(validation.targets))
+    short_val = stage_val.lists(
+        short_requests(validation, args.ranker.seed),
+        validation.excludes,
+        list(validation.targets),
+    )
     seconds["lists"] = time.perf_counter() - started
     started = time.perf_counter()
-    ranker = GBDTRanker.fit(train_lists, args.ranker, progress=say)
+    ranker = GBDTRanker.fit(train_lists, args.ranker, extra=short_lists, progress=say)
     seconds["ranker"] = time.perf_counter() - started
     choice = one_se_choice(
         list_ndcg10(ranker.score(val_lists.x), val_lists),
         list_ndcg10(val_lists.column("retrieval_score"), val_lists),
     )
     choice["cold_view_ndcg@10"] = cold_view_ndcg10(ranker, val_lists)
+    choice["short_view_ndcg@10"] = float(list_ndcg10(ranker.score(short_val.x), short_val).mean())
+    choice["short_view_first_stage_ndcg@10"] = float(
+        list_ndcg10(short_val.column("retrieval_score"), short_val).mean()
+    )
     started = time.perf_counter()
     sources = [s.name for s in stage_fit.sources]
     like_cols = [
@@ -322,7 +360,9 @@ def train_ranking_stage(
         f"ranking stage: validation NDCG@10 {choice['ndcg@10']:.4f} vs first stage "
         f"{choice['first_stage_ndcg@10']:.4f}; serving the {choice['served'].replace('_', ' ')}"
     )
-    return TrainedStage(ranker, train_lists, val_lists, choice, stacked, stage_val, seconds)
+    return TrainedStage(
+        ranker, train_lists, val_lists, short_lists, short_val, choice, stacked, stage_val, seconds
+    )
 
 
 def train_on(

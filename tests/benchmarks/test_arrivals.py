@@ -142,6 +142,23 @@ def test_every_method_is_reported_and_new_items_reach_the_stages_shelf(encoder: 
 
     table = _arrivals_table({"new_arrivals": report})
     assert {row.split(" | ")[0][2:] for row in table if row.startswith("| ")} >= set(methods)
+    verdicts = report["text_features"]  # the text features slice by slice, in the report too
+    assert set(verdicts) == {"shelf NDCG@10", "new items Recall@50", "cold users NDCG@10"}
+    assert any("text features (`text_cos_*`), slice by slice" in row for row in table)
+
+
+def test_text_is_said_to_earn_its_place_only_where_its_interval_says_so() -> None:
+    from benchmarks.evaluation.arrivals import text_by_slice
+
+    verdicts = text_by_slice(
+        {
+            "shelf_ndcg@10_minus_served_ci95": [-0.03, -0.001],  # worse without text
+            "new_items_recall@50_minus_served_ci95": [-0.01, 0.02],
+            "cold_ndcg@10_minus_served_ci95": [0.005, 0.04],  # better without text
+        }
+    )
+    assert [v["text"] for v in verdicts.values()] == ["earns", "no evidence", "costs"]
+    assert verdicts["shelf NDCG@10"]["without_minus_with_ci95"] == [-0.03, -0.001]
 
 
 def _trained_methods(
@@ -270,3 +287,41 @@ def test_the_share_is_chosen_on_validation_within_one_standard_error() -> None:
     rows = [row(0.0, 0.0, 0.03), row(0.25, -0.004, 0.05), row(0.5, -0.02, 0.07)]
     assert choose(rows) == 0.25  # 0.5 sees new arrivals best but costs the warm lists
     assert choose([row(0.0, 0.0, 0.03), row(0.5, -0.02, 0.07)]) == 0.0
+
+
+def test_the_short_histories_bench_reads_every_share_on_validation_and_after_the_cutoff(
+    encoder: Encoder,
+) -> None:
+    from benchmarks.bench_short_histories import SHARES, _one_seed, _summary, choose
+
+    out = _one_seed(_log(), encoder, 0, quick=True)
+    assert set(out) == {str(s) for s in SHARES} | {"first_stage"}
+    rows = _summary({0: out})
+    assert [r["short_histories"] for r in rows] == list(SHARES)
+    assert rows[0]["minus_no_copies"] == 0.0  # share 0 is the reference
+    for row in rows:
+        assert 0.0 <= row["short_view_ndcg@10"] <= 1.0
+        assert 0.0 <= row["cold_users_ndcg@10"] <= 1.0
+    # the copies change the trees: some share reads the lists differently
+    assert (
+        len({round(r["short_view_ndcg@10"], 9) for r in rows}) > 1
+        or len({round(r["validation_ndcg@10"], 9) for r in rows}) > 1
+    )
+    assert choose(rows) in SHARES
+
+
+def test_the_short_share_is_chosen_on_validation_within_one_standard_error() -> None:
+    from benchmarks.bench_short_histories import choose
+
+    def row(share: float, minus: float, short: float) -> dict[str, float]:
+        return {
+            "short_histories": share,
+            "minus_no_copies": minus,
+            "minus_no_copies_se": 0.005,
+            "short_view_ndcg@10": short,
+            "cold_users_ndcg@10": 1.0 - share,  # test figures never choose
+        }
+
+    rows = [row(0.0, 0.0, 0.03), row(0.5, -0.004, 0.05), row(1.0, -0.02, 0.07)]
+    assert choose(rows) == 0.5  # 1.0 sees short histories best but costs the warm lists
+    assert choose([row(0.0, 0.0, 0.03), row(1.0, -0.02, 0.07)]) == 0.0

@@ -178,6 +178,14 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     assert card["config"]["cold_dropout"] == 0.5  # the measured default: cold copies
     cold_view = card["record"]["choice"]["cold_view_ndcg@10"]
     assert 0.0 <= cold_view <= 1.0 and f"NDCG@10 {cold_view:.4f}" in result.output
+    short_view = card["record"]["choice"]["short_view_ndcg@10"]  # every history cut short
+    assert (
+        f"as new users (every history cut to its newest 1 to 3 events): NDCG@10 {short_view:.4f}"
+        in result.output
+    )
+    from rerank.ranker.train import RankingStageArgs
+
+    assert card["record"]["stage"]["short_histories"] == RankingStageArgs().short_histories
     result = runner.invoke(cli, [*build, "--tower", tower, "--ranker", ranker])
     assert result.exit_code == 0, result.output  # the stage's tables published in the version
     from indexer import IndexRoot

@@ -12,7 +12,7 @@ from catalog.text import HistoryEvent
 from rerank.ranker.candidates import CandidateStage, Lists, exposure
 from rerank.ranker.features import DAY, FEATURE_GROUPS, EventLog, Request, feature_names
 from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig, list_loss
-from rerank.ranker.stacking import stack
+from rerank.ranker.stacking import SHORT, short_copies, short_positions, stack
 from rerank.ranker.tables import StageTables
 from retrieval.index import FlatIndex
 from retrieval.towers import MeanItemsTower
@@ -129,6 +129,30 @@ def test_a_stacked_target_is_never_in_the_data_its_first_stage_fits_on() -> None
         stack(histories, per_user=0)
 
 
+def test_short_copies_give_some_lists_a_cold_users_history() -> None:
+    """A short copy is a stacked list whose history is cut to its newest one to three events:
+    the same user, request time and target, so every feature reads a user new this week."""
+    stacked = stack(_log(), per_user=3, min_history=4)
+    assert short_copies(stacked.lists, 0.0, seed=0) == []
+    every = short_copies(stacked.lists, 1.0, seed=0)
+    assert len(every) == len(stacked.lists)  # every history here is longer than three
+    lengths = set()
+    for copy, entry in zip(every, stacked.lists, strict=True):
+        k = len(copy.request.history)
+        lengths.add(k)
+        assert SHORT[0] <= k <= SHORT[1]
+        assert list(copy.request.history) == list(entry.request.history)[-k:]
+        assert copy.target == entry.target and copy.request.at == entry.request.at
+        assert copy.request.user_id == entry.request.user_id
+    assert lengths == {1, 2, 3}
+    half = short_positions(stacked.lists, 0.5, seed=0)
+    assert 0 < len(half) < len(stacked.lists)
+    assert set(short_positions(stacked.lists, 0.25, seed=0)) <= set(half)  # nested shares
+    assert short_positions(stacked.lists, 0.5, seed=1) != half  # the seed draws them
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        short_copies(stacked.lists, 1.5, seed=0)
+
+
 def test_lists_merge_every_source_and_mark_the_target() -> None:
     histories = _log()
     stage = _stage(histories)
@@ -199,6 +223,56 @@ def test_the_ranker_learns_the_correction_and_round_trips(tmp_path) -> None:  # 
         GBDTRanker.fit(empty)
     with pytest.raises(ValueError, match="base feature"):
         GBDTRanker.fit(train.without_columns(["retrieval_score"]))
+
+
+def _regime_lists(n_lists: int, seed: int, short: bool) -> Lists:
+    """Lists whose target is the candidate highest on 'taste' for users with a long history,
+    and highest on 'recent' for users with one to three events ('history_length' says which)."""
+    lists = _synthetic(n_lists, seed)
+    rng = np.random.default_rng(seed + 100)
+    x = lists.x.copy()
+    x[:, 1] = rng.normal(size=len(x))  # the 'signal' column becomes 'recent'
+    names = ("retrieval_score", "recent", "taste", "history_length")
+    taste = rng.normal(size=len(x))
+    length = np.repeat(
+        rng.integers(1, 4, n_lists) if short else rng.integers(20, 200, n_lists), lists.sizes
+    )
+    labels = np.zeros(len(x), np.float32)
+    off = lists.offsets
+    for n in range(n_lists):
+        rows = slice(off[n], off[n + 1])
+        labels[off[n] + np.argmax(x[rows, 1] if short else taste[rows])] = 1
+    return Lists(
+        np.column_stack([x[:, 0], x[:, 1], taste, np.log1p(length)]).astype(np.float32),
+        lists.sizes,
+        lists.cols,
+        labels,
+        names,
+        [f"{'s' if short else 'w'}{u}" for u in lists.users],
+    )
+
+
+def test_extra_lists_teach_the_trees_a_regime_the_warm_lists_never_show() -> None:
+    """Stacked lists hold only long histories, so trees learn nothing of users with a few
+    events. Extra (short) lists teach that regime without costing the long one; early
+    stopping still reads the warm lists only."""
+    from rerank.ranker.train import list_ndcg10
+
+    warm, short = _regime_lists(300, 0, short=False), _regime_lists(300, 1, short=True)
+    test_warm, test_short = _regime_lists(200, 2, short=False), _regime_lists(200, 3, short=True)
+    config = RankerConfig(max_rounds=80, min_data_in_leaf=20, threads=1, cold_dropout=0.0)
+    alone = GBDTRanker.fit(warm, config)
+    both = GBDTRanker.fit(warm, config, extra=short)
+    assert both.record["extra_lists_with_target"] == 300
+    assert both.record["held_out_lists"] == alone.record["held_out_lists"]  # warm lists only
+
+    def ndcg(ranker: GBDTRanker, lists: Lists) -> float:
+        return float(list_ndcg10(ranker.score(lists.x), lists).mean())
+
+    assert ndcg(both, test_short) > ndcg(alone, test_short) + 0.2
+    assert ndcg(both, test_warm) > ndcg(alone, test_warm) - 0.05
+    with pytest.raises(ValueError, match="different features"):
+        warm.extended(short.without_columns(["recent"]))
 
 
 def test_the_like_head_separates_likes_and_round_trips_with_the_ranker(tmp_path) -> None:  # type: ignore[no-untyped-def]
