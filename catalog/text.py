@@ -134,7 +134,8 @@ def likes(interactions: Interactions, threshold: float) -> npt.NDArray[np.bool_]
 class UserTextTemplate:
     """Renders a user from the profile and recent history, within a token budget.
 
-    Output: ``"Profile: age 25, gender M. Liked, most recent first: A; B. Disliked: C"``.
+    Output: ``"Profile: age 25, gender M. Liked, most recent first: A; B. Disliked: C"``
+    (with ``ratings``: ``"A (5 stars); B (4 stars)"``).
     Items are added most recent first until ``max_tokens`` would be exceeded, so the text fits
     the encoder's maximum length and the oldest history is what gets cut.
     """
@@ -145,6 +146,8 @@ class UserTextTemplate:
     like_threshold: float = LIKE_THRESHOLD
     profile_fields: tuple[str, ...] = ("age", "gender", "occupation")
     version: int = 1
+    ratings: bool = False
+    """Follow each title with the user's stars ("A (4.5 stars)"): how much, not only whether."""
 
     def render(
         self,
@@ -182,6 +185,9 @@ class UserTextTemplate:
                 continue
             positive = is_positive(event, self.like_threshold)
             title = _clean(item.title) or item.id
+            if self.ratings and event.rating is not None and event.rating == event.rating:
+                stars = "star" if event.rating == 1 else "stars"
+                title = f"{title} ({event.rating:g} {stars})"
             if positive and len(liked) < self.max_liked:
                 liked.append(title)
             elif positive is False and len(disliked) < self.max_disliked:

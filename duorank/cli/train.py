@@ -302,6 +302,12 @@ def print_tower(out: Path, tower: Any, card: dict[str, Any]) -> None:
     help="pointwise: cross-entropy of each pair; listwise: softmax cross-entropy of each liked "
     "target against its own negatives (raise --hard-negatives for longer lists).",
 )
+@click.option(
+    "--user-ratings/--no-user-ratings",
+    default=RERANKER.user_ratings,
+    show_default=True,
+    help="Follow each title in the user text with the user's stars.",
+)
 @seed_option
 @quick_option(
     f"Reduced: {QUICK_STEPS} steps, 2 targets/user, 20 validation candidates (all validation "
@@ -336,6 +342,7 @@ def train_reranker_cmd(
     teacher: Path | None,
     no_calibrate: bool,
     loss: str,
+    user_ratings: bool,
     seed: int,
     quick: bool,
     device: str | None,
@@ -368,6 +375,7 @@ def train_reranker_cmd(
         layers=layers,
         teacher=str(teacher) if teacher is not None else None,
         loss=loss,
+        user_ratings=user_ratings,
         calibrate=not no_calibrate,
     )
     if quick:  # --quick's own step count unless --max-steps was given

@@ -55,6 +55,7 @@ def prepare_stage(
         max_disliked=cfg.max_disliked,
         max_tokens=cfg.max_length // 2 + 20,
         like_threshold=cfg.threshold,
+        ratings=cfg.user_ratings,
     )
     features = FeatureMaker(tower, index, dict(counts), cfg.features, RatingStats.of(split.train))
     return Stage(texts, features, template, levels)

@@ -42,6 +42,7 @@ class RerankerTrainArgs:
         threshold: rating at or above = like.
         max_length: token cap of a pair.
         max_liked, max_disliked: history items in the user text.
+        user_ratings: each history title in the user text followed by its stars.
         features: scalar features beside the text (empty tuple for text only).
         val_users: validate on a seeded sample of this many users (None = all).
         val_candidates: retrieval candidates reranked for validation NDCG@10.
@@ -83,6 +84,7 @@ class RerankerTrainArgs:
     max_length: int = 160
     max_liked: int = 10
     max_disliked: int = 5
+    user_ratings: bool = False
     features: tuple[str, ...] = DEFAULT_FEATURES
     val_users: int | None = 1000
     val_candidates: int = 50

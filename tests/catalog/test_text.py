@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from catalog import Item, ItemTextTemplate, User, UserTextTemplate
 from catalog.text import HistoryEvent, approx_tokens
 
@@ -42,6 +44,15 @@ def test_user_text_most_recent_first_with_profile_and_dislikes() -> None:
         "Movie 1. Disliked: Movie 5; Movie 3"
     )
     assert "Disliked" not in UserTextTemplate().render(user, history, ITEMS)
+    rated = UserTextTemplate(max_disliked=5, ratings=True).render(None, history, ITEMS)
+    assert rated == (  # stars where the event has a rating; an implicit event has none
+        "Liked, most recent first: Movie 4; Movie 2 (4 stars); Movie 1 (5 stars). "
+        "Disliked: Movie 5; Movie 3 (1 star)"
+    )
+    saved = {k: v for k, v in asdict(UserTextTemplate()).items() if k != "ratings"}
+    assert UserTextTemplate.from_dict(saved).render(user, history, ITEMS) == text.replace(
+        ". Disliked: Movie 5; Movie 3", ""
+    )  # a template saved before the field renders as it did
 
 
 def test_user_text_respects_the_token_budget_by_cutting_oldest() -> None:
