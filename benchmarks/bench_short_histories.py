@@ -8,14 +8,16 @@ per share in :data:`SHARES` (:func:`rerank.ranker.stacking.short_copies`; 0 is t
 without them). Each is read twice:
 
 - **on validation** (the stage's validation lists, before the cut-off): NDCG@10 as the lists
-  are (warm) and with every history cut to its newest one to three events (the short view),
-  with the paired difference from share 0 and its standard error;
+  are (warm), with every history cut to its newest one to three events (the short view) and
+  with every candidate read as a new arrival (the cold view), the warm and cold ones with the
+  paired difference from share 0 and its standard error;
 - **on the new-arrivals test events** (after the cut-off): cold users (new since the cut-off,
   one to three events before their target), the shelf and every event, as ``duorank eval``
   reports them.
 
 The choice uses validation only: the share with the best mean short view among those whose
-warm NDCG@10 is not below share 0's by more than one standard error (mean over seeds).
+warm NDCG@10, and whose cold view (every candidate read as a new arrival, what the cold copies
+teach), are not below share 0's by more than one standard error (mean over seeds).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> Seed:
     """Every share's validation and test figures on one seed's models."""
     from benchmarks.evaluation.ranking import quick_stage_args
+    from rerank.ranker.cold import as_cold
     from rerank.ranker.model import GBDTRanker
     from rerank.ranker.stacking import short_positions
     from rerank.ranker.train import RankingStageArgs, list_ndcg10
@@ -50,6 +53,7 @@ def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> Seed:
     stacked, ranker_seed = trained.stacked.lists, stage_args.ranker.seed
     every = np.array(short_positions(stacked, 1.0, ranker_seed))
     val, short_val = trained.val_lists, trained.short_val
+    cold_val = as_cold(val.x, val.names, val.depths)
     out: Seed = {}
     for share in SHARES:
         picked = np.searchsorted(every, short_positions(stacked, share, ranker_seed))
@@ -61,6 +65,7 @@ def _one_seed(catalog: Any, encoder: Any, seed: int, quick: bool) -> Seed:
         out[str(share)] = {
             "validation": list_ndcg10(ranker.score(val.x), val),
             "short_view": float(list_ndcg10(ranker.score(short_val.x), short_val).mean()),
+            "cold_view_lists": list_ndcg10(ranker.score(cold_val), val),
             "test": after_cutoff(arrivals, models.stage, ranker, seed),
             "rounds": ranker.record["rounds"],
         }

@@ -90,34 +90,58 @@ def summary(
     rows = []
     for share in shares:
         key = str(share)
-        diffs = [s[key]["validation"] - s[str(shares[0])]["validation"] for s in seeds.values()]
+        diffs = _diffs(seeds, key, str(shares[0]), "validation")
 
         def mean(pick: Callable[[dict[str, Any]], float], key: str = key) -> float:
             return float(np.mean([pick(s[key]) for s in seeds.values()]))
 
+        guard = {}
+        if all("cold_view_lists" in s[key] for s in seeds.values()):  # the new items' view
+            cold = _diffs(seeds, key, str(shares[0]), "cold_view_lists")
+            guard = {
+                "cold_view_minus_no_copies": float(np.mean([d.mean() for d in cold])),
+                "cold_view_minus_no_copies_se": _mean_se(cold),
+            }
         rows.append(
             {
                 name: share,
                 "validation_ndcg@10": mean(lambda r: r["validation"].mean()),
                 "minus_no_copies": float(np.mean([d.mean() for d in diffs])),
-                "minus_no_copies_se": float(
-                    np.mean([d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0 for d in diffs])
-                ),
+                "minus_no_copies_se": _mean_se(diffs),
                 f"{view}_ndcg@10": mean(lambda r: r[view]),
                 "shelf_ndcg@10": mean(lambda r: r["test"]["shelf"]["ndcg@10"]),
                 "new_items_ndcg@10": mean(lambda r: r["test"]["new_items"]["ndcg@10"]),
                 "new_items_recall@50": mean(lambda r: r["test"]["new_items"]["recall@50"]),
                 "cold_users_ndcg@10": mean(lambda r: r["test"]["cold_users"]["ndcg@10"]),
                 "all_events_ndcg@10": mean(lambda r: r["test"]["all_events_ndcg@10"]),
+                **guard,
             }
         )
     return rows
 
 
+def _diffs(seeds: dict[int, Seed], key: str, reference: str, per_list: str) -> list[Any]:
+    """Per seed, the per-list difference of share ``key`` from the reference share."""
+    return [s[key][per_list] - s[reference][per_list] for s in seeds.values()]
+
+
+def _mean_se(diffs: list[Any]) -> float:
+    """The seeds' mean standard error of a paired per-list difference."""
+    return float(np.mean([d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0 for d in diffs]))
+
+
 def choose(rows: list[dict[str, Any]], name: str, view: str) -> float:
     """The share with the best view among those whose warm NDCG@10 is within one standard
-    error of share 0's (validation only; the test figures never choose)."""
-    allowed = [r for r in rows if r["minus_no_copies"] >= -r["minus_no_copies_se"]]
+    error of share 0's, and whose cold view is too where the rows hold it: copies that teach
+    one slice must not cost the new arrivals (validation only; the test figures never
+    choose)."""
+
+    def holds(row: dict[str, Any], prefix: str = "") -> bool:
+        if f"{prefix}minus_no_copies" not in row:
+            return True
+        return bool(row[f"{prefix}minus_no_copies"] >= -row[f"{prefix}minus_no_copies_se"])
+
+    allowed = [r for r in rows if holds(r) and holds(r, "cold_view_")]
     return float(max(allowed, key=lambda r: r[f"{view}_ndcg@10"])[name])
 
 
@@ -131,6 +155,11 @@ def per_seed_record(seeds: dict[int, Seed], view: str) -> dict[str, Any]:
                 "rounds": r["rounds"],
                 "test": r["test"],
             }
+            | (
+                {"cold_view_ndcg@10": float(r["cold_view_lists"].mean())}
+                if "cold_view_lists" in r
+                else {}
+            )
             for share, r in figures.items()
             if "validation" in r
         }

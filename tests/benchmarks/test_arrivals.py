@@ -302,6 +302,7 @@ def test_the_short_histories_bench_reads_every_share_on_validation_and_after_the
     for row in rows:
         assert 0.0 <= row["short_view_ndcg@10"] <= 1.0
         assert 0.0 <= row["cold_users_ndcg@10"] <= 1.0
+        assert "cold_view_minus_no_copies_se" in row  # the new arrivals' guard is read
     # the copies change the trees: some share reads the lists differently
     assert (
         len({round(r["short_view_ndcg@10"], 9) for r in rows}) > 1
@@ -325,3 +326,11 @@ def test_the_short_share_is_chosen_on_validation_within_one_standard_error() -> 
     rows = [row(0.0, 0.0, 0.03), row(0.5, -0.004, 0.05), row(1.0, -0.02, 0.07)]
     assert choose(rows) == 0.5  # 1.0 sees short histories best but costs the warm lists
     assert choose([row(0.0, 0.0, 0.03), row(1.0, -0.02, 0.07)]) == 0.0
+    guarded = [
+        {**r, "cold_view_minus_no_copies": cost, "cold_view_minus_no_copies_se": 0.004}
+        for r, cost in zip(rows, (0.0, -0.01, 0.0), strict=True)
+    ]
+    guarded[2]["minus_no_copies"] = 0.0
+    assert choose(guarded) == 1.0  # 0.5 would cost the new arrivals; 1.0 costs nothing
+    guarded[2]["cold_view_minus_no_copies"] = -0.03
+    assert choose(guarded) == 0.0  # every share with copies costs one view or the other
