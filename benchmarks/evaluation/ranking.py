@@ -70,13 +70,26 @@ def ranked_from(scores: npt.NDArray[np.floating], lists: Lists, fold: Fold) -> R
 
 
 def _requests(
-    fold: Fold, histories: Mapping[str, Sequence[HistoryEvent]], split: Interactions
+    fold: Fold,
+    histories: Mapping[str, Sequence[HistoryEvent]],
+    split: Interactions,
+    at: int | None = None,
 ) -> list[Request]:
+    """Each fold user's request at their held-out event (online), or all at ``at`` (batch)."""
     when = dict(zip(split.user_ids.tolist(), split.timestamps.tolist(), strict=True))
     return [
-        Request(u, histories.get(u, []), request_time(HistoryEvent("", int(when[u]))))
+        Request(
+            u,
+            histories.get(u, []),
+            at if at is not None else request_time(HistoryEvent("", int(when[u]))),
+        )
         for u in fold.users
     ]
+
+
+def log_end(histories: Mapping[str, Sequence[HistoryEvent]]) -> int:
+    """One second after the newest event of ``histories``: when a nightly batch serves."""
+    return max((e.timestamp for h in histories.values() for e in h), default=0) + 1
 
 
 def quick_stage_args() -> RankingStageArgs:
@@ -265,6 +278,7 @@ def _test(
                 time.perf_counter() - started,
             )
             m["candidate_recall@all"] = recall
+            m["batch"] = _batch(ev, stage_s, ranker, served == "ranker", ranked)
             if ranked.probabilities:  # a P(like) head: every like was a like, or there is none
                 m["calibration"] = calibration_curve(ranked.target_score, ev.test.like)
                 m["ece"] = expected_calibration_error(ranked.target_score, ev.test.like)
@@ -281,6 +295,23 @@ def _test(
             m["seeds"]["vs_first_stage"] = vs_first
         else:  # one seed: no seeds' summary to hold it
             m["vs_first_stage"] = vs_first
+
+
+def _batch(
+    ev: Evaluation, stage: CandidateStage, ranker: GBDTRanker, serve: bool, online: Ranked
+) -> dict[str, Any]:
+    """The nightly batch protocol (``recommend-all``): every test user served at the
+    training log's end instead of at their held-out event, so the windowed features are as
+    old as a list read later; its headline next to the online one, paired per user."""
+    at = log_end(ev.hist_test)
+    ranked, _ = _test_ranking(ev, stage, ranker, serve, at)
+    batch = metrics_of(ranked, ev.test, ev.cold)
+    ev.progress(f"ranking stage, served at the log's end (batch): NDCG@10 {batch['ndcg@10']:.4f}")
+    return {
+        "request_time": at,
+        **headline(batch),
+        "vs_online": seed_mean_vs([ranked], [online], ev.test, ev.seed, "online"),
+    }
 
 
 def ranking_stage(
@@ -305,12 +336,13 @@ def ranking_stage(
 
 
 def _test_ranking(
-    ev: Evaluation, stage: CandidateStage, ranker: GBDTRanker, serve: bool
+    ev: Evaluation, stage: CandidateStage, ranker: GBDTRanker, serve: bool, at: int | None = None
 ) -> tuple[Ranked, float]:
     """Test users' top 100 by the served order, P(like) of their held-out item, and the
-    share of test targets among the candidates."""
+    share of test targets among the candidates; requested at each held-out event, or all at
+    ``at`` (the batch protocol)."""
     fold = ev.test
-    requests = _requests(fold, ev.hist_test, ev.split.test)
+    requests = _requests(fold, ev.hist_test, ev.split.test, at)
     excludes = [{fold.item_ids[c] for c in seen} for seen in fold.seen]
     targets = [fold.item_ids[c] for c in fold.relevant]
     lists = stage.lists(requests, excludes, list(targets))

@@ -137,6 +137,17 @@ def _stage_tables(report: dict[str, Any]) -> list[str]:
                     f"| {name} | {t['ndcg@10']:.4f} "
                     f"| {t['minus_ranker']:+.4f} +- {t['minus_ranker_se']:.4f} |"
                 )
+    batch = report.get("methods", {}).get("ranking_stage", {}).get("batch")
+    if batch:  # reports written before the batch protocol lack it
+        vs = batch["vs_online"]
+        lo, hi = vs["ndcg@10_mean_minus_reference_ci95"]
+        rows += [
+            "",
+            f"Served as a nightly batch (`recommend-all`: every test user at the log's end, "
+            f"time {batch['request_time']}): NDCG@10 {batch['ndcg@10']:.4f}, "
+            f"{vs['ndcg@10_mean_vs_reference']:.2f}x the online call at each user's event "
+            f"(paired 95% CI {lo:+.4f} to {hi:+.4f}).",
+        ]
     return rows
 
 

@@ -147,6 +147,13 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     ranking = report["methods"]["ranking_stage"]
     assert [r["seed"] for r in ranking["seeds"]["runs"]] == [0, 1]
     assert ranking["seeds"]["runs"][0]["ndcg@10"] == ranking["ndcg@10"]
+    # The nightly batch protocol: every test user at the log's end, paired with the online call.
+    batch = ranking["batch"]
+    assert batch["request_time"] > max(
+        int(t) for t in (*split.train.timestamps, *split.validation.timestamps)
+    )
+    lo, hi = batch["vs_online"]["ndcg@10_mean_minus_reference_ci95"]
+    assert lo - 1e-9 <= batch["ndcg@10"] - ranking["ndcg@10"] <= hi + 1e-9
     vs_first = ranking["seeds"]["vs_first_stage"]
     lo, hi = vs_first["ndcg@10_mean_minus_reference_ci95"]
     diff = ranking["seeds"]["ndcg@10_mean"] - trained["seeds"]["ndcg@10_mean"]
@@ -190,6 +197,7 @@ def test_run_eval_and_report(tmp_path: Path, encoder: Encoder) -> None:
     assert f"Best baseline of the run: {best}." in table and "| Gini@10 |" in table
     assert "| covisit |" in table and "| merged (" in table
     assert "Text on validation" in table and "| text only (cross-encoder) |" in table
+    assert "Served as a nightly batch (`recommend-all`" in table
 
 
 def test_a_validation_grid_reports_its_progress() -> None:
