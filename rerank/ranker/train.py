@@ -8,8 +8,9 @@ One recipe for ``duorank train ranker`` and ``duorank eval``:
    recent popularity are fitted on the events before each user's first target, and build every
    training list (:class:`rerank.ranker.candidates.CandidateStage`).
 3. :class:`rerank.ranker.model.GBDTRanker` learns the correction to the tower's score on those
-   lists, and on short copies of a share of them (each history cut to its newest one to three
-   events, :func:`rerank.ranker.stacking.short_copies`): the users new this week.
+   lists, and, with ``short_histories`` (off by default: measured, it did not reach new users),
+   on short copies of a share of them (each history cut to its newest one to three events,
+   :func:`rerank.ranker.stacking.short_copies`).
 4. The validation lists (each user's validation event) come from the served first stage: the
    tower trained on the training split, every table fitted on it. The ranker serves only if its
    NDCG@10 there beats the first stage's order of the same candidates by more than one standard
