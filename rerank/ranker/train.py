@@ -328,11 +328,32 @@ def train_ranking_stage(
         list_ndcg10(short_val.column("retrieval_score"), short_val).mean()
     )
     started = time.perf_counter()
+    _fit_like_head(ranker, train_lists.names, stage_fit, stacked, validation, stage_val, args, say)
+    seconds["like"] = time.perf_counter() - started
+    say(
+        f"ranking stage: validation NDCG@10 {choice['ndcg@10']:.4f} vs first stage "
+        f"{choice['first_stage_ndcg@10']:.4f}; serving the {choice['served'].replace('_', ' ')}"
+    )
+    return TrainedStage(
+        ranker, train_lists, val_lists, short_lists, short_val, choice, stacked, stage_val, seconds
+    )
+
+
+def _fit_like_head(
+    ranker: GBDTRanker,
+    names: Sequence[str],
+    stage_fit: CandidateStage,
+    stacked: Stacked,
+    validation: Validation,
+    stage_val: CandidateStage,
+    args: RankingStageArgs,
+    say: Callable[[str], None],
+) -> None:
+    """The P(like) head on the stacked targets' rows (every column but the sources'), and its
+    validation AUC and ECE; none on implicit feedback, where every target is a like."""
     sources = [s.name for s in stage_fit.sources]
-    like_cols = [
-        n for n, name in enumerate(train_lists.names) if group_of(name, sources) != "sources"
-    ]
-    like_names = [train_lists.names[n] for n in like_cols]
+    like_cols = [n for n, name in enumerate(names) if group_of(name, sources) != "sources"]
+    like_names = [names[n] for n in like_cols]
     rows = stage_fit.item_rows(
         [s.request for s in stacked.lists], [s.target.item_id for s in stacked.lists]
     )[:, like_cols]
@@ -356,14 +377,6 @@ def train_ranking_stage(
             validation_auc=auc(p, np.asarray(validation.likes)),
             validation_ece=expected_calibration_error(p, np.asarray(validation.likes)),
         )
-    seconds["like"] = time.perf_counter() - started
-    say(
-        f"ranking stage: validation NDCG@10 {choice['ndcg@10']:.4f} vs first stage "
-        f"{choice['first_stage_ndcg@10']:.4f}; serving the {choice['served'].replace('_', ' ')}"
-    )
-    return TrainedStage(
-        ranker, train_lists, val_lists, short_lists, short_val, choice, stacked, stage_val, seconds
-    )
 
 
 def train_on(
