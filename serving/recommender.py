@@ -12,6 +12,11 @@ The user tower comes with the index version: the trained sequential tower publis
 through the text model and its cache (the fine-tuned text two-tower); else the mean of recent
 liked item vectors read from the index. Only the text tower touches Redis, and a Redis outage
 there costs a cache miss, never a failed call.
+
+With an online user store (:class:`online.UserStore`), a ``user_id`` call reads that user's
+profile and newest events from Redis, live events included, so an event ingested by any
+worker (:meth:`Recommender.ingest`) shapes the user's next call; a Redis outage there falls
+back to the dataset's history of the user.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from serving.explain import (
 from serving.versions import Loaded, VersionLoader
 
 if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommender uses it
+    from online import Ingested, LiveEvent, UserStore
     from rerank.cross_encoder import Reranker
     from rerank.ranker import GBDTRanker
     from retrieval.encoder import Encoder
@@ -172,6 +178,8 @@ class Recommender:
             ranker that reads text cosines and an index version that carries no stage tables.
         version: serve this published version instead of CURRENT, and never reload (a batch
             job whose workers must all serve the version its driver read).
+        users: the online user store: ``user_id`` calls read the user's state there, and
+            :meth:`ingest` takes live events.
 
     Raises:
         indexer.NoVersionError: nothing published yet (or, with ``fallback``, nothing
@@ -192,8 +200,12 @@ class Recommender:
         ranker: GBDTRanker | None = None,
         text_vectors: ItemVectors | Callable[[], ItemVectors] | None = None,
         version: str | None = None,
+        users: UserStore | None = None,
     ) -> None:
         self.user_encoder = user_encoder
+        self.users = users
+        self.store_errors = 0
+        """``user_id`` reads the user store could not answer (served from the dataset)."""
         self.pinned = version
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
@@ -294,7 +306,8 @@ class Recommender:
         history: Sequence[HistoryEvent] | None,
         profile: Mapping[str, str] | None,
     ) -> UserState:
-        """The user from the request's history/profile, else from the dataset.
+        """The user from the request's history/profile, else from the online user store,
+        else from the dataset.
 
         Raises:
             KeyError: an unknown user id without a history in the request.
@@ -303,10 +316,53 @@ class Recommender:
             return UserState(user_id, dict(profile or {}), list(history))
         if user_id is None:
             return UserState(None, dict(profile or {}), [])
+        stored = self._stored(user_id)
+        if stored is not None:
+            return UserState(user_id, dict(profile or stored.profile), stored.history)
         if user_id not in self.catalog.users and user_id not in self.histories:
             raise KeyError(f"unknown user id {user_id!r} (send a history for new users)")
-        stored = self.catalog.users.get(user_id, User(user_id)).attributes
-        return UserState(user_id, dict(profile or stored), self.histories.get(user_id, []))
+        attributes = self.catalog.users.get(user_id, User(user_id)).attributes
+        return UserState(user_id, dict(profile or attributes), self.histories.get(user_id, []))
+
+    def _stored(self, user_id: str) -> UserState | None:
+        """The user as the online store holds them; None without a store, for a user it has
+        never seen, or when it cannot answer (logged and counted: the dataset's history
+        serves)."""
+        if self.users is None:
+            return None
+        import redis
+
+        from online import CorruptStateError
+
+        try:
+            record = self.users.record(user_id)
+        except (redis.RedisError, CorruptStateError, OSError) as exc:
+            self.store_errors += 1
+            log.warning("user store: %s; serving the dataset's history of %r", exc, user_id)
+            return None
+        if record is None:
+            return None
+        return UserState(user_id, dict(record.attributes), list(record.history))
+
+    def ingest(self, events: Sequence[LiveEvent]) -> Ingested:
+        """Takes live events into the user store; each user's next call reads them.
+
+        Raises:
+            RuntimeError: this Recommender has no user store.
+            ValueError: an event names an item the catalog does not hold (``events[3]``).
+            redis.RedisError: the store does not answer (nothing of the batch is lost that
+                was not accepted: a retry with the same event ids is safe).
+        """
+        if self.users is None:
+            raise RuntimeError(
+                "live events need the online user store (duorank serve --users redis)"
+            )
+        for n, e in enumerate(events):
+            if e.event.item_id not in self.catalog.items:
+                raise ValueError(
+                    f"events[{n}].item_id {printable(e.event.item_id)!r} is not in the catalog"
+                )
+        return self.users.ingest(events)
 
     def recommend(
         self,

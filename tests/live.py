@@ -3,16 +3,18 @@ serving and security suites; the session fixture ``stack`` lives in ``tests/conf
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 import uvicorn
 
@@ -239,3 +241,83 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+CACHE_FLAGS = ("--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
+"""A cache cluster keeps answering for the slots it still has when a master dies."""
+
+
+def _cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    """Three cluster-mode redis-servers joined into one cluster (no replicas)."""
+
+    def __init__(self, folder: Path) -> None:
+        flags = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        self.nodes = [
+            RedisProcess(folder / f"n{n}", [*flags, *CACHE_FLAGS], port=_cluster_port())
+            for n in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli not found (Debian's redis-tools)")
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [
+                redis.Redis(host="127.0.0.1", port=n.port).cluster("info")["cluster_state"]
+                for n in self.nodes
+            ]
+            if all(s == "ok" for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not reach state ok")
+
+    def keys_per_node(self) -> list[int]:
+        return [int(redis.Redis(host="127.0.0.1", port=n.port).dbsize()) for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, folder: Path) -> Iterator[Cluster]:
+        """A started cluster, stopped afterwards (fails the test without redis-server)."""
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server not found (Debian's redis-server package)")
+        cluster = cls(folder)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()

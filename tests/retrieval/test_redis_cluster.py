@@ -5,10 +5,6 @@ index build costs that node's keys as misses, never an error, and the build comp
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,86 +18,15 @@ from indexer import BuildConfig, IndexBuild, IndexRoot
 from retrieval.cache import EmbeddingCache
 from retrieval.encoder import Encoder
 from retrieval.redis_client import client_url, connect
-from tests.live import RedisProcess
+from tests.live import Cluster
 
 pytestmark = pytest.mark.slow
-CACHE_FLAGS = ("--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
-"""A cache cluster keeps answering for the slots it still has when a master dies."""
-
-
-def _cluster_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 10_000 > 65_535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-class Cluster:
-    """Three cluster-mode redis-servers joined into one cluster (no replicas)."""
-
-    def __init__(self, folder: Path) -> None:
-        flags = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-        self.nodes = [
-            RedisProcess(folder / f"n{n}", [*flags, *CACHE_FLAGS], port=_cluster_port())
-            for n in range(3)
-        ]
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            pytest.fail("redis-cli not found (Debian's redis-tools)")
-        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            states = [
-                redis.Redis(host="127.0.0.1", port=n.port).cluster("info")["cluster_state"]
-                for n in self.nodes
-            ]
-            if all(s == "ok" for s in states):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("the cluster did not reach state ok")
-
-    def keys_per_node(self) -> list[int]:
-        return [int(redis.Redis(host="127.0.0.1", port=n.port).dbsize()) for n in self.nodes]
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server not found (Debian's redis-server package)")
-    c = Cluster(tmp_path)
-    try:
-        c.start()
+    with Cluster.running(tmp_path) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_a_cluster_url_gives_a_cluster_client_and_keys_spread_over_the_nodes(

@@ -1,0 +1,148 @@
+"""The nightly fold: the live events of the online store move into the dataset exactly once.
+
+Three steps, each safe to repeat after a crash:
+
+1. **Plan.** Read every user's live list and write the plan (a fold id and how many of each
+   user's live events it takes) to ``{ns}:fold``. Ingestion only appends, so those first
+   events stay the same until step 3 removes them.
+2. **Dataset.** Write the dataset with the planned events appended, atomically, its manifest's
+   ``source.live_fold`` naming the fold id.
+3. **Store.** For each planned user, atomically: their record rewritten from the new dataset,
+   the folded events cut from the head of their live list. Then the plan is deleted.
+
+A fold that finds a plan finishes it when the dataset names its id (the crash came after step
+2), and starts over otherwise (the dataset never got the events). Either way no event is lost
+and none is counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catalog.history import group_histories
+from catalog.model import Catalog, Interactions, User
+from catalog.store import load_catalog, read_manifest, save_catalog
+from online.codec import UserRecord, encode
+from online.users import SEEN_RETENTION_S, UserStore, newest
+
+log = logging.getLogger(__name__)
+
+LIVE_EVENT = "live"
+"""The ``event`` column of every folded row (the dataset's own rows keep theirs)."""
+
+_FINISH = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
+end
+return 1
+"""
+"""One user's step 3: the new record, the folded head of the live list cut off, and the seen
+ids kept for the retention once nothing waits."""
+
+
+def _plan_key(store: UserStore) -> str:
+    return f"{store.namespace}:fold"
+
+
+def fold(
+    store: UserStore, data: Path, progress: Callable[[str], None] = log.info
+) -> dict[str, Any]:
+    """Moves every live event of ``store`` into the dataset folder ``data``.
+
+    Events of items the dataset no longer holds are dropped (counted in ``unknown_items``).
+
+    Returns:
+        The fold's id, the events and users folded, and what was dropped.
+
+    Raises:
+        catalog.DataError: ``data`` is not a dataset folder.
+    """
+    key = _plan_key(store)
+    raw = store.client.get(key)
+    if raw is not None:
+        plan = json.loads(raw)
+        if read_manifest(data).get("source", {}).get("live_fold") == plan["fold_id"]:
+            progress(f"finishing fold {plan['fold_id']}: the dataset already holds its events")
+            return _finish(store, data, plan, resumed=True)
+        progress(f"discarding fold {plan['fold_id']}: the dataset never got its events")
+        store.client.delete(key)
+    users = sorted(store.users_with_live())
+    taken = {u: store.live(u) for u in users}
+    taken = {u: events for u, events in taken.items() if events}
+    plan = {
+        "fold_id": uuid.uuid4().hex,
+        "counts": {u: len(events) for u, events in taken.items()},
+    }
+    if not taken:
+        return {"fold_id": None, "events": 0, "users": 0, "unknown_items": 0}
+    store.client.set(key, json.dumps(plan))
+    catalog = load_catalog(data)
+    rows = [(u, e) for u, events in taken.items() for _, e in events if e.item_id in catalog.items]
+    unknown = sum(len(events) for events in taken.values()) - len(rows)
+    extra = Interactions(
+        [u for u, _ in rows],
+        [e.item_id for _, e in rows],
+        [e.timestamp for _, e in rows],
+        [np.nan if e.rating is None else e.rating for _, e in rows],
+        [-1 if e.label is None else e.label for _, e in rows],
+        [LIVE_EVENT] * len(rows),
+    )
+    users_after = dict(catalog.users)
+    for u, _ in rows:
+        users_after.setdefault(u, User(u))
+    folded = Catalog(
+        catalog.items,
+        users_after,
+        Interactions.concat([catalog.interactions, extra]),
+        {**catalog.source, "live_fold": plan["fold_id"]},
+        {
+            **catalog.stats,
+            "live_events_folded": catalog.stats.get("live_events_folded", 0) + len(rows),
+        },
+        catalog.tag_events,
+    )
+    save_catalog(folded, data)
+    progress(f"fold {plan['fold_id']}: {len(rows)} events of {len(taken)} users written to {data}")
+    out = _finish(store, data, plan, resumed=False)
+    return {**out, "events": len(rows), "unknown_items": unknown}
+
+
+def _finish(store: UserStore, data: Path, plan: dict[str, Any], resumed: bool) -> dict[str, Any]:
+    """Step 3: every planned user's record from the dataset, their folded events cut."""
+    catalog = load_catalog(data)
+    histories = group_histories(catalog.interactions)
+    planned = sorted(plan["counts"].items())
+    for start in range(0, len(planned), 1_000):
+        calls = []
+        for user_id, count in planned[start : start + 1_000]:
+            user = catalog.users.get(user_id, User(user_id))
+            history = newest(histories.get(user_id, []), store.max_events)
+            keys = tuple(store.key(user_id, p) for p in ("h", "live", "seen"))
+            calls.append(
+                (
+                    keys,
+                    (
+                        encode(UserRecord(dict(user.attributes), history)),
+                        int(count),
+                        SEEN_RETENTION_S,
+                    ),
+                )
+            )
+        store.run_scripts(_FINISH, calls)
+    store.client.delete(_plan_key(store))
+    return {
+        "fold_id": plan["fold_id"],
+        "users": len(plan["counts"]),
+        "events": sum(plan["counts"].values()),
+        "resumed": resumed,
+        "unknown_items": 0,
+    }

@@ -1,0 +1,197 @@
+"""The online user store: each user's profile and newest events in Redis, and the live events
+ingested since the last build.
+
+A serving process reads one user at a time from here instead of holding every history. Keys of
+one user share a hash tag, so on Redis Cluster they live on one node and one Lua script can
+touch them atomically:
+
+- ``{ns}:{<user>}:h``: the record the nightly writer put there (:mod:`online.codec`);
+- ``{ns}:{<user>}:live``: the events ingested since, oldest first (a list);
+- ``{ns}:{<user>}:seen``: the ids of those events, so a retried delivery is accepted once.
+
+A read merges the record with the live events (one round trip); the nightly fold
+(:mod:`online.folding`) moves live events into the dataset exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from catalog.text import HistoryEvent
+from online.codec import (
+    CorruptStateError,
+    UserRecord,
+    decode,
+    decode_event,
+    encode,
+    encode_event,
+)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "duorank:users"
+MAX_EVENTS = 200
+"""Events kept per user: more than any reader takes (the tower reads 50, the features 50)."""
+SEEN_RETENTION_S = 7 * 86_400
+"""How long a folded event's id still refuses a retried delivery."""
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+_INGEST = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('PERSIST', KEYS[1])
+  return 1
+end
+return 0
+"""
+"""Accept an event once: remember its id and append it, atomically (one user's slot)."""
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One event sent after the last build: who, what, and the id that makes a retry
+    harmless."""
+
+    event_id: str
+    user_id: str
+    event: HistoryEvent
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What :meth:`UserStore.ingest` did with a batch."""
+
+    accepted: int
+    duplicates: int
+
+
+def newest(events: Sequence[HistoryEvent], n: int) -> list[HistoryEvent]:
+    """The newest ``n`` events, oldest first (a stable sort: equal times keep their order)."""
+    return sorted(events, key=lambda e: e.timestamp)[-n:] if n else []
+
+
+class UserStore:
+    """Each user's profile and newest events, in Redis or Redis Cluster.
+
+    Args:
+        client: a ``redis.Redis`` or ``redis.cluster.RedisCluster``.
+        namespace: the key prefix (letters, digits and ``_.:-``: it is used in SCAN patterns).
+        max_events: events kept and read per user.
+    """
+
+    def __init__(self, client: Any, namespace: str = NAMESPACE, max_events: int = MAX_EVENTS):
+        if not _NAMESPACE_RE.match(namespace):
+            raise ValueError(
+                f"user store namespace {namespace!r}: use 1-100 letters, digits and _.:-"
+            )
+        if max_events < 1:
+            raise ValueError(f"max_events {max_events}: must be at least 1")
+        self.client = client
+        self.namespace = namespace
+        self.max_events = max_events
+
+    def key(self, user_id: str, part: str) -> str:
+        """One of a user's keys (``h``, ``live`` or ``seen``); the braces make them one slot."""
+        return f"{self.namespace}:{{{user_id}}}:{part}"
+
+    # ------------------------------------------------------------------ the nightly writer
+    def write(self, records: Iterable[tuple[str, UserRecord]], batch: int = 1_000) -> int:
+        """Writes each user's record (its newest :attr:`max_events` events), ``batch`` users a
+        round trip; returns how many users were written. Live events are left alone."""
+        written = 0
+        pipe = self.client.pipeline(transaction=False)
+        for n, (user_id, record) in enumerate(records, 1):
+            trimmed = UserRecord(record.attributes, newest(record.history, self.max_events))
+            pipe.set(self.key(user_id, "h"), encode(trimmed))
+            written = n
+            if n % batch == 0:
+                pipe.execute()
+        pipe.execute()
+        return written
+
+    # ------------------------------------------------------------------ live events
+    def ingest(self, events: Sequence[LiveEvent]) -> Ingested:
+        """Appends each event to its user's live list unless its id was seen before (a retry);
+        one round trip for the batch. Events are not checked here: the caller validates them
+        against the catalog first."""
+        results = self.run_scripts(
+            _INGEST,
+            [
+                (
+                    (self.key(e.user_id, "seen"), self.key(e.user_id, "live")),
+                    (e.event_id, encode_event(e.event_id, e.event)),
+                )
+                for e in events
+            ],
+        )
+        accepted = sum(int(r) for r in results)
+        return Ingested(accepted, len(events) - accepted)
+
+    def run_scripts(
+        self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Runs ``script`` once per (keys, args), each call atomic on its keys' node: in one
+        pipelined round trip on a single Redis, call by call on a cluster (its pipelines take
+        no scripts). EVAL, not EVALSHA: a node that restarted holds no script."""
+        if not calls:
+            return []
+        if not hasattr(self.client, "get_node_from_key"):  # a single Redis
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.eval(script, len(keys), *keys, *args)
+            return list(pipe.execute())
+        return [self.client.eval(script, len(keys), *keys, *args) for keys, args in calls]
+
+    def live(self, user_id: str) -> list[tuple[str, HistoryEvent]]:
+        """The user's live events with their ids, oldest first (corrupt entries skipped)."""
+        key = self.key(user_id, "live")
+        return list(self._events(key, self.client.lrange(key, 0, -1)))
+
+    def _events(self, key: str, values: Sequence[bytes]) -> Iterator[tuple[str, HistoryEvent]]:
+        for n, value in enumerate(values):
+            try:
+                yield decode_event(value, f"{key}[{n}]")
+            except CorruptStateError as exc:
+                log.warning("skipped a corrupt live event: %s", exc)
+
+    # ------------------------------------------------------------------ serving reads
+    def record(self, user_id: str) -> UserRecord | None:
+        """The user's profile and newest events, live ones merged in by time; None for a user
+        the store has never seen. One round trip.
+
+        Raises:
+            online.codec.CorruptStateError: the stored record is not one this store wrote.
+            redis.RedisError: Redis does not answer.
+        """
+        h, live = self.key(user_id, "h"), self.key(user_id, "live")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(h)
+        pipe.lrange(live, -self.max_events, -1)
+        value, recent = pipe.execute()
+        if value is None and not recent:
+            return None
+        base = decode(value, h) if value is not None else UserRecord()
+        if not recent:
+            return base
+        events = [*base.history, *(e for _, e in self._events(live, recent))]
+        return UserRecord(base.attributes, newest(events, self.max_events))
+
+    def users_with_live(self) -> Iterator[str]:
+        """Every user holding live events (a SCAN over every node)."""
+        prefix, suffix = f"{self.namespace}:{{", "}:live"
+        for raw in self.client.scan_iter(match=f"{self.namespace}:*:live", count=1_000):
+            key = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            if key.startswith(prefix) and key.endswith(suffix):
+                yield key[len(prefix) : -len(suffix)]
+
+
+def catalog_records(
+    histories: Mapping[str, Sequence[HistoryEvent]], attributes: Mapping[str, Mapping[str, str]]
+) -> Iterator[tuple[str, UserRecord]]:
+    """Every user's record from a dataset's grouped histories and profiles (users with either)."""
+    for user_id in sorted(set(histories) | set(attributes)):
+        yield user_id, UserRecord(dict(attributes.get(user_id, {})), histories.get(user_id, ()))

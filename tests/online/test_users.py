@@ -1,0 +1,107 @@
+"""The online user store on a real Redis: the compact record, live events accepted once and
+merged by time, and a stored value that is not a record named by its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from catalog.text import HistoryEvent
+from online.codec import CorruptStateError, UserRecord, decode, decode_event, encode, encode_event
+from online.users import LiveEvent, UserStore, catalog_records
+
+
+def test_the_record_round_trips_every_field_and_is_compact() -> None:
+    history = [
+        HistoryEvent("1", 100, 4.5, None),
+        HistoryEvent("Ünïcode-42", -5, None, 1),
+        HistoryEvent("x" * 200, 2**53, 0.5, 0),
+    ]
+    record = UserRecord({"age": "30", "country": "FR"}, history)
+    value = encode(record)
+    assert decode(value) == UserRecord({"age": "30", "country": "FR"}, history)
+    assert decode(encode(UserRecord())) == UserRecord({}, [])
+    # 15 bytes of fixed fields per event besides the id, against ~70 as JSON
+    per_event = (len(encode(UserRecord({}, history * 10))) - len(encode(UserRecord()))) / 30
+    assert per_event == pytest.approx(15 + sum(len(e.item_id.encode()) for e in history) / 3)
+    event_id, event = decode_event(encode_event("evt-1", history[1]))
+    assert (event_id, event) == ("evt-1", history[1])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"", "shorter than a header"),
+        (b"XX" + bytes(9), "not a duorank user state"),
+        (encode(UserRecord({}, [HistoryEvent("1", 1)]))[:-1], "item ids take"),
+        (encode(UserRecord({}, [HistoryEvent("1", 1)]))[:20], "too short for 1 events"),
+    ],
+)
+def test_a_value_that_is_not_a_record_is_named_by_its_key(value: bytes, message: str) -> None:
+    with pytest.raises(CorruptStateError, match=rf"users:\{{u1\}}:h: .*{message}"):
+        decode(value, "users:{u1}:h")
+
+
+@pytest.fixture
+def store(redis_url: str, namespace: str) -> UserStore:
+    return UserStore(redis.Redis.from_url(redis_url), namespace=namespace, max_events=5)
+
+
+def test_the_writer_keeps_each_users_newest_events(store: UserStore) -> None:
+    histories = {
+        "u1": [HistoryEvent(str(i), 10 * i, 4.0) for i in range(8)],
+        "u2": [HistoryEvent("a", 1, None, 1)],
+    }
+    written = store.write(catalog_records(histories, {"u3": {"age": "20"}}), batch=2)
+    assert written == 3
+    u1 = store.record("u1")
+    assert u1 is not None and [e.item_id for e in u1.history] == ["3", "4", "5", "6", "7"]
+    assert store.record("u3") == UserRecord({"age": "20"}, [])
+    assert store.record("nobody") is None
+
+
+def test_live_events_are_accepted_once_and_merged_by_time(store: UserStore) -> None:
+    store.write([("u1", UserRecord({"age": "20"}, [HistoryEvent("a", 10), HistoryEvent("b", 30)]))])
+    batch = [
+        LiveEvent("e1", "u1", HistoryEvent("c", 20, 5.0)),
+        LiveEvent("e2", "u1", HistoryEvent("d", 40, None, 0)),
+        LiveEvent("e3", "new", HistoryEvent("a", 50)),
+    ]
+    assert store.ingest(batch).accepted == 3
+    again = store.ingest([*batch[:2], LiveEvent("e4", "u1", HistoryEvent("e", 45))])
+    assert (again.accepted, again.duplicates) == (1, 2)  # a retried delivery changes nothing
+    u1 = store.record("u1")
+    assert u1 is not None and u1.attributes == {"age": "20"}
+    assert [e.item_id for e in u1.history] == ["a", "c", "b", "d", "e"]  # by time
+    assert [i for i, _ in store.live("u1")] == ["e1", "e2", "e4"]
+    new = store.record("new")  # a user the nightly build never saw starts from live events
+    assert new is not None and [e.item_id for e in new.history] == ["a"]
+    assert sorted(store.users_with_live()) == ["new", "u1"]
+
+
+def test_a_corrupt_stored_record_is_refused_by_key_and_a_corrupt_live_event_skipped(
+    store: UserStore,
+) -> None:
+    store.client.set(store.key("u1", "h"), b"not a record")
+    with pytest.raises(CorruptStateError, match=r"\{u1\}:h"):
+        store.record("u1")
+    store.client.rpush(store.key("u2", "live"), b"\x05")
+    store.ingest([LiveEvent("e1", "u2", HistoryEvent("a", 1))])
+    u2 = store.record("u2")
+    assert u2 is not None and [e.item_id for e in u2.history] == ["a"]
+
+
+def test_the_namespace_is_checked(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="namespace 'a\\*b'"):
+        UserStore(redis.Redis.from_url(redis_url), namespace="a*b")
+
+
+def test_the_embedded_server_holds_a_store_too(embedded_redis: object, tmp_path: Path) -> None:
+    client = embedded_redis.client()  # type: ignore[attr-defined]
+    store = UserStore(client, namespace=f"t{tmp_path.name}")
+    store.write([("u", UserRecord({}, [HistoryEvent("a", 1)]))])
+    store.ingest([LiveEvent("e", "u", HistoryEvent("b", 2))])
+    record = store.record("u")
+    assert record is not None and [e.item_id for e in record.history] == ["a", "b"]

@@ -1,0 +1,118 @@
+"""Live events through the online user store: an accepted event shapes the user's next call
+exactly as if it had been in the log, a retry changes nothing, and a store that cannot answer
+costs the live events, never the call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from catalog import Catalog, Interactions
+from catalog.history import group_histories
+from catalog.text import HistoryEvent
+from online import LiveEvent, UserStore
+from online.users import catalog_records
+from rerank.ranker.features import Request
+from rerank.ranker.model import GBDTRanker
+from retrieval.encoder import Encoder
+from serving.recommender import Recommender
+from tests.conftest import tiny_catalog
+from tests.live import build_ranked_stack
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> tuple[Path, Catalog]:
+    tmp = tmp_path_factory.mktemp("live")
+    catalog = tiny_catalog(n_items=30, n_users=12, per_user=10)
+    assert isinstance(catalog, Catalog)
+    build_ranked_stack(tmp, catalog, encoder)
+    return tmp, catalog
+
+
+def _with_event(catalog: Catalog, user: str, event: HistoryEvent) -> Catalog:
+    extra = Interactions([user], [event.item_id], [event.timestamp], [event.rating or np.nan])
+    return Catalog(
+        catalog.items,
+        catalog.users,
+        Interactions.concat([catalog.interactions, extra]),
+        catalog.source,
+    )
+
+
+def _store(redis_url: str, namespace: str, catalog: Catalog) -> UserStore:
+    store = UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
+    attributes = {u: dict(x.attributes) for u, x in catalog.users.items()}
+    store.write(catalog_records(group_histories(catalog.interactions), attributes))
+    return store
+
+
+def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
+    ranked: tuple[Path, Catalog], redis_url: str, namespace: str
+) -> None:
+    tmp, catalog = ranked
+    ranker = GBDTRanker.load(tmp / "ranker")
+    store = _store(redis_url, namespace, catalog)
+    live = Recommender(tmp / "index", catalog, ranker=ranker, users=store)
+    user = "u3"
+    before = live.recommend(user, k=5, candidates=8)
+    assert before.served_by == "ranking stage"
+    # the user takes the item the ranking stage put first: a strong, visible signal
+    event = HistoryEvent(
+        before.items[0].item_id, int(catalog.interactions.timestamps.max()) + 60, 5.0
+    )
+    accepted = live.ingest([LiveEvent("evt-1", user, event)])
+    assert (accepted.accepted, accepted.duplicates) == (1, 0)
+    after = live.recommend(user, k=5, candidates=8)
+
+    in_log = Recommender(tmp / "index", _with_event(catalog, user, event), ranker=ranker)
+    expected = in_log.recommend(user, k=5, candidates=8)
+    assert [i.item_id for i in after.items] == [i.item_id for i in expected.items]
+    np.testing.assert_allclose(
+        [i.ranking_score for i in after.items], [i.ranking_score for i in expected.items]
+    )
+    assert event.item_id not in {i.item_id for i in after.items}  # now seen
+    assert [i.item_id for i in after.items] != [i.item_id for i in before.items]
+
+    # the candidates and every feature row are the log's, at the same request time
+    state, logged = live.user_state(user, None, None), in_log.user_state(user, None, None)
+    assert list(state.history) == list(logged.history)
+    assert live.request_time(state.history) == in_log.request_time(logged.history)
+    stage = live._loaded.stage
+    assert stage is not None
+    at = live.request_time(state.history)
+    seen = [{e.item_id for e in state.history}]
+    mine = stage.lists([Request(user, state.history, at)], seen, depths={"tower": 8})
+    theirs = stage.lists([Request(user, logged.history, at)], seen, depths={"tower": 8})
+    np.testing.assert_array_equal(mine.cols, theirs.cols)
+    np.testing.assert_allclose(mine.x, theirs.x)
+
+    # a retried delivery changes nothing; an unknown item is refused by position
+    assert live.ingest([LiveEvent("evt-1", user, event)]).duplicates == 1
+    assert [i.item_id for i in live.recommend(user, k=5, candidates=8).items] == [
+        i.item_id for i in after.items
+    ]
+    with pytest.raises(ValueError, match=r"events\[1\]\.item_id 'nope' is not in the catalog"):
+        live.ingest([LiveEvent("a", user, event), LiveEvent("b", user, HistoryEvent("nope", 1))])
+    # a user the build never saw is served from their live events alone
+    live.ingest([LiveEvent("evt-2", "walk-in", HistoryEvent("4", event.timestamp, 5.0))])
+    assert live.recommend("walk-in", k=3, candidates=8).items
+
+
+def test_a_store_that_cannot_answer_costs_live_events_not_the_call(
+    ranked: tuple[Path, Catalog],
+) -> None:
+    tmp, catalog = ranked
+    dead = UserStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    ranker = GBDTRanker.load(tmp / "ranker")
+    rec = Recommender(tmp / "index", catalog, ranker=ranker, users=dead)
+    plain = Recommender(tmp / "index", catalog, ranker=ranker)
+    out = rec.recommend("u3", k=5, candidates=8)
+    assert [i.item_id for i in out.items] == [
+        i.item_id for i in plain.recommend("u3", k=5, candidates=8).items
+    ]
+    assert rec.store_errors == 1
+    with pytest.raises(RuntimeError, match="online user store"):
+        plain.ingest([LiveEvent("e", "u3", HistoryEvent("1", 1))])
