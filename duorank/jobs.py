@@ -374,6 +374,7 @@ class ServingJob:
     ranker: Path | None = None
     use_ranker: bool = True
     version: str | None = None  # a published version to serve instead of CURRENT
+    user_store: bool = False  # users read from the online user store in Redis
 
 
 def item_state_cache(rt: Runtime) -> EmbeddingCache:
@@ -443,9 +444,14 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Recommende
     catalog = load_catalog(job.data or home.dataset())
     with contextlib.ExitStack() as stack:
         encoder = None
-        rt = stack.enter_context(runtime(settings)) if job.text_users else None
-        if rt is not None:
+        rt = stack.enter_context(runtime(settings)) if job.text_users or job.user_store else None
+        if rt is not None and job.text_users:
             encoder = rt.encoder()
+        users = None
+        if rt is not None and job.user_store:
+            from online import UserStore
+
+            users = UserStore(rt.cache.client, namespace=settings.users_namespace)
         reranker = None
         if reranker_path:
             from rerank.cross_encoder.model import read_config
@@ -478,4 +484,5 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Recommende
             ranker=ranker,
             text_vectors=text_vectors,
             version=job.version,
+            users=users,
         )

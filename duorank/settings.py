@@ -25,6 +25,7 @@ class Settings:
         model: sentence-transformers model folder or hub name; empty means the bundled
             all-MiniLM-L6-v2 (``DUORANK_MODEL``).
         cache_namespace: key prefix of the embedding cache (``DUORANK_CACHE_NAMESPACE``).
+        users_namespace: key prefix of the online user store (``DUORANK_USERS_NAMESPACE``).
         api_token: bearer token for the HTTP API; empty disables auth (``DUORANK_API_TOKEN``).
         log_level: logging level name (``DUORANK_LOG_LEVEL``).
     """
@@ -33,6 +34,7 @@ class Settings:
     redis_url: str = ""
     model: str = ""
     cache_namespace: str = "duorank:emb"
+    users_namespace: str = "duorank:users"
     api_token: str = field(default="", repr=False)
     log_level: str = "INFO"
 

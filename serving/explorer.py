@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse
 
 from serving.recommender import Recommender
@@ -92,13 +94,32 @@ def _page_routes(app: FastAPI) -> None:
         return FileResponse(STATIC / name, media_type=kind)
 
 
+def only_params(*names: str) -> Callable[[Request], None]:
+    """A dependency that refuses query parameters other than ``names`` (422 naming the first),
+    as the bodies refuse unknown fields: a misspelt ``?limt=5`` must not pass silently."""
+    allowed = frozenset(names)
+
+    def check(request: Request) -> None:
+        extra = [k for k in request.query_params if k not in allowed]
+        if extra:
+            error = {
+                "type": "extra_forbidden",
+                "loc": ("query", extra[0]),
+                "msg": "Extra inputs are not permitted",
+                "input": request.query_params[extra[0]],
+            }
+            raise RequestValidationError([error])
+
+    return check
+
+
 def _data_routes(app: FastAPI, recommender: Recommender) -> None:
     """Title search, user search and a user's history."""
     catalog = recommender.catalog
     titles = [(i, it.title.casefold()) for i, it in catalog.items.items()]
     users = sorted(set(catalog.users) | set(recommender.histories), key=_user_key)
 
-    @app.get("/items")
+    @app.get("/items", dependencies=[Depends(only_params("q", "limit"))])
     async def search_items(
         q: Annotated[str, Query(min_length=1, max_length=200)],
         limit: Annotated[int, Query(ge=1, le=50)] = 10,
@@ -108,7 +129,7 @@ def _data_routes(app: FastAPI, recommender: Recommender) -> None:
         found = [i for i, t in titles if needle in t][:limit]
         return {"items": [_item(catalog.items[i]) for i in found]}
 
-    @app.get("/users")
+    @app.get("/users", dependencies=[Depends(only_params("q", "limit"))])
     async def search_users(
         q: Annotated[str, Query(max_length=200)] = "",
         limit: Annotated[int, Query(ge=1, le=50)] = 10,
@@ -121,7 +142,11 @@ def _data_routes(app: FastAPI, recommender: Recommender) -> None:
             ]
         }
 
-    @app.get("/users/{user_id:path}", responses={404: {"description": "Unknown user id"}})
+    @app.get(
+        "/users/{user_id:path}",
+        responses={404: {"description": "Unknown user id"}},
+        dependencies=[Depends(only_params("limit"))],
+    )
     async def user(
         user_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
     ) -> dict[str, Any]:

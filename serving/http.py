@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
+from catalog.errors import printable
 from catalog.text import HistoryEvent
 from serving.explorer import explorer_routes, is_open, read_report
 from serving.guard import (
@@ -47,7 +48,16 @@ from serving.guard import (
     redact_access_log,
 )
 from serving.recommender import Recommendation, Recommender, RecommendRequest
-from serving.schemas import ERROR_RESPONSES, Event, Scores, ServerLimits, request_models
+from serving.schemas import (
+    ERROR_RESPONSES,
+    EVENTS_RESPONSES,
+    Event,
+    Ingested,
+    Scores,
+    ServerLimits,
+    events_model,
+    request_models,
+)
 from serving.telemetry import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -189,6 +199,7 @@ def create_app(
         ),
     )
     _model_routes(app, recommender, metrics, lim)
+    _event_routes(app, recommender, metrics, lim)
     _probe_routes(app, recommender, metrics, lifecycle, token)
     explorer_routes(app, recommender, report)
     if token:
@@ -354,6 +365,49 @@ def _model_routes(
         except KeyError as exc:
             raise HTTPException(status_code=404, detail=str(exc.args[0])) from None
         return {"items": [asdict(i) for i in items], "index_version": version}
+
+
+def _event_routes(
+    app: FastAPI, recommender: Recommender, metrics: ServerMetrics, lim: ServerLimits
+) -> None:
+    """/events: live events into the online user store (never open without the token)."""
+    body_model = events_model(lim)
+
+    @app.post("/events", responses=EVENTS_RESPONSES, response_model=Ingested)
+    async def post_events(body: body_model) -> dict[str, int]:  # type: ignore[valid-type]
+        """Live events: each is visible to its user's next call on every worker; a retried
+        delivery (the same ``event_id``) is accepted once. The nightly fold moves them into
+        the dataset."""
+        from online import LiveEvent
+
+        if recommender.users is None:
+            raise HTTPException(
+                status_code=409,
+                detail="this server has no online user store: start it with --user-store",
+            )
+        items = recommender.catalog.items
+        unknown = [
+            {
+                "type": "value_error",
+                "loc": ("body", "events", n, "item_id"),
+                "msg": f"item {printable(e.item_id)!r} is not in the catalog",
+                "input": None,
+            }
+            for n, e in enumerate(body.events)  # type: ignore[attr-defined]
+            if e.item_id not in items
+        ]
+        if unknown:
+            raise RequestValidationError(unknown[:20])
+        events = [
+            LiveEvent(
+                e.event_id, e.user_id, HistoryEvent(e.item_id, e.timestamp, e.rating, e.label)
+            )
+            for e in body.events  # type: ignore[attr-defined]
+        ]
+        done = await anyio.to_thread.run_sync(lambda: recommender.ingest(events))
+        metrics.events.labels("accepted").inc(done.accepted)
+        metrics.events.labels("duplicate").inc(done.duplicates)
+        return {"accepted": done.accepted, "duplicates": done.duplicates}
 
 
 def _probe_routes(

@@ -33,6 +33,7 @@ class ServerLimits:
     max_history: int = 1000
     max_items: int = 1000
     max_allow: int = 100_000
+    max_events: int = 1000
     max_body_bytes: int = 1 << 20
     max_in_flight: int = 2
     max_queue: int = 8
@@ -101,6 +102,55 @@ class Event(BaseModel):
     label: int | None = Field(default=None, ge=0, le=1, description="1 like, 0 dislike.")
 
     _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
+
+
+class LiveEventBody(BaseModel):
+    """One event that happened after the last build (``POST /events``, one JSON object per
+    line of ``duorank events ingest``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Id = Field(
+        description="The event's own id: a retried delivery with the same id is accepted once."
+    )
+    user_id: Id = Field(description="Who (a user the dataset has not seen starts here).")
+    item_id: Id = Field(description="An item of the catalog (a number is read as its id).")
+    timestamp: int = Field(
+        ge=-TIMESTAMP_LIMIT,
+        le=TIMESTAMP_LIMIT,
+        description="When it happened, in the units of the dataset's log (epoch seconds for "
+        "MovieLens).",
+    )
+    rating: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        ge=RATING_SCALE[0],
+        le=RATING_SCALE[1],
+        description="Stars from 0 to 5; 4 and up is a like.",
+    )
+    label: int | None = Field(default=None, ge=0, le=1, description="1 like, 0 dislike.")
+
+    _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
+
+
+class Ingested(BaseModel):
+    """``POST /events``' answer: how many events were new, and how many were retries."""
+
+    accepted: int
+    duplicates: int
+
+
+def events_model(lim: ServerLimits) -> type[BaseModel]:
+    """``POST /events``' body with this server's limit on the batch."""
+    return create_model(
+        "EventsRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="A batch of live events, each visible to its user's next call.",
+        events=(
+            list[LiveEventBody],
+            Field(min_length=1, max_length=lim.max_events, description="The events."),
+        ),
+    )
 
 
 class _UserRequest(BaseModel):
@@ -227,4 +277,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": _Problem, "description": "Unknown user id (without a history) or item id"},
     413: {"model": _Problem, "description": "Request body over the server's limit"},
     429: {"model": _Problem, "description": "Overloaded: retry after the Retry-After seconds"},
+}
+
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: r for code, r in ERROR_RESPONSES.items() if code != 404},
+    409: {"model": _Problem, "description": "This server has no online user store"},
 }

@@ -1,5 +1,6 @@
 """The service's Prometheus metrics, in a registry of their own: requests by route template and
-status, stage latency, refusals, fallbacks, index reloads and the embedding cache."""
+status, stage latency, refusals, fallbacks, index reloads, the embedding cache, live events and
+the user store."""
 
 from __future__ import annotations
 
@@ -32,6 +33,23 @@ class _CacheCollector(Collector):
         yield lookups
         yield GaugeMetricFamily(
             "duorank_cache_hit_ratio", "Embedding-cache hits / lookups", value=stats["hit_ratio"]
+        )
+
+
+class _StoreCollector(Collector):
+    """User-store reads that failed and were served from the dataset (none without a store)."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+
+    def collect(self) -> Iterator[Metric]:
+        if self.recommender.users is None:
+            return
+        yield CounterMetricFamily(
+            "duorank_user_store_errors",
+            "User-store reads that failed (Redis down, a corrupt record): the dataset's "
+            "history served",
+            value=float(self.recommender.store_errors),
         )
 
 
@@ -71,7 +89,14 @@ class ServerMetrics:
         self.fallbacks = Counter(
             "duorank_fallbacks", "Responses served by a fallback", ["kind"], registry=registry
         )
+        self.events = Counter(
+            "duorank_live_events",
+            "Live events by outcome (duplicate: a retried delivery, accepted once before)",
+            ["outcome"],
+            registry=registry,
+        )
         registry.register(_CacheCollector(recommender))
+        registry.register(_StoreCollector(recommender))
 
     def count(self, route: str, status: str) -> None:
         """One response of ``route`` (a template) with ``status``."""

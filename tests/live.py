@@ -106,11 +106,18 @@ def make_server(
     backend: str = "torch",
     report: Path | None = None,
     public_demo: bool = False,
+    users: object | None = None,
 ) -> LiveServer:
+    """A live server over the stack's first version; ``users``: an online user store."""
     from indexer import IndexRoot
 
     IndexRoot(stack.root).set_current(stack.versions[0])
-    recommender = Recommender(stack.root, stack.catalog, Reranker(stack.reranker, backend=backend))
+    recommender = Recommender(
+        stack.root,
+        stack.catalog,
+        Reranker(stack.reranker, backend=backend),
+        users=users,  # type: ignore[arg-type]
+    )
     app = create_app(
         recommender, token=token, limits=limits, report=report, public_demo=public_demo
     )

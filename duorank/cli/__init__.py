@@ -83,9 +83,19 @@ def cli(
 
 
 def _register() -> None:
-    from duorank.cli import bench, data, evaluate, index, quickstart, rerank, serve, train
+    from duorank.cli import (
+        bench,
+        data,
+        evaluate,
+        index,
+        online,
+        quickstart,
+        rerank,
+        serve,
+        train,
+    )
 
-    for module in (data, index, train, rerank, bench, evaluate, serve, quickstart):
+    for module in (data, index, train, rerank, bench, evaluate, serve, online, quickstart):
         for command in module.COMMANDS:
             cli.add_command(command)
 

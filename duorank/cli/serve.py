@@ -64,6 +64,13 @@ def serving_options(fn: F) -> F:
             click.option("--no-ranker", is_flag=True, help="Serve without the ranking stage."),
             backend_option(),
             click.option(
+                "--user-store",
+                is_flag=True,
+                help="Read each user's profile and newest events from the online user store in "
+                "Redis (`users publish`; DUORANK_REDIS_URL, else the embedded server) and take "
+                "live events (POST /events, `events ingest`).",
+            ),
+            click.option(
                 "--text-users",
                 is_flag=True,
                 help="For index versions without a trained tower: embed users from their "
@@ -103,6 +110,7 @@ def serving_job(*, fallback: bool = False, **options: Any) -> ServingJob:
         fallback=fallback,
         ranker=options["ranker_path"],
         use_ranker=not options["no_ranker"],
+        user_store=options["user_store"],
     )
 
 

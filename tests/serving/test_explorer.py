@@ -78,6 +78,10 @@ def test_item_and_user_search(secured: LiveServer, stack: Stack) -> None:
         "genres": list(stack.catalog.items["1"].genres),
     }
     assert httpx.get(f"{secured.url}/items", params={"q": ""}, headers=AUTH).status_code == 422
+    # a misspelt or unknown parameter is refused by name, never ignored
+    for path, params in (("/items", {"q": "Film", "limt": "5"}), ("/users/u1", {"": "0"})):
+        r = httpx.get(f"{secured.url}{path}", params=params, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "query", r.text
     users = httpx.get(f"{secured.url}/users", params={"q": "u1"}, headers=AUTH).json()["users"]
     assert users == [{"user_id": "u1", "events": 8}]
     history = httpx.get(f"{secured.url}/users/u1", headers=AUTH).json()
