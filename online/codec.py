@@ -122,6 +122,21 @@ def decode(value: bytes, key: str = "value") -> UserRecord:
     return UserRecord({str(k): str(v) for k, v in attributes.items()}, history)
 
 
+def event_count(value: bytes, key: str = "value") -> int:
+    """How many events a record holds, from its header alone.
+
+    Raises:
+        CorruptStateError: ``value`` is not a record.
+    """
+    try:
+        magic, version, n, _ = _HEADER.unpack_from(value, 0)
+    except struct.error:
+        raise CorruptStateError(f"{key}: {len(value)} bytes, shorter than a header") from None
+    if magic != MAGIC or version != VERSION:
+        raise CorruptStateError(f"{key}: not a duorank user state (format {magic!r} {version})")
+    return int(n)
+
+
 def encode_event(event_id: str, event: HistoryEvent) -> bytes:
     """One live event with its id (the unit of ingestion and of the nightly fold)."""
     raw = event_id.encode("utf-8")

@@ -7,7 +7,8 @@ touch them atomically:
 
 - ``{ns}:{<user>}:h``: the record the nightly writer put there (:mod:`online.codec`);
 - ``{ns}:{<user>}:live``: the events ingested since, oldest first (a list);
-- ``{ns}:{<user>}:seen``: the ids of those events, so a retried delivery is accepted once.
+- ``{ns}:{<user>}:seen``: the ids of those events, so a retried delivery is accepted once;
+- ``{ns}:ids``: every user id in one sorted set, for prefix search (``ZRANGE ... BYLEX``).
 
 A read merges the record with the live events (one round trip); the nightly fold
 (:mod:`online.folding`) moves live events into the dataset exactly once.
@@ -29,6 +30,7 @@ from online.codec import (
     decode_event,
     encode,
     encode_event,
+    event_count,
 )
 
 log = logging.getLogger(__name__)
@@ -104,14 +106,28 @@ class UserStore:
         round trip; returns how many users were written. Live events are left alone."""
         written = 0
         pipe = self.client.pipeline(transaction=False)
+        ids: list[str] = []
         for n, (user_id, record) in enumerate(records, 1):
             trimmed = UserRecord(record.attributes, newest(record.history, self.max_events))
             pipe.set(self.key(user_id, "h"), encode(trimmed))
+            ids.append(user_id)
             written = n
             if n % batch == 0:
+                self._index(pipe, ids)
                 pipe.execute()
+                ids = []
+        self._index(pipe, ids)
         pipe.execute()
         return written
+
+    def _index(self, pipe: Any, user_ids: Sequence[str]) -> None:
+        if user_ids:
+            pipe.zadd(self.ids_key, dict.fromkeys(user_ids, 0))
+
+    @property
+    def ids_key(self) -> str:
+        """The sorted set of every user id (one key: on a cluster, one node holds it)."""
+        return f"{self.namespace}:ids"
 
     # ------------------------------------------------------------------ live events
     def ingest(self, events: Sequence[LiveEvent]) -> Ingested:
@@ -129,6 +145,8 @@ class UserStore:
             ],
         )
         accepted = sum(int(r) for r in results)
+        if accepted:  # a user the nightly build never saw becomes searchable at once
+            self.client.zadd(self.ids_key, dict.fromkeys({e.user_id for e in events}, 0))
         return Ingested(accepted, len(events) - accepted)
 
     def run_scripts(
@@ -179,6 +197,35 @@ class UserStore:
             return base
         events = [*base.history, *(e for _, e in self._events(live, recent))]
         return UserRecord(base.attributes, newest(events, self.max_events))
+
+    def search(self, prefix: str, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` user ids starting with ``prefix`` (byte order), each with how many
+        events they hold (live ones included); two round trips, whatever the number of users.
+
+        Raises:
+            redis.RedisError: Redis does not answer.
+        """
+        low = f"[{prefix}".encode() if prefix else b"-"
+        high = f"[{prefix}".encode() + b"\xff" if prefix else b"+"  # no UTF-8 byte is 0xff
+        found = [
+            u.decode("utf-8") if isinstance(u, bytes) else str(u)
+            for u in self.client.zrange(self.ids_key, low, high, bylex=True, offset=0, num=limit)
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in found:
+            pipe.get(self.key(user_id, "h"))
+            pipe.llen(self.key(user_id, "live"))
+        replies = pipe.execute() if found else []
+        out = []
+        for n, user_id in enumerate(found):
+            value, live = replies[2 * n], int(replies[2 * n + 1])
+            try:
+                stored = event_count(value, self.key(user_id, "h")) if value is not None else 0
+            except CorruptStateError as exc:
+                log.warning("user search: %s", exc)
+                stored = 0
+            out.append((user_id, min(stored + live, self.max_events)))
+        return out
 
     def users_with_live(self) -> Iterator[str]:
         """Every user holding live events (a SCAN over every node)."""

@@ -6,7 +6,8 @@ comes from routes that need the bearer token like the rest of the API, unless th
 with ``--public-demo`` (:data:`DEMO_ROUTES` then answer without one):
 
 - ``GET /items?q=``: catalog items whose title contains ``q`` (case-insensitive);
-- ``GET /users?q=``: user ids starting with ``q``, with their history length;
+- ``GET /users?q=``: user ids starting with ``q``, with their history length (from the online
+  user store's sorted set of ids when the server has one, else the dataset's list);
 - ``GET /users/{user_id}``: the user's history, newest first, with titles and ratings;
 - ``GET /report``: the committed offline evaluation report (``duorank eval``'s JSON), and
   ``GET /report/plots/{name}`` its PNG plots.
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse
@@ -134,11 +137,20 @@ def _data_routes(app: FastAPI, recommender: Recommender) -> None:
         q: Annotated[str, Query(max_length=200)] = "",
         limit: Annotated[int, Query(ge=1, le=50)] = 10,
     ) -> dict[str, Any]:
-        """User ids starting with ``q`` (all users for an empty ``q``), with history sizes."""
-        found = [u for u in users if u.startswith(q)][:limit]
+        """User ids starting with ``q`` (all users for an empty ``q``), with history sizes:
+        from the online user store's index when the server has one (byte order, live users
+        included), else from the dataset's list (numeric ids in numeric order)."""
+        store = recommender.users
+        if store is not None:
+            try:
+                found = await anyio.to_thread.run_sync(lambda: store.search(q, limit))
+                return {"users": [{"user_id": u, "events": n} for u, n in found]}
+            except redis.RedisError as exc:
+                log.warning("user search: the store does not answer (%s): the dataset's list", exc)
+        listed = [u for u in users if u.startswith(q)][:limit]
         return {
             "users": [
-                {"user_id": u, "events": len(recommender.histories.get(u, []))} for u in found
+                {"user_id": u, "events": len(recommender.histories.get(u, []))} for u in listed
             ]
         }
 
@@ -152,9 +164,13 @@ def _data_routes(app: FastAPI, recommender: Recommender) -> None:
     ) -> dict[str, Any]:
         """The user's history, newest first (an id may hold ``/``: the route takes the rest of
         the path, since ``%2F`` arrives decoded)."""
-        if user_id not in recommender.histories and user_id not in catalog.users:
-            raise HTTPException(status_code=404, detail=f"unknown user id {user_id!r}")
-        events = sorted(recommender.histories.get(user_id, []), key=lambda e: -e.timestamp)
+        try:
+            state = await anyio.to_thread.run_sync(
+                lambda: recommender.user_state(user_id, None, None)
+            )
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"unknown user id {user_id!r}") from None
+        events = sorted(state.history, key=lambda e: -e.timestamp)
         return {
             "user_id": user_id,
             "events": len(events),

@@ -105,3 +105,18 @@ def test_the_embedded_server_holds_a_store_too(embedded_redis: object, tmp_path:
     store.ingest([LiveEvent("e", "u", HistoryEvent("b", 2))])
     record = store.record("u")
     assert record is not None and [e.item_id for e in record.history] == ["a", "b"]
+
+
+def test_search_finds_ids_by_prefix_with_their_event_counts(store: UserStore) -> None:
+    histories = {f"user{n}": [HistoryEvent("a", t) for t in range(n % 4)] for n in range(30)}
+    store.write(catalog_records(histories, {}), batch=7)
+    found = store.search("user1", 50)
+    assert [u for u, _ in found] == ["user1", *(f"user1{n}" for n in range(10))]
+    assert dict(found)["user13"] == 1 and dict(found)["user1"] == 1
+    assert len(store.search("", 5)) == 5 and store.search("nobody", 5) == []
+    # a user first seen through a live event is searchable at once, live events counted
+    store.ingest([LiveEvent("e", "user1-new", HistoryEvent("b", 1))])
+    assert ("user1-new", 1) in store.search("user1-", 5)
+    store.ingest([LiveEvent("f", "user13", HistoryEvent("b", 9))])
+    assert dict(store.search("user13", 1)) == {"user13": 2}
+    assert store.search("ü", 5) == []  # a prefix outside ASCII is a plain byte range

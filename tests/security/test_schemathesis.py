@@ -49,5 +49,7 @@ def test_no_server_error_or_schema_violation(live: LiveServer, mode: GenerationM
     run()
     assert not any(key.split()[-1].startswith("5") for key in seen), seen
     # Negative mode has nothing to break in the GET routes (no parameters, no body).
-    routes = {"/recommend", "/score", "/events"} | ({"/healthz", "/metrics"} if mode.is_positive else set())
+    routes = {"/recommend", "/score", "/events"} | (
+        {"/healthz", "/metrics"} if mode.is_positive else set()
+    )
     assert {key.split()[1] for key in seen} >= routes, seen

@@ -80,3 +80,13 @@ def test_events_need_the_token_and_a_store(stack: Stack) -> None:
         assert httpx.post(f"{demo.url}/events", json={"events": [event]}).status_code == 401
         r = httpx.post(f"{demo.url}/events", json={"events": [event]}, headers=AUTH)
         assert r.status_code == 409 and "--user-store" in r.json()["detail"]
+
+
+def test_the_explorer_searches_and_shows_users_through_the_store(live: LiveServer) -> None:
+    event = {"event_id": "s-1", "user_id": "zz-walk-in", "item_id": "3", "timestamp": 7}
+    httpx.post(f"{live.url}/events", json={"events": [event]}, headers=AUTH)
+    r = httpx.get(f"{live.url}/users", params={"q": "zz"}, headers=AUTH)
+    assert r.json() == {"users": [{"user_id": "zz-walk-in", "events": 1}]}
+    history = httpx.get(f"{live.url}/users/zz-walk-in", headers=AUTH).json()
+    assert [e["item_id"] for e in history["history"]] == ["3"]
+    assert httpx.get(f"{live.url}/users/u1", headers=AUTH).json()["events"] == 8
