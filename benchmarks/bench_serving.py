@@ -1,6 +1,8 @@
 """`duorank bench serving`: the HTTP service under 1, 4 and 16 concurrent clients, for the
 default (the ranking stage) and the previous default (the cross-encoder over the tower's top
-100) side by side in one run.
+100) side by side in one run, and the default again with 2 worker processes (`serve --workers
+2`) and, when ``DUORANK_REDIS_URL`` names a Redis, with its users read from the online user
+store (`users publish`, then `serve --user-store`).
 
 Starts ``duorank serve`` as a separate process on 127.0.0.1 (so the load generator does not
 share its interpreter) once per configuration, then each client thread sends
@@ -175,6 +177,16 @@ def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[str]:
             server.kill()
 
 
+def _publish_users(ctx: BenchContext) -> None:
+    """``duorank users publish`` into the home's dataset's users (the store the server reads)."""
+    exe = Path(sys.executable).with_name("duorank")
+    subprocess.run(
+        [str(exe), "--home", str(ctx.home), "--log-level", "WARNING", "users", "publish"],
+        check=True,
+        capture_output=True,
+    )
+
+
 DEFAULT = "ranking stage (default)"
 PREVIOUS = "cross-encoder over the tower's top 100 (previous default)"
 PREVIOUS_TEXT_FREE = (
@@ -182,6 +194,14 @@ PREVIOUS_TEXT_FREE = (
     "gives the text no weight, so no transformer pass)"
 )
 EXPLAINED = "ranking stage + explain (the explorer page's call)"
+WORKERS = "ranking stage, 2 worker processes"
+USER_STORE = "ranking stage, users read from the online user store (Redis)"
+
+
+def _rps(rows: list[dict[str, Any]], config: str, clients: int) -> float:
+    """The throughput of ``config`` at ``clients`` (NaN when it was not run)."""
+    found = [r for r in rows if r["config"] == config and r["clients"] == clients]
+    return round(found[0]["throughput_rps"], 2) if found else float("nan")
 
 
 def _latency_targets(rows: list[dict[str, Any]], single: dict[str, dict[str, Any]]) -> list[Target]:
@@ -204,12 +224,26 @@ def _latency_targets(rows: list[dict[str, Any]], single: dict[str, dict[str, Any
                 20.0,
             ),
             Target(
+                "default: req/s at 16 clients, 2 worker processes",
+                _rps(rows, WORKERS, 16),
+                150.0,
+            ),
+            Target(
                 "default: end-to-end p95 ms at 1 client (moonshot)",
                 round(one["p95_ms"], 2),
                 20.0,
                 "<=",
             ),
         ]
+    if USER_STORE in single:
+        targets.append(
+            Target(
+                "user store: end-to-end p95 ms at 1 client",
+                round(single[USER_STORE]["p95_ms"], 2),
+                25.0,
+                "<=",
+            )
+        )
     if DEFAULT in single and EXPLAINED in single:
         targets.append(
             Target(
@@ -245,6 +279,10 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     configs: dict[str, list[str]] = {}
     if (ranker / "ranker.json").is_file():
         configs[DEFAULT] = ["--ranker", str(ranker)]
+        configs[WORKERS] = ["--ranker", str(ranker), "--workers", "2"]
+        if os.environ.get("DUORANK_REDIS_URL"):  # a server both processes reach
+            _publish_users(ctx)
+            configs[USER_STORE] = ["--ranker", str(ranker), "--user-store"]
     previous = PREVIOUS
     if (reranker / "reranker.json").is_file():
         from rerank.cross_encoder.inference import unweighted_text_head

@@ -98,4 +98,3 @@ def fold_events(
 
     with user_store(settings) as store:
         return fold(store, data, **({"progress": progress} if progress else {}))
-

@@ -32,7 +32,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -150,6 +149,7 @@ def create_app(
     limits: ServerLimits | None = None,
     report: Path | None = None,
     public_demo: bool = False,
+    metrics_dir: Path | None = None,
 ) -> FastAPI:
     """Builds the ASGI app around an opened :class:`Recommender`.
 
@@ -158,6 +158,8 @@ def create_app(
             JSON; its PNG plots beside it).
         public_demo: the explorer's read routes and /recommend answer without the token;
             only with a token (without one every route would be open).
+        metrics_dir: one of several worker processes: /metrics sums every worker's values
+            kept there (``PROMETHEUS_MULTIPROC_DIR``).
 
     Raises:
         ValueError: ``public_demo`` without a token, or a report that is not an evaluation
@@ -171,7 +173,7 @@ def create_app(
     if report is not None:
         read_report(report)
     lim = limits or ServerLimits()
-    metrics = ServerMetrics(recommender)
+    metrics = ServerMetrics(recommender, metrics_dir)
     lifecycle = _Lifecycle(recommender, metrics, lim.reload_interval_s)
     redact_access_log()
     assets = _swagger_assets()
@@ -442,4 +444,4 @@ def _probe_routes(
     )
     async def metrics() -> PlainTextResponse:
         """Prometheus metrics (text exposition format)."""
-        return PlainTextResponse(generate_latest(meters.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(meters.exposition(), media_type=CONTENT_TYPE_LATEST)

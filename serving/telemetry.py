@@ -5,8 +5,9 @@ the user store."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,10 +55,18 @@ class _StoreCollector(Collector):
 
 
 class ServerMetrics:
-    """The service's Prometheus metrics, in a registry of their own."""
+    """The service's Prometheus metrics, in a registry of their own.
 
-    def __init__(self, recommender: Recommender) -> None:
+    Args:
+        shared_dir: with several worker processes, the folder where prometheus_client keeps
+            every worker's values (``PROMETHEUS_MULTIPROC_DIR``, set before any worker
+            starts): :meth:`exposition` then sums counters and histograms over the workers.
+    """
+
+    def __init__(self, recommender: Recommender, shared_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.shared_dir = shared_dir
+        self._version: str | None = None
         registry = self.registry
         self.requests = Counter(
             "duorank_requests",
@@ -76,12 +85,23 @@ class ServerMetrics:
             "duorank_rejected", "Requests refused by the overload policy", registry=registry
         )
         self.version_info = Gauge(
-            "duorank_index_version_info", "Serving index version", ["version"], registry=registry
+            "duorank_index_version_info",
+            "Serving index version (with several workers: 1 while any worker serves it)",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="max",
         )
         self.degraded = Gauge(
             "duorank_index_degraded",
             "1 while serving an older verified version because CURRENT failed verification",
             registry=registry,
+            multiprocess_mode="max",
+        )
+        self.worker_requests = Gauge(
+            "duorank_worker_requests",
+            "Requests answered by this worker process (one series per pid with several)",
+            registry=registry,
+            multiprocess_mode="all",
         )
         self.reloads = Counter(
             "duorank_index_reloads", "Index hot reloads by outcome", ["outcome"], registry=registry
@@ -95,15 +115,35 @@ class ServerMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.recommender = recommender
         registry.register(_CacheCollector(recommender))
         registry.register(_StoreCollector(recommender))
 
     def count(self, route: str, status: str) -> None:
         """One response of ``route`` (a template) with ``status``."""
         self.requests.labels(route, status).inc()
+        self.worker_requests.inc()
 
     def serving(self, recommender: Recommender) -> None:
         """The version that serves, and whether it is a fallback."""
-        self.version_info.clear()
-        self.version_info.labels(recommender.index_version).set(1)
+        version = recommender.index_version
+        if self.shared_dir is not None and self._version not in (None, version):
+            self.version_info.labels(self._version).set(0)  # the workers' files keep every label
+        elif self.shared_dir is None:
+            self.version_info.clear()
+        self._version = version
+        self.version_info.labels(version).set(1)
         self.degraded.set(1 if recommender.degraded else 0)
+
+    def exposition(self) -> bytes:
+        """The text exposition format: this process's registry, or with several workers
+        every worker's values summed (and this worker's cache and store counters)."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        merged.register(_CacheCollector(self.recommender))
+        merged.register(_StoreCollector(self.recommender))
+        return generate_latest(merged)

@@ -211,6 +211,14 @@ def print_recommendation(result: Recommendation) -> None:
     "(default: the committed ml-latest-small report, when installed from a checkout).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Worker processes behind the one port, each with its own Recommender; they share "
+    "Redis, the index files and the metrics (/metrics sums them).",
+)
+@click.option(
     "--public-demo",
     is_flag=True,
     help="The explorer page's data and /recommend answer without the token (a read-only "
@@ -227,6 +235,7 @@ def serve(
     reload_interval: float,
     strict: bool,
     report: Path | None,
+    workers: int,
     public_demo: bool,
     **serving: Any,
 ) -> None:
@@ -260,15 +269,20 @@ def serve(
         click.secho(message, err=True, fg="red", bold=True)
         log.warning(message)
     job = serving_job(fallback=not strict, **serving)
+    limits = ServerLimits(
+        max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
+    )
+    report = report or _committed_report(Path(benchmarks.__file__).parent)
+    if workers > 1:
+        with sock:
+            _serve_workers(settings, job, limits, report, public_demo, workers, sock)
+        return
     with sock, open_recommender(settings, job) as recommender:
-        limits = ServerLimits(
-            max_in_flight=max_in_flight, max_queue=max_queue, reload_interval_s=reload_interval
-        )
         app = create_app(
             recommender,
             token=settings.api_token,
             limits=limits,
-            report=report or _committed_report(Path(benchmarks.__file__).parent),
+            report=report,
             public_demo=public_demo,
         )
         log.info(
@@ -281,6 +295,49 @@ def serve(
         )
         config = uvicorn.Config(app, log_level=settings.log_level.lower())
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_workers(
+    settings: Settings,
+    job: Any,
+    limits: Any,
+    report: Path | None,
+    public_demo: bool,
+    workers: int,
+    sock: socket.socket,
+) -> None:
+    """``workers`` fresh processes on ``sock`` under uvicorn's supervisor (it restarts a worker
+    that dies); their metrics in a folder of their own, removed afterwards."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from duorank.workers import METRICS_ENV, SPEC_ENV, spec
+
+    own_dir = METRICS_ENV not in os.environ
+    shared = os.environ.get(METRICS_ENV) or tempfile.mkdtemp(prefix="duorank-metrics-")
+    os.environ[METRICS_ENV] = shared
+    os.environ[SPEC_ENV] = spec(settings, job, dataclasses.asdict(limits), report, public_demo)
+    config = uvicorn.Config(
+        "duorank.workers:app",
+        factory=True,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+    log.info(
+        "serving on http://%s:%d with %d workers (auth: %s)",
+        *sock.getsockname()[:2],
+        workers,
+        "bearer token" if settings.api_token else "off",
+    )
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        if own_dir:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 @click.command(name="recommend-all")

@@ -1,0 +1,92 @@
+"""`duorank serve --workers 2` as a user runs it: two processes behind one port, /metrics summing
+both whichever answers, a publish picked up by every worker, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from indexer import IndexRoot
+from tests.live import Stack, free_port
+
+pytestmark = pytest.mark.slow
+TOKEN = "workers-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _wait_ready(url: str, server: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the workers did not become ready")
+
+
+def test_two_workers_share_the_port_the_metrics_and_each_publish(
+    stack: Stack, tmp_path: Path
+) -> None:
+    IndexRoot(stack.root).set_current(stack.versions[0])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DUORANK_API_TOKEN": TOKEN, "DUORANK_LOG_LEVEL": "WARNING"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    exe = Path(sys.executable).with_name("duorank")
+    cmd = [
+        *(str(exe), "--home", str(tmp_path / "home"), "serve", "--port", str(port)),
+        *("--data", str(stack.data), "--root", str(stack.root), "--reranker", str(stack.reranker)),
+        *("--no-ranker", "--backend", "torch", "--workers", "2", "--reload-interval", "0.2"),
+        *("--max-queue", "64"),
+    ]
+    server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(url, server)
+        # every worker ready: one /readyz per worker is not addressable, so ask many times
+        body = {"user_id": "u1", "k": 3, "second_stage": False}
+
+        def call(_: int) -> int:
+            return httpx.post(f"{url}/recommend", json=body, headers=AUTH, timeout=60).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(call, range(120)))
+        assert codes == [200] * 120
+        metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+        served = re.findall(
+            r'duorank_requests_total\{route="/recommend",status="200"\} (\S+)', metrics
+        )
+        assert served and float(served[0]) == 120.0  # summed over both workers
+        per_worker = re.findall(r'duorank_worker_requests\{pid="(\d+)"\} (\S+)', metrics)
+        assert len({pid for pid, _ in per_worker}) == 2, per_worker
+        assert all(float(n) > 0 for _, n in per_worker), per_worker  # both answered calls
+
+        IndexRoot(stack.root).set_current(stack.versions[1])  # a publish: every worker swaps
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = {httpx.get(f"{url}/readyz").json()["index_version"] for _ in range(20)}
+            if seen == {stack.versions[1]}:
+                break
+            time.sleep(0.3)
+        assert seen == {stack.versions[1]}
+        metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+        assert f'duorank_index_version_info{{version="{stack.versions[1]}"}} 1.0' in metrics
+        assert f'duorank_index_version_info{{version="{stack.versions[0]}"}} 0.0' in metrics
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            assert server.wait(timeout=60) == 0
+        finally:
+            server.kill()
+            IndexRoot(stack.root).set_current(stack.versions[0])
