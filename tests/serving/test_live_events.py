@@ -49,6 +49,23 @@ def _store(redis_url: str, namespace: str, catalog: Catalog) -> UserStore:
     return store
 
 
+def test_every_users_list_is_the_same_served_from_the_store(
+    ranked: tuple[Path, Catalog], redis_url: str, namespace: str
+) -> None:
+    tmp, catalog = ranked
+    ranker = GBDTRanker.load(tmp / "ranker")
+    store = UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
+    store.write_log(catalog.interactions)  # what `users publish` writes
+    stored = Recommender(tmp / "index", catalog, ranker=ranker, users=store)
+    plain = Recommender(tmp / "index", catalog, ranker=ranker)
+    for user in sorted(plain.histories):
+        a, b = stored.recommend(user, k=10), plain.recommend(user, k=10)
+        assert [(i.item_id, i.ranking_score) for i in a.items] == [
+            (i.item_id, i.ranking_score) for i in b.items
+        ], user
+    assert stored.store_errors == 0
+
+
 def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
     ranked: tuple[Path, Catalog], redis_url: str, namespace: str
 ) -> None:
