@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.errors import printable
-from catalog.history import group_histories
+from catalog.history import HistoryView, group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from indexer.store import IndexRoot, VerifyError
@@ -212,7 +212,14 @@ class Recommender:
         self.reranker = reranker
         self.ranker = ranker if ranker is not None and _ranker_serves(ranker) else None
         self._why_ranker, self._why_first = _served_because(ranker)
-        self.histories = group_histories(catalog.interactions)
+        # With a user store the dataset's histories are only the fallback (and the first
+        # stage's exposure at a version load): built per user from the columns, no object per
+        # event held; without one every call reads them, so they are built once.
+        self.histories: Mapping[str, list[HistoryEvent]] = (
+            HistoryView(catalog.interactions)
+            if users is not None
+            else group_histories(catalog.interactions)
+        )
         self.popularity = Popularity(catalog.interactions, list(catalog.items))
         self.item_template = ItemTextTemplate()
         self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
