@@ -84,18 +84,24 @@ def encode_arrays(
     )
 
 
-def decode(value: bytes, key: str = "value") -> UserRecord:
-    """The record :func:`encode` wrote.
-
-    Raises:
-        CorruptStateError: ``value`` (named ``key`` in the message) is not such a record.
-    """
+def _header(value: bytes, key: str) -> tuple[int, int]:
+    """The events and profile bytes a record's header announces (checked: format, size)."""
     try:
         magic, version, n, n_profile = _HEADER.unpack_from(value, 0)
     except struct.error:
         raise CorruptStateError(f"{key}: {len(value)} bytes, shorter than a header") from None
     if magic != MAGIC or version != VERSION:
         raise CorruptStateError(f"{key}: not a duorank user state (format {magic!r} {version})")
+    return int(n), int(n_profile)
+
+
+def decode(value: bytes, key: str = "value") -> UserRecord:
+    """The record :func:`encode` wrote.
+
+    Raises:
+        CorruptStateError: ``value`` (named ``key`` in the message) is not such a record.
+    """
+    n, n_profile = _header(value, key)
     at = _HEADER.size
     fixed = n_profile + n * (8 + 4 + 1 + 2)
     if len(value) < at + fixed:
@@ -145,13 +151,7 @@ def event_count(value: bytes, key: str = "value") -> int:
     Raises:
         CorruptStateError: ``value`` is not a record.
     """
-    try:
-        magic, version, n, _ = _HEADER.unpack_from(value, 0)
-    except struct.error:
-        raise CorruptStateError(f"{key}: {len(value)} bytes, shorter than a header") from None
-    if magic != MAGIC or version != VERSION:
-        raise CorruptStateError(f"{key}: not a duorank user state (format {magic!r} {version})")
-    return int(n)
+    return _header(value, key)[0]
 
 
 def encode_event(event_id: str, event: HistoryEvent) -> bytes:

@@ -61,7 +61,9 @@ def fold(
     Events of items the dataset no longer holds are dropped (counted in ``unknown_items``).
 
     Returns:
-        The fold's id, the events and users folded, and what was dropped.
+        The fold's id, the events written to the dataset, the users whose live events were
+        taken, the events dropped for naming unknown items, and whether it finished a fold
+        cut short.
 
     Raises:
         catalog.DataError: ``data`` is not a dataset folder.
@@ -70,9 +72,11 @@ def fold(
     raw = store.client.get(key)
     if raw is not None:
         plan = json.loads(raw)
-        if read_manifest(data).get("source", {}).get("live_fold") == plan["fold_id"]:
+        source = read_manifest(data).get("source", {})
+        if source.get("live_fold") == plan["fold_id"]:
             progress(f"finishing fold {plan['fold_id']}: the dataset already holds its events")
-            return _finish(store, data, plan, resumed=True)
+            written = int(source.get("live_fold_events", 0))
+            return _finish(store, data, plan, written, resumed=True)
         progress(f"discarding fold {plan['fold_id']}: the dataset never got its events")
         store.client.delete(key)
     users = sorted(store.users_with_live())
@@ -83,11 +87,10 @@ def fold(
         "counts": {u: len(events) for u, events in taken.items()},
     }
     if not taken:
-        return {"fold_id": None, "events": 0, "users": 0, "unknown_items": 0}
+        return {"fold_id": None, "events": 0, "users": 0, "unknown_items": 0, "resumed": False}
     store.client.set(key, json.dumps(plan))
     catalog = load_catalog(data)
     rows = [(u, e) for u, events in taken.items() for _, e in events if e.item_id in catalog.items]
-    unknown = sum(len(events) for events in taken.values()) - len(rows)
     extra = Interactions(
         [u for u, _ in rows],
         [e.item_id for _, e in rows],
@@ -103,7 +106,7 @@ def fold(
         catalog.items,
         users_after,
         Interactions.concat([catalog.interactions, extra]),
-        {**catalog.source, "live_fold": plan["fold_id"]},
+        {**catalog.source, "live_fold": plan["fold_id"], "live_fold_events": len(rows)},
         {
             **catalog.stats,
             "live_events_folded": catalog.stats.get("live_events_folded", 0) + len(rows),
@@ -112,11 +115,12 @@ def fold(
     )
     save_catalog(folded, data)
     progress(f"fold {plan['fold_id']}: {len(rows)} events of {len(taken)} users written to {data}")
-    out = _finish(store, data, plan, resumed=False)
-    return {**out, "events": len(rows), "unknown_items": unknown}
+    return _finish(store, data, plan, len(rows), resumed=False)
 
 
-def _finish(store: UserStore, data: Path, plan: dict[str, Any], resumed: bool) -> dict[str, Any]:
+def _finish(
+    store: UserStore, data: Path, plan: dict[str, Any], written: int, resumed: bool
+) -> dict[str, Any]:
     """Step 3: every planned user's record from the dataset, their folded events cut."""
     catalog = load_catalog(data)
     histories = group_histories(catalog.interactions)
@@ -142,7 +146,7 @@ def _finish(store: UserStore, data: Path, plan: dict[str, Any], resumed: bool) -
     return {
         "fold_id": plan["fold_id"],
         "users": len(plan["counts"]),
-        "events": sum(plan["counts"].values()),
+        "events": written,
+        "unknown_items": sum(plan["counts"].values()) - written,
         "resumed": resumed,
-        "unknown_items": 0,
     }

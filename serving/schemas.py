@@ -104,33 +104,21 @@ class Event(BaseModel):
     _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
 
 
-class LiveEventBody(BaseModel):
+class LiveEventBody(Event):
     """One event that happened after the last build (``POST /events``, one JSON object per
-    line of ``duorank events ingest``)."""
-
-    model_config = ConfigDict(extra="forbid")
+    line of ``duorank events ingest``): an :class:`Event` with its own id, its user, and a
+    time it must give."""
 
     event_id: Id = Field(
         description="The event's own id: a retried delivery with the same id is accepted once."
     )
     user_id: Id = Field(description="Who (a user the dataset has not seen starts here).")
-    item_id: Id = Field(description="An item of the catalog (a number is read as its id).")
     timestamp: int = Field(
         ge=-TIMESTAMP_LIMIT,
         le=TIMESTAMP_LIMIT,
         description="When it happened, in the units of the dataset's log (epoch seconds for "
         "MovieLens).",
     )
-    rating: float | None = Field(
-        default=None,
-        allow_inf_nan=False,
-        ge=RATING_SCALE[0],
-        le=RATING_SCALE[1],
-        description="Stars from 0 to 5; 4 and up is a like.",
-    )
-    label: int | None = Field(default=None, ge=0, le=1, description="1 like, 0 dislike.")
-
-    _integers = field_validator("timestamp", "label", mode="before")(_json_integer)
 
 
 class Ingested(BaseModel):

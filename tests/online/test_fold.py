@@ -64,6 +64,20 @@ def _check_folded_once(store: UserStore, data: Path, before: Catalog) -> None:
     assert fold(store, data)["events"] == 0
 
 
+def _fold_crashing_in(
+    monkeypatch: pytest.MonkeyPatch, step: str, error: BaseException, store: UserStore, data: Path
+) -> None:
+    """A fold that dies with ``error`` where it calls ``step``."""
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise error
+
+    with monkeypatch.context() as m:
+        m.setattr(fold_module, step, crash)
+        with pytest.raises(type(error)):
+            fold(store, data)
+
+
 @pytest.fixture
 def store(redis_url: str, namespace: str) -> UserStore:
     return UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
@@ -88,16 +102,11 @@ def test_a_fold_cut_short_after_the_dataset_finishes_without_counting_twice(
     _publish(store, catalog)
     store.ingest(EVENTS)
 
-    def crash(*_: Any, **__: Any) -> Any:
-        raise KeyboardInterrupt  # killed between the dataset and the store
-
-    with monkeypatch.context() as m:
-        m.setattr(fold_module, "_finish", crash)
-        with pytest.raises(KeyboardInterrupt):
-            fold(store, data)
+    _fold_crashing_in(monkeypatch, "_finish", KeyboardInterrupt(), store, data)  # killed
     store.ingest([LiveEvent("e5", "u2", HistoryEvent("3", 10_010))])  # arrives in between
     resumed = fold(store, data)
-    assert resumed["resumed"] is True and resumed["events"] == 4  # the plan's, kept whole
+    assert resumed["resumed"] is True  # the plan's events, kept whole
+    assert (resumed["events"], resumed["unknown_items"]) == (3, 1)
     assert [i for i, _ in store.live("u2")] == ["e5"]  # the later event waits for the next
     store.client.delete(store.key("u2", "live"))
     _check_folded_once(store, data, catalog)
@@ -110,16 +119,10 @@ def test_a_fold_cut_short_before_the_dataset_starts_over(
     _publish(store, catalog)
     store.ingest(EVENTS)
 
-    def crash(*_: Any, **__: Any) -> Any:
-        raise OSError("disk full")
-
-    with monkeypatch.context() as m:
-        m.setattr(fold_module, "save_catalog", crash)
-        with pytest.raises(OSError, match="disk full"):
-            fold(store, data)
+    _fold_crashing_in(monkeypatch, "save_catalog", OSError("disk full"), store, data)
     assert len(load_catalog(data).interactions) == len(catalog.interactions)
     out = fold(store, data)
-    assert out["events"] == 3 and "resumed" in out and out["resumed"] is False
+    assert (out["events"], out["unknown_items"], out["resumed"]) == (3, 1, False)
     _check_folded_once(store, data, catalog)
 
 
