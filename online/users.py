@@ -41,8 +41,11 @@ from online.codec import (
 log = logging.getLogger(__name__)
 
 NAMESPACE = "duorank:users"
-MAX_EVENTS = 200
-"""Events kept per user: more than any reader takes (the tower reads 50, the features 50)."""
+MAX_EVENTS = 10_000
+"""Events kept per user. The tower reads the newest 50, but the seen items a list leaves out
+and the history-length feature read them all, so a user's list is the one the dataset's
+history gives for every user with at most this many events (all of ml-latest-small's and
+ML-1M's); beyond it the oldest are dropped."""
 SEEN_RETENTION_S = 7 * 86_400
 """How long a folded event's id still refuses a retried delivery."""
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")

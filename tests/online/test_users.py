@@ -147,3 +147,14 @@ def test_the_columnar_writer_stores_what_the_record_writer_stores(
     assert columnar["c"] == UserRecord({"country": "NZ"}, [])
     a = columnar["a"]
     assert a is not None and [e.item_id for e in a.history] == ["w", "v", "u", "t", "s"]
+
+
+def test_by_default_a_heavy_users_whole_history_is_kept(redis_url: str, namespace: str) -> None:
+    from catalog import Interactions
+
+    n = 3_000  # more than any user of ml-latest-small holds
+    inter = Interactions(["heavy"] * n, [str(i) for i in range(n)], list(range(n)))
+    store = UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
+    store.write_log(inter)
+    record = store.record("heavy")
+    assert record is not None and len(record.history) == n  # every seen item is still known
