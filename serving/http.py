@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import redis
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -406,7 +407,15 @@ def _event_routes(
             )
             for e in body.events  # type: ignore[attr-defined]
         ]
-        done = await anyio.to_thread.run_sync(lambda: recommender.ingest(events))
+        try:
+            done = await anyio.to_thread.run_sync(lambda: recommender.ingest(events))
+        except redis.RedisError as exc:
+            log.warning("live events refused: the user store does not answer (%s)", exc)
+            raise HTTPException(
+                status_code=503,
+                detail="the user store does not answer: retry (the same event ids are safe)",
+                headers={"Retry-After": "1"},
+            ) from None
         metrics.events.labels("accepted").inc(done.accepted)
         metrics.events.labels("duplicate").inc(done.duplicates)
         return {"accepted": done.accepted, "duplicates": done.duplicates}

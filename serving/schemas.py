@@ -270,4 +270,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: r for code, r in ERROR_RESPONSES.items() if code != 404},
     409: {"model": _Problem, "description": "This server has no online user store"},
+    503: {"model": _Problem, "description": "The user store does not answer: retry"},
 }

@@ -90,3 +90,15 @@ def test_the_explorer_searches_and_shows_users_through_the_store(live: LiveServe
     history = httpx.get(f"{live.url}/users/zz-walk-in", headers=AUTH).json()
     assert [e["item_id"] for e in history["history"]] == ["3"]
     assert httpx.get(f"{live.url}/users/u1", headers=AUTH).json()["events"] == 8
+
+
+def test_a_store_that_does_not_answer_is_a_503_to_retry(stack: Stack) -> None:
+    dead = UserStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    event = {"event_id": "e", "user_id": "u1", "item_id": "3", "timestamp": 5}
+    with make_server(stack, token=TOKEN, users=dead) as live:
+        r = httpx.post(f"{live.url}/events", json={"events": [event]}, headers=AUTH)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "retry" in r.json()["detail"]
+        # a user_id call is still served, from the dataset's history
+        body = {"user_id": "u1", "k": 3, "second_stage": False}
+        assert httpx.post(f"{live.url}/recommend", json=body, headers=AUTH).status_code == 200
