@@ -316,6 +316,15 @@ def _serve_workers(
     from uvicorn.supervisors import Multiprocess
 
     from duorank.workers import METRICS_ENV, SPEC_ENV, spec
+    from indexer import IndexRoot, VerifyError
+
+    # What one process would refuse at start-up, refused here once: a worker that cannot
+    # start would be restarted by the supervisor for ever.
+    try:
+        IndexRoot(job.root or settings.layout.index).require_current()
+    except VerifyError:
+        if not job.fallback:  # --strict; without it each worker serves the newest that verifies
+            raise
 
     own_dir = METRICS_ENV not in os.environ
     shared = os.environ.get(METRICS_ENV) or tempfile.mkdtemp(prefix="duorank-metrics-")

@@ -89,3 +89,25 @@ def test_a_bad_line_names_file_line_and_field_and_nothing_is_ingested(
     assert message in out
     store = UserStore(redis.Redis.from_url(redis_url), namespace=env["DUORANK_USERS_NAMESPACE"])
     assert store.live("u0") == []  # checked before anything was ingested
+
+
+def test_serve_with_workers_refuses_an_empty_index_root_at_once(tmp_path: Path) -> None:
+    """A worker that cannot start would be restarted for ever: the parent checks first."""
+    from duorank.cli import cli as duorank_cli
+
+    result = CliRunner().invoke(
+        duorank_cli,
+        [
+            "--home",
+            str(tmp_path),
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--root",
+            str(tmp_path / "none"),
+        ],
+    )
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "no published version yet" in result.output
