@@ -71,6 +71,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | subprocess.Popen[str], log: Path) -> None:
+    """Waits until ``duorank serve`` (``proc``, writing to ``log``: a file, not a pipe, which
+    would stall the server once full) answers /readyz; fails with the log's tail if it exits
+    or takes over 180 s."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"duorank serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"duorank serve did not become ready: {log.read_text()[-2000:]}")
+
+
 class LiveServer:
     """uvicorn in a thread on 127.0.0.1, stopped at the end."""
 

@@ -8,19 +8,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from catalog import Catalog, save_catalog
 from retrieval.encoder import Encoder
 from tests.conftest import tiny_catalog
-from tests.live import build_ranked_stack, free_port
+from tests.live import build_ranked_stack, free_port, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -75,18 +73,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Iterat
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"duorank serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("duorank serve did not become ready")
+        wait_ready(url, proc, log)
         yield url
     finally:
         proc.terminate()

@@ -16,24 +16,11 @@ import httpx
 import pytest
 
 from indexer import IndexRoot
-from tests.live import Stack, free_port
+from tests.live import Stack, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 TOKEN = "workers-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _wait_ready(url: str, server: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the workers did not become ready")
 
 
 def test_two_workers_share_the_port_the_metrics_and_each_publish(
@@ -51,9 +38,11 @@ def test_two_workers_share_the_port_the_metrics_and_each_publish(
         *("--no-ranker", "--backend", "torch", "--workers", "2", "--reload-interval", "0.2"),
         *("--max-queue", "64"),
     ]
-    server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(url, server)
+        wait_ready(url, server, log)
         # every worker ready: one /readyz per worker is not addressable, so ask many times
         body = {"user_id": "u1", "k": 3, "second_stage": False}
 
