@@ -79,14 +79,14 @@ def fold(
             return _finish(store, data, plan, written, resumed=True)
         progress(f"discarding fold {plan['fold_id']}: the dataset never got its events")
         store.client.delete(key)
-    users = sorted(store.users_with_live())
-    taken = {u: store.live(u) for u in users}
-    taken = {u: events for u, events in taken.items() if events}
-    plan = {
+    entries = {u: store.live_entries(u) for u in sorted(store.users_with_live())}
+    taken = {u: events for u, (_, events) in entries.items()}
+    plan = {  # each list's whole head is cut, corrupt entries included
         "fold_id": uuid.uuid4().hex,
-        "counts": {u: len(events) for u, events in taken.items()},
+        "counts": {u: n for u, (n, _) in entries.items() if n},
+        "taken": sum(len(events) for events in taken.values()),
     }
-    if not taken:
+    if not plan["counts"]:
         return {"fold_id": None, "events": 0, "users": 0, "unknown_items": 0, "resumed": False}
     store.client.set(key, json.dumps(plan))
     catalog = load_catalog(data)
@@ -147,6 +147,6 @@ def _finish(
         "fold_id": plan["fold_id"],
         "users": len(plan["counts"]),
         "events": written,
-        "unknown_items": sum(plan["counts"].values()) - written,
+        "unknown_items": plan.get("taken", sum(plan["counts"].values())) - written,
         "resumed": resumed,
     }

@@ -247,8 +247,14 @@ class UserStore:
 
     def live(self, user_id: str) -> list[tuple[str, HistoryEvent]]:
         """The user's live events with their ids, oldest first (corrupt entries skipped)."""
+        return self.live_entries(user_id)[1]
+
+    def live_entries(self, user_id: str) -> tuple[int, list[tuple[str, HistoryEvent]]]:
+        """How many entries the user's live list holds (corrupt ones too: what a fold cuts
+        from its head) and the events among them."""
         key = self.key(user_id, "live")
-        return list(self._events(key, self.client.lrange(key, 0, -1)))
+        values = self.client.lrange(key, 0, -1)
+        return len(values), list(self._events(key, values))
 
     def _events(self, key: str, values: Sequence[bytes]) -> Iterator[tuple[str, HistoryEvent]]:
         for n, value in enumerate(values):

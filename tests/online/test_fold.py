@@ -144,3 +144,17 @@ def test_the_store_and_the_fold_work_on_a_redis_cluster(tmp_path: Path) -> None:
         assert u0 is not None and [e.item_id for e in u0.history][-2:] == ["7", "8"]
         assert fold(store, data)["events"] == 3
         _check_folded_once(store, data, catalog)
+
+
+def test_a_corrupt_live_entry_is_cut_with_the_fold_and_nothing_folds_twice(
+    store: UserStore, tmp_path: Path
+) -> None:
+    data, catalog = _dataset(tmp_path)
+    _publish(store, catalog)
+    store.client.rpush(store.key("u0", "live"), b"\x05")  # a corrupt head
+    store.ingest(EVENTS[:2])
+    out = fold(store, data)
+    assert (out["events"], out["unknown_items"]) == (2, 0)
+    assert store.client.llen(store.key("u0", "live")) == 0
+    assert fold(store, data)["events"] == 0  # the second event is not folded again
+    assert (load_catalog(data).interactions.events == "live").sum() == 2
