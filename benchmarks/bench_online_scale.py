@@ -133,9 +133,21 @@ def _event_to_visible(store: UserStore, n_users: int, tries: int) -> dict[str, f
     return {"visible_p50_ms": percentile(waits, 50), "visible_p99_ms": percentile(waits, 99)}
 
 
+def _clear(store: UserStore) -> None:
+    """Deletes the bench's own keys (never anything else on a Redis it was given)."""
+    batch: list[Any] = []
+    for key in store.client.scan_iter(match=f"{store.namespace}:*", count=10_000):
+        batch.append(key)
+        if len(batch) == 10_000:
+            store.client.unlink(*batch)
+            batch = []
+    if batch:
+        store.client.unlink(*batch)
+
+
 def _one_size(store: UserStore, n_users: int, quick: bool) -> dict[str, Any]:
     client = store.client
-    client.flushdb()
+    _clear(store)
     before = _used_memory(client)
     started = time.perf_counter()
     written = 0
@@ -170,12 +182,12 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="duorank-online-scale-") as tmp:
         server = None if ctx.redis_url else EmbeddedRedis(Path(tmp))
         client = redis.Redis.from_url(ctx.redis_url) if ctx.redis_url else server.client()  # type: ignore[union-attr]
+        store = UserStore(client, namespace="bench:users")
         try:
-            store = UserStore(client, namespace="bench:users")
             for n in sizes:
                 rows.append(_one_size(store, n, quick))
         finally:
-            client.flushdb()
+            _clear(store)
             if server is not None:
                 server.close()
     small, large = rows
