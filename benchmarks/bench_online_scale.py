@@ -133,8 +133,11 @@ def _event_to_visible(store: UserStore, n_users: int, tries: int) -> dict[str, f
     return {"visible_p50_ms": percentile(waits, 50), "visible_p99_ms": percentile(waits, 99)}
 
 
-def _clear(store: UserStore) -> None:
-    """Deletes the bench's own keys (never anything else on a Redis it was given)."""
+def _clear(store: UserStore, private: bool) -> None:
+    """Empties a private server; on a Redis the bench was given, deletes its own keys only."""
+    if private:
+        store.client.flushdb()
+        return
     batch: list[Any] = []
     for key in store.client.scan_iter(match=f"{store.namespace}:*", count=10_000):
         batch.append(key)
@@ -145,9 +148,9 @@ def _clear(store: UserStore) -> None:
         store.client.unlink(*batch)
 
 
-def _one_size(store: UserStore, n_users: int, quick: bool) -> dict[str, Any]:
+def _one_size(store: UserStore, n_users: int, quick: bool, private: bool) -> dict[str, Any]:
     client = store.client
-    _clear(store)
+    _clear(store, private)
     before = _used_memory(client)
     started = time.perf_counter()
     written = 0
@@ -185,9 +188,10 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
         store = UserStore(client, namespace="bench:users")
         try:
             for n in sizes:
-                rows.append(_one_size(store, n, quick))
+                rows.append(_one_size(store, n, quick, server is not None))
         finally:
-            _clear(store)
+            if server is None:  # a private server is discarded whole
+                _clear(store, private=False)
             if server is not None:
                 server.close()
     small, large = rows
