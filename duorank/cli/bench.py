@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from benchmarks.registry import BENCHMARKS, run_benchmark
 from duorank.cli.options import quick_option
 from duorank.settings import Settings
 
 
-@click.command()
-@click.argument("name")
+@click.command(epilog="Names: " + ", ".join(BENCHMARKS) + ".")
+@click.argument("name", type=click.Choice(list(BENCHMARKS)), metavar="NAME")
 @quick_option("Small sizes, for CI.")
 @click.option(
     "--output",
@@ -33,11 +34,10 @@ def bench(
 ) -> None:
     """Run benchmark NAME, print its table and write its JSON record.
 
-    Names: baselines, metrics, retrieval, indexer, rerank, serving, scale, scale-encode,
-    latency, cascade, cold-dropout, short-histories. The home and Redis settings apply.
+    NAME is one of the registered suites (named below). The home and Redis
+    settings apply.
     """
     from benchmarks.contract import BenchContext
-    from benchmarks.registry import run_benchmark
 
     ctx = BenchContext(home=settings.home, redis_url=settings.redis_url or None, output=output)
     if data_path is not None:

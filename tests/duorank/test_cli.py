@@ -83,6 +83,15 @@ def test_unknown_benchmark_lists_the_known_ones() -> None:
     assert "metrics" in result.output
 
 
+def test_bench_help_names_every_registered_suite() -> None:
+    from benchmarks.registry import BENCHMARKS
+
+    result = CliRunner().invoke(cli, ["bench", "--help"])
+    assert result.exit_code == 0
+    text = "".join(result.output.split())  # the wrapping may break a name at its hyphen
+    assert all(name in text for name in BENCHMARKS), text
+
+
 def test_bench_writes_the_contract_json(tmp_path: Path) -> None:
     out = tmp_path / "m.json"
     result = CliRunner().invoke(cli, ["bench", "metrics", "--quick", "--output", str(out)])
