@@ -269,6 +269,9 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[ItemVectors, Path], dict
             "events": len(tables.log_cols),
             "als": asdict(als),
             "ranker": str(ranker),
+            # which live events the tables hold (a serving process counts the stream's others)
+            "live_mark": catalog.source.get("live_mark", "0-0"),
+            "live_late": list(catalog.source.get("live_late", [])),
         }
 
     return write

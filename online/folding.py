@@ -4,11 +4,18 @@ Three steps, each safe to repeat after a crash:
 
 1. **Plan.** Read every user's live list and write the plan (a fold id and how many of each
    user's live events it takes) to ``{ns}:fold``. Ingestion only appends, so those first
-   events stay the same until step 3 removes them.
+   events stay the same until step 3 removes them. The plan also says which entries of the
+   events stream the dataset will hold: those up to the stream's newest id read before the
+   lists (the mark), plus the few accepted while the lists were read that the lists already
+   held (the late ones). A serving process counts the stream's other entries on top of the
+   tables built from this dataset (:mod:`online.tail`), so no event is counted twice or missed.
 2. **Dataset.** Write the dataset with the planned events appended, atomically, its manifest's
-   ``source.live_fold`` naming the fold id.
+   ``source`` naming the fold id (``live_fold``), the mark (``live_mark``) and the late
+   entries (``live_late``).
 3. **Store.** For each planned user, atomically: their record rewritten from the new dataset,
-   the folded events cut from the head of their live list. Then the plan is deleted.
+   the folded events cut from the head of their live list. Then the stream's entries older
+   than the previous fold's mark are trimmed (tables built from the last two datasets still
+   find what they need there) and the plan is deleted.
 
 A fold that finds a plan finishes it when the dataset names its id (the crash came after step
 2), and starts over otherwise (the dataset never got the events). Either way no event is lost
@@ -29,6 +36,7 @@ import numpy as np
 from catalog.history import group_histories
 from catalog.model import Catalog, Interactions, User
 from catalog.store import load_catalog, read_manifest, save_catalog
+from catalog.text import HistoryEvent
 from online.codec import UserRecord, encode
 from online.users import SEEN_RETENTION_S, UserStore, newest
 
@@ -79,17 +87,21 @@ def fold(
             return _finish(store, data, plan, written, resumed=True)
         progress(f"discarding fold {plan['fold_id']}: the dataset never got its events")
         store.client.delete(key)
+    mark = store.events_mark()  # before the lists: what arrives while they are read is late
     entries = {u: store.live_entries(u) for u in sorted(store.users_with_live())}
     taken = {u: events for u, (_, events) in entries.items()}
     plan = {  # each list's whole head is cut, corrupt entries included
         "fold_id": uuid.uuid4().hex,
         "counts": {u: n for u, (n, _) in entries.items() if n},
         "taken": sum(len(events) for events in taken.values()),
+        "mark": mark,
+        "late": _late(store, mark, taken),
     }
     if not plan["counts"]:
         return {"fold_id": None, "events": 0, "users": 0, "unknown_items": 0, "resumed": False}
-    store.client.set(key, json.dumps(plan))
     catalog = load_catalog(data)
+    plan["trim_before"] = catalog.source.get("live_mark")
+    store.client.set(key, json.dumps(plan))
     rows = [(u, e) for u, events in taken.items() for _, e in events if e.item_id in catalog.items]
     extra = Interactions(
         [u for u, _ in rows],
@@ -106,7 +118,13 @@ def fold(
         catalog.items,
         users_after,
         Interactions.concat([catalog.interactions, extra]),
-        {**catalog.source, "live_fold": plan["fold_id"], "live_fold_events": len(rows)},
+        {
+            **catalog.source,
+            "live_fold": plan["fold_id"],
+            "live_fold_events": len(rows),
+            "live_mark": plan["mark"],
+            "live_late": plan["late"],
+        },
         {
             **catalog.stats,
             "live_events_folded": catalog.stats.get("live_events_folded", 0) + len(rows),
@@ -116,6 +134,17 @@ def fold(
     save_catalog(folded, data)
     progress(f"fold {plan['fold_id']}: {len(rows)} events of {len(taken)} users written to {data}")
     return _finish(store, data, plan, len(rows), resumed=False)
+
+
+def _late(
+    store: UserStore, mark: str, taken: dict[str, list[tuple[str, HistoryEvent]]]
+) -> list[str]:
+    """The stream ids after ``mark`` of events the read lists already held (accepted while
+    they were read): the fold takes them, so no serving process may count them again."""
+    held = {(u, event_id) for u, events in taken.items() for event_id, _ in events}
+    return [
+        e.stream_id for e in store.events_since(mark, 1_000_000) if (e.user_id, e.event_id) in held
+    ]
 
 
 def _finish(
@@ -142,6 +171,8 @@ def _finish(
                 )
             )
         store.run_scripts(_FINISH, calls)
+    if plan.get("trim_before"):
+        store.trim_events(plan["trim_before"])
     store.client.delete(_plan_key(store))
     return {
         "fold_id": plan["fold_id"],

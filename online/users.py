@@ -8,7 +8,11 @@ touch them atomically:
 - ``{ns}:{<user>}:h``: the record the nightly writer put there (:mod:`online.codec`);
 - ``{ns}:{<user>}:live``: the events ingested since, oldest first (a list);
 - ``{ns}:{<user>}:seen``: the ids of those events, so a retried delivery is accepted once;
-- ``{ns}:ids``: every user id in one sorted set, for prefix search (``ZRANGE ... BYLEX``).
+- ``{ns}:ids``: every user id in one sorted set, for prefix search (``ZRANGE ... BYLEX``);
+- ``{ns}:events``: every accepted live event once more, in order of arrival (a stream), for
+  what reads items rather than users: a serving process tails it so that the windowed counts
+  and the popularity source of every user's next call count the event
+  (:class:`online.tail.EventTail`); the fold trims it.
 
 A read merges the record with the live events (one round trip); the nightly fold
 (:mod:`online.folding`) moves live events into the dataset exactly once.
@@ -78,6 +82,23 @@ class LiveEvent:
     event_id: str
     user_id: str
     event: HistoryEvent
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One accepted event as the events stream holds it: its stream id (``<ms>-<seq>``, the
+    order of arrival), who, the event's id and the event."""
+
+    stream_id: str
+    user_id: str
+    event_id: str
+    event: HistoryEvent
+
+
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id as a pair that sorts as Redis orders them."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True)
@@ -227,8 +248,47 @@ class UserStore:
         )
         accepted = sum(int(r) for r in results)
         if accepted:  # a user the nightly build never saw becomes searchable at once
-            self.client.zadd(self.ids_key, dict.fromkeys({e.user_id for e in events}, 0))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.ids_key, dict.fromkeys({e.user_id for e in events}, 0))
+            for e, r in zip(events, results, strict=True):
+                if int(r):  # the items' side: once per accepted event, in order
+                    pipe.xadd(
+                        self.events_key, {"u": e.user_id, "e": encode_event(e.event_id, e.event)}
+                    )
+            pipe.execute()
         return Ingested(accepted, len(events) - accepted)
+
+    @property
+    def events_key(self) -> str:
+        """The stream of every accepted event (one key: on a cluster, one node holds it)."""
+        return f"{self.namespace}:events"
+
+    def events_since(self, after: str, count: int = 10_000) -> list[StreamEntry]:
+        """The stream's entries after ``after`` (a stream id; ``0-0``: from the start), oldest
+        first, up to ``count`` (corrupt entries skipped, logged)."""
+        out = []
+        for raw_id, fields in self.client.xrange(self.events_key, f"({after}", "+", count=count):
+            sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            try:
+                user = fields[b"u"].decode("utf-8")
+                event_id, event = decode_event(fields[b"e"], f"{self.events_key}[{sid}]")
+            except (KeyError, UnicodeDecodeError, CorruptStateError) as exc:
+                log.warning("skipped a corrupt stream entry %s: %s", sid, exc)
+                continue
+            out.append(StreamEntry(sid, user, event_id, event))
+        return out
+
+    def events_mark(self) -> str:
+        """The id of the stream's newest entry (``0-0`` when it holds none)."""
+        last = self.client.xrevrange(self.events_key, "+", "-", count=1)
+        if not last:
+            return "0-0"
+        raw = last[0][0]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def trim_events(self, before: str) -> int:
+        """Drops the stream's entries older than ``before``; returns how many."""
+        return int(self.client.xtrim(self.events_key, minid=before, approximate=False))
 
     def run_scripts(
         self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]

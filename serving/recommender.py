@@ -54,12 +54,23 @@ from serving.versions import Loaded, VersionLoader
 
 if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommender uses it
     from online import Ingested, LiveEvent, UserStore
+    from online.tail import EventTail
     from rerank.cross_encoder import Reranker
     from rerank.ranker import GBDTRanker
+    from rerank.ranker.candidates import CandidateStage
     from retrieval.encoder import Encoder
     from retrieval.sources import CandidateSet
 
 log = logging.getLogger(__name__)
+
+
+def live_mark(loaded: Loaded, catalog: Catalog) -> tuple[str, frozenset[str]]:
+    """Which entries of the live events stream a version's stage tables hold: those up to the
+    fold mark of the dataset they were fitted on, and that fold's late ones (the catalog's
+    own mark for tables fitted at load)."""
+    stage = loaded.manifest.get("stage") or {}
+    source = stage if stage else catalog.source
+    return str(source.get("live_mark") or "0-0"), frozenset(source.get("live_late") or ())
 
 
 def _ranker_serves(ranker: GBDTRanker) -> bool:
@@ -205,7 +216,8 @@ class Recommender:
         self.user_encoder = user_encoder
         self.users = users
         self.store_errors = 0
-        """``user_id`` reads the user store could not answer (served from the dataset)."""
+        """Reads the user store could not answer: a ``user_id`` call's (served from the
+        dataset's history) or the events stream's (served without its newest entries)."""
         self.pinned = version
         self.root = IndexRoot(Path(index_root))
         self.catalog = catalog
@@ -251,6 +263,13 @@ class Recommender:
         self.degraded: str | None = opened.degraded
         """Why an older version serves (CURRENT failed verification), else None."""
         self._refused: tuple[object, ...] | None = opened.refused
+        # the live events of every user, for what reads items (windowed counts, popularity)
+        self.tail: EventTail | None = None
+        self._live: tuple[tuple[str, int], CandidateStage, int] | None = None
+        if users is not None and self.ranker is not None:
+            from online.tail import EventTail
+
+            self.tail = EventTail(users, live_mark(self._loaded, catalog)[0])
 
     def cache_stats(self) -> dict[str, int | float] | None:
         """The user encoder's embedding-cache counters (None without a cached text tower)."""
@@ -369,7 +388,48 @@ class Recommender:
                 raise ValueError(
                     f"events[{n}].item_id {printable(e.event.item_id)!r} is not in the catalog"
                 )
-        return self.users.ingest(events)
+        done = self.users.ingest(events)
+        if self.tail is not None and done.accepted:  # this worker's next call counts them
+            self._poll_tail(force=True)
+        return done
+
+    def _poll_tail(self, force: bool = False) -> None:
+        """Reads the events stream's new entries (a store that cannot answer is logged and
+        counted: the calls go on with what was read)."""
+        import redis
+
+        assert self.tail is not None
+        try:
+            self.tail.poll(force)
+        except (redis.RedisError, OSError) as exc:
+            self.store_errors += 1
+            log.warning("user store: %s; item counts without the newest live events", exc)
+
+    def live_stage(self, loaded: Loaded) -> tuple[CandidateStage, int]:
+        """The version's ranking stage counting the live events its tables lack (every user's
+        events in the store's stream after the mark of the fold the tables were built on),
+        and the clock those events and the dataset set: the newest event time known."""
+        from rerank.ranker.live import with_live
+
+        assert loaded.stage is not None
+        if self.tail is None:
+            return loaded.stage, self._log_end
+        mark, late = live_mark(loaded, self.catalog)
+        if mark != self.tail.start:
+            self.tail.move_start(mark)
+        self._poll_tail()
+        key = (loaded.version, self.tail.generation)
+        cached = self._live
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        items, times, ratings = self.tail.after(mark, late)
+        col = loaded.stage.features.item_col
+        keep = np.array([n for n, i in enumerate(items) if i in col], dtype=np.int64)
+        cols = np.array([col[items[n]] for n in keep], dtype=np.int64)
+        stage = with_live(loaded.stage, cols, times[keep], ratings[keep])
+        end = max(self._log_end, self.tail.newest if self.tail.newest is not None else 0)
+        self._live = (key, stage, end)
+        return stage, end
 
     def recommend(
         self,
@@ -583,12 +643,17 @@ class Recommender:
             for n, (o, b) in enumerate(zip(order, near, strict=True))
         ]
 
-    def request_time(self, history: Sequence[HistoryEvent]) -> int:
+    def request_time(self, history: Sequence[HistoryEvent], end: int | None = None) -> int:
         """A request's time for the ranking stage's windows: just after the later of the log's
         last event and the user's (a dataset snapshot's clock, not the wall clock, so that the
-        windows hold what the ranker learned from)."""
-        last = max((e.timestamp for e in history), default=self._log_end)
-        return max(self._log_end, last) + 1
+        windows hold what the ranker learned from). With a user store the log's end is the
+        newest event it knows, live ones included; ``end``: that clock as a call's view of
+        the live events set it (:meth:`live_stage`)."""
+        if end is None:
+            loaded = self._loaded
+            end = self.live_stage(loaded)[1] if loaded.stage is not None else self._log_end
+        last = max((e.timestamp for e in history), default=end)
+        return max(end, last) + 1
 
     def _ranked(
         self,
@@ -608,8 +673,8 @@ class Recommender:
 
         assert self.ranker is not None and loaded.stage is not None
         start = time.perf_counter()
-        request = Request(state.user_id or "", state.history, self.request_time(state.history))
-        stage = loaded.stage
+        stage, end = self.live_stage(loaded)
+        request = Request(state.user_id or "", state.history, self.request_time(state.history, end))
         sets, first = stage.candidates(
             [request], [seen], vector[None, :], depths={"tower": candidates}
         )
@@ -716,12 +781,12 @@ class Recommender:
         if like is not None and loaded.stage is not None and item_ids:
             from rerank.ranker.features import Request
 
-            known = [i for i in item_ids if i in loaded.stage.features.item_col]
-            request = Request(state.user_id or "", state.history, self.request_time(state.history))
-            rows = loaded.stage.item_rows(
-                [request] * len(known), known, np.tile(vector, (len(known), 1))
-            )
-            p_of = dict(zip(known, self._head_p_like(rows, loaded.stage.names), strict=True))
+            stage, end = self.live_stage(loaded)
+            known = [i for i in item_ids if i in stage.features.item_col]
+            at = self.request_time(state.history, end)
+            request = Request(state.user_id or "", state.history, at)
+            rows = stage.item_rows([request] * len(known), known, np.tile(vector, (len(known), 1)))
+            p_of = dict(zip(known, self._head_p_like(rows, stage.names), strict=True))
             probs = [p_of.get(i) for i in item_ids]
         elif self.reranker is not None and item_ids:
             probs = self._text_p_like(loaded, state, vector, item_ids).tolist()

@@ -106,7 +106,62 @@ def event_arrays(
     return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2]
 
 
-class EventLog:
+class LogQueries:
+    """What the features ask of a log, from four primitives a log answers: events of an item
+    before a time, its first event, and rating totals of an item or of every item before a
+    time. :class:`EventLog` answers them from one sorted log; :class:`rerank.ranker.live.LiveLog`
+    from a fitted log plus the events that arrived since, with the same answers."""
+
+    rating_total: float
+    rated_total: int
+
+    def count_before(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Events of item ``cols`` strictly before ``ats`` (broadcast)."""
+        raise NotImplementedError
+
+    def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each item's first event time (meaningful where it has events)."""
+        raise NotImplementedError
+
+    def has_events(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Whether each item has any event."""
+        raise NotImplementedError
+
+    def rating_totals_before(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """The sum and the number of item ``cols``'s ratings strictly before ``ats``."""
+        raise NotImplementedError
+
+    def global_totals_before(self, at: int) -> tuple[float, int]:
+        """The sum and the number of every rating strictly before ``at``."""
+        raise NotImplementedError
+
+    @property
+    def global_mean(self) -> float:
+        """The mean of every rating (0 when there is none)."""
+        return self.rating_total / self.rated_total if self.rated_total else 0.0
+
+    def global_mean_before(self, at: int) -> float:
+        """The mean of every rating before ``at`` (the global mean when there is none)."""
+        total, n = self.global_totals_before(at)
+        return total / n if n else self.global_mean
+
+    def shrunk_mean_before(
+        self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """The item's mean rating before ``ats``, shrunk toward the global mean, as the
+        deviation from it (0 = no evidence)."""
+        total, n = self.rating_totals_before(cols, ats)
+        g = np.array([self.global_mean_before(int(t)) for t in np.unique(ats)])
+        mean = g[np.searchsorted(np.unique(ats), ats)]
+        out: npt.NDArray[np.float64] = shrunk_mean(total, n.astype(np.float64), mean, SHRINK) - mean
+        return out
+
+
+class EventLog(LogQueries):
     """Every event's item, time and rating, sorted by (item, time): counts and rating sums of
     any item before any time are two binary searches."""
 
@@ -133,7 +188,8 @@ class EventLog:
         self.all_times = self.times[by_time]
         self.all_sum = np.concatenate([[0.0], np.cumsum(values[by_time])])
         self.all_rated = np.concatenate([[0], np.cumsum(rated[by_time])])
-        self.global_mean = float(values.sum() / max(int(rated.sum()), 1)) if rated.any() else 0.0
+        self.rating_total = float(values.sum())
+        self.rated_total = int(rated.sum())
 
     @classmethod
     def of(
@@ -152,35 +208,28 @@ class EventLog:
     def count_before(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64]:
-        """Events of item ``cols`` strictly before ``ats`` (broadcast)."""
         out: npt.NDArray[np.int64] = self._position(cols, ats) - self.offsets[cols]
         return out
 
     def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Each item's first event time (meaningful where it has events)."""
         first = np.minimum(self.offsets[cols], max(len(self.times) - 1, 0))
         out: npt.NDArray[np.int64] = self.times[first] if len(self.times) else np.zeros_like(cols)
         return out
 
-    def global_mean_before(self, at: int) -> float:
-        """The mean of every rating before ``at`` (the global mean when there is none)."""
-        end = int(np.searchsorted(self.all_times, at, side="left"))
-        n = int(self.all_rated[end])
-        return float(self.all_sum[end] / n) if n else self.global_mean
+    def has_events(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = self.offsets[cols + 1] > self.offsets[cols]
+        return out
 
-    def shrunk_mean_before(
+    def rating_totals_before(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.float64]:
-        """The item's mean rating before ``ats``, shrunk toward the global mean, as the
-        deviation from it (0 = no evidence)."""
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         end = self._position(cols, ats)
         start = self.offsets[cols]
-        total = self.rating_sum[end] - self.rating_sum[start]
-        n = self.rated[end] - self.rated[start]
-        g = np.array([self.global_mean_before(int(t)) for t in np.unique(ats)])
-        mean = g[np.searchsorted(np.unique(ats), ats)]
-        out: npt.NDArray[np.float64] = shrunk_mean(total, n, mean, SHRINK) - mean
-        return out
+        return self.rating_sum[end] - self.rating_sum[start], self.rated[end] - self.rated[start]
+
+    def global_totals_before(self, at: int) -> tuple[float, int]:
+        end = int(np.searchsorted(self.all_times, at, side="left"))
+        return float(self.all_sum[end]), int(self.all_rated[end])
 
 
 def _unit(matrix: npt.NDArray[np.floating]) -> Floats:
@@ -209,7 +258,7 @@ class RankingFeatures:
     def __init__(
         self,
         item_ids: Sequence[str],
-        log: EventLog,
+        log: LogQueries,
         covisit: sp.csr_matrix,
         users_of: sp.csr_matrix,
         text_vectors: npt.NDArray[np.floating] | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
@@ -57,6 +58,22 @@ def test_publish_ingest_and_fold(env: dict[str, str], tmp_path: Path, redis_url:
     assert json.loads(out.strip().splitlines()[-1])["events"] == 2
     folded = load_catalog(tmp_path / "data")
     assert (folded.interactions.events == "live").sum() == 2 and "walk-in" in folded.users
+    # the index build records which live events the stage's tables hold: serving counts the
+    # stream's others on top of them
+    from duorank.jobs import stage_writer
+    from retrieval.vectors import ItemVectors
+
+    ranker = tmp_path / "ranker"
+    ranker.mkdir()
+    card = {"kind": "gbdt", "names": [], "record": {"stage": {"als": {"iterations": 1}}}}
+    (ranker / "ranker.json").write_text(json.dumps(card))
+    (tmp_path / "version").mkdir()
+    ids = list(folded.items)
+    written = stage_writer(tmp_path / "data", ranker)(
+        ItemVectors(ids, np.eye(len(ids), dtype=np.float32)), tmp_path / "version"
+    )
+    assert written["live_mark"] == folded.source["live_mark"] == store.events_mark()
+    assert written["live_late"] == [] and written["events"] == len(folded.interactions)
 
 
 @pytest.mark.parametrize(

@@ -158,3 +158,44 @@ def test_a_corrupt_live_entry_is_cut_with_the_fold_and_nothing_folds_twice(
     assert store.client.llen(store.key("u0", "live")) == 0
     assert fold(store, data)["events"] == 0  # the second event is not folded again
     assert (load_catalog(data).interactions.events == "live").sum() == 2
+
+
+def test_the_events_stream_holds_what_the_folded_dataset_does_not(
+    store: UserStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fold, the stream's entries after the dataset's mark, less its late ones, are
+    exactly the accepted events the dataset lacks, even for an event accepted while the fold
+    read the lists; the next fold trims what two datasets hold."""
+    from online.tail import EventTail
+
+    data, catalog = _dataset(tmp_path)
+    _publish(store, catalog)
+    store.ingest([*EVENTS[:2], LiveEvent("e0", "u2", HistoryEvent("2", 9_999, 1.0))])
+    during = LiveEvent("e5", "u2", HistoryEvent("3", 10_004, 2.0))
+    after = LiveEvent("e6", "u0", HistoryEvent("4", 10_005, 4.0))
+    reads = store.live_entries
+
+    def read_then_ingest(user_id: str) -> Any:
+        out = reads(user_id)
+        if user_id == "u0":  # accepted after the mark, before u2's list is read: it is folded
+            store.ingest([during])
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "live_entries", read_then_ingest)
+        fold(store, data)
+    store.ingest([after])
+    source = load_catalog(data).source
+    tail = EventTail(store)
+    tail.poll(force=True)
+    assert tail.count == 5  # every accepted event, in order of arrival
+    items, times, ratings = tail.after(source["live_mark"], source["live_late"])
+    assert len(source["live_late"]) == 1  # e5
+    assert (items, times.tolist(), ratings.tolist()) == (["4"], [10_005], [4.0])
+    folded = load_catalog(data).interactions
+    assert {("u2", "3"), ("u0", "7")} <= set(
+        zip(folded.user_ids.tolist(), folded.item_ids.tolist(), strict=True)
+    )
+    # the next fold trims the entries older than this fold's mark, keeps the rest
+    fold(store, data)
+    assert [e.event_id for e in store.events_since("0-0")] == ["e0", "e5", "e6"]

@@ -118,6 +118,76 @@ def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
     assert live.recommend("walk-in", k=3, candidates=8).items
 
 
+def test_an_event_reaches_every_users_item_counts_on_every_worker(
+    ranked: tuple[Path, Catalog], redis_url: str, namespace: str
+) -> None:
+    """Events one worker accepts are, within the stream's poll, in another worker's item
+    counts for every user, exactly as if the stage's log had held them: the popularity
+    features, the item's rating mean, the popularity source and the request's clock."""
+    import dataclasses
+    import time
+
+    from online.tail import POLL_S
+    from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.tables import StageTables
+
+    tmp, catalog = ranked
+    ranker = GBDTRanker.load(tmp / "ranker")
+    store = _store(redis_url, namespace, catalog)
+    taker = Recommender(tmp / "index", catalog, ranker=ranker, users=store)
+    other = Recommender(tmp / "index", catalog, ranker=ranker, users=store)
+    loaded = other._loaded
+    assert loaded.stage is not None and other.tail is not None
+    item, t = "9", int(catalog.interactions.timestamps.max()) + 60
+    events = [
+        LiveEvent("p1", "u3", HistoryEvent(item, t, 5.0)),
+        LiveEvent("p2", "u4", HistoryEvent(item, t + 1, 4.0)),
+        LiveEvent("p3", "walk-in", HistoryEvent(item, t + 2, None)),
+    ]
+    user = "u5"  # not one of the takers
+    state = other.user_state(user, None, None)
+    seen = [{e.item_id for e in state.history}]
+    before_at = other.request_time(state.history)
+    before = other.live_stage(loaded)[0].item_rows(
+        [Request(user, state.history, before_at)], [item]
+    )
+    assert taker.ingest(events).accepted == 3
+    time.sleep(POLL_S * 2)  # the other worker reads the stream on its next call
+
+    stage, end = other.live_stage(loaded)
+    at = other.request_time(state.history, end)
+    assert (
+        at == other.request_time(state.history) == t + 3
+    )  # the clock is the newest event's, as for a log ending there
+    tables = StageTables.load(other.root.version_dir(loaded.version))
+    col = tables.item_ids.index(item)
+    logged = CandidateStage.from_tables(
+        dataclasses.replace(
+            tables,
+            log_cols=np.concatenate([tables.log_cols, [col] * 3]),
+            log_times=np.concatenate([tables.log_times, [t, t + 1, t + 2]]),
+            log_ratings=np.concatenate([tables.log_ratings, [5.0, 4.0, np.nan]]),
+        ),
+        loaded.stage.tower,
+        loaded.stage.index,
+        depths=loaded.stage.depths,
+        histories=loaded.stage.histories,
+    )
+    request = Request(user, state.history, at)
+    mine = stage.lists([request], seen, depths={"tower": 8, "popular": 5})
+    theirs = logged.lists([request], seen, depths={"tower": 8, "popular": 5})
+    np.testing.assert_array_equal(mine.cols, theirs.cols)
+    np.testing.assert_allclose(mine.x, theirs.x, rtol=1e-6)
+    after = stage.item_rows([request], [item])
+    np.testing.assert_allclose(after, logged.item_rows([request], [item]), rtol=1e-6)
+    pop_7d = stage.names.index("pop_7d")
+    assert after[0, pop_7d] > before[0, pop_7d]  # three more events this week
+    unchanged = Recommender(tmp / "index", catalog, ranker=ranker)
+    assert unchanged._loaded.stage is not None
+    plain = unchanged._loaded.stage.lists([request], seen, depths={"tower": 8, "popular": 5})
+    assert plain.x.shape != mine.x.shape or not np.allclose(plain.x, mine.x)
+
+
 def test_a_store_that_cannot_answer_costs_live_events_not_the_call(
     ranked: tuple[Path, Catalog],
 ) -> None:
@@ -130,6 +200,6 @@ def test_a_store_that_cannot_answer_costs_live_events_not_the_call(
     assert [i.item_id for i in out.items] == [
         i.item_id for i in plain.recommend("u3", k=5, candidates=8).items
     ]
-    assert rec.store_errors == 1
+    assert rec.store_errors == 2  # the user's record and the events stream
     with pytest.raises(RuntimeError, match="online user store"):
         plain.ingest([LiveEvent("e", "u3", HistoryEvent("1", 1))])
