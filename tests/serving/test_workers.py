@@ -79,3 +79,21 @@ def test_two_workers_share_the_port_the_metrics_and_each_publish(
         finally:
             server.kill()
             IndexRoot(stack.root).set_current(stack.versions[0])
+
+
+def test_each_worker_gets_its_share_of_the_cores_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from duorank.cli.serve import threads_per_worker
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the operator's choice stays
+    assert threads_per_worker(2) == 4
+    assert os.environ["OMP_NUM_THREADS"] == "4" and os.environ["OPENBLAS_NUM_THREADS"] == "4"
+    assert os.environ["MKL_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads_per_worker(16) == 1 and os.environ["OMP_NUM_THREADS"] == "1"
