@@ -329,18 +329,25 @@ class EvalJob:
     rerank_als: bool = True
     quick: bool = False
     progress: Callable[[str], None] | None = field(default=None, compare=False)
+    protocol: str = "duorank"  # or a published one (benchmarks.evaluation.literature)
 
 
 def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
     """The offline evaluation's report, stamped with machine, date and commit."""
     from benchmarks.contract import stamp
     from benchmarks.evaluation import run_eval
+    from benchmarks.evaluation.literature import prepare
+    from catalog import leave_one_out, load_catalog
+    from catalog.splits import heldout_start
     from rerank import Reranker
     from retrieval.encoder import encode_catalog
     from retrieval.sequential import SequentialConfig
     from retrieval.vectors import ItemVectors
 
-    catalog, _, text_as_of = training_catalog(job.data, job.seed)
+    # as training_catalog, once the protocol has prepared the dataset
+    catalog, prepared = prepare(load_catalog(job.data), job.protocol)
+    text_as_of = heldout_start(leave_one_out(catalog.interactions, seed=job.seed))
+    catalog = catalog.as_of(text_as_of)
     reranker_path = job.reranker or settings.layout.trained_reranker()
     reranker = Reranker(reranker_path, backend=job.backend) if reranker_path else None
     tower = SequentialConfig(seed=job.seed)  # what `train tower` trains, seeded as the run
@@ -359,6 +366,7 @@ def evaluate(settings: Settings, job: EvalJob) -> dict[str, Any]:
             seed=job.seed,
             seeds=job.seeds,
             rerank_als=job.rerank_als,
+            protocol=prepared,
             **({"progress": job.progress} if job.progress else {}),
         )
     return stamp(report)

@@ -46,6 +46,7 @@ def run_eval(
     seed: int = 0,
     seeds: int = 1,
     rerank_als: bool = True,
+    protocol: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Evaluates every method; returns the report (see docs/evaluation.md for its layout).
@@ -56,6 +57,8 @@ def run_eval(
     ``item_vectors`` are the items' text as of ``text_as_of`` (the report records it);
     ``encode`` turns items into text vectors for the new-arrivals protocol
     (:mod:`benchmarks.evaluation.arrivals`), which runs with the trained tower.
+    ``protocol``: what :func:`benchmarks.evaluation.literature.prepare` did to ``catalog``
+    (duorank's own protocol when None).
     """
     ev = _evaluation(catalog, item_vectors, quick=quick, seed=seed, progress=progress)
     steps.popularity(ev)
@@ -105,8 +108,14 @@ def run_eval(
     return {
         "dataset": catalog.source,
         "protocol": {
+            "name": "duorank",
             "split": "per-user temporal leave-one-out; ties in time broken by a seeded random "
             "order",
+            **(
+                {**protocol, "split": protocol["description"]}
+                if protocol is not None and protocol.get("name") != "duorank"
+                else {}
+            ),
             "seed": seed,
             "ks": list(KS),
             "full_ranking": True,

@@ -66,6 +66,14 @@ HEADLINE = (
     help="Also rerank ALS's candidates (what the reranker adds on its own; one more rerank "
     "pass over every test user).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["duorank", "sasrec"]),
+    default="duorank",
+    show_default=True,
+    help="duorank's own leave-one-out, or the SASRec/BERT4Rec papers' (5-core filter, ties "
+    "in file order): the one their published figures use (docs/baselines.md).",
+)
 @quick_option("100 users and small grids, for CI.")
 @click.pass_obj
 def eval_cmd(
@@ -79,6 +87,7 @@ def eval_cmd(
     seed: int,
     seeds: int,
     rerank_als: bool,
+    protocol: str,
     quick: bool,
 ) -> None:
     """Offline evaluation: full ranking, baselines, bootstrap intervals, report and plots."""
@@ -97,6 +106,7 @@ def eval_cmd(
         rerank_als,
         quick,
         progress=say,
+        protocol=protocol,
     )
     report = evaluate(settings, job)
     say(f"evaluation done: {len(report['methods'])} methods")
