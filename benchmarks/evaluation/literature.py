@@ -123,5 +123,9 @@ def prepare(catalog: Catalog, name: str) -> tuple[Catalog, dict[str, Any]]:
     if spec.file_order_ties:
         events, moved = file_order_ties(events)
         done["ties_moved"] = moved
-    done.update(users=len(np.unique(events.user_ids)), items=len(catalog.items), events=len(events))
+    done["kept"] = {
+        "users": len(np.unique(events.user_ids)),
+        "items": len(catalog.items),
+        "events": len(events),
+    }
     return replace(catalog, interactions=events), done

@@ -29,7 +29,17 @@ def write_report(report: dict[str, Any], output: Path) -> list[Path]:
 def _methods_table(report: dict[str, Any]) -> list[str]:
     """The best baseline and every method's headline figures."""
     best = report.get("best_baseline")
+    protocol = report.get("protocol", {})
     rows = [
+        f"Protocol: {protocol.get('split', 'duorank')}."
+        + (
+            f" Kept {protocol['kept']['users']} users, {protocol['kept']['items']} items, "
+            f"{protocol['kept']['events']} events ({protocol.get('dropped_events', 0)} dropped, "
+            f"{protocol.get('ties_moved', 0)} tied events moved)."
+            if "kept" in protocol
+            else ""
+        ),
+        "",
         f"Best baseline of the run: {best}." if best else "No baseline in this run.",
         "",
         "| method | NDCG@10 (95% CI) | / best | Recall@10 | MRR@10 | Recall@100 | AUC "

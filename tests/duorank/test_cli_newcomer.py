@@ -68,6 +68,26 @@ def test_eval_with_the_default_one_seed_writes_its_report(tmp_path: Path, redis_
     assert output.with_name("report-recall.png").is_file()
 
 
+@pytest.mark.slow
+def test_eval_under_the_sasrec_protocol_records_what_it_prepared(
+    tmp_path: Path, redis_url: str
+) -> None:
+    save_catalog(tiny_catalog(n_items=16, n_users=12, per_user=8), tmp_path / "data")  # type: ignore[arg-type]
+    base = ["--home", str(tmp_path / "home"), "--redis-url", redis_url]
+    output = tmp_path / "report.json"
+    args = ["eval", "--data", str(tmp_path / "data"), "--output", str(output), "--quick"]
+    result = CliRunner().invoke(cli, [*base, *args, "--no-rerank-als", "--protocol", "sasrec"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    protocol = report["protocol"]
+    assert protocol["name"] == "sasrec" and protocol["min_events"] == 5
+    assert protocol["dropped_events"] > 0 and protocol["kept"]["items"] < 16  # under 5 ratings
+    assert protocol["split"].startswith("the SASRec/BERT4Rec papers' leave-one-out")
+    assert protocol["users"] == {"validation": 12, "test": 12}  # every user, as the papers
+    assert "ranking_stage" in report["methods"] and "sasrec" in report["methods"]
+    assert "Protocol: the SASRec/BERT4Rec papers'" in output.with_suffix(".md").read_text()
+
+
 def test_serve_off_loopback_without_a_token_warns_loudly(tmp_path: Path) -> None:
     from duorank.cli.serve import is_loopback
 
