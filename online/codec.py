@@ -133,13 +133,9 @@ def decode(value: bytes, key: str = "value") -> UserRecord:
         raise CorruptStateError(f"{key}: an item id is not UTF-8") from None
     if not isinstance(attributes, dict):
         raise CorruptStateError(f"{key}: the profile is not an object")
+    # tolist() gives Python ints and floats already; NaN is the one value unequal to itself
     history = [
-        HistoryEvent(
-            i,
-            int(t),
-            None if np.isnan(r) else float(r),
-            None if lab < 0 else int(lab),
-        )
+        HistoryEvent(i, t, None if r != r else r, None if lab < 0 else lab)
         for i, t, r, lab in zip(ids, times.tolist(), ratings.tolist(), labels.tolist(), strict=True)
     ]
     return UserRecord({str(k): str(v) for k, v in attributes.items()}, history)

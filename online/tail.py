@@ -45,6 +45,8 @@ class EventTail:
         self.poll_s = poll_s
         self._clock = clock
         self._lock = threading.Lock()
+        self.generation = 0
+        """Changes whenever the entries held do (a cache key)."""
         self.restart(start)
 
     def restart(self, start: str) -> None:
@@ -55,8 +57,7 @@ class EventTail:
             self.newest: int | None = None
             """The latest event time read (None before any)."""
             self._polled = -float("inf")
-            self.generation = getattr(self, "generation", 0) + 1
-            """Changes whenever the entries held do (a cache key)."""
+            self.generation += 1
 
     def move_start(self, start: str) -> None:
         """Serves from ``start`` on: a later one forgets what came up to it (a new build's

@@ -14,6 +14,7 @@ batch of requests and their candidate lists into one ``(rows, features)`` matrix
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -106,38 +107,39 @@ def event_arrays(
     return arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2]
 
 
-class LogQueries:
-    """What the features ask of a log, from four primitives a log answers: events of an item
-    before a time, its first event, and rating totals of an item or of every item before a
-    time. :class:`EventLog` answers them from one sorted log; :class:`rerank.ranker.live.LiveLog`
-    from a fitted log plus the events that arrived since, with the same answers."""
+class LogQueries(ABC):
+    """What the features ask of a log, from five primitives a log answers: events of an item
+    before a time, whether it has any and its first, and rating totals of an item or of every
+    item before a time. :class:`EventLog` answers them from one sorted log;
+    :class:`rerank.ranker.live.LiveLog` from a fitted log plus the events that arrived since,
+    with the same answers."""
 
     rating_total: float
     rated_total: int
 
+    @abstractmethod
     def count_before(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.int64]:
         """Events of item ``cols`` strictly before ``ats`` (broadcast)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Each item's first event time (meaningful where it has events)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def has_events(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Whether each item has any event."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rating_totals_before(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """The sum and the number of item ``cols``'s ratings strictly before ``ats``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def global_totals_before(self, at: int) -> tuple[float, int]:
         """The sum and the number of every rating strictly before ``at``."""
-        raise NotImplementedError
 
     @property
     def global_mean(self) -> float:
