@@ -262,6 +262,10 @@ class FactorSource(_CatalogScorer):
         self.empty = ~np.any(item_factors, axis=1)
         self.reg = reg
         self.alpha = alpha
+        # built on the first call, then kept: the factors under a zero row (row 0 pads), and
+        # Y'Y + reg I, the part of the system every user's solve shares
+        self._padded: Floats | None = None
+        self._gram: npt.NDArray[np.float64] | None = None
 
     @classmethod
     def build(
@@ -293,11 +297,14 @@ class FactorSource(_CatalogScorer):
     def _scores(
         self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
     ) -> npt.NDArray[np.float64]:
-        from retrieval.als import fold_in
+        from retrieval.als import als_gram, fold_in
 
-        padded = np.vstack([np.zeros((1, self.factors.shape[1]), np.float32), self.factors])
+        if self._padded is None or self._gram is None:
+            zero = np.zeros((1, self.factors.shape[1]), np.float32)
+            self._padded = np.vstack([zero, self.factors])
+            self._gram = als_gram(self._padded, self.reg)
         rows = [[c + 1 for c in self._columns(h)] for h in histories]  # row 0: padding
-        users = fold_in(padded, rows, self.reg, self.alpha)
+        users = fold_in(self._padded, rows, self.reg, self.alpha, gram=self._gram)
         scores = (users @ self.factors.T).astype(np.float64)
         scores[~np.any(users, axis=1)] = -np.inf  # no known item: no proposal
         scores[:, self.empty] = -np.inf  # an item with no events has no factors: no proposal

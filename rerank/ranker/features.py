@@ -357,9 +357,10 @@ class RankingFeatures:
         out.append(np.where(total > 0, (at - first) / DAY, np.nan))
 
         # co-visitation and kNN similarity with the newest 1 / 5 / 20 items
+        candidates_users = self.users_of[cols].T if m else None  # read twice below
         if len(recent) and m:
             visits = self.covisit[recent][:, cols].toarray()
-            co = (self.users_of[recent] @ self.users_of[cols].T).toarray()
+            co = (self.users_of[recent] @ candidates_users).toarray()
             knn = co / np.maximum(np.outer(self.item_norm[recent], self.item_norm[cols]), 1e-12)
         else:
             visits = knn = np.zeros((0, m))
@@ -397,7 +398,7 @@ class RankingFeatures:
         out.append(np.full(m, user_mean - g))
         if rated and m:
             rcols = np.array([c for c, _ in rated], dtype=np.int64)
-            co = (self.users_of[rcols] @ self.users_of[cols].T).toarray()
+            co = (self.users_of[rcols] @ candidates_users).toarray()
             sim = co / np.maximum(np.outer(self.item_norm[rcols], self.item_norm[cols]), 1e-12)
             out.append(((values - user_mean) @ sim) / (sim.sum(axis=0) + 1.0))
         else:
