@@ -94,6 +94,28 @@ def test_a_corrupt_stored_record_is_refused_by_key_and_a_corrupt_live_event_skip
     assert u2 is not None and [e.item_id for e in u2.history] == ["a"]
 
 
+def test_the_events_stream_skips_a_corrupt_entry_and_a_tail_reads_the_rest(
+    store: UserStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from online.tail import EventTail
+
+    tail = EventTail(store, start=store.events_mark(), poll_s=60.0)
+    store.ingest([LiveEvent("e1", "u1", HistoryEvent("a", 10, 4.0))])
+    store.client.xadd(store.events_key, {"u": "u2", "e": b"\x05"})  # not an event
+    store.client.xadd(store.events_key, {"x": "no user"})
+    store.ingest([LiveEvent("e2", "u2", HistoryEvent("b", 11))])
+    assert tail.poll() == 2 and tail.poll() == 0  # the first read is due; the next waits
+    items, times, ratings = tail.after(tail.start)
+    assert (items, times.tolist()) == (["a", "b"], [10, 11])
+    assert ratings[0] == 4.0 and np.isnan(ratings[1])
+    assert tail.newest == 11 and "skipped a corrupt stream entry" in caplog.text
+    first = tail.entries[0].stream_id
+    tail.move_start(first)  # a newer version's tables hold the first event
+    assert [e.event_id for e in tail.entries] == ["e2"]
+    tail.move_start("0-0")  # a rollback to tables older than every entry: read again
+    assert tail.count == 0 and tail.poll(force=True) == 2
+
+
 def test_the_namespace_is_checked(redis_url: str) -> None:
     with pytest.raises(ValueError, match="namespace 'a\\*b'"):
         UserStore(redis.Redis.from_url(redis_url), namespace="a*b")
