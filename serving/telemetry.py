@@ -38,7 +38,8 @@ class _CacheCollector(Collector):
 
 
 class _StoreCollector(Collector):
-    """User-store reads that failed and were served from the dataset (none without a store)."""
+    """User-store reads that failed, and the live events this process counts on top of its
+    version's tables (none without a store)."""
 
     def __init__(self, recommender: Recommender) -> None:
         self.recommender = recommender
@@ -49,9 +50,17 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "duorank_user_store_errors",
             "User-store reads that failed (Redis down, a corrupt record): the dataset's "
-            "history served",
+            "history served, or the item counts without the newest live events",
             value=float(self.recommender.store_errors),
         )
+        tail = self.recommender.tail
+        if tail is not None:
+            yield GaugeMetricFamily(
+                "duorank_live_stream_entries",
+                "Live events this process holds from the events stream, counted on top of its "
+                "version's tables (since the fold those were built on)",
+                value=float(tail.count),
+            )
 
 
 class ServerMetrics:

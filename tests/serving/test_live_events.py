@@ -182,6 +182,9 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
     np.testing.assert_allclose(after, logged.item_rows([request], [item]), rtol=1e-6)
     pop_7d = stage.names.index("pop_7d")
     assert after[0, pop_7d] > before[0, pop_7d]  # three more events this week
+    from serving.telemetry import ServerMetrics
+
+    assert b"duorank_live_stream_entries 3.0" in ServerMetrics(other).exposition()
     unchanged = Recommender(tmp / "index", catalog, ranker=ranker)
     assert unchanged._loaded.stage is not None
     plain = unchanged._loaded.stage.lists([request], seen, depths={"tower": 8, "popular": 5})
