@@ -272,7 +272,13 @@ def serve(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--report") from None
 
-    sock = bind(host, port)  # before loading anything: a port in use fails in a second
+    # before loading anything: a port in use fails in a second (with workers, only reserved
+    # here: each worker listens on a socket of its own on this port)
+    if workers > 1:  # refused while any server holds the port, one sharing it so included
+        probe = bind(host, port, listen=False)
+        port = probe.getsockname()[1]
+        probe.close()
+    sock = bind(host, port, listen=workers == 1, reuse_port=workers > 1)
     if not settings.api_token and not is_loopback(host):
         message = (
             f"WARNING: serving on {host} with no token: anyone who can reach this host can "
@@ -325,9 +331,8 @@ def _serve_workers(
     import tempfile
 
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
-    from duorank.workers import METRICS_ENV, SPEC_ENV, spec
+    from duorank.workers import METRICS_ENV, SPEC_ENV, SpreadSupervisor, spec
     from indexer import IndexRoot, VerifyError
 
     # What one process would refuse at start-up, refused here once: a worker that cannot
@@ -356,7 +361,8 @@ def _serve_workers(
         "bearer token" if settings.api_token else "off",
     )
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        host, port = sock.getsockname()[:2]
+        SpreadSupervisor(config, lambda: bind(host, port, reuse_port=True)).run()
     finally:
         if own_dir:
             shutil.rmtree(shared, ignore_errors=True)
@@ -460,8 +466,12 @@ def recommend_all_cmd(
         click.echo(f"wrote {written} lists to Redis (TTL {ttl} s)")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
     """A listening socket on ``host``:``port``, or a usage error (exit 2) that says why.
+
+    ``reuse_port``: bound with ``SO_REUSEPORT``, so that every worker can listen on a socket
+    of its own on the same port (the kernel spreads new connections over them); ``listen``
+    False only reserves the port (a socket that does not listen is handed no connection).
 
     Raises:
         click.UsageError: the port is in use, not ours to take, or the host is unknown.
@@ -474,9 +484,12 @@ def bind(host: str, port: int) -> socket.socket:
         raise click.UsageError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

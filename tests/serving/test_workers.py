@@ -46,11 +46,12 @@ def test_two_workers_share_the_port_the_metrics_and_each_publish(
         # every worker ready: one /readyz per worker is not addressable, so ask many times
         body = {"user_id": "u1", "k": 3, "second_stage": False}
 
-        def call(_: int) -> int:
-            return httpx.post(f"{url}/recommend", json=body, headers=AUTH, timeout=60).status_code
+        def client(_: int) -> list[int]:  # one kept-alive connection, eight calls
+            with httpx.Client(headers=AUTH, timeout=60) as session:
+                return [session.post(f"{url}/recommend", json=body).status_code for _ in range(8)]
 
-        with ThreadPoolExecutor(16) as pool:
-            codes = list(pool.map(call, range(120)))
+        with ThreadPoolExecutor(15) as pool:
+            codes = [code for codes in pool.map(client, range(15)) for code in codes]
         assert codes == [200] * 120
         metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
         served = re.findall(
@@ -59,7 +60,8 @@ def test_two_workers_share_the_port_the_metrics_and_each_publish(
         assert served and float(served[0]) == 120.0  # summed over both workers
         per_worker = re.findall(r'duorank_worker_requests\{pid="(\d+)"\} (\S+)', metrics)
         assert len({pid for pid, _ in per_worker}) == 2, per_worker
-        assert all(float(n) > 0 for _, n in per_worker), per_worker  # both answered calls
+        # both answered calls: the kernel spreads the 15 connections over the workers' sockets
+        assert all(float(n) > 0 for _, n in per_worker), per_worker
 
         IndexRoot(stack.root).set_current(stack.versions[1])  # a publish: every worker swaps
         deadline = time.monotonic() + 60
@@ -97,3 +99,21 @@ def test_each_worker_gets_its_share_of_the_cores_unless_the_environment_says(
     assert os.environ["MKL_NUM_THREADS"] == "3"
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert threads_per_worker(16) == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_workers_share_a_port_only_among_themselves() -> None:
+    """Each worker listens on its own SO_REUSEPORT socket; a port already held that way is
+    still refused to a new server (the plain bind `serve --workers` tries first)."""
+    import click
+
+    from duorank.cli.serve import bind
+
+    held = bind("127.0.0.1", 0, reuse_port=True)
+    port = held.getsockname()[1]
+    try:
+        other = bind("127.0.0.1", port, reuse_port=True)  # another worker of the same server
+        other.close()
+        with pytest.raises(click.UsageError, match=f"port {port} is in use"):
+            bind("127.0.0.1", port, listen=False)
+    finally:
+        held.close()
