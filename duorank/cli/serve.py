@@ -485,6 +485,9 @@ def bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False)
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            sock.close()
+            raise click.UsageError("--workers needs SO_REUSEPORT (Linux); serve one process")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
