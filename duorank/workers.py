@@ -34,7 +34,9 @@ class SpreadSupervisor(Multiprocess):
     """uvicorn's supervisor (restarts, signals, health checks), each worker it starts on a new
     listening socket from ``bind`` (``SO_REUSEPORT`` on the shared port). The parent closes its
     copy once the worker has started (the spawned child holds its own), so a worker that dies
-    takes its socket out of the kernel's spread."""
+    takes its socket out of the kernel's spread. It relies on uvicorn's ``Multiprocess``
+    reading ``self.sockets`` for each worker it starts (the workers test would see a worker
+    left without calls)."""
 
     def __init__(self, config: Config, bind: Callable[[], socket.socket]) -> None:
         self._bind = bind
