@@ -107,36 +107,48 @@ def run_eval(
         )
     return {
         "dataset": catalog.source,
-        "protocol": {
-            "name": "duorank",
-            "split": "per-user temporal leave-one-out; ties in time broken by a seeded random "
-            "order",
-            **(
-                {**protocol, "split": protocol["description"]}
-                if protocol is not None and protocol.get("name") != "duorank"
-                else {}
-            ),
-            "seed": seed,
-            "ks": list(KS),
-            "full_ranking": True,
-            "exclude": "train items (validation) / train+validation items (test)",
-            "tuning": "validation NDCG@10; refit on train+validation for test",
-            "users": {"validation": len(ev.val.users), "test": len(ev.test.users)},
-            "like_threshold": LIKE_THRESHOLD,
-            "cold_item_threshold": COLD_ITEM_THRESHOLD,
-            "item_text_as_of": text_as_of,
-            "dated_tags_before_text_as_of": (
-                catalog.tag_events.before(text_as_of) if catalog.tag_events is not None else 0
-            ),
-            "dated_tags": len(catalog.tag_events) if catalog.tag_events is not None else 0,
-            "quick": quick,
-        },
+        "protocol": _protocol_record(catalog, ev, protocol, text_as_of, seed, quick),
         "best_baseline": ev.best_baseline(),
         "candidate_sources": sources,
         "ranking_stage": ranking,
         "new_arrivals": arrivals,
         "methods": ev.methods,
         "grids": ev.grids,
+    }
+
+
+def _protocol_record(
+    catalog: Catalog,
+    ev: steps.Evaluation,
+    protocol: Mapping[str, Any] | None,
+    text_as_of: int | None,
+    seed: int,
+    quick: bool,
+) -> dict[str, Any]:
+    """The report's ``protocol``: the split (duorank's, or the published one the catalog was
+    prepared for, with what preparing it did), the ranking, the tuning and the text's date."""
+    return {
+        "name": "duorank",
+        "split": "per-user temporal leave-one-out; ties in time broken by a seeded random order",
+        **(
+            {**protocol, "split": protocol["description"]}
+            if protocol is not None and protocol.get("name") != "duorank"
+            else {}
+        ),
+        "seed": seed,
+        "ks": list(KS),
+        "full_ranking": True,
+        "exclude": "train items (validation) / train+validation items (test)",
+        "tuning": "validation NDCG@10; refit on train+validation for test",
+        "users": {"validation": len(ev.val.users), "test": len(ev.test.users)},
+        "like_threshold": LIKE_THRESHOLD,
+        "cold_item_threshold": COLD_ITEM_THRESHOLD,
+        "item_text_as_of": text_as_of,
+        "dated_tags_before_text_as_of": (
+            catalog.tag_events.before(text_as_of) if catalog.tag_events is not None else 0
+        ),
+        "dated_tags": len(catalog.tag_events) if catalog.tag_events is not None else 0,
+        "quick": quick,
     }
 
 
