@@ -13,6 +13,7 @@ import redis
 from catalog.history import group_histories
 from online import UserStore
 from online.users import catalog_records
+from retrieval.redis_client import connect
 from tests.live import LiveServer, Stack, make_server
 
 TOKEN = "events-token"
@@ -93,7 +94,8 @@ def test_the_explorer_searches_and_shows_users_through_the_store(live: LiveServe
 
 
 def test_a_store_that_does_not_answer_is_a_503_to_retry(stack: Stack) -> None:
-    dead = UserStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    # the bounded client serving builds (redis-py's default retries back off for seconds)
+    dead = UserStore(connect("redis://127.0.0.1:1", connect_timeout=0.2))
     event = {"event_id": "e", "user_id": "u1", "item_id": "3", "timestamp": 5}
     with make_server(stack, token=TOKEN, users=dead) as live:
         r = httpx.post(f"{live.url}/events", json={"events": [event]}, headers=AUTH)

@@ -18,6 +18,7 @@ from online.users import catalog_records
 from rerank.ranker.features import Request
 from rerank.ranker.model import GBDTRanker
 from retrieval.encoder import Encoder
+from retrieval.redis_client import connect
 from serving.recommender import Recommender
 from tests.conftest import tiny_catalog
 from tests.live import build_ranked_stack
@@ -195,7 +196,8 @@ def test_a_store_that_cannot_answer_costs_live_events_not_the_call(
     ranked: tuple[Path, Catalog],
 ) -> None:
     tmp, catalog = ranked
-    dead = UserStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    # the bounded client serving builds (redis-py's default retries back off for seconds)
+    dead = UserStore(connect("redis://127.0.0.1:1", connect_timeout=0.2))
     ranker = GBDTRanker.load(tmp / "ranker")
     rec = Recommender(tmp / "index", catalog, ranker=ranker, users=dead)
     plain = Recommender(tmp / "index", catalog, ranker=ranker)
