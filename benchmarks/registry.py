@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "cascade": "benchmarks.bench_cascade",
     "cold-dropout": "benchmarks.bench_cold_dropout",
     "short-histories": "benchmarks.bench_short_histories",
+    "ranker-folds": "benchmarks.bench_ranker_folds",
     "online-scale": "benchmarks.bench_online_scale",
 }
 

@@ -432,6 +432,20 @@ def train_reranker_cmd(
     help="Share of the training lists learned again with the history cut to its newest one "
     "to three events, so the trees learn users who have just arrived (0: none).",
 )
+@click.option(
+    "--folds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="User folds that choose the number of trees, every list held out once (1: one "
+    "held-out fifth of the users).",
+)
+@click.option(
+    "--bag/--no-bag",
+    default=True,
+    show_default=True,
+    help="Serve the mean of the fold models (--no-bag: one model refitted on every list).",
+)
 @seed_option
 @quick_option("CI size: 100 trees at most.")
 @click.pass_obj
@@ -444,6 +458,8 @@ def train_ranker_cmd(
     min_history: int,
     cold_dropout: float,
     short_histories: float,
+    folds: int,
+    bag: bool,
     seed: int,
     quick: bool,
 ) -> None:
@@ -463,7 +479,7 @@ def train_ranker_cmd(
         per_user=per_user,
         min_history=min_history,
         short_histories=short_histories,
-        ranker=RankerConfig(seed=seed, cold_dropout=cold_dropout),
+        ranker=RankerConfig(seed=seed, cold_dropout=cold_dropout, folds=folds, bag=bag),
     )
     if quick:
         args = replace(args, ranker=replace(args.ranker, max_rounds=100))
@@ -488,7 +504,7 @@ def print_ranker(card: dict[str, Any], out: Path) -> None:
         f"saved {out}: validation NDCG@10 {choice['ndcg@10']:.4f} vs the tower's "
         f"{choice['first_stage_ndcg@10']:.4f} ({choice['minus_first_stage']:+.4f}, one "
         f"standard error {choice['minus_first_stage_se']:.4f}): serves the "
-        f"{choice['served'].replace('_', ' ')}; {card['rounds']} trees "
+        f"{choice['served'].replace('_', ' ')}; {card['rounds']} trees{_folds(card)} "
         f"(trained in {duration(sum(card['seconds'].values()))})"
     )
     if "cold_view_ndcg@10" in choice:  # cards written before cold dropout lack it
@@ -512,6 +528,15 @@ def print_ranker(card: dict[str, Any], out: Path) -> None:
         click.echo(f"P(like) head: {like['rounds']} trees; {figures}")
     elif isinstance(like, str):
         click.echo(f"P(like) head: {like}")
+
+
+def _folds(card: dict[str, Any]) -> str:
+    """How the card's trees were chosen and served, in words ('' for older cards)."""
+    folds = card.get("folds")
+    if not isinstance(folds, int) or folds < 2:
+        return ""
+    served = "the mean of the fold models" if card.get("bagged") else "one refit"
+    return f" chosen on {folds} user folds, served as {served}"
 
 
 def print_reranker_card(card: dict[str, Any], out: Path) -> None:

@@ -5,7 +5,8 @@ candidate is scored on its own and the final order is the sort of the scores. ``
 first stage's own order fitted alone (softmax cross-entropy of the target over each training
 list); the trees start from it (LightGBM's ``init_score``) and learn only what moves a target up,
 so a ranker with no trees is exactly the first stage. The number of trees is chosen by early
-stopping on held-out users' lists, then the model is refitted on every list for that many.
+stopping on five user folds grown in step (every list held out once), and the served model is
+the mean of the five fold models (:mod:`rerank.ranker.bagging`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy.typing as npt
 
 from catalog.fsutil import RANKER, atomic_dir, write_json
 from catalog.progress import Progress
+from rerank.ranker.bagging import averaged, grow_in_step, user_folds
 from rerank.ranker.candidates import Lists
 from rerank.ranker.cold import with_cold_copies
 
@@ -55,7 +57,14 @@ class RankerConfig:
     max_rounds: int = 1000
     early_stopping: int = 50
     truncation_level: int = 30
+    folds: int = 5
+    """User folds that choose the number of trees (:mod:`rerank.ranker.bagging`: each fold's
+    lists held out once, the folds' mean curve); 1: one held-out share of ``holdout`` users."""
+    bag: bool = True
+    """Serve the mean of the fold models (False: one refit on every list for that many
+    trees)."""
     holdout: float = 0.2
+    """The held-out share of users with one fold (and of the P(like) head)."""
     residual: bool = True
     seed: int = 0
     threads: int = 0
@@ -114,6 +123,29 @@ def with_targets(lists: Lists) -> Lists:
     off = lists.offsets
     keep = [n for n in range(len(lists.sizes)) if lists.labels[off[n] : off[n + 1]].any()]
     return lists.select(np.array(keep, dtype=np.int64))
+
+
+OLDER_CARDS = {"cold_dropout": 0.0, "folds": 1, "bag": False}
+"""What a card written before these settings existed was trained with."""
+
+
+def _folds(users: Sequence[str], cfg: RankerConfig) -> npt.NDArray[np.int64]:
+    """Per list, the fold that holds it out (-1: none; with one fold, the ``holdout`` share of
+    users is fold 0)."""
+    distinct = sorted(set(users))
+    if cfg.folds > 1 and len(distinct) >= cfg.folds:
+        return user_folds(users, cfg.folds, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    held = set(rng.choice(distinct, max(1, int(len(distinct) * cfg.holdout)), replace=False))
+    return np.array([0 if u in held else -1 for u in users], dtype=np.int64)
+
+
+def _folds_of(
+    users: Sequence[str], known: Sequence[str], folds: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """The folds of extra lists' users: their user's fold (-1: a user with no list there)."""
+    fold_of = dict(zip(known, folds.tolist(), strict=True))
+    return np.array([fold_of.get(u, -1) for u in users], dtype=np.int64)
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
@@ -210,7 +242,7 @@ class GBDTRanker:
         ``config.cold_dropout``, on each list and its cold copy (read with ``lists.depths``).
         ``extra`` lists (the short copies of :func:`rerank.ranker.stacking.short_copies`) are
         learned too but never pick the number of trees: early stopping reads ``lists`` only,
-        and a held-out user's extra lists sit out that fit.
+        and a held-out user's extra lists sit out that fold's fit.
 
         Raises:
             ValueError: no list holds its target, ``base`` is not a feature, or a source of
@@ -233,12 +265,8 @@ class GBDTRanker:
             )
         b = list(lists.names).index(base)
         scale = fit_scale(train.x[:, b], train) if cfg.residual else 0.0
-        users = sorted(set(train.users))
-        rng = np.random.default_rng(cfg.seed)
-        held = set(rng.choice(users, max(1, int(len(users) * cfg.holdout)), replace=False))
-        idx = np.arange(len(train.sizes))
-        fit_idx = np.array([n for n in idx if train.users[n] not in held], dtype=np.int64)
-        val_idx = np.array([n for n in idx if train.users[n] in held], dtype=np.int64)
+        folds = _folds(train.users, cfg)
+        k = int(folds.max()) + 1
 
         def dataset(part: Lists, reference: Any = None) -> Any:
             return lgb.Dataset(
@@ -251,47 +279,58 @@ class GBDTRanker:
                 free_raw_data=False,
             )
 
-        params = cfg.params()
-        fit_part, val_part = train.select(fit_idx), train.select(val_idx)
-        with_target = len(train.sizes)
         more = with_targets(extra) if extra is not None else None
-        if more is not None and len(more.sizes):
-            fit_more = [n for n, user in enumerate(more.users) if user not in held]
-            fit_part = fit_part.extended(more.select(np.array(fit_more, dtype=np.int64)))
-            train = train.extended(more)
-        d_fit = dataset(cold(fit_part))
-        d_val = dataset(val_part, d_fit)
-        curve: dict[str, Any] = {}
+        more_folds = _folds_of(more.users, train.users, folds) if more is not None else None
+        parts, held_parts = [], []
+        for f in range(k):
+            fit_part = train.select(np.flatnonzero(folds != f))
+            if more is not None and more_folds is not None and len(more.sizes):
+                fit_part = fit_part.extended(more.select(np.flatnonzero(more_folds != f)))
+            held = train.select(np.flatnonzero(folds == f))
+            d_fit = dataset(cold(fit_part))
+            parts.append((d_fit, dataset(held, d_fit)))
+            held_parts.append(held)
         bar = Progress("ranker: boosting", cfg.max_rounds, "trees", enabled=progress is not None)
         with bar:  # the ceiling; early stopping usually ends it sooner
-            booster = lgb.train(
-                params,
-                d_fit,
-                num_boost_round=cfg.max_rounds,
-                valid_sets=[d_val],
-                valid_names=["held_out"],
-                callbacks=[
-                    lgb.early_stopping(cfg.early_stopping, verbose=False),
-                    lgb.record_evaluation(curve),
-                    lambda env: bar.update(),
-                ],
+            grown = grow_in_step(
+                parts, cfg.params(), cfg.max_rounds, cfg.early_stopping, on_round=bar.update
             )
-        rounds = max(1, int(booster.best_iteration or cfg.max_rounds))
+        rounds = grown.rounds
+        held_lists = sum(len(h.sizes) for h in held_parts)
         if progress:
-            progress(f"ranker: {rounds} trees chosen on {len(val_idx)} held-out lists")
-        held_scores = scale * val_part.x[:, b] + booster.predict(val_part.x, num_iteration=rounds)
+            progress(f"ranker: {rounds} trees chosen on {held_lists} held-out lists ({k} folds)")
+        out_of_fold = [
+            (scale * h.x[:, b] + booster.predict(h.x, num_iteration=rounds), h)
+            for booster, h in zip(grown.boosters, held_parts, strict=True)
+        ]
         record = {
             "lists": len(lists.sizes),
-            "lists_with_target": with_target,
-            "extra_lists_with_target": len(train.sizes) - with_target,
-            "held_out_lists": len(val_idx),
+            "lists_with_target": len(train.sizes),
+            "extra_lists_with_target": len(more.sizes) if more is not None else 0,
+            "folds": k,
+            "held_out_lists": held_lists,
             "rounds": rounds,
             "scale": scale,
-            "held_out_ndcg@10": float(curve["held_out"]["ndcg@10"][rounds - 1]),
-            "held_out_list_loss": list_loss(held_scores, val_part),
-            "held_out_list_loss_first_stage": list_loss(scale * val_part.x[:, b], val_part),
+            "held_out_ndcg@10": grown.best,
+            "held_out_list_loss": float(
+                np.average(
+                    [list_loss(s, h) for s, h in out_of_fold],
+                    weights=[len(h.sizes) for _, h in out_of_fold],
+                )
+            ),
+            "held_out_list_loss_first_stage": float(
+                np.average(
+                    [list_loss(scale * h.x[:, b], h) for h in held_parts],
+                    weights=[len(h.sizes) for h in held_parts],
+                )
+            ),
         }
-        final = lgb.train(params, dataset(cold(train)), num_boost_round=rounds)
+        if cfg.bag and k > 1:  # the mean of the fold models: every list was held out once
+            final = averaged(grown.boosters, rounds)
+        else:  # one refit on every list for the chosen number of trees
+            every = train.extended(more) if more is not None and len(more.sizes) else train
+            final = lgb.train(cfg.params(), dataset(cold(every)), num_boost_round=rounds)
+        record.update(bagged=bool(cfg.bag and k > 1), trees=final.num_trees())
         return cls(final, lists.names, scale, cfg, record, base)
 
     def score(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -356,7 +395,7 @@ class GBDTRanker:
             booster,
             card["names"],
             float(card["scale"]),
-            RankerConfig(**{"cold_dropout": 0.0, **card["config"]}),  # older cards: none
+            RankerConfig(**{**OLDER_CARDS, **card["config"]}),
             card["record"],
             card["base"],
             like,

@@ -341,3 +341,20 @@ def test_the_short_share_is_chosen_on_validation_within_one_standard_error() -> 
     assert choose(guarded) == 1.0  # 0.5 would cost the new arrivals; 1.0 costs nothing
     guarded[2]["cold_view_minus_no_copies"] = -0.03
     assert choose(guarded) == 0.0  # every share with copies costs one view or the other
+
+
+def test_the_ranker_folds_bench_reads_every_recipe_on_validation_and_after_the_cutoff(
+    encoder: Encoder,
+) -> None:
+    from benchmarks.bench_ranker_folds import RECIPES, _one_seed, summary
+
+    out = _one_seed(_log(), encoder, 0, quick=True)
+    assert set(out) == set(RECIPES) | {"first_stage"}
+    rows = summary({0: out})
+    assert [r["recipe"] for r in rows] == list(RECIPES)
+    assert rows[0]["minus_before"] == 0.0  # the recipe before is the reference
+    before, refit, mean = (out[name] for name in RECIPES)
+    assert before["trees"] == before["rounds"] and refit["trees"] == refit["rounds"]
+    assert mean["trees"] == 5 * mean["rounds"]  # the five fold models, averaged
+    for row in rows:
+        assert 0.0 <= row["cold_users_ndcg@10"] <= 1.0 and row["score_us_per_list"] > 0

@@ -185,6 +185,10 @@ def test_tower_index_and_recommend_end_to_end(tmp_path: Path, redis_url: str) ->
     assert "P(like) head: " in result.output  # its validation AUC, or why there is none
     assert card["record"]["stage"]["depths"]["tower"] == 100
     assert card["config"]["cold_dropout"] == 0.5  # the measured default: cold copies
+    record = card["record"]  # the measured default: five user folds, their models' mean
+    assert (card["config"]["folds"], card["config"]["bag"]) == (5, True)
+    assert record["folds"] == 5 and record["bagged"] and record["trees"] == 5 * record["rounds"]
+    assert "chosen on 5 user folds, served as the mean of the fold models" in result.output
     cold_view = card["record"]["choice"]["cold_view_ndcg@10"]
     assert 0.0 <= cold_view <= 1.0 and f"NDCG@10 {cold_view:.4f}" in result.output
     short_view = card["record"]["choice"]["short_view_ndcg@10"]  # every history cut short
