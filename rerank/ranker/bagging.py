@@ -1,8 +1,8 @@
 """The ranker's folds: how many trees, grown on user folds in step, and their average.
 
-A single 20% held-out set of a few hundred lists picks the number of trees noisily (the same
-recipe stopped at 14 and at 45 trees on two seeds of one protocol), and one refit keeps that
-noise. Here every list is held out once: the boosters of ``k`` user folds grow in step, the
+A single held-out fifth of a few hundred lists picks the number of trees noisily (seeds of
+one protocol stopped anywhere from a few dozen trees to over a hundred), and one refit keeps
+that noise. Here every list is held out once: the boosters of ``k`` user folds grow in step, the
 number of trees is where their mean held-out NDCG@10 peaks, and the served model is the mean of
 the ``k`` fold models, written as one LightGBM model (:func:`averaged`) so that scoring,
 TreeSHAP explanations and the saved file are those of a single booster.
@@ -31,7 +31,7 @@ def user_folds(users: Sequence[str], k: int, seed: int) -> npt.NDArray[np.int64]
     """
     distinct = sorted(set(users))
     if not 2 <= k <= len(distinct):
-        raise ValueError(f"{k} folds need between 2 and {len(distinct)} (the users) folds")
+        raise ValueError(f"cannot deal {len(distinct)} users into {k} folds (2 <= folds <= users)")
     order = np.random.default_rng(seed).permutation(len(distinct))
     fold_of = {distinct[u]: n % k for n, u in enumerate(order.tolist())}
     return np.array([fold_of[u] for u in users], dtype=np.int64)
