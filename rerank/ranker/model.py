@@ -148,6 +148,26 @@ def _folds_of(
     return np.array([fold_of.get(u, -1) for u in users], dtype=np.int64)
 
 
+def _held_out_losses(
+    boosters: Sequence[Any], held: Sequence[Lists], rounds: int, scale: float, base: int
+) -> dict[str, float]:
+    """The list loss of every held-out list under its own fold's model (out of fold), and
+    under the first stage alone, weighted by the folds' lists."""
+    weights = [len(h.sizes) for h in held]
+    trees = [
+        scale * h.x[:, base] + booster.predict(h.x, num_iteration=rounds)
+        for booster, h in zip(boosters, held, strict=True)
+    ]
+    return {
+        "held_out_list_loss": float(
+            np.average([list_loss(t, h) for t, h in zip(trees, held, strict=True)], weights=weights)
+        ),
+        "held_out_list_loss_first_stage": float(
+            np.average([list_loss(scale * h.x[:, base], h) for h in held], weights=weights)
+        ),
+    }
+
+
 def read_card(folder: str | Path) -> dict[str, Any]:
     """A ranker folder's ``ranker.json``.
 
@@ -299,10 +319,6 @@ class GBDTRanker:
         held_lists = sum(len(h.sizes) for h in held_parts)
         if progress:
             progress(f"ranker: {rounds} trees chosen on {held_lists} held-out lists ({k} folds)")
-        out_of_fold = [
-            (scale * h.x[:, b] + booster.predict(h.x, num_iteration=rounds), h)
-            for booster, h in zip(grown.boosters, held_parts, strict=True)
-        ]
         record = {
             "lists": len(lists.sizes),
             "lists_with_target": len(train.sizes),
@@ -312,18 +328,7 @@ class GBDTRanker:
             "rounds": rounds,
             "scale": scale,
             "held_out_ndcg@10": grown.best,
-            "held_out_list_loss": float(
-                np.average(
-                    [list_loss(s, h) for s, h in out_of_fold],
-                    weights=[len(h.sizes) for _, h in out_of_fold],
-                )
-            ),
-            "held_out_list_loss_first_stage": float(
-                np.average(
-                    [list_loss(scale * h.x[:, b], h) for h in held_parts],
-                    weights=[len(h.sizes) for h in held_parts],
-                )
-            ),
+            **_held_out_losses(grown.boosters, held_parts, rounds, scale, b),
         }
         if cfg.bag and k > 1:  # the mean of the fold models: every list was held out once
             final = averaged(grown.boosters, rounds)
