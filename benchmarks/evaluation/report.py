@@ -121,7 +121,7 @@ def _stage_tables(report: dict[str, Any]) -> list[str]:
             f"{choice['ndcg@10']:.4f}, difference {choice['minus_first_stage']:+.4f}, one "
             f"standard error {choice['minus_first_stage_se']:.4f}).",
             "",
-            "| variant | NDCG@10 | / first stage | difference (+- 1 se) | trees |",
+            "| variant | NDCG@10 | / first stage | difference (+- 1 se) | rounds |",
             "|---|---|---|---|---|",
         ]
         for name, a in stage["ablation"].items():
