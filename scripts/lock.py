@@ -6,6 +6,8 @@ installs torch==2.13.0 (the CPU build) first, as before. The lock's first line r
 of pyproject.toml's requirements, so a test notices a pyproject edit without a refresh.
 
 Refresh (the one command): ``.venv/bin/python scripts/lock.py`` (needs uv: ``pip install uv``).
+A refresh keeps every existing pin the requirements still allow (uv reads the old lock as its
+preferences), so adding one dependency moves nothing else.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def _compile(out: Path, leave_out: list[str]) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         first = Path(tmp) / "all.txt"
+        if LOCK.is_file():  # uv keeps an output file's pins where the requirements allow
+            first.write_text(LOCK.read_text(encoding="utf-8"), encoding="utf-8")
         _compile(first, ["torch"])  # once to learn the CUDA packages PyPI's torch names
         names = sorted(n for n in pinned(first) if LEFT_OUT.match(n))
         _compile(first, sorted({"torch", *names}))
