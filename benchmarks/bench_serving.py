@@ -7,16 +7,18 @@ store (`users publish`, then `serve --user-store`).
 Starts ``duorank serve`` as a separate process on 127.0.0.1 (so the load generator does not
 share its interpreter) once per configuration, then each client, a kept-alive connection of the
 light asyncio generator (:mod:`benchmarks.latency.loadgen`), sends ``POST /recommend``
-(candidates=100, k=10) for random ml-latest-small users, bounded in count and time. The two
-workers' 16-client level runs once more under httpx in a thread per client (the generator of the
-earlier runs), so the generators' own cost shows in one run. Reports p50/p95/p99 latency,
-throughput, errors and 429s, and the per-stage split the server returns (the ranking stage's
-`candidates`, `rank` and `p_like`; the cross-encoder's `rerank`). The cross-encoder's
-single-stream ceiling is 1 / its median rerank time at one client. One more single-client level
-asks the default for explanations (``explain: true``, the explorer page's call), so their cost
-is measured beside the plain call. A cross-encoder whose head gives the text no weight serves
-from its features alone (no transformer pass, the same scores): its row says so, and the
-default-against-previous target is then left out.
+(candidates=100, k=10) for random ml-latest-small users, bounded in count and time. Each
+16-client level (the throughput targets') runs three passes and reports the pass of median
+throughput (the host is shared; a pass lasts seconds). The two workers' 16-client level runs
+once more under httpx in a thread per client (the generator of the earlier runs), so the
+generators' own cost shows in one run. Reports p50/p95/p99 latency, throughput, errors and 429s,
+and the per-stage split the server returns (the ranking stage's `candidates`, `rank` and
+`p_like`; the cross-encoder's `rerank`). The cross-encoder's single-stream ceiling is 1 / its
+median rerank time at one client. One more single-client level asks the default for explanations
+(``explain: true``, the explorer page's call), so their cost is measured beside the plain call.
+A cross-encoder whose head gives the text no weight serves from its features alone (no
+transformer pass, the same scores): its row says so, and the default-against-previous target is
+then left out.
 
 Quality kept: the served fast path and the ranking stage before the latency levers (LightGBM's
 thread pool, OpenMP's default wait) each score the ranker's validation lists one request at a
@@ -147,6 +149,30 @@ def _level(
         **{f"{name}_p50_ms": pct(v, 50) for name, v in stages.items()},
         **{f"{name}_p95_ms": pct(v, 95) for name, v in stages.items()},
         "rerank_median_s": statistics.median(stages["rerank"]) if stages.get("rerank") else None,
+    }
+
+
+PASSES = 3
+"""Passes of each 16-client level (the throughput targets' level): the host is shared and a
+pass of 600 calls lasts seconds, so the row is the pass of median throughput."""
+
+
+def _busiest(
+    url: str,
+    users: list[str],
+    requests: int,
+    budget_s: float,
+    passes: int,
+    generator: str = ASYNCIO,
+) -> dict[str, Any]:
+    """The 16-client level ``passes`` times: the pass of median throughput, with every pass's
+    throughput beside it."""
+    runs = [_level(url, users, 16, requests, budget_s, generator=generator) for _ in range(passes)]
+    runs.sort(key=lambda r: r["throughput_rps"])
+    return {
+        **runs[len(runs) // 2],
+        "throughput_passes": [round(r["throughput_rps"], 1) for r in runs],
+        "errors_every_pass": sum(r["errors"] for r in runs),
     }
 
 
@@ -328,23 +354,23 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
         raise RuntimeError(f"no ranker or reranker under {ctx.home / 'models'}: run quickstart")
     # p99 of 120 calls is their second-worst: 600 make the tail targets mean something.
     per_level = 30 if quick else 600
+    passes = 1 if quick else PASSES
     budget = 60.0 if quick else 240.0
     rows: list[dict[str, Any]] = []
     for name, extra in configs.items():
         with _server(ctx, backend, extra) as url:
-            for clients in (1, 4, 16):
+            for clients in (1, 4):
                 rows.append({"config": name, **_level(url, users, clients, per_level, budget)})
+            rows.append({"config": name, **_busiest(url, users, per_level, budget, passes)})
             if name == WORKERS:  # the earlier runs' generator, on the same servers
                 rows.append(
-                    {
-                        "config": name,
-                        **_level(url, users, 16, per_level, budget, generator=HTTPX),
-                    }
+                    {"config": name, **_busiest(url, users, per_level, budget, passes, HTTPX)}
                 )
             if name == DEFAULT:  # what explanations cost, on the same server
                 explained = _level(url, users, 1, per_level, budget, {"explain": True})
                 rows.append({"config": EXPLAINED, **explained})
-    targets = [Target("errors at every level", sum(r["errors"] for r in rows), 0, "<=")]
+    errors = sum(r.get("errors_every_pass", r["errors"]) for r in rows)
+    targets = [Target("errors at every level (every pass)", errors, 0, "<=")]
     quality: dict[str, Any] = {}
     if DEFAULT in configs:
         quality = fast_path_quality(ctx, quick)
