@@ -176,9 +176,38 @@ def _busiest(
     }
 
 
+def _rss_mb(root: int) -> list[float]:
+    """The resident memory (MB) of process ``root`` and each of its descendants (its worker
+    processes), from /proc (empty where there is none)."""
+    proc = Path("/proc")
+    parents: dict[int, int] = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we read
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    family, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    out = []
+    for pid in sorted(family):
+        try:
+            status = (proc / str(pid) / "status").read_text()
+        except OSError:
+            continue
+        kb = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        if kb:
+            out.append(round(int(kb[0]) / 1024, 1))
+    return out
+
+
 @contextlib.contextmanager
-def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[str]:
-    """``duorank serve`` on a free loopback port with ``extra`` flags; yields its URL."""
+def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[tuple[str, int]]:
+    """``duorank serve`` on a free loopback port with ``extra`` flags; yields its URL and its
+    process id."""
     import httpx
 
     port = _free_port()
@@ -220,7 +249,7 @@ def _server(ctx: BenchContext, backend: str, extra: list[str]) -> Iterator[str]:
                 time.sleep(0.2)
         else:
             raise RuntimeError("server did not become ready in 180 s")
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         try:
@@ -357,8 +386,9 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
     passes = 1 if quick else PASSES
     budget = 60.0 if quick else 240.0
     rows: list[dict[str, Any]] = []
+    memory: dict[str, list[float]] = {}
     for name, extra in configs.items():
-        with _server(ctx, backend, extra) as url:
+        with _server(ctx, backend, extra) as (url, pid):
             for clients in (1, 4):
                 rows.append({"config": name, **_level(url, users, clients, per_level, budget)})
             rows.append({"config": name, **_busiest(url, users, per_level, budget, passes)})
@@ -369,6 +399,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             if name == DEFAULT:  # what explanations cost, on the same server
                 explained = _level(url, users, 1, per_level, budget, {"explain": True})
                 rows.append({"config": EXPLAINED, **explained})
+            memory[name] = _rss_mb(pid)  # after the load: each process's resident set
     errors = sum(r.get("errors_every_pass", r["errors"]) for r in rows)
     targets = [Target("errors at every level (every pass)", errors, 0, "<=")]
     quality: dict[str, Any] = {}
@@ -409,7 +440,7 @@ def run(quick: bool, ctx: BenchContext | None = None) -> BenchReport:
             "max_queue": 64,
             "cross_encoder_single_stream_ceiling_rps": ceiling,
         },
-        results={"levels": rows, "quality": quality},
+        results={"levels": rows, "quality": quality, "rss_mb_by_process": memory},
         targets=targets,
         table=[
             {k: v for k, v in r.items() if not k.startswith(("embed", "retrieve"))} for r in rows
