@@ -345,11 +345,8 @@ class RankingFeatures:
         out: list[npt.NDArray[np.floating]] = [tower, self.exposure[cols]]
 
         # popularity: events in windows before at, all-time, trend and age
-        windows = [
-            self.log.count_before(cols, at) - self.log.count_before(cols, at - d * DAY)
-            for d in WINDOWS
-        ]
         total = self.log.count_before(cols, at)
+        windows = [total - self.log.count_before(cols, at - d * DAY) for d in WINDOWS]
         out += [np.log1p(w) for w in windows]
         out.append(np.log1p(total))
         out.append(np.log1p(windows[0]) - np.log1p(windows[1] * 7 / 30))
@@ -357,10 +354,23 @@ class RankingFeatures:
         out.append(np.where(total > 0, (at - first) / DAY, np.nan))
 
         # co-visitation and kNN similarity with the newest 1 / 5 / 20 items
-        candidates_users = self.users_of[cols].T if m else None  # read twice below
+        rated = [
+            (self.item_col[e.item_id], e.rating)
+            for e in past
+            if e.rating is not None and e.item_id in self.item_col
+        ][-RATED_RECENT:]
+        rcols = np.array([c for c, _ in rated], dtype=np.int64)
+        # co-occurrence counts of the recent and the rated items with the candidates, in one
+        # sparse product (whole counts: the same values as two products)
+        shared = np.unique(np.concatenate([recent, rcols]))
+        counts = (
+            (self.users_of[shared] @ self.users_of[cols].T).toarray()
+            if m and len(shared)
+            else np.zeros((len(shared), m))
+        )
         if len(recent) and m:
             visits = self.covisit[recent][:, cols].toarray()
-            co = (self.users_of[recent] @ candidates_users).toarray()
+            co = counts[np.searchsorted(shared, recent)]
             knn = co / np.maximum(np.outer(self.item_norm[recent], self.item_norm[cols]), 1e-12)
         else:
             visits = knn = np.zeros((0, m))
@@ -387,18 +397,12 @@ class RankingFeatures:
 
         # ratings: the item's and the user's shrunk means, the user's ratings of neighbours
         out.append(self.log.shrunk_mean_before(cols, at))
-        rated = [
-            (self.item_col[e.item_id], e.rating)
-            for e in past
-            if e.rating is not None and e.item_id in self.item_col
-        ][-RATED_RECENT:]
         g = self.log.global_mean_before(request.at)
         values = np.array([r for _, r in rated], dtype=np.float64)
         user_mean = shrunk_mean(values.sum(), len(values), g, SHRINK) if len(rated) else g
         out.append(np.full(m, user_mean - g))
         if rated and m:
-            rcols = np.array([c for c, _ in rated], dtype=np.int64)
-            co = (self.users_of[rcols] @ candidates_users).toarray()
+            co = counts[np.searchsorted(shared, rcols)]
             sim = co / np.maximum(np.outer(self.item_norm[rcols], self.item_norm[cols]), 1e-12)
             out.append(((values - user_mean) @ sim) / (sim.sum(axis=0) + 1.0))
         else:
