@@ -12,7 +12,6 @@ the mean of the five fold models (:mod:`rerank.ranker.bagging`).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,15 +36,6 @@ SERIAL_ROWS = 4096
 """Predictions over fewer rows (one request's candidates) run on the calling thread: they are
 faster alone, and LightGBM's OpenMP threads would otherwise spin after each call on the cores
 the next request's torch user embedding needs (the p95 tail of a served call)."""
-
-
-def thread_budget() -> int:
-    """The threads this process may use: ``OMP_NUM_THREADS`` where set, else its cores."""
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
-    except ValueError:
-        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        return max(1, len(cores) if cores is not None else (os.cpu_count() or 1))
 
 
 def _predict(booster: Any, x: npt.NDArray[np.floating], **kwargs: Any) -> Any:
@@ -370,14 +360,8 @@ class GBDTRanker:
 
     def contributions(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Per row, each feature's part of the trees' output (TreeSHAP, LightGBM's
-        ``pred_contrib``): how the features moved the row against ``scale * base``.
-
-        TreeSHAP costs ~2.6 ms a row through the mean of five fold models, so even one
-        request's explained rows are spread over the process's share of the cores (its OpenMP
-        budget: ``OMP_NUM_THREADS``, which ``serve --workers N`` sets to cores / N); rows are
-        independent, so the values are those of one thread."""
-        rows = np.asarray(x, dtype=np.float32)
-        out = self.booster.predict(rows, pred_contrib=True, num_threads=thread_budget())
+        ``pred_contrib``): how the features moved the row against ``scale * base``."""
+        out = _predict(self.booster, x, pred_contrib=True)
         return np.asarray(out, dtype=np.float64)[:, :-1]
 
     def importance(self) -> dict[str, float]:

@@ -3,7 +3,6 @@ itself where they cannot be."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -131,19 +130,3 @@ def test_rows_of_the_wrong_width_are_refused() -> None:
     assert forest is not None
     with pytest.raises(ValueError, match="rows of 6 features expected"):
         forest.predict(np.zeros((3, 5), dtype=np.float32))
-
-
-@pytest.mark.parametrize("budget", ["1", "2", ""])
-def test_explanations_take_the_thread_budget_and_keep_one_threads_values(
-    budget: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from rerank.ranker.model import thread_budget
-
-    monkeypatch.setenv("OMP_NUM_THREADS", budget)
-    assert thread_budget() == (int(budget) if budget else len(os.sched_getaffinity(0)))
-    booster = _booster()
-    ranker = GBDTRanker(booster, [f"f{i}" for i in range(6)], 0.5, RankerConfig(), {}, base="f0")
-    x = _rows(10, 5)
-    alone = booster.predict(x, pred_contrib=True, num_threads=1)[:, :-1]
-    np.testing.assert_array_equal(ranker.contributions(x), alone)
-    assert np.abs(alone).sum() > 0
