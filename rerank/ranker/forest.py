@@ -2,7 +2,7 @@
 
 LightGBM's ``predict`` walks each row through every tree behind a generic C API: for one
 request's ~170 candidates and the served model's ~435 trees (the mean of five fold models)
-that is about half of a served call's CPU. The same walk written as one numba loop over flat
+that is about a third of a served call's CPU. The same walk written as one numba loop over flat
 node arrays does the same comparisons in the same order and sums the leaves in the same order
 in double precision, so its scores are LightGBM's to the bit (checked on load against
 LightGBM itself; any difference and the model keeps LightGBM's ``predict``).
