@@ -98,12 +98,8 @@ def _httpx_drive(
                     status, body = 0, {}
                 elapsed = time.perf_counter() - start
                 with lock:
-                    out.codes[slot] = status
+                    out.answered(slot, status, elapsed, body)
                     on_answer()
-                    if status == 200:
-                        out.latencies.append(elapsed)
-                        for name, ms in body.get("timings_ms", {}).items():
-                            out.stages.setdefault(name, []).append(ms / 1000)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]

@@ -31,6 +31,15 @@ class Outcome:
     stages: dict[str, list[float]] = field(default_factory=dict)
     wall_s: float = 0.0
 
+    def answered(self, slot: int, status: int, elapsed: float, body: dict[str, Any]) -> None:
+        """Request ``slot`` came back with ``status`` after ``elapsed`` seconds; a 200's
+        ``body`` carries the server's ``timings_ms``."""
+        self.codes[slot] = status
+        if status == 200:
+            self.latencies.append(elapsed)
+            for name, ms in body.get("timings_ms", {}).items():
+                self.stages.setdefault(name, []).append(ms / 1000)
+
 
 def _request(host: str, path: str, body: dict[str, Any]) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode()
@@ -84,13 +93,9 @@ async def _run(
                 writer.write(message)
                 status, body = await _read_response(reader)
                 elapsed = time.perf_counter() - start
-                out.codes[slot] = status
+                out.answered(slot, status, elapsed, json.loads(body) if status == 200 else {})
                 if on_answer is not None:
                     on_answer()
-                if status == 200:
-                    out.latencies.append(elapsed)
-                    for name, ms in json.loads(body).get("timings_ms", {}).items():
-                        out.stages.setdefault(name, []).append(ms / 1000)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass  # the slot keeps its 0: an error
         finally:
