@@ -353,7 +353,7 @@ class RankingFeatures:
         first = self.log.first_time(cols)
         out.append(np.where(total > 0, (at - first) / DAY, np.nan))
 
-        # co-visitation and kNN similarity with the newest 1 / 5 / 20 items
+        # the user's newest rated items (the ratings block below reads them too)
         rated = [
             (self.item_col[e.item_id], e.rating)
             for e in past
@@ -368,6 +368,7 @@ class RankingFeatures:
             if m and len(shared)
             else np.zeros((len(shared), m))
         )
+        # co-visitation and kNN similarity with the newest 1 / 5 / 20 items
         if len(recent) and m:
             visits = self.covisit[recent][:, cols].toarray()
             co = counts[np.searchsorted(shared, recent)]
