@@ -130,3 +130,17 @@ def test_rows_of_the_wrong_width_are_refused() -> None:
     assert forest is not None
     with pytest.raises(ValueError, match="rows of 6 features expected"):
         forest.predict(np.zeros((3, 5), dtype=np.float32))
+
+
+def test_a_ranker_whose_trees_cannot_be_compiled_scores_with_lightgbm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rerank.ranker import model as model_module
+
+    monkeypatch.setattr(model_module, "compile_forest", lambda booster: None)
+    booster = _booster()
+    ranker = GBDTRanker(booster, [f"f{i}" for i in range(6)], 0.5, RankerConfig(), {}, base="f0")
+    x = _rows(50, 9)
+    expected = 0.5 * x[:, 0].astype(np.float64) + booster.predict(x, num_threads=1)
+    np.testing.assert_array_equal(ranker.score(x), expected)
+    assert ranker._forest is None  # tried once, LightGBM kept
