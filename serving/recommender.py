@@ -223,6 +223,8 @@ class Recommender:
         self.catalog = catalog
         self.reranker = reranker
         self.ranker = ranker if ranker is not None and _ranker_serves(ranker) else None
+        if self.ranker is not None:
+            self.ranker.compile()  # at load: no call pays numba's start-up
         self._why_ranker, self._why_first = _served_because(ranker)
         # With a user store the dataset's histories are only the fallback (and the first
         # stage's exposure at a version load): built per user from the columns, no object per

@@ -349,14 +349,21 @@ class GBDTRanker:
 
     def trees(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """The trees' output for rows of :attr:`names` features: one request's rows through the
-        compiled trees (:mod:`rerank.ranker.forest`, LightGBM's scores to the bit, compiled on
-        first use), larger batches through LightGBM's threads."""
-        if len(x) < SERIAL_ROWS:
-            if self._forest is False:
-                self._forest = compile_forest(self.booster)
-            if isinstance(self._forest, Forest):
-                return self._forest.predict(x)
+        compiled trees (:mod:`rerank.ranker.forest`, LightGBM's scores to the bit; compiled by
+        :meth:`compile` or on first use), larger batches through LightGBM's threads."""
+        if len(x) < SERIAL_ROWS and self.compile():
+            assert isinstance(self._forest, Forest)
+            return self._forest.predict(x)
         return np.asarray(_predict(self.booster, x), dtype=np.float64)
+
+    def compile(self) -> bool:
+        """Compiles the trees for one request's rows now rather than on the first call (a
+        serving process does it at load, so no call's timing carries numba's start-up); True
+        when they serve compiled, False when LightGBM's ``predict`` serves
+        (:func:`rerank.ranker.forest.compile_forest` says why)."""
+        if self._forest is False:
+            self._forest = compile_forest(self.booster)
+        return isinstance(self._forest, Forest)
 
     def contributions(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Per row, each feature's part of the trees' output (TreeSHAP, LightGBM's

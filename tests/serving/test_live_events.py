@@ -67,6 +67,16 @@ def test_every_users_list_is_the_same_served_from_the_store(
     assert stored.store_errors == 0
 
 
+def test_the_recommender_compiles_its_rankers_trees_at_load(ranked: tuple[Path, Catalog]) -> None:
+    from rerank.ranker.forest import Forest
+
+    tmp, catalog = ranked
+    ranker = GBDTRanker.load(tmp / "ranker")
+    assert ranker._forest is False  # loading alone compiles nothing
+    Recommender(tmp / "index", catalog, ranker=ranker)
+    assert isinstance(ranker._forest, Forest)  # before any call: no call pays numba's start-up
+
+
 def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
     ranked: tuple[Path, Catalog], redis_url: str, namespace: str
 ) -> None:

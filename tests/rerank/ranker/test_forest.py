@@ -144,3 +144,7 @@ def test_a_ranker_whose_trees_cannot_be_compiled_scores_with_lightgbm(
     expected = 0.5 * x[:, 0].astype(np.float64) + booster.predict(x, num_threads=1)
     np.testing.assert_array_equal(ranker.score(x), expected)
     assert ranker._forest is None  # tried once, LightGBM kept
+    assert ranker.compile() is False
+    compiled = GBDTRanker(booster, [f"f{i}" for i in range(6)], 0.5, RankerConfig(), {}, base="f0")
+    monkeypatch.undo()
+    assert compiled.compile() is True and isinstance(compiled._forest, Forest)
