@@ -4,9 +4,9 @@ loop, each sending its next request as soon as the last answer is read.
 `bench serving` runs the generator on the same two cores as the servers it measures, so what
 the generator spends per request is taken from the servers. httpx in one thread per client
 costs about a millisecond of CPU a request (its connection pool, header models, thread
-switches under the GIL); this writes each request as bytes it formats itself and reads a status line, the
-headers it needs and ``Content-Length`` bytes, a tenth of that. The bench keeps one httpx level
-beside it, so the two can be compared in one run.
+switches under the GIL); this writes each request as bytes it formats itself and reads a
+status line, the headers it needs and ``Content-Length`` bytes, a tenth of that. The bench
+keeps one httpx level beside it, so the two can be compared in one run.
 """
 
 from __future__ import annotations
