@@ -266,7 +266,7 @@ def stage_writer(data: Path, ranker: Path) -> Callable[[ItemVectors, Path], dict
         files = tables.save(folder)
         return {
             "files": [p.name for p in files],
-            "events": len(tables.log_cols),
+            "events": tables.events,
             "als": asdict(als),
             "ranker": str(ranker),
             # which live events the tables hold (a serving process counts the stream's others)

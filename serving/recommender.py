@@ -414,8 +414,11 @@ class Recommender:
         from rerank.ranker.live import with_live
 
         assert loaded.stage is not None
+        # the tables' own log may end after the catalog's (an older dataset folder beside a
+        # newer build): the clock never goes back before what the tables counted
+        fitted_end = max(self._log_end, loaded.stage.features.log.end - 1)
         if self.tail is None:
-            return loaded.stage, self._log_end
+            return loaded.stage, fitted_end
         mark, late = live_mark(loaded, self.catalog)
         if mark != self.tail.start:
             self.tail.move_start(mark)
@@ -429,7 +432,7 @@ class Recommender:
         keep = np.array([n for n, i in enumerate(items) if i in col], dtype=np.int64)
         cols = np.array([col[items[n]] for n in keep], dtype=np.int64)
         stage = with_live(loaded.stage, cols, times[keep], ratings[keep])
-        end = max(self._log_end, self.tail.newest if self.tail.newest is not None else 0)
+        end = max(fitted_end, self.tail.newest if self.tail.newest is not None else 0)
         self._live = (key, stage, end)
         return stage, end
 

@@ -18,8 +18,9 @@ import numpy.typing as npt
 
 from catalog.model import Item
 from catalog.text import HistoryEvent
-from rerank.ranker.features import EventLog, RankingFeatures, Request, feature_names
-from rerank.ranker.tables import POPULAR_WINDOW, ALSParams, StageTables
+from rerank.ranker.features import RankingFeatures, Request, feature_names
+from rerank.ranker.popular import LogPopularitySource
+from rerank.ranker.tables import ALSParams, StageTables
 from retrieval.index import VectorIndex
 from retrieval.sources import (
     CandidateSet,
@@ -27,7 +28,6 @@ from retrieval.sources import (
     CoVisitationSource,
     FactorSource,
     Proposal,
-    RecentPopularitySource,
     TowerSource,
     merge,
 )
@@ -275,15 +275,15 @@ class CandidateStage:
                     alpha=tables.als.alpha,
                 )
             )
+        log = tables.queries()
         if "popular" in sources:
-            built.append(
-                RecentPopularitySource(item_ids, tables.log_times, tables.log_cols, POPULAR_WINDOW)
-            )
+            built.append(LogPopularitySource(item_ids, log))
         features = RankingFeatures(
             item_ids,
-            EventLog(len(item_ids), tables.log_cols, tables.log_times, tables.log_ratings),
+            log,
             tables.covisit,
-            tables.users_of,
+            tables.cooccurrence,
+            tables.item_norm,
             tables.text,
             _rows_of(tower, item_ids),
             tables.genres,

@@ -2,8 +2,9 @@
 
 A request is a user's history and a time ``at``; its candidates are the merged proposals of
 the candidate sources (:mod:`retrieval.sources`). Every feature reads only events strictly
-before ``at``: the windowed counts and the item's age come from the :class:`EventLog` cut at
-``at``, the history-based ones from the request's history (which the caller cuts at ``at``), and
+before ``at``: the windowed counts (whole days before ``at``'s day, plus that day up to ``at``:
+:func:`window_start`) and the item's age come from the :class:`EventLog` cut at ``at``, the
+history-based ones from the request's history (which the caller cuts at ``at``), and
 the tables (co-visitation, co-occurrence, factors) from the log the first stage was fitted on,
 which never holds the request's own target (see :mod:`rerank.ranker.stacking`).
 
@@ -37,6 +38,25 @@ RATED_RECENT = 50
 """Newest rated items the user's rating of the candidate's neighbours is read from."""
 SHRINK = 5.0
 """Pseudo-ratings every shrunk mean is pulled toward the global mean by."""
+NEIGHBOURS = 300
+"""Items each item keeps the co-occurrence count of (its most similar by cosine), for the kNN
+and neighbour-rating features (:mod:`rerank.ranker.neighbours`)."""
+
+
+def day_start(at: int | npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The start (UTC midnight) of the day of ``at``."""
+    a = np.asarray(at, dtype=np.int64)
+    out: npt.NDArray[np.int64] = a - a % DAY
+    return out
+
+
+def window_start(at: int | npt.NDArray[np.int64], days: int) -> npt.NDArray[np.int64]:
+    """Where a window of ``days`` days before ``at`` starts: ``days`` whole days before ``at``'s
+    day. Starting at a day boundary is what lets a serving process hold per-item counts at a
+    few boundaries instead of every event (:class:`rerank.ranker.daycounts.DayCounts`)."""
+    out: npt.NDArray[np.int64] = day_start(at) - days * DAY
+    return out
+
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "first_stage": ("retrieval_score",),
@@ -116,6 +136,8 @@ class LogQueries(ABC):
 
     rating_total: float
     rated_total: int
+    end: int
+    """One second after the log's last event (0 for an empty log)."""
 
     @abstractmethod
     def count_before(
@@ -192,6 +214,7 @@ class EventLog(LogQueries):
         self.all_rated = np.concatenate([[0], np.cumsum(rated[by_time])])
         self.rating_total = float(values.sum())
         self.rated_total = int(rated.sum())
+        self.end = int(self.times.max()) + 1 if len(times) else 0
 
     @classmethod
     def of(
@@ -247,8 +270,9 @@ class RankingFeatures:
         item_ids: the catalog's item ids (columns of every table).
         log: the first stage's events (windowed counts, age, shrunk means).
         covisit: (items, items) co-visitation table (:class:`retrieval.sources.CoVisitationSource`).
-        users_of: (items, users) binary matrix of the first stage's events (kNN similarity is
-            the cosine of two items' rows).
+        cooccurrence: (items, items) users two items share, each row holding its most similar
+            items only (:func:`rerank.ranker.neighbours.cooccurrence_top_k`).
+        item_norm: each item's norm (square root of its users): kNN similarity is the cosine.
         text_vectors: (items, d) text vectors (rows of ``item_ids``), or None.
         learned_vectors: (items, d) the tower's item vectors (rows of ``item_ids``), or None.
         genres: (items, genres) binary genre (or tag) matrix, or None.
@@ -262,7 +286,8 @@ class RankingFeatures:
         item_ids: Sequence[str],
         log: LogQueries,
         covisit: sp.csr_matrix,
-        users_of: sp.csr_matrix,
+        cooccurrence: sp.csr_matrix,
+        item_norm: npt.NDArray[np.floating],
         text_vectors: npt.NDArray[np.floating] | None = None,
         learned_vectors: npt.NDArray[np.floating] | None = None,
         genres: sp.csr_matrix | None = None,
@@ -271,9 +296,8 @@ class RankingFeatures:
         self.item_col = {i: n for n, i in enumerate(self.item_ids)}
         self.log = log
         self.covisit = covisit.tocsr()
-        users_of = users_of.tocsr().astype(np.float32)
-        self.item_norm = np.sqrt(np.asarray(users_of.multiply(users_of).sum(axis=1))).ravel()
-        self.users_of = users_of
+        self.cooccurrence = cooccurrence.tocsr().astype(np.float32)
+        self.item_norm = np.asarray(item_norm, np.float32)
         n = len(self.item_ids)
         self.text = (
             _unit(text_vectors) if text_vectors is not None else np.zeros((n, 1), np.float32)
@@ -346,7 +370,7 @@ class RankingFeatures:
 
         # popularity: events in windows before at, all-time, trend and age
         total = self.log.count_before(cols, at)
-        windows = [total - self.log.count_before(cols, at - d * DAY) for d in WINDOWS]
+        windows = [total - self.log.count_before(cols, window_start(at, d)) for d in WINDOWS]
         out += [np.log1p(w) for w in windows]
         out.append(np.log1p(total))
         out.append(np.log1p(windows[0]) - np.log1p(windows[1] * 7 / 30))
@@ -364,7 +388,7 @@ class RankingFeatures:
         # sparse product (whole counts: the same values as two products)
         shared = np.unique(np.concatenate([recent, rcols]))
         counts = (
-            (self.users_of[shared] @ self.users_of[cols].T).toarray()
+            self.cooccurrence[shared][:, cols].toarray()
             if m and len(shared)
             else np.zeros((len(shared), m))
         )

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from rerank.ranker.candidates import CandidateStage
 from rerank.ranker.features import EventLog, LogQueries
-from retrieval.sources import RecentPopularitySource
+from rerank.ranker.popular import LogPopularitySource
 
 
 class LiveLog(LogQueries):
@@ -27,6 +27,7 @@ class LiveLog(LogQueries):
         self.live = live
         self.rating_total = fitted.rating_total + live.rating_total
         self.rated_total = fitted.rated_total + live.rated_total
+        self.end = max(fitted.end, live.end)
 
     def count_before(
         self, cols: npt.NDArray[np.int64], ats: npt.NDArray[np.int64]
@@ -71,11 +72,9 @@ def with_live(
         return stage
     out = copy.copy(stage)
     out.features = copy.copy(stage.features)
-    out.features.log = LiveLog(
-        stage.features.log, EventLog(len(stage.item_ids), cols, times, ratings)
-    )
+    log = LiveLog(stage.features.log, EventLog(len(stage.item_ids), cols, times, ratings))
+    out.features.log = log
     out.sources = [
-        s.with_events(times, cols) if isinstance(s, RecentPopularitySource) else s
-        for s in stage.sources
+        s.with_log(log) if isinstance(s, LogPopularitySource) else s for s in stage.sources
     ]
     return out

@@ -15,7 +15,7 @@ from catalog.history import group_histories
 from catalog.text import HistoryEvent
 from online import LiveEvent, UserStore
 from online.users import catalog_records
-from rerank.ranker.features import Request
+from rerank.ranker.features import Request, event_arrays
 from rerank.ranker.model import GBDTRanker
 from retrieval.encoder import Encoder
 from retrieval.redis_client import connect
@@ -171,13 +171,17 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
         at == other.request_time(state.history) == t + 3
     )  # the clock is the newest event's, as for a log ending there
     tables = StageTables.load(other.root.version_dir(loaded.version))
+    assert tables.log_cols is None  # a build's tables hold per-item counts, not the events
     col = tables.item_ids.index(item)
+    log_cols, log_times, log_ratings = event_arrays(
+        {i: n for n, i in enumerate(tables.item_ids)}, group_histories(catalog.interactions)
+    )
     logged = CandidateStage.from_tables(
-        dataclasses.replace(
+        dataclasses.replace(  # the build's log with the three events in it
             tables,
-            log_cols=np.concatenate([tables.log_cols, [col] * 3]),
-            log_times=np.concatenate([tables.log_times, [t, t + 1, t + 2]]),
-            log_ratings=np.concatenate([tables.log_ratings, [5.0, 4.0, np.nan]]),
+            log_cols=np.concatenate([log_cols, [col] * 3]),
+            log_times=np.concatenate([log_times, [t, t + 1, t + 2]]),
+            log_ratings=np.concatenate([log_ratings, [5.0, 4.0, np.nan]]),
         ),
         loaded.stage.tower,
         loaded.stage.index,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rerank.ranker.features import EventLog
+from rerank.ranker.features import DAY, EventLog
 from rerank.ranker.live import LiveLog
-from retrieval.sources import RecentPopularitySource
+from rerank.ranker.popular import LogPopularitySource
 
 
 def _events(
@@ -43,15 +43,29 @@ def test_a_live_log_answers_as_the_merged_log() -> None:
 def test_the_popularity_source_counts_live_events_as_logged_ones() -> None:
     rng = np.random.default_rng(1)
     ids = [str(i) for i in range(30)]
-    cols, times, _ = _events(rng, 400, 30, 0, 100_000)
-    extra_cols, extra_times, _ = _events(rng, 50, 30, 90_000, 130_000)
-    window = 20_000
-    merged = RecentPopularitySource(
-        ids, np.concatenate([times, extra_times]), np.concatenate([cols, extra_cols]), window
+    fitted = _events(rng, 400, 30, 0, 20 * DAY)
+    extra = _events(rng, 50, 30, 18 * DAY, 26 * DAY)
+    merged = LogPopularitySource(
+        ids, EventLog(30, *(np.concatenate(p) for p in zip(fitted, extra, strict=True))), days=5
     )
-    live = RecentPopularitySource(ids, times, cols, window).with_events(extra_times, extra_cols)
-    for at in (None, 50_000, 100_000, 125_000):
+    source = LogPopularitySource(ids, EventLog(30, *fitted), days=5)
+    live = source.with_log(LiveLog(source.log, EventLog(30, *extra)))
+    for at in (None, 10 * DAY + 5, 20 * DAY, 25 * DAY + 3_600):
         np.testing.assert_array_equal(live.counts_at(at), merged.counts_at(at))
-    assert not np.array_equal(
-        live.counts_at(None), RecentPopularitySource(ids, times, cols, window).counts_at(None)
+    assert not np.array_equal(live.counts_at(None), source.counts_at(None))
+
+
+def test_the_popularity_window_starts_at_a_day_boundary() -> None:
+    ids = ["a", "b"]
+    at = 10 * DAY + 12 * 3_600  # noon of day 10
+    log = EventLog(  # "a" at 06:00 of day 6, "b" at 23:00 of day 5
+        2,
+        np.array([0, 1], np.int64),
+        np.array([6 * DAY + 6 * 3_600, 5 * DAY + 23 * 3_600], np.int64),
+        np.array([np.nan, np.nan]),
     )
+    four_days = LogPopularitySource(ids, log, days=4)
+    # the window starts at midnight four days before the request's day (day 6), not at noon
+    np.testing.assert_array_equal(four_days.counts_at(at), [1, 0])
+    np.testing.assert_array_equal(four_days.counts_at(at + DAY), [0, 0])
+    np.testing.assert_array_equal(four_days.counts_at(at - DAY), [1, 1])
