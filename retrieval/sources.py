@@ -13,7 +13,6 @@ and :class:`RecentPopularitySource` reads only its window ``[at - window, at)``.
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,7 +311,9 @@ class FactorSource(_CatalogScorer):
 
 
 class RecentPopularitySource(_CatalogScorer):
-    """The most interacted items in the ``window`` seconds before the request time."""
+    """The most interacted items in the ``window`` seconds before the request time, from a list
+    of events (the evaluation's candidate-recall table; the ranking stage's own, read from its
+    item-side log answers, is :class:`rerank.ranker.popular.LogPopularitySource`)."""
 
     name = "popular"
 
@@ -328,19 +329,6 @@ class RecentPopularitySource(_CatalogScorer):
         self.times = times[order]
         self.cols = cols[order]
         self.window = window
-        self.extra_times = np.zeros(0, np.int64)
-        self.extra_cols = np.zeros(0, np.int64)
-
-    def with_events(
-        self, times: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
-    ) -> RecentPopularitySource:
-        """The same source counting these events too (the ones that arrived after its log
-        was fitted), without re-sorting the fitted log: the counts are those of one log
-        holding both."""
-        out = copy.copy(self)
-        order = np.argsort(times, kind="stable")
-        out.extra_times, out.extra_cols = times[order], cols[order]
-        return out
 
     @classmethod
     def build(
@@ -363,16 +351,9 @@ class RecentPopularitySource(_CatalogScorer):
     def counts_at(self, at: int | None) -> npt.NDArray[np.float64]:
         """Events per item in ``[at - window, at)`` (the log's last window when ``at`` is None)."""
         n = len(self.item_ids)
-        if at is None:
-            last = max((int(t[-1]) for t in (self.times, self.extra_times) if len(t)), default=-1)
-            end = last + 1
-        else:
-            end = at
-        counts = np.zeros(n, np.int64)
-        for times, cols in ((self.times, self.cols), (self.extra_times, self.extra_cols)):
-            lo, hi = np.searchsorted(times, [end - self.window, end], side="left")
-            counts += np.bincount(cols[lo:hi], minlength=n)
-        return counts.astype(np.float64)
+        end = (int(self.times[-1]) + 1 if len(self.times) else 0) if at is None else at
+        lo, hi = np.searchsorted(self.times, [end - self.window, end], side="left")
+        return np.bincount(self.cols[lo:hi], minlength=n).astype(np.float64)
 
     def _scores(
         self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
