@@ -180,11 +180,20 @@ class VersionLoader:
         """The ranking stage's sources and features: over the tables the version carries
         (``index build --ranker``), else fitted from the catalog here (logged)."""
         from rerank.ranker.candidates import CandidateStage
-        from rerank.ranker.tables import ALSParams, StageTables
+        from rerank.ranker.tables import FORMAT, OLD_FORMAT, ALSParams, StageTables
 
         assert self.ranker is not None
         settings = self.ranker.record.get("stage", {})
         depths = settings.get("depths")
+        learned = settings.get("tables", OLD_FORMAT)
+        if learned != FORMAT:
+            log.warning(
+                "the ranker learned its features from stage tables of format %s, this version "
+                "serves %s (windows from a day boundary, neighbours bounded per item): its "
+                "scores will be off until it is retrained (`duorank train ranker`)",
+                learned,
+                FORMAT,
+            )
         if manifest.get("stage"):
             tables = StageTables.load(self.root.version_dir(version))
         else:

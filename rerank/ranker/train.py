@@ -38,6 +38,7 @@ from rerank.ranker.cold import as_cold
 from rerank.ranker.features import Request, group_of
 from rerank.ranker.model import GBDTRanker, LikeModel, RankerConfig
 from rerank.ranker.stacking import Stacked, request_time, short_copies, short_draws, stack
+from rerank.ranker.tables import FORMAT as TABLES_FORMAT
 from rerank.ranker.tables import ALSParams
 from retrieval.index import FlatIndex, VectorIndex
 from retrieval.vectors import ItemVectors
@@ -69,6 +70,8 @@ class RankingStageArgs:
             "depths": dict(self.depths),
             "als": asdict(self.als),
             "ranker": asdict(self.ranker),
+            # the definitions the features were learned with (a build serves this format)
+            "tables": TABLES_FORMAT,
         }
 
 

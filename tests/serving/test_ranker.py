@@ -238,3 +238,22 @@ def test_one_request_object_carries_a_call_and_checks_itself(served: dict[str, o
         RecommendRequest(user, k=9, candidates=8)
     with pytest.raises(ValueError, match=">= 1"):
         RecommendRequest(user, k=0)
+
+
+def test_a_ranker_trained_on_the_previous_tables_is_served_with_a_warning(
+    served: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    from rerank.ranker.tables import FORMAT, OLD_FORMAT
+
+    tmp = served["tmp"]
+    assert isinstance(tmp, Path)
+    ranker = GBDTRanker.load(tmp / "ranker")
+    assert ranker.record["stage"]["tables"] == FORMAT  # what training records
+    with caplog.at_level("WARNING", logger="serving.versions"):
+        Recommender(tmp / "index", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
+    assert "retrained" not in caplog.text
+    del ranker.record["stage"]["tables"]  # a card written before the format was recorded
+    with caplog.at_level("WARNING", logger="serving.versions"):
+        rec = Recommender(tmp / "index", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
+    assert f"format {OLD_FORMAT}" in caplog.text and "retrained" in caplog.text
+    assert rec.recommend(sorted(rec.histories)[0], k=3, candidates=8).served_by == "ranking stage"
