@@ -144,3 +144,45 @@ def test_a_builds_saved_tables_give_every_later_request_the_fitted_features(tmp_
     np.testing.assert_array_equal(a.x, b.x)
     with pytest.raises(ValueError, match="log's end"):
         served.lists([Request("u0", histories["u0"], end - DAY)], [set()])
+
+
+def test_tables_of_the_previous_format_are_made_item_side_on_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    histories = _histories()
+    fitted = StageTables.fit(ITEMS, histories)
+    assert fitted.log_cols is not None and fitted.log_times is not None
+    assert fitted.log_ratings is not None
+    col = {i: n for n, i in enumerate(ITEMS)}
+    pairs = sorted({(col[e.item_id], u) for u, h in enumerate(histories.values()) for e in h})
+    users_of = sp.csr_matrix(
+        (np.ones(len(pairs), np.float32), ([p[0] for p in pairs], [p[1] for p in pairs])),
+        shape=(12, len(histories)),
+    )
+    arrays = {
+        "als_factors": fitted.als_factors,
+        "log_cols": fitted.log_cols,
+        "log_times": fitted.log_times,
+        "log_ratings": fitted.log_ratings,
+    }
+    for name, m in (("covisit", fitted.covisit), ("users_of", users_of), ("genres", fitted.genres)):
+        arrays.update(
+            {f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr}
+        )
+    np.savez(tmp_path / "stage.npz", **arrays)
+    spec = {
+        "format": "duorank.stage/1",
+        "item_ids": list(ITEMS),
+        "als": {"factors": 32, "regularization": 0.01, "alpha": 10.0, "iterations": 20, "seed": 0},
+        "shapes": {"covisit": [12, 12], "users_of": [12, len(histories)], "genres": [12, 2]},
+        "events": len(fitted.log_cols),
+        "text": False,
+    }
+    (tmp_path / SPEC).write_text(json.dumps(spec))
+    loaded = StageTables.load(tmp_path)
+    assert loaded.log_cols is None and loaded.events == 15 * 8
+    np.testing.assert_array_equal(loaded.cooccurrence.toarray(), fitted.cooccurrence.toarray())
+    np.testing.assert_allclose(loaded.item_norm, fitted.item_norm)
+    for name, value in fitted.counts.arrays().items():
+        np.testing.assert_array_equal(loaded.counts.arrays()[name], value)
+    (tmp_path / SPEC).write_text(json.dumps({**spec, "format": "duorank.stage/0"}))
+    with pytest.raises(ValueError, match=r"format 'duorank\.stage/0'"):
+        StageTables.load(tmp_path)
