@@ -310,12 +310,30 @@ class FactorSource(_CatalogScorer):
         return scores
 
 
-class RecentPopularitySource(_CatalogScorer):
+class PopularitySource(_CatalogScorer):
+    """Proposes the items with the most events in a window before the request time; a
+    subclass says how it counts them (:meth:`counts_at`)."""
+
+    name = "popular"
+
+    @abstractmethod
+    def counts_at(self, at: int | None) -> npt.NDArray[np.float64]:
+        """Events per item in the window before ``at`` (the log's last window when None)."""
+
+    def _scores(
+        self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
+    ) -> npt.NDArray[np.float64]:
+        return (
+            np.stack([self.counts_at(at) for at in ats])
+            if ats
+            else np.zeros((0, len(self.item_ids)))
+        )
+
+
+class RecentPopularitySource(PopularitySource):
     """The most interacted items in the ``window`` seconds before the request time, from a list
     of events (the evaluation's candidate-recall table; the ranking stage's own, read from its
     item-side log answers, is :class:`rerank.ranker.popular.LogPopularitySource`)."""
-
-    name = "popular"
 
     def __init__(
         self,
@@ -354,15 +372,6 @@ class RecentPopularitySource(_CatalogScorer):
         end = (int(self.times[-1]) + 1 if len(self.times) else 0) if at is None else at
         lo, hi = np.searchsorted(self.times, [end - self.window, end], side="left")
         return np.bincount(self.cols[lo:hi], minlength=n).astype(np.float64)
-
-    def _scores(
-        self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
-    ) -> npt.NDArray[np.float64]:
-        return (
-            np.stack([self.counts_at(at) for at in ats])
-            if ats
-            else np.zeros((0, len(self.item_ids)))
-        )
 
 
 @dataclass(frozen=True)

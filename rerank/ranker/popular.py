@@ -15,18 +15,15 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from catalog.text import HistoryEvent
 from rerank.ranker.features import LogQueries, window_start
-from retrieval.sources import _CatalogScorer
+from retrieval.sources import PopularitySource
 
 POPULAR_DAYS = 30
 """Days of the recent-popularity source's window."""
 
 
-class LogPopularitySource(_CatalogScorer):
+class LogPopularitySource(PopularitySource):
     """The most interacted items in the ``days`` before the request (by its log's answers)."""
-
-    name = "popular"
 
     def __init__(self, item_ids: Sequence[str], log: LogQueries, days: int = POPULAR_DAYS) -> None:
         super().__init__(item_ids)
@@ -49,12 +46,3 @@ class LogPopularitySource(_CatalogScorer):
         now = self.log.count_before(self._all, np.full(n, end, np.int64))
         start = self.log.count_before(self._all, np.full(n, window_start(end, self.days)))
         return (now - start).astype(np.float64)
-
-    def _scores(
-        self, histories: Sequence[Sequence[HistoryEvent]], ats: Sequence[int | None]
-    ) -> npt.NDArray[np.float64]:
-        return (
-            np.stack([self.counts_at(at) for at in ats])
-            if ats
-            else np.zeros((0, len(self.item_ids)))
-        )
