@@ -15,23 +15,35 @@ memory is the store's alone; ``ctx.redis_url`` to use another). Then, at each si
   the events stream (:class:`online.tail.EventTail`, polled as its calls poll it) waits for it,
   p50 / p99 of the time until that view holds it.
 
-The serving process's memory is not measured here (serving still loads the dataset's log: see
-docs/scale.md); the sizes are 50k and 5M users in full, 2k and 20k with ``--quick``.
+With a served home (the quickstart's index, built with its ranker, and the ranker), the users'
+items are drawn from that catalog instead, and at each size ``duorank serve --user-store
+--workers 2`` serves them from the store: a serving process loads the catalog's items alone,
+and the log's per-item totals and the first stage's exposure from the index version, so
+nothing in it is per user. Measured: p50 / p95 / p99 at 1 client and 16 clients (the pass of
+median throughput), errors, and each process's resident memory after the load. The item side
+is the served catalog's (ml-latest-small: 9,742 items), not 1M items: see docs/scale.md for
+what 1M items would hold.
+
+The sizes are 50k and 5M users in full, 2k and 20k with ``--quick``.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from benchmarks.contract import BenchContext, BenchReport, Target, percentile
+from benchmarks.latency.server import PASSES, busiest, level, rss_mb, serve_process
 from catalog.model import Interactions
 from catalog.progress import Progress
 from catalog.text import HistoryEvent
@@ -42,11 +54,14 @@ ITEMS = 1_000_000
 EVENTS_PER_USER = 20
 READS = 2_000
 T0 = 1_600_000_000
+NAMESPACE = "bench:users"
 
 
-def _chunks(n_users: int, seed: int, size: int = 100_000) -> Iterator[Interactions]:
+def _chunks(
+    n_users: int, seed: int, items: npt.NDArray[np.str_] | None = None, size: int = 100_000
+) -> Iterator[Interactions]:
     """Synthetic users as interaction logs of ``size`` users: 20 events each, items drawn from
-    1M ids, half of them rated (columns, as a dataset holds them)."""
+    ``items`` (else 1M ids), half of them rated (columns, as a dataset holds them)."""
     rng = np.random.default_rng(seed)
     for first in range(0, n_users, size):
         n = min(size, n_users - first)
@@ -54,9 +69,14 @@ def _chunks(n_users: int, seed: int, size: int = 100_000) -> Iterator[Interactio
         users = np.repeat(np.arange(first, first + n), EVENTS_PER_USER)
         ratings = rng.integers(1, 11, rows) / 2
         ratings[::2] = np.nan
+        drawn = (
+            rng.integers(0, ITEMS, rows).astype(str)
+            if items is None
+            else items[rng.integers(0, len(items), rows)]
+        )
         yield Interactions(
             np.char.add("user", users.astype(str)),
-            rng.integers(0, ITEMS, rows).astype(str),
+            drawn,
             T0 + rng.integers(0, 10**7, rows),
             ratings,
         )
@@ -174,14 +194,71 @@ def _clear(store: UserStore, private: bool) -> None:
         store.client.unlink(*batch)
 
 
-def _one_size(store: UserStore, n_users: int, quick: bool, private: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Served:
+    """What serves the synthetic users: a home with an index built with its ranker, and the
+    URL of the Redis the store lives in (the serving processes' ``DUORANK_REDIS_URL``)."""
+
+    home: Path
+    redis_url: str
+    items: npt.NDArray[np.str_]
+
+    @classmethod
+    def find(cls, home: Path, redis_url: str) -> Served | None:
+        """The home's served setup, or None where it has no ranker or no index built with it."""
+        from catalog.store import load_catalog
+        from indexer.store import IndexRoot
+
+        ranker = home / "models" / "ranker" / "ranker.json"
+        root = IndexRoot(home / "index")
+        version = root.current_or_none()
+        if not ranker.is_file() or version is None:
+            return None
+        manifest = json.loads((root.version_dir(version) / "manifest.json").read_text())
+        if not manifest.get("stage"):
+            return None
+        catalog = load_catalog(home / "datasets" / "ml-latest-small", items_only=True)
+        return cls(home, redis_url, np.array(list(catalog.items), dtype=str))
+
+
+def _serve(served: Served, n_users: int, quick: bool) -> dict[str, Any]:
+    """``serve --user-store --workers 2`` over the store: latency at 1 and 16 clients, and
+    every process's resident memory after the load."""
+    rng = np.random.default_rng(5)
+    users = [f"user{int(u)}" for u in rng.integers(0, n_users, 5_000)]
+    requests, budget = (30, 60.0) if quick else (600, 240.0)
+    extra = ["--ranker", str(served.home / "models" / "ranker"), "--user-store", "--workers", "2"]
+    env = {"DUORANK_REDIS_URL": served.redis_url, "DUORANK_USERS_NAMESPACE": NAMESPACE}
+    with serve_process(served.home, "torch", extra, env) as (url, pid):
+        one = level(url, users, 1, requests, budget)
+        many = busiest(url, users, requests, budget, 1 if quick else PASSES)
+        memory = rss_mb(pid)
+    return {
+        "serve_p50_ms_1": one["p50_ms"],
+        "serve_p95_ms_1": one["p95_ms"],
+        "serve_p99_ms_1": one["p99_ms"],
+        "serve_p50_ms_16": many["p50_ms"],
+        "serve_p95_ms_16": many["p95_ms"],
+        "serve_p99_ms_16": many["p99_ms"],
+        "serve_rps_16": many["throughput_rps"],
+        "serve_rps_16_passes": many["throughput_passes"],
+        "serve_errors": one["errors"] + many["errors_every_pass"],
+        "rss_mb_by_process": memory,
+        "rss_mb_per_worker": max(memory[1:] or memory),
+    }
+
+
+def _one_size(
+    store: UserStore, n_users: int, quick: bool, private: bool, served: Served | None
+) -> dict[str, Any]:
     client = store.client
     _clear(store, private)
     before = _used_memory(client)
     started = time.perf_counter()
     written = 0
+    items = served.items if served is not None else None
     with Progress(f"writing {n_users:,} users", total=n_users, unit="users") as bar:
-        for chunk in _chunks(n_users, seed=0):
+        for chunk in _chunks(n_users, seed=0, items=items):
             written += store.write_log(chunk, batch=1_000, progress=bar.update)
     write_s = time.perf_counter() - started
     memory = _used_memory(client) - before
@@ -194,6 +271,8 @@ def _one_size(store: UserStore, n_users: int, quick: bool, private: bool) -> dic
         "write_events_per_s": written * EVENTS_PER_USER / write_s,
         "redis_bytes_per_user": memory / written,
         **_read_latency(store, n_users, rng),
+        # served before the live events below: their stream is not what is measured here
+        **(_serve(served, n_users, quick) if served is not None else {}),
         **_ingest_while_reading(store, n_users, 3.0 if quick else 15.0),
         **_event_to_visible(store, n_users, 100 if quick else 500),
         **_event_to_item_counts(store, n_users, 50 if quick else 200),
@@ -212,10 +291,11 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="duorank-online-scale-") as tmp:
         server = None if ctx.redis_url else EmbeddedRedis(Path(tmp))
         client = redis.Redis.from_url(ctx.redis_url) if ctx.redis_url else server.client()  # type: ignore[union-attr]
-        store = UserStore(client, namespace="bench:users")
+        store = UserStore(client, namespace=NAMESPACE)
+        served = Served.find(ctx.home, ctx.redis_url or server.url)  # type: ignore[union-attr]
         try:
             for n in sizes:
-                rows.append(_one_size(store, n, quick, server is not None))
+                rows.append(_one_size(store, n, quick, server is not None, served))
         finally:
             if server is None:  # a private server is discarded whole
                 _clear(store, private=False)
@@ -246,12 +326,42 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
             "<=",
         ),
     ]
+    if served is not None:
+        targets += [
+            Target(
+                "serving RSS MB per worker at the large size",
+                large["rss_mb_per_worker"],
+                1_500.0,
+                "<=",
+            ),
+            Target(
+                "serving RSS per worker, large / small size (flat in users)",
+                round(large["rss_mb_per_worker"] / small["rss_mb_per_worker"], 3),
+                1.10,
+                "<=",
+            ),
+            Target(
+                "serving p95 ms at 1 client, large size",
+                round(large["serve_p95_ms_1"], 2),
+                25.0,
+                "<=",
+            ),
+            Target(
+                "serving req/s at 16 clients, large size", round(large["serve_rps_16"], 1), 150.0
+            ),
+            Target(
+                "serving errors, both sizes", small["serve_errors"] + large["serve_errors"], 0, "<="
+            ),
+        ]
     return BenchReport(
         name="online-scale",
         params={
             "quick": quick,
             "sizes": list(sizes),
-            "items": ITEMS,
+            "items": ITEMS if served is None else len(served.items),
+            "served": None
+            if served is None
+            else "serve --user-store --workers 2: the home's index, ranker and items",
             "events_per_user": EVENTS_PER_USER,
             "reads": READS,
             "stream_poll_s": POLL_S,

@@ -183,12 +183,15 @@ def _when(timestamp: int) -> str:
     return str(timestamp)
 
 
-def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
+def load_catalog(path: str | Path, *, verify: bool = True, items_only: bool = False) -> Catalog:
     """Reads a dataset folder written by :func:`save_catalog`.
 
     Args:
         path: the dataset folder.
         verify: check every file's sha256 against the manifest first.
+        items_only: read the items alone (no users, no interactions, no dated tags): what a
+            serving process that reads its users from the online store needs, whatever the
+            number of users.
 
     Raises:
         DataError: a missing folder, manifest or file, or a checksum mismatch (naming the file).
@@ -196,6 +199,8 @@ def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
     root = Path(path)
     manifest = read_manifest(root)
     listed = [*FILES, *([TAGS_FILE] if TAGS_FILE in manifest.get("files", {}) else [])]
+    if items_only:
+        listed = [FILES[0]]
     for name in listed:
         file = root / name
         if not file.exists():
@@ -217,6 +222,14 @@ def load_catalog(path: str | Path, *, verify: bool = True) -> Catalog:
             strict=True,
         )
     }
+    if items_only:
+        return Catalog(
+            items,
+            {},
+            Interactions([], [], []),
+            source=manifest.get("source", {}),
+            stats=manifest.get("import_stats", {}),
+        )
     us = pq.read_table(root / "users.parquet").to_pydict()
     users = {u: User(u, json.loads(a)) for u, a in zip(us["id"], us["attributes"], strict=True)}
     table = pq.read_table(root / "interactions.parquet")

@@ -19,13 +19,16 @@ from duorank.settings import Settings
 if TYPE_CHECKING:  # the types only: each job imports its heavy parts when it runs
     from catalog.model import Catalog
     from catalog.splits import Split
+    from catalog.text import HistoryEvent
     from indexer import BuildConfig
     from indexer.encoding import EncodeEngine
     from rerank.cross_encoder.training_args import RerankerTrainArgs
     from rerank.ranker.train import RankingStageArgs
     from retrieval.cache import EmbeddingCache
     from retrieval.encoder import Encoder, Matrix
+    from retrieval.index import VectorIndex
     from retrieval.sequential import SequentialConfig, SequentialTower
+    from retrieval.towers import UserTower
     from retrieval.vectors import ItemVectors
     from serving.recommender import Recommender
 
@@ -245,36 +248,62 @@ def tower_text_as_of(tower: Path | None) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def stage_writer(data: Path, ranker: Path) -> Callable[[ItemVectors, Path], dict[str, Any]]:
+class StageWriter:
     """Fits the ranking stage's tables on the dataset's interactions, with the ALS settings of
-    the ranker's card, and writes them into an index version's staging folder."""
-    from dataclasses import asdict
+    the ranker's card, and writes them into an index version's staging folder; then the
+    exposure of the version's own first stage over the same users, so that a serving process
+    needs no user's history for it (:class:`indexer.build.StageWriter`).
 
-    from catalog import load_catalog
-    from catalog.history import group_histories
-    from rerank.ranker.model import read_card
-    from rerank.ranker.tables import ALSParams, StageTables
+    Raises:
+        ValueError: ``ranker`` holds no ranker's card (at once, before any work).
+    """
 
-    card = read_card(ranker)  # before any work: a wrong folder fails at once
-    als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
+    def __init__(self, data: Path, ranker: Path) -> None:
+        from rerank.ranker.model import read_card
+        from rerank.ranker.tables import ALSParams
 
-    def write(text_vectors: ItemVectors, folder: Path) -> dict[str, Any]:
-        catalog = load_catalog(data)
-        tables = StageTables.fit(
-            catalog.items, group_histories(catalog.interactions), text_vectors, als
-        )
+        card = read_card(ranker)  # before any work: a wrong folder fails at once
+        self.data, self.ranker = data, ranker
+        self.als = ALSParams(**card.get("record", {}).get("stage", {}).get("als", {}))
+        self._histories: dict[str, list[HistoryEvent]] | None = None
+        self._item_ids: list[str] = []
+
+    def tables(self, text_vectors: ItemVectors, folder: Path) -> dict[str, Any]:
+        """Fits and writes the tables; returns the manifest's ``stage`` entry."""
+        from dataclasses import asdict
+
+        from catalog import load_catalog
+        from catalog.history import group_histories
+        from rerank.ranker.tables import StageTables
+
+        catalog = load_catalog(self.data)
+        self._histories = group_histories(catalog.interactions)
+        tables = StageTables.fit(catalog.items, self._histories, text_vectors, self.als)
+        self._item_ids = tables.item_ids
         files = tables.save(folder)
         return {
             "files": [p.name for p in files],
             "events": tables.events,
-            "als": asdict(als),
-            "ranker": str(ranker),
+            "als": asdict(self.als),
+            "ranker": str(self.ranker),
             # which live events the tables hold (a serving process counts the stream's others)
             "live_mark": catalog.source.get("live_mark", "0-0"),
             "live_late": list(catalog.source.get("live_late", [])),
         }
 
-    return write
+    def exposure(self, tower: UserTower, index: VectorIndex, folder: Path) -> dict[str, Any]:
+        """Measures and writes the exposure feature over the tables' users (after
+        :meth:`tables`); returns its ``stage`` entries."""
+        from rerank.ranker.candidates import EXPOSURE_USERS, exposure, exposure_key
+        from rerank.ranker.tables import save_exposure
+
+        if self._histories is None:
+            raise RuntimeError("StageWriter.exposure runs after StageWriter.tables")
+        col = {i: n for n, i in enumerate(self._item_ids)}
+        path = save_exposure(folder, exposure(tower, index, self._histories, col))
+        users = min(EXPOSURE_USERS, sum(1 for h in self._histories.values() if h))
+        self._histories = None  # the build's memory is the index's from here
+        return {"exposure": {"file": path.name, "tower": exposure_key(tower), "users": users}}
 
 
 def build_index(settings: Settings, job: IndexJob, config: BuildConfig) -> dict[str, Any]:
@@ -309,7 +338,7 @@ def build_index(settings: Settings, job: IndexJob, config: BuildConfig) -> dict[
     if job.ranker is not None:
         if job.data is None:
             raise ValueError("the ranking stage's tables need a dataset (--data)")
-        stage = stage_writer(job.data, job.ranker)
+        stage = StageWriter(job.data, job.ranker)
     return publish_version(
         job.root, source, open_encoder, config, tower_path=job.tower, stage=stage, engine=job.engine
     )
@@ -452,7 +481,8 @@ def open_recommender(settings: Settings, job: ServingJob) -> Iterator[Recommende
     home = settings.layout
     reranker_path = job.reranker or home.trained_reranker()
     ranker_path = (job.ranker or home.trained_ranker()) if job.use_ranker else None
-    catalog = load_catalog(job.data or home.dataset())
+    # users from the online store: the items alone, so memory does not grow with the users
+    catalog = load_catalog(job.data or home.dataset(), items_only=job.user_store)
     with contextlib.ExitStack() as stack:
         encoder = None
         rt = stack.enter_context(runtime(settings)) if job.text_users or job.user_store else None

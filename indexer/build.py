@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,20 +36,30 @@ from indexer.encoding import (
 from indexer.lock import BuildLock
 from indexer.store import MANIFEST, IndexRoot, NoVersionError
 from retrieval.encoder import CacheAudit, Encoder
-from retrieval.index import make_index
+from retrieval.index import VectorIndex, make_index
 from retrieval.sequential import SequentialTower
+from retrieval.towers import MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
 
 log = logging.getLogger(__name__)
 
 
 ItemTransform = Callable[[Sequence[str], Matrix], Matrix]
-
-
-StageWriter = Callable[[ItemVectors, Path], dict[str, Any]]
-"""Writes the ranking stage's tables into a folder from the items' text vectors; returns the
-manifest's ``stage`` entry."""
 """Maps (item ids, text vectors) to the vectors to index (e.g. a trained adaptor)."""
+
+
+class StageWriter(Protocol):
+    """Writes the ranking stage's files into an index version's staging folder, in two steps
+    because the second reads what the build makes between them."""
+
+    def tables(self, text_vectors: ItemVectors, folder: Path) -> dict[str, Any]:
+        """The tables, from the items' text vectors; returns the manifest's ``stage`` entry."""
+        ...
+
+    def exposure(self, tower: UserTower, index: VectorIndex, folder: Path) -> dict[str, Any]:
+        """What the version's own first stage shows each user (its index and user tower are
+        built by then); returns more entries for the ``stage`` entry."""
+        ...
 
 
 def text_hash(text: str) -> str:
@@ -132,7 +142,8 @@ class IndexBuild:
             saved inside the version (``tower.json``, ``model.safetensors``) so that serving
             swaps index and user tower together, atomically.
         stage: writes the ranking stage's tables into the staging folder from the build's text
-            vectors and returns their manifest entry (``duorank.jobs`` fits them with
+            vectors, then, once the index and the tower are written, the first stage's exposure
+            per item (``duorank.jobs`` fits them with
             :class:`rerank.ranker.tables.StageTables`); they are checksummed and published with the
             index and the tower.
         engine: where the encoding step runs: :class:`LocalEngine` (default) or
@@ -270,7 +281,7 @@ class IndexBuild:
         stage_spec: dict[str, Any] | None = None
         if self.stage is not None:
             started = time.perf_counter()
-            stage_spec = self.stage(ItemVectors(ids, vectors), staging)
+            stage_spec = self.stage.tables(ItemVectors(ids, vectors), staging)
             seconds["stage"] = time.perf_counter() - started
 
         if self.transform is not None:
@@ -292,6 +303,11 @@ class IndexBuild:
         for name in SPILL_FILES:  # the index holds what it needs; these are never published
             (staging / name).unlink(missing_ok=True)
         tower_spec = self._save_tower(staging)
+        if self.stage is not None and stage_spec is not None:
+            began = time.perf_counter()
+            served = self._served_tower(staging, index)
+            stage_spec.update(self.stage.exposure(served, index, staging))
+            seconds["exposure"] = time.perf_counter() - began
         (staging / "item_hashes.json").write_text(json.dumps(hashes, sort_keys=True))
         manifest: dict[str, Any] = {
             "format": "duorank.index/1",
@@ -378,6 +394,14 @@ class IndexBuild:
             "files": [p.name for p in tower_files],
             "config": self.tower.config(),
         }
+
+    def _served_tower(self, staging: Path, index: VectorIndex) -> UserTower:
+        """The user tower a serving process pairs with this version by default, loaded as it
+        loads it: the trained tower saved in the version, else pooled item vectors."""
+        vectors = ItemVectors(index.ids, index.reconstruct(np.arange(len(index))))
+        if self.tower is not None:
+            return SequentialTower.load(staging).bind(vectors)
+        return MeanItemsTower(vectors)
 
     def _apply_transform(self, ids: Sequence[str], vectors: Matrix, spill: Path | None) -> Matrix:
         """The transform's vectors: in one call, or with ``spill`` shard by shard into a file."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,6 @@ from catalog.history import HistoryView, group_histories
 from catalog.model import Catalog, User
 from catalog.text import HistoryEvent, ItemTextTemplate, UserTextTemplate
 from indexer.store import IndexRoot, VerifyError
-from rerank.cross_encoder.pairs import RatingStats
-from retrieval.popularity import Popularity
 from retrieval.towers import UserState
 from retrieval.vectors import ItemVectors, Matrix
 from serving.explain import (
@@ -50,6 +47,7 @@ from serving.explain import (
     movement,
     reasons,
 )
+from serving.logstats import LogStats
 from serving.versions import Loaded, VersionLoader
 
 if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommender uses it
@@ -226,21 +224,19 @@ class Recommender:
         if self.ranker is not None:
             self.ranker.compile()  # at load: no call pays numba's start-up
         self._why_ranker, self._why_first = _served_because(ranker)
-        # With a user store the dataset's histories are only the fallback (and the first
-        # stage's exposure at a version load): built per user from the columns, no object per
-        # event held; without one every call reads them, so they are built once.
+        # With a user store the dataset's histories are only the fallback, built per user
+        # from the columns, no object per event held; without one every call reads them, so
+        # they are built once. A catalog loaded without its log (items only) holds none: its
+        # users are the store's alone, and the log's totals come with each index version.
+        self.holds_log = len(catalog.interactions) > 0 or users is None
         self.histories: Mapping[str, list[HistoryEvent]] = (
             HistoryView(catalog.interactions)
             if users is not None
             else group_histories(catalog.interactions)
         )
-        self.popularity = Popularity(catalog.interactions, list(catalog.items))
         self.item_template = ItemTextTemplate()
         self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
-        self._counts = dict(Counter(catalog.interactions.item_ids.tolist()))
-        times = catalog.interactions.timestamps
-        self._log_end = int(times.max()) if len(times) else 0
-        self._ratings = RatingStats.of(catalog.interactions)
+        stats = LogStats.of(catalog.interactions, list(catalog.items)) if self.holds_log else None
         self.user_template = (
             UserTextTemplate.from_dict(reranker.config.user_template)
             if reranker is not None and reranker.config.user_template
@@ -251,8 +247,7 @@ class Recommender:
             self.root,
             catalog,
             self.histories,
-            self._counts,
-            self._ratings,
+            stats,
             reranker,
             self.ranker,
             user_encoder,
@@ -344,20 +339,22 @@ class Recommender:
             return UserState(user_id, dict(profile or {}), list(history))
         if user_id is None:
             return UserState(None, dict(profile or {}), [])
-        stored = self._stored(user_id)
+        stored, failed = self._stored(user_id)
         if stored is not None:
             return UserState(user_id, dict(profile or stored.profile), stored.history)
+        if failed and not self.holds_log:  # the store is the only record of its users
+            return UserState(user_id, dict(profile or {}), [])  # the most popular items
         if user_id not in self.catalog.users and user_id not in self.histories:
             raise KeyError(f"unknown user id {user_id!r} (send a history for new users)")
         attributes = self.catalog.users.get(user_id, User(user_id)).attributes
         return UserState(user_id, dict(profile or attributes), self.histories.get(user_id, []))
 
-    def _stored(self, user_id: str) -> UserState | None:
-        """The user as the online store holds them; None without a store, for a user it has
-        never seen, or when it cannot answer (logged and counted: the dataset's history
-        serves)."""
+    def _stored(self, user_id: str) -> tuple[UserState | None, bool]:
+        """The user as the online store holds them (None without a store, or for a user it
+        has never seen), and whether it failed to answer (logged and counted: the dataset's
+        history serves, or without the dataset's log the most popular items)."""
         if self.users is None:
-            return None
+            return None, False
         import redis
 
         from online import CorruptStateError
@@ -366,11 +363,12 @@ class Recommender:
             record = self.users.record(user_id)
         except (redis.RedisError, CorruptStateError, OSError) as exc:
             self.store_errors += 1
-            log.warning("user store: %s; serving the dataset's history of %r", exc, user_id)
-            return None
+            instead = "the dataset's history" if self.holds_log else "the most popular items"
+            log.warning("user store: %s; serving %s to %r", exc, instead, user_id)
+            return None, True
         if record is None:
-            return None
-        return UserState(user_id, dict(record.attributes), list(record.history))
+            return None, False
+        return UserState(user_id, dict(record.attributes), list(record.history)), False
 
     def ingest(self, events: Sequence[LiveEvent]) -> Ingested:
         """Takes live events into the user store; each user's next call reads them.
@@ -416,7 +414,7 @@ class Recommender:
         assert loaded.stage is not None
         # the tables' own log may end after the catalog's (an older dataset folder beside a
         # newer build): the clock never goes back before what the tables counted
-        fitted_end = max(self._log_end, loaded.stage.features.log.end - 1)
+        fitted_end = max(loaded.stats.end, loaded.stage.features.log.end - 1)
         if self.tail is None:
             return loaded.stage, fitted_end
         mark, late = live_mark(loaded, self.catalog)
@@ -561,7 +559,7 @@ class Recommender:
     ) -> Recommendation:
         """The most popular items: for a user the first stage cannot read (no known item)."""
         barred = {i for i in self.catalog.items if allow is not None and i not in allow}
-        ids = self.popularity.top(k, exclude=seen | barred)
+        ids = loaded.stats.popularity.top(k, exclude=seen | barred)
         why = Explanation(["popularity"], None) if explain else None
         return Recommendation(
             [self._item(i, None, None, explanation=why) for i in ids],
@@ -656,7 +654,7 @@ class Recommender:
         the live events set it (:meth:`live_stage`)."""
         if end is None:
             loaded = self._loaded
-            end = self.live_stage(loaded)[1] if loaded.stage is not None else self._log_end
+            end = self.live_stage(loaded)[1] if loaded.stage is not None else loaded.stats.end
         last = max((e.timestamp for e in history), default=end)
         return max(end, last) + 1
 

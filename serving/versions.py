@@ -21,11 +21,12 @@ import numpy.typing as npt
 from catalog.model import Catalog
 from catalog.text import HistoryEvent, UserTextTemplate
 from indexer.store import IndexRoot, NoVersionError, VerifyError
-from rerank.cross_encoder.pairs import FeatureMaker, RatingStats
+from rerank.cross_encoder.pairs import FeatureMaker
 from rerank.cross_encoder.training_args import FEATURES
 from retrieval.index import VectorIndex
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
+from serving.logstats import LogStats
 
 if TYPE_CHECKING:
     from rerank.cross_encoder import Reranker
@@ -45,6 +46,8 @@ class Loaded:
     tower: UserTower
     manifest: dict[str, Any]
     features: FeatureMaker
+    stats: LogStats
+    """The log's per-item totals: the catalog's, or those the version's tables saved."""
     stage: CandidateStage | None = None  # the ranking stage's sources, when a ranker serves
     ranker_cols: npt.NDArray[np.int64] | None = None  # the ranker's columns in the stage's rows
 
@@ -60,13 +63,16 @@ class Opened:
 
 @dataclass
 class VersionLoader:
-    """Loads published versions of one index root for one catalog and set of models."""
+    """Loads published versions of one index root for one catalog and set of models.
+
+    ``stats`` are the catalog's log totals; None for a catalog loaded without its log (items
+    only: the users live in the online store), whose versions must carry the ranking stage's
+    tables, since those totals, and the first stage's exposure, come from them then."""
 
     root: IndexRoot
     catalog: Catalog
     histories: Mapping[str, list[HistoryEvent]]
-    counts: Mapping[str, int]
-    ratings: RatingStats
+    stats: LogStats | None
     reranker: Reranker | None = None
     ranker: GBDTRanker | None = None
     user_encoder: Encoder | None = None
@@ -142,20 +148,38 @@ class VersionLoader:
                 version,
                 tower.name,
             )
+        stats = self.stats or self._saved_stats(version, manifest)
         # The reranker's features, computed exactly as in training (one shared definition).
         features = FeatureMaker(
             tower,
             index,
-            self.counts,
+            stats.counts,
             self.reranker.config.features if self.reranker is not None else FEATURES[:2],
-            self.ratings,
+            stats.ratings,
             vectors,
         )
         stage = self._stage(version, manifest, tower, index) if self.ranker is not None else None
         cols = None
         if stage is not None and self.ranker is not None:  # a ranker reads its columns by name
             cols = np.array([stage.names.index(n) for n in self.ranker.names], dtype=np.int64)
-        return Loaded(version, index, tower, manifest, features, stage, cols)
+        return Loaded(version, index, tower, manifest, features, stats, stage, cols)
+
+    def _saved_stats(self, version: str, manifest: Mapping[str, Any]) -> LogStats:
+        """The log's totals from the version's stage tables (a catalog without its log).
+
+        Raises:
+            ValueError: the version carries no stage tables.
+        """
+        from rerank.ranker.tables import StageTables
+
+        if not manifest.get("stage"):
+            raise ValueError(
+                f"index version {version} carries no ranking-stage tables, and the catalog "
+                "was loaded without its interactions (users from the online store): build "
+                "the index with --ranker, or serve with the dataset's log"
+            )
+        ids, counts = StageTables.load_counts(self.root.version_dir(version))
+        return LogStats.of_day_counts(counts, ids, list(self.catalog.items))
 
     def _tower(self, version: str, manifest: Mapping[str, Any], vectors: ItemVectors) -> UserTower:
         """The user tower that comes with the version: its trained tower, else the text tower
@@ -196,6 +220,11 @@ class VersionLoader:
             )
         if manifest.get("stage"):
             tables = StageTables.load(self.root.version_dir(version))
+        elif self.stats is None:
+            raise ValueError(
+                f"index version {version} carries no ranking-stage tables (index build "
+                "--ranker), and the catalog was loaded without the log to fit them on"
+            )
         else:
             log.warning(
                 "index version %s carries no ranking-stage tables (index build --ranker): "
@@ -213,10 +242,36 @@ class VersionLoader:
             tables = StageTables.fit(self.catalog.items, self.histories, vectors, als)
         if tables.text is None and any(n.startswith("text_cos") for n in self.ranker.names):
             raise ValueError(f"index version {version}'s stage tables carry no text vectors")
+        shares = self._exposure(version, manifest, tower, len(tables.item_ids))
         stage = CandidateStage.from_tables(
-            tables, tower, index, depths=depths, histories=self.histories
+            tables,
+            tower,
+            index,
+            depths=depths,
+            histories=self.histories if shares is None and self.stats is not None else None,
+            shares=shares,
         )
+        if shares is None and self.stats is None:
+            log.warning(
+                "index version %s carries no exposure measured for its %s tower, and the "
+                "catalog holds no histories to measure it: the ranker reads zeros there",
+                version,
+                tower.name,
+            )
         missing = [n for n in self.ranker.names if n not in stage.names]
         if missing:
             raise ValueError(f"the ranker reads features this stage lacks: {missing}")
         return stage
+
+    def _exposure(
+        self, version: str, manifest: Mapping[str, Any], tower: UserTower, items: int
+    ) -> npt.NDArray[np.float32] | None:
+        """The exposure the build measured, where it measured it for the tower that serves
+        (else None: measured here over the catalog's histories, when it holds them)."""
+        from rerank.ranker.candidates import exposure_key
+        from rerank.ranker.tables import load_exposure
+
+        saved = (manifest.get("stage") or {}).get("exposure") or {}
+        if saved.get("tower") != exposure_key(tower):
+            return None
+        return load_exposure(self.root.version_dir(version), items)

@@ -164,11 +164,12 @@ def build_ranked_stack(
     with the stage's tables (and ``plain_root`` without them, when given); saves the tower
     to ``tower_dir`` when given."""
     from catalog.history import group_histories
+    from catalog.store import save_catalog
     from catalog.text import HistoryEvent
+    from duorank.jobs import StageWriter
     from rerank.ranker.features import Request
     from rerank.ranker.model import RankerConfig
     from rerank.ranker.stacking import request_time
-    from rerank.ranker.tables import StageTables
     from rerank.ranker.train import RankingStageArgs, Validation, train_ranking_stage
     from retrieval.index import FlatIndex
     from retrieval.sequential import SequentialConfig
@@ -208,13 +209,12 @@ def build_ranked_stack(
     ranker.record.update(stage=args.as_dict(), choice={**trained.choice, "served": "ranker"})
     ranker.save(base / "ranker")
 
-    def write_stage(vectors: ItemVectors, folder: Path) -> dict[str, object]:
-        tables = StageTables.fit(
-            catalog.items, group_histories(catalog.interactions), vectors, args.als
-        )
-        return {"files": [p.name for p in tables.save(folder)]}
+    save_catalog(catalog, base / "data")  # the build's own stage writer reads the folder
+    write_stage = StageWriter(base / "data", base / "ranker")
 
-    roots = [(base / "index", write_stage)] + ([(plain_root, None)] if plain_root else [])
+    roots: list[tuple[Path, StageWriter | None]] = [(base / "index", write_stage)] + (
+        [(plain_root, None)] if plain_root else []
+    )
     for root, stage in roots:
         IndexBuild(root, encoder, BuildConfig(), tower=tower, stage=stage).run(
             catalog.items, source={}, source_hash="x", progress=False

@@ -121,8 +121,9 @@ def _index_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     default=None,
     help="A trained ranking stage (`duorank train ranker`): fit its tables (co-visitation, "
-    "ALS at its settings, the event log, text vectors) on the dataset's interactions and "
-    "publish them inside the version, so serving swaps them with the index (needs --data).",
+    "ALS at its settings, per-item counts by day, text vectors) on the dataset's "
+    "interactions, measure the first stage's exposure, and publish them inside the version, "
+    "so serving swaps them with the index and needs no user's history (needs --data).",
 )
 @click.option(
     "--engine",

@@ -45,6 +45,13 @@ EXPOSURE_USERS = 10_000
 EMBED_BATCH = 1024
 
 
+def exposure_key(tower: UserTower) -> str:
+    """Which first stage an exposure was measured for: its tower's name, and for pooled item
+    vectors how many it pools (a saved exposure serves only the tower it was measured with)."""
+    n_recent = getattr(tower, "n_recent", None)
+    return tower.name if n_recent is None else f"{tower.name}/{n_recent}"
+
+
 def exposure(
     tower: UserTower,
     index: VectorIndex,
@@ -259,9 +266,11 @@ class CandidateStage:
         depths: Mapping[str, int] | None = None,
         sources: Collection[str] = tuple(DEPTHS),
         histories: Mapping[str, Sequence[HistoryEvent]] | None = None,
+        shares: Floats | None = None,
     ) -> CandidateStage:
         """The stage over fitted tables (say, the ones an index version carries); the
-        exposure feature is measured over ``histories`` (the tables' log; zeros without)."""
+        exposure feature is ``shares`` (measured by the build), else measured over
+        ``histories`` (the tables' log), else zeros."""
         item_ids = tables.item_ids
         built: list[CandidateSource] = [TowerSource(tower, index)]
         if "covisit" in sources:
@@ -288,7 +297,11 @@ class CandidateStage:
             _rows_of(tower, item_ids),
             tables.genres,
         )
-        if histories is not None:
+        if shares is not None:
+            if len(shares) != len(item_ids):
+                raise ValueError(f"{len(shares)} exposure values for {len(item_ids)} items")
+            features.exposure = np.asarray(shares, np.float32)
+        elif histories is not None:
             features.exposure = exposure(tower, index, histories, features.item_col)
         return cls(item_ids, tower, index, built, features, depths, histories)
 

@@ -255,3 +255,44 @@ class StageTables:
         ):
             raise ValueError(f"{path}: tables of {n} items do not fit together")
         return tables
+
+    @staticmethod
+    def load_counts(folder: str | Path) -> tuple[list[str], DayCounts]:
+        """The item ids and the log's per-item answers alone (what a serving process without
+        a ranker reads of the tables: its popularity, counts and clock).
+
+        Raises:
+            ValueError: the files are of another format.
+        """
+        path = Path(folder)
+        spec = json.loads((path / SPEC).read_text())
+        if spec.get("format") != FORMAT:
+            return (tables := StageTables.load(path)).item_ids, tables.counts
+        with np.load(path / ARRAYS, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k.startswith("day_")}
+        return list(spec["item_ids"]), DayCounts.from_arrays(arrays)
+
+
+EXPOSURE = "stage_exposure.npy"
+"""The first stage's exposure per item (rows in the tables' order), measured by the build."""
+
+
+def save_exposure(folder: str | Path, shares: npt.NDArray[np.floating]) -> Path:
+    """Writes the exposure feature's values beside the tables; returns the file."""
+    out = Path(folder) / EXPOSURE
+    with out.open("wb") as handle:
+        np.save(handle, np.asarray(shares, np.float32), allow_pickle=False)
+    return out
+
+
+def load_exposure(folder: str | Path, items: int) -> Floats:
+    """What :func:`save_exposure` wrote.
+
+    Raises:
+        ValueError: the file holds another number of items than the tables.
+    """
+    path = Path(folder) / EXPOSURE
+    shares = np.load(path, allow_pickle=False)
+    if shares.shape != (items,):
+        raise ValueError(f"{path}: {shares.shape} values for tables of {items} items")
+    return np.asarray(shares, np.float32)

@@ -60,7 +60,7 @@ def test_publish_ingest_and_fold(env: dict[str, str], tmp_path: Path, redis_url:
     assert (folded.interactions.events == "live").sum() == 2 and "walk-in" in folded.users
     # the index build records which live events the stage's tables hold: serving counts the
     # stream's others on top of them
-    from duorank.jobs import stage_writer
+    from duorank.jobs import StageWriter
     from retrieval.vectors import ItemVectors
 
     ranker = tmp_path / "ranker"
@@ -69,7 +69,7 @@ def test_publish_ingest_and_fold(env: dict[str, str], tmp_path: Path, redis_url:
     (ranker / "ranker.json").write_text(json.dumps(card))
     (tmp_path / "version").mkdir()
     ids = list(folded.items)
-    written = stage_writer(tmp_path / "data", ranker)(
+    written = StageWriter(tmp_path / "data", ranker).tables(
         ItemVectors(ids, np.eye(len(ids), dtype=np.float32)), tmp_path / "version"
     )
     assert written["live_mark"] == folded.source["live_mark"] == store.events_mark()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from catalog import Catalog, Interactions
+from catalog import Catalog, Interactions, load_catalog
 from catalog.history import group_histories
 from catalog.text import HistoryEvent
 from online import LiveEvent, UserStore
@@ -50,19 +50,25 @@ def _store(redis_url: str, namespace: str, catalog: Catalog) -> UserStore:
     return store
 
 
+@pytest.mark.parametrize("items_only", [False, True], ids=["with the log", "items only"])
 def test_every_users_list_is_the_same_served_from_the_store(
-    ranked: tuple[Path, Catalog], redis_url: str, namespace: str
+    ranked: tuple[Path, Catalog], redis_url: str, namespace: str, items_only: bool
 ) -> None:
+    """With or without the dataset's log in the process (`serve --user-store` loads the items
+    alone: the log's totals and the exposure come with the index version)."""
     tmp, catalog = ranked
     ranker = GBDTRanker.load(tmp / "ranker")
     store = UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
     store.write_log(catalog.interactions)  # what `users publish` writes
-    stored = Recommender(tmp / "index", catalog, ranker=ranker, users=store)
+    served = load_catalog(tmp / "data", items_only=True) if items_only else catalog
+    stored = Recommender(tmp / "index", served, ranker=ranker, users=store)
     plain = Recommender(tmp / "index", catalog, ranker=ranker)
+    assert stored.holds_log is not items_only
     for user in sorted(plain.histories):
         a, b = stored.recommend(user, k=10), plain.recommend(user, k=10)
-        assert [(i.item_id, i.ranking_score) for i in a.items] == [
-            (i.item_id, i.ranking_score) for i in b.items
+        assert a.served_by == b.served_by == "ranking stage"
+        assert [(i.item_id, i.ranking_score, i.p_like) for i in a.items] == [
+            (i.item_id, i.ranking_score, i.p_like) for i in b.items
         ], user
     assert stored.store_errors == 0
 
@@ -186,7 +192,7 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
         loaded.stage.tower,
         loaded.stage.index,
         depths=loaded.stage.depths,
-        histories=loaded.stage.histories,
+        shares=loaded.stage.features.exposure,  # the build's, as the version serves it
     )
     request = Request(user, state.history, at)
     mine = stage.lists([request], seen, depths={"tower": 8, "popular": 5})
