@@ -238,6 +238,11 @@ def _serve(served: Served, n_users: int, quick: bool) -> dict[str, Any]:
         "serve_p50_ms_1": one["p50_ms"],
         "serve_p95_ms_1": one["p95_ms"],
         "serve_p99_ms_1": one["p99_ms"],
+        **{  # where one call's time goes (the server's own timings, 1 client)
+            f"serve_{stage}_p50_ms_1": one[f"{stage}_p50_ms"]
+            for stage in ("embed", "candidates", "features", "rank")
+            if f"{stage}_p50_ms" in one
+        },
         "serve_p50_ms_16": many["p50_ms"],
         "serve_p95_ms_16": many["p95_ms"],
         "serve_p99_ms_16": many["p99_ms"],
