@@ -20,7 +20,7 @@ class Popularity:
     def __init__(self, interactions: Interactions, item_ids: Sequence[str]) -> None:
         pos = {item_id: i for i, item_id in enumerate(item_ids)}
         rows = np.array([pos.get(i, -1) for i in interactions.item_ids.tolist()], dtype=np.int64)
-        self._set(item_ids, np.bincount(rows[rows >= 0], minlength=len(pos)))
+        self._set(item_ids, np.bincount(rows[rows >= 0], minlength=len(item_ids)))
 
     @classmethod
     def from_counts(cls, item_ids: Sequence[str], counts: Sequence[int]) -> Popularity:

@@ -16,7 +16,8 @@ there costs a cache miss, never a failed call.
 With an online user store (:class:`online.UserStore`), a ``user_id`` call reads that user's
 profile and newest events from Redis, live events included, so an event ingested by any
 worker (:meth:`Recommender.ingest`) shapes the user's next call; a Redis outage there falls
-back to the dataset's history of the user.
+back to the dataset's history of the user, or, for a catalog loaded without its log (what
+``serve --user-store`` loads: nothing per user in the process), to the most popular items.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ class Recommender:
 
     Args:
         index_root: the index root (``duorank index build --root``).
-        catalog: the dataset (items for texts and titles, interactions for histories).
+        catalog: the dataset (items for texts and titles, interactions for histories); with
+            ``users``, the items alone (``load_catalog(items_only=True)``): the log's per-item
+            totals and the exposure then come from each index version's stage tables.
         reranker: a :class:`rerank.Reranker`, or None for retrieval order only.
         n_recent: liked items pooled by the zero-shot user tower (index versions built
             without a trained tower).
