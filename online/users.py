@@ -406,6 +406,22 @@ class UserStore:
             out.append((user_id, min(stored + live, self.max_events)))
         return out
 
+    def ids(self, batch: int = 10_000) -> Iterator[str]:
+        """Every user id the store holds, in byte order, ``batch`` a round trip (what a nightly
+        job lists its users from, without the dataset's log).
+
+        Raises:
+            redis.RedisError: Redis does not answer.
+        """
+        start = 0
+        while True:
+            chunk = self.client.zrange(self.ids_key, start, start + batch - 1)
+            for u in chunk:
+                yield u.decode("utf-8") if isinstance(u, bytes) else str(u)
+            if len(chunk) < batch:
+                return
+            start += batch
+
     def users_with_live(self) -> Iterator[str]:
         """Every user holding live events (a SCAN over every node)."""
         prefix, suffix = f"{self.namespace}:{{", "}:live"

@@ -374,7 +374,8 @@ def _serve_workers(
     "users_path",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
-    help="A file of user ids, one per line (default: every user of the dataset).",
+    help="A file of user ids, one per line (default: every user of the dataset, or with "
+    "--user-store every user of the store).",
 )
 @list_size_options
 @click.option(
@@ -442,8 +443,15 @@ def recommend_all_cmd(
     if out is not None:  # before hours of work: never a folder that is not ours to replace
         inputs = [data, serving["root"] or settings.layout.index]
         check_replaceable(out, RECOMMENDATIONS, [*inputs, *([users_path] if users_path else [])])
-    catalog = load_catalog(data)
-    everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
+    if serving["user_store"]:  # the store's users, live-only ones too; no log read
+        from duorank.app import runtime
+        from online import UserStore
+
+        with runtime(settings) as rt:
+            everyone = list(UserStore(rt.cache.client, settings.users_namespace).ids())
+    else:
+        catalog = load_catalog(data)
+        everyone = sorted(set(catalog.interactions.user_ids.tolist()) | set(catalog.users))
     users = user_ids(users_path, everyone)
     with Progress("recommending", len(users), "users") as progress:
         rows, version = recommend_all(

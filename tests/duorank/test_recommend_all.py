@@ -112,3 +112,45 @@ def test_the_command_writes_every_users_list(
     assert unknown.exit_code == 2
     assert f"{users}:3: value 'ghost': unknown user id" in unknown.output
     assert pq.read_table(out / "recommendations.parquet").num_rows == table.num_rows  # kept
+
+
+def test_from_the_store_the_command_reads_no_log_and_lists_the_stores_users(
+    ranked: tuple[Path, RankedStack], tmp_path: Path, redis_url: str, namespace: str
+) -> None:
+    """`recommend-all --user-store`: the users from the store's id index (one the dataset does
+    not hold too), each worker loading the items alone: the dataset's interactions may be gone,
+    and every dataset user's list is the one served from the log."""
+    import shutil
+
+    from catalog.text import HistoryEvent
+    from online import UserRecord, UserStore
+
+    base, stack = ranked
+    store = UserStore(redis.Redis.from_url(redis_url), namespace=namespace)
+    store.write_log(stack.catalog.interactions)
+    # published, not a live event: a live one would move every user's counts and clock
+    store.write([("walk-in", UserRecord({}, [HistoryEvent("3", 10**9, 5.0)]))])
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    (data / "interactions.parquet").unlink()  # nothing of the log is read
+    args = ["--data", str(data), "--root", str(stack.root), "--ranker", str(stack.ranker)]
+    env = {"DUORANK_REDIS_URL": redis_url, "DUORANK_USERS_NAMESPACE": namespace}
+    out = tmp_path / "nightly"
+    home = ["--home", str(base / "home")]
+    result = CliRunner().invoke(
+        cli, [*home, "recommend-all", *args, "--user-store", "-k", "3", "--out", str(out)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out / "recommendations.parquet").to_pylist()
+    users = sorted([*stack.catalog.users, "walk-in"])
+    assert [r["user_id"] for r in rows] == [u for u in users for _ in range(3)]
+    plain, _ = recommend_all(
+        Settings.from_env({}, home=base / "home"),
+        _job(base, stack),
+        sorted(stack.catalog.users),
+        k=3,
+        candidates=100,
+    )
+    assert [(r["user_id"], r["item_id"]) for r in rows if r["user_id"] != "walk-in"] == [
+        (r["user_id"], r["item_id"]) for r in plain
+    ]

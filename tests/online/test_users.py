@@ -143,6 +143,10 @@ def test_search_finds_ids_by_prefix_with_their_event_counts(store: UserStore) ->
     store.ingest([LiveEvent("f", "user13", HistoryEvent("b", 9))])
     assert dict(store.search("user13", 1)) == {"user13": 2}
     assert store.search("ü", 5) == []  # a prefix outside ASCII is a plain byte range
+    # every id, in byte order, across round trips of any size (the batch job's list)
+    everyone = sorted([*histories, "user1-new"])
+    assert list(store.ids(batch=7)) == everyone == list(store.ids(batch=31))
+    assert list(store.ids(batch=1)) == everyone
 
 
 def test_the_columnar_writer_stores_what_the_record_writer_stores(
