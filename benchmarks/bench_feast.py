@@ -103,7 +103,13 @@ def _feast_store(folder: Path, connection: str) -> Any:
 
 
 def run(quick: bool, ctx: BenchContext) -> BenchReport:
-    """Both stores on one Redis (``ctx.redis_url``, else a private embedded server)."""
+    """Both stores on the Redis of ``ctx.redis_url`` (Feast connects by host and port, so a
+    TCP Redis both reach; the benchmark's keys are deleted at the end)."""
+    if not ctx.redis_url or not ctx.redis_url.startswith("redis://"):
+        raise RuntimeError(
+            "bench feast needs a redis:// URL that Feast and the store both reach "
+            "(DUORANK_REDIS_URL, or --redis-url with python -m benchmarks.bench_feast)"
+        )
     try:
         import feast
         import pandas as pd
@@ -113,18 +119,16 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
         ) from exc
     import redis
 
-    from retrieval.redis_client import EmbeddedRedis
-
     n_users, reads = (2_000, 500) if quick else (50_000, 5_000)
     records = _records(n_users, seed=0)
     users = [f"user{int(u)}" for u in np.random.default_rng(1).integers(0, n_users, reads)]
+    url = ctx.redis_url
+    client = redis.Redis.from_url(url)
+    host, port, db = _address(url)
     with tempfile.TemporaryDirectory(prefix="duorank-feast-") as tmp:
-        server = None if ctx.redis_url else EmbeddedRedis(Path(tmp) / "redis")
-        url = ctx.redis_url or f"redis://127.0.0.1:{_tcp_port(server)}/0"
-        client = redis.Redis.from_url(url)
-        host, port, db = _address(url)
+        plain = UserStore(client, namespace=NAMESPACE)
+        store = None
         try:
-            plain = UserStore(client, namespace=NAMESPACE)
             started = time.perf_counter()
             plain.write(records)
             plain_write_s = time.perf_counter() - started
@@ -160,9 +164,12 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
                     **_latency(feast_read, users),
                 },
             ]
-        finally:
-            if server is not None:
-                server.close()
+        finally:  # the benchmark's keys only: the Redis may hold others'
+            ours = [*client.scan_iter(match=f"{NAMESPACE}:*", count=10_000)]
+            for start in range(0, len(ours), 10_000):
+                client.unlink(*ours[start : start + 10_000])
+            if store is not None:
+                store.teardown()  # Feast deletes its feature view's keys
     plain_row, feast_row = rows
     return BenchReport(
         name="feast",
@@ -172,7 +179,7 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
             "reads": reads,
             "events_per_user": EVENTS_PER_USER,
             "feast": feast.__version__,
-            "redis": "embedded (private)" if server is not None else "ctx.redis_url",
+            "redis": "the URL given (the machine's Redis)",
         },
         results={"stores": rows},
         targets=[
@@ -186,17 +193,6 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
     )
 
 
-def _tcp_port(server: Any) -> int:
-    """A TCP port on the private server (Feast's Redis client takes host:port, not a socket)."""
-    port = int(server.client().config_get("port")["port"])
-    if port == 0:
-        from benchmarks.latency.server import free_port
-
-        port = free_port()
-        server.client().config_set("port", port)
-    return port
-
-
 def _address(url: str) -> tuple[str, int, int]:
     from urllib.parse import urlparse
 
@@ -206,13 +202,13 @@ def _address(url: str) -> tuple[str, int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.bench_feast [--quick] [--redis-url URL]``: for an environment
+    """``python -m benchmarks.bench_feast --redis-url URL [--quick]``: for an environment
     with Feast beside the project's modules, where the `duorank` CLI may not be installed."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_feast")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--redis-url", default=None, help="default: a private embedded Redis")
+    parser.add_argument("--redis-url", required=True, help="a redis:// URL (keys of its own)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     report = run(args.quick, BenchContext(redis_url=args.redis_url))

@@ -19,6 +19,12 @@ def test_without_feast_the_benchmark_says_how_to_install_it() -> None:
         run_benchmark("feast", True, BenchContext(redis_url="redis://127.0.0.1:1/0"))
 
 
+@pytest.mark.parametrize("url", [None, "unix:///tmp/redis.sock"])
+def test_it_needs_a_tcp_redis_both_stores_reach(url: str | None) -> None:
+    with pytest.raises(RuntimeError, match="needs a redis:// URL"):
+        run_benchmark("feast", True, BenchContext(redis_url=url))
+
+
 def test_both_stores_hold_the_same_bytes_of_the_same_users() -> None:
     records = _records(50, seed=0)
     assert [u for u, _ in records] == [f"user{n}" for n in range(50)]
