@@ -47,6 +47,9 @@ class EventTail:
         self._lock = threading.Lock()
         self.generation = 0
         """Changes whenever the entries held do (a cache key)."""
+        self.epoch = 0
+        """Changes whenever entries held are dropped (a restart, a new start): between two
+        changes the entries only grow at the end, so a reader may take just the new ones."""
         self.restart(start)
 
     def restart(self, start: str) -> None:
@@ -58,6 +61,7 @@ class EventTail:
             """The latest event time read (None before any)."""
             self._polled = -float("inf")
             self.generation += 1
+            self.epoch += 1
 
     def move_start(self, start: str) -> None:
         """Serves from ``start`` on: a later one forgets what came up to it (a new build's
@@ -72,6 +76,7 @@ class EventTail:
             if stream_order(self.last) < bound:
                 self.last = start
             self.generation += 1
+            self.epoch += 1
 
     @property
     def count(self) -> int:
@@ -106,14 +111,20 @@ class EventTail:
             return len(new)
 
     def after(
-        self, mark: str, late: Collection[str] = ()
-    ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """The item ids, times and ratings (NaN: none) of the entries after ``mark`` except
-        the ``late`` ones: the events a log folded at ``mark`` does not hold."""
+        self, mark: str, late: Collection[str] = (), first: int = 0
+    ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float64], int]:
+        """The item ids, times and ratings (NaN: none) of the entries from position ``first``
+        on that come after ``mark``, except the ``late`` ones (the events a log folded at
+        ``mark`` does not hold), and the position to read from next time (within one
+        :attr:`epoch`)."""
         bound = stream_order(mark)
-        kept = [
-            e for e in self.entries if stream_order(e.stream_id) > bound and e.stream_id not in late
-        ]
+        with self._lock:
+            upto = len(self.entries)
+            kept = [
+                e
+                for e in self.entries[first:upto]
+                if stream_order(e.stream_id) > bound and e.stream_id not in late
+            ]
         return (
             [e.event.item_id for e in kept],
             np.array([e.event.timestamp for e in kept], dtype=np.int64),
@@ -121,4 +132,5 @@ class EventTail:
                 [np.nan if e.event.rating is None else e.event.rating for e in kept],
                 dtype=np.float64,
             ),
+            upto,
         )

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # the collaborators' types; each loads only when a Recommende
     from rerank.cross_encoder import Reranker
     from rerank.ranker import GBDTRanker
     from rerank.ranker.candidates import CandidateStage
+    from rerank.ranker.live import LiveEvents
     from retrieval.encoder import Encoder
     from retrieval.sources import CandidateSet
 
@@ -94,6 +95,18 @@ def _served_because(ranker: GBDTRanker | None) -> tuple[str, str]:
         why_first = f"the ranking stage did not beat the first stage on validation ({figures})"
         return why_ranker, why_first
     return why_ranker, "the first stage's order"
+
+
+@dataclass(frozen=True)
+class _Live:
+    """The live events one version serves with, as of one read of the events stream."""
+
+    key: tuple[str, int]  # the version and the tail's generation
+    epoch: int  # the tail's epoch they were read in
+    upto: int  # the tail's entries taken
+    events: LiveEvents
+    stage: CandidateStage
+    end: int
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,7 @@ class Recommender:
         self._refused: tuple[object, ...] | None = opened.refused
         # the live events of every user, for what reads items (windowed counts, popularity)
         self.tail: EventTail | None = None
-        self._live: tuple[tuple[str, int], CandidateStage, int] | None = None
+        self._live: _Live | None = None
         if users is not None and self.ranker is not None:
             from online.tail import EventTail
 
@@ -412,7 +425,7 @@ class Recommender:
         """The version's ranking stage counting the live events its tables lack (every user's
         events in the store's stream after the mark of the fold the tables were built on),
         and the clock those events and the dataset set: the newest event time known."""
-        from rerank.ranker.live import with_live
+        from rerank.ranker.live import LiveEvents, with_live
 
         assert loaded.stage is not None
         # the tables' own log may end after the catalog's (an older dataset folder beside a
@@ -426,15 +439,24 @@ class Recommender:
         self._poll_tail()
         key = (loaded.version, self.tail.generation)
         cached = self._live
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        items, times, ratings = self.tail.after(mark, late)
+        if cached is not None and cached.key == key:
+            return cached.stage, cached.end
+        # within one version and one epoch of the tail, take only the entries not yet taken
+        epoch = self.tail.epoch
+        base = (
+            cached
+            if cached is not None and cached.key[0] == loaded.version and cached.epoch == epoch
+            else None
+        )
+        items, times, ratings, upto = self.tail.after(mark, late, base.upto if base else 0)
         col = loaded.stage.features.item_col
         keep = np.array([n for n, i in enumerate(items) if i in col], dtype=np.int64)
         cols = np.array([col[items[n]] for n in keep], dtype=np.int64)
-        stage = with_live(loaded.stage, cols, times[keep], ratings[keep])
+        events = base.events if base else LiveEvents(len(loaded.stage.item_ids))
+        events = events.add(cols, times[keep], ratings[keep])
+        stage = with_live(loaded.stage, events)
         end = max(fitted_end, self.tail.newest if self.tail.newest is not None else 0)
-        self._live = (key, stage, end)
+        self._live = _Live(key, epoch, upto, events, stage, end)
         return stage, end
 
     def recommend(

@@ -189,7 +189,7 @@ def test_the_events_stream_holds_what_the_folded_dataset_does_not(
     tail = EventTail(store)
     tail.poll(force=True)
     assert tail.count == 5  # every accepted event, in order of arrival
-    items, times, ratings = tail.after(source["live_mark"], source["live_late"])
+    items, times, ratings, _ = tail.after(source["live_mark"], source["live_late"])
     assert len(source["live_late"]) == 1  # e5
     assert (items, times.tolist(), ratings.tolist()) == (["4"], [10_005], [4.0])
     folded = load_catalog(data).interactions

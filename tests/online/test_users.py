@@ -105,7 +105,7 @@ def test_the_events_stream_skips_a_corrupt_entry_and_a_tail_reads_the_rest(
     store.client.xadd(store.events_key, {"x": "no user"})
     store.ingest([LiveEvent("e2", "u2", HistoryEvent("b", 11))])
     assert tail.poll() == 2 and tail.poll() == 0  # the first read is due; the next waits
-    items, times, ratings = tail.after(tail.start)
+    items, times, ratings, _ = tail.after(tail.start)
     assert (items, times.tolist()) == (["a", "b"], [10, 11])
     assert ratings[0] == 4.0 and np.isnan(ratings[1])
     assert tail.newest == 11 and "skipped a corrupt stream entry" in caplog.text

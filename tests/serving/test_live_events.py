@@ -135,12 +135,14 @@ def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
     assert live.recommend("walk-in", k=3, candidates=8).items
 
 
+@pytest.mark.parametrize("polls", [1, 2], ids=["one read", "two reads"])
 def test_an_event_reaches_every_users_item_counts_on_every_worker(
-    ranked: tuple[Path, Catalog], redis_url: str, namespace: str
+    ranked: tuple[Path, Catalog], redis_url: str, namespace: str, polls: int
 ) -> None:
     """Events one worker accepts are, within the stream's poll, in another worker's item
     counts for every user, exactly as if the stage's log had held them: the popularity
-    features, the item's rating mean, the popularity source and the request's clock."""
+    features, the item's rating mean, the popularity source and the request's clock; read in
+    two polls, the second takes only its new entries."""
     import dataclasses
     import time
 
@@ -168,10 +170,18 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
     before = other.live_stage(loaded)[0].item_rows(
         [Request(user, state.history, before_at)], [item]
     )
-    assert taker.ingest(events).accepted == 3
+    if polls == 2:  # the first event read on its own, before the others arrive
+        assert taker.ingest(events[:1]).accepted == 1
+        time.sleep(POLL_S * 2)
+        other.live_stage(loaded)
+        assert other._live is not None and other._live.events.count == 1
+    assert taker.ingest(events[polls - 1 :]).accepted == 4 - polls
     time.sleep(POLL_S * 2)  # the other worker reads the stream on its next call
 
     stage, end = other.live_stage(loaded)
+    taken = other._live
+    # three entries taken, each once (a second read taking them all again would hold four)
+    assert taken is not None and (taken.upto, taken.events.count) == (3, 3)
     at = other.request_time(state.history, end)
     assert (
         at == other.request_time(state.history) == t + 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from rerank.ranker.features import DAY, EventLog
-from rerank.ranker.live import LiveLog
+from rerank.ranker.live import LiveEvents, LiveLog
 from rerank.ranker.popular import LogPopularitySource
 
 
@@ -38,6 +40,47 @@ def test_a_live_log_answers_as_the_merged_log() -> None:
     assert has[35:].any() and not EventLog(items, *fitted).has_events(cols[35:]).any()
     np.testing.assert_array_equal(both.first_time(cols)[has], merged.first_time(cols)[has])
     assert np.isclose(both.global_mean, merged.global_mean)
+
+
+def test_live_events_taken_poll_by_poll_answer_as_one_log_in_few_segments() -> None:
+    """A steady stream: every poll's events sorted once, merged into older segments only when
+    those are not twice their size, and every answer still the one log's."""
+    rng = np.random.default_rng(2)
+    items = 50
+    fitted = EventLog(items, *_events(rng, 500, 45, 1_000, 40_000))
+    events, taken = LiveEvents(items), []
+    for poll in range(40):
+        batch = _events(rng, int(rng.integers(1, 30)), items, 38_000 + poll, 90_000)
+        taken.append(batch)
+        before = events
+        events = events.add(*batch)
+        assert before.count + len(batch[0]) == events.count  # a new object; the old kept
+        sizes = [len(s.cols) for s in events.segments]
+        assert all(a >= 2 * b for a, b in itertools.pairwise(sizes)), sizes
+    assert len(events.segments) <= np.log2(events.count) + 1
+    merged = EventLog(
+        items, *(np.concatenate([f, *(t[k] for t in taken)]) for k, f in enumerate(_arrays(fitted)))
+    )
+    both = LiveLog(fitted, [s.log for s in events.segments])
+    cols = np.arange(items, dtype=np.int64)
+    for at in (0, 39_000, 60_000, 10**6):
+        ats = np.full(items, at, dtype=np.int64)
+        np.testing.assert_array_equal(both.count_before(cols, ats), merged.count_before(cols, ats))
+        np.testing.assert_allclose(
+            both.shrunk_mean_before(cols, ats), merged.shrunk_mean_before(cols, ats), atol=1e-9
+        )
+        assert np.isclose(both.global_mean_before(at), merged.global_mean_before(at))
+    has = merged.has_events(cols)
+    np.testing.assert_array_equal(both.has_events(cols), has)
+    np.testing.assert_array_equal(both.first_time(cols)[has], merged.first_time(cols)[has])
+    assert events.add(*_events(rng, 0, items, 0, 1)) is events  # nothing new: the same
+
+
+def _arrays(log: EventLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A log's events back as columns (ratings from its running sums)."""
+    rated = np.diff(log.rated).astype(bool)
+    values = np.diff(log.rating_sum)
+    return log.cols, log.times, np.where(rated, values, np.nan)
 
 
 def test_the_popularity_source_counts_live_events_as_logged_ones() -> None:
