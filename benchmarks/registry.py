@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "online-scale": "benchmarks.bench_online_scale",
     "stage-tables": "benchmarks.bench_stage_tables",
     "feast": "benchmarks.bench_feast",
+    "live-events": "benchmarks.bench_live_events",
 }
 
 
