@@ -27,6 +27,7 @@ from duorank.cli.errors import (
     EXIT_USAGE,
     EXIT_VERIFY,
     exit_code,
+    message,
 )
 from duorank.settings import Settings
 
@@ -41,8 +42,7 @@ class DuorankGroup(click.Group):
             code = exit_code(exc)
             if code is None:
                 raise
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {message(exc)}", err=True)
             ctx.exit(code)
 
 

@@ -28,4 +28,20 @@ def exit_code(exc: Exception) -> int | None:
         return EXIT_ERROR
     if isinstance(exc, (DataError, KeyError, FileNotFoundError, ValueError)):
         return EXIT_USAGE  # bad input, a missing model folder, a bad value
+    if _redis_unreachable(exc):
+        return EXIT_ERROR  # the configured Redis is down: one line naming it, not a traceback
     return None
+
+
+def message(exc: Exception) -> str:
+    """The one line a known error prints after ``error:``."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if _redis_unreachable(exc):
+        return f"Redis does not answer ({exc}); check DUORANK_REDIS_URL / --redis-url"
+    return str(exc)
+
+
+def _redis_unreachable(exc: Exception) -> bool:
+    redis = sys.modules.get("redis")  # only once a command has used Redis
+    return redis is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError))

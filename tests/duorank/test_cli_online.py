@@ -128,3 +128,16 @@ def test_serve_with_workers_refuses_an_empty_index_root_at_once(tmp_path: Path) 
     )
     assert result.exit_code == EXIT_USAGE, result.output
     assert "no published version yet" in result.output
+
+
+@pytest.mark.parametrize("command", [["users", "publish"], ["recommend-all", "--user-store"]])
+def test_a_redis_that_does_not_answer_is_one_line_naming_it(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    down = {**env, "DUORANK_REDIS_URL": "redis://127.0.0.1:1/0"}
+    out = tmp_path / "lists"
+    extra = ["--out", str(out)] if command[0] == "recommend-all" else []
+    result = CliRunner().invoke(cli, [*command, "--data", str(tmp_path / "data"), *extra], env=down)
+    assert result.exit_code == 1, result.output
+    assert "error: Redis does not answer" in result.output and "127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output and not out.exists()
