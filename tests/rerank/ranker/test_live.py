@@ -27,19 +27,30 @@ def test_a_live_log_answers_as_the_merged_log() -> None:
     live = _events(rng, 80, items, 45_000, 60_000)  # overlapping the fitted log's end
     merged = EventLog(items, *(np.concatenate(p) for p in zip(fitted, live, strict=True)))
     both = LiveLog(EventLog(items, *fitted), EventLog(items, *live))
+    ats = (0, 1_000, 30_000, 45_000, 52_345, 60_000, 10**6)
+    has = _assert_answers_as(both, merged, items, ats, atol=1e-12)
     cols = np.arange(items, dtype=np.int64)
-    for at in (0, 1_000, 30_000, 45_000, 52_345, 60_000, 10**6):
+    assert has[35:].any() and not EventLog(items, *fitted).has_events(cols[35:]).any()
+    assert np.isclose(both.global_mean, merged.global_mean)
+
+
+def _assert_answers_as(
+    both: LiveLog, merged: EventLog, items: int, times: tuple[int, ...], atol: float
+) -> np.ndarray:
+    """Every question the features ask, of every item at each time: the one log's answer.
+    Returns which items have events."""
+    cols = np.arange(items, dtype=np.int64)
+    for at in times:
         ats = np.full(items, at, dtype=np.int64)
         np.testing.assert_array_equal(both.count_before(cols, ats), merged.count_before(cols, ats))
         np.testing.assert_allclose(
-            both.shrunk_mean_before(cols, ats), merged.shrunk_mean_before(cols, ats), atol=1e-12
+            both.shrunk_mean_before(cols, ats), merged.shrunk_mean_before(cols, ats), atol=atol
         )
         assert np.isclose(both.global_mean_before(at), merged.global_mean_before(at))
     has = merged.has_events(cols)
     np.testing.assert_array_equal(both.has_events(cols), has)
-    assert has[35:].any() and not EventLog(items, *fitted).has_events(cols[35:]).any()
     np.testing.assert_array_equal(both.first_time(cols)[has], merged.first_time(cols)[has])
-    assert np.isclose(both.global_mean, merged.global_mean)
+    return has
 
 
 def test_live_events_taken_poll_by_poll_answer_as_one_log_in_few_segments() -> None:
@@ -62,17 +73,7 @@ def test_live_events_taken_poll_by_poll_answer_as_one_log_in_few_segments() -> N
         items, *(np.concatenate([f, *(t[k] for t in taken)]) for k, f in enumerate(_arrays(fitted)))
     )
     both = LiveLog(fitted, [s.log for s in events.segments])
-    cols = np.arange(items, dtype=np.int64)
-    for at in (0, 39_000, 60_000, 10**6):
-        ats = np.full(items, at, dtype=np.int64)
-        np.testing.assert_array_equal(both.count_before(cols, ats), merged.count_before(cols, ats))
-        np.testing.assert_allclose(
-            both.shrunk_mean_before(cols, ats), merged.shrunk_mean_before(cols, ats), atol=1e-9
-        )
-        assert np.isclose(both.global_mean_before(at), merged.global_mean_before(at))
-    has = merged.has_events(cols)
-    np.testing.assert_array_equal(both.has_events(cols), has)
-    np.testing.assert_array_equal(both.first_time(cols)[has], merged.first_time(cols)[has])
+    _assert_answers_as(both, merged, items, (0, 39_000, 60_000, 10**6), atol=1e-9)
     assert events.add(*_events(rng, 0, items, 0, 1)) is events  # nothing new: the same
 
 
