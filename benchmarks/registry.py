@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "stage-tables": "benchmarks.bench_stage_tables",
     "feast": "benchmarks.bench_feast",
     "live-events": "benchmarks.bench_live_events",
+    "like-head": "benchmarks.bench_like_head",
 }
 
 

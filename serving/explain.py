@@ -210,6 +210,15 @@ def _phrase(name: str, value: float | None, up: bool) -> str:
             "you rated titles like it highly",
             "you rated titles like it lower",
         ),
+        "text_rating": (
+            "you rated titles described like it highly",
+            "you rated titles described like it lower",
+        ),
+        "learned_rating": (
+            "you rated titles watched like it highly",
+            "you rated titles watched like it lower",
+        ),
+        "genre_rating": ("you rate its genres highly", "you rate its genres lower"),
         "text_cos_last": (
             "its description is close to your latest title",
             "its description is far from your latest title",

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from catalog.history import before, item_columns
 from catalog.ratings import shrunk_mean
 from catalog.text import HistoryEvent
+from catalog.thresholds import LIKE_THRESHOLD
 from retrieval.sources import CandidateSet
 
 Floats = npt.NDArray[np.float32]
@@ -38,6 +39,9 @@ RATED_RECENT = 50
 """Newest rated items the user's rating of the candidate's neighbours is read from."""
 SHRINK = 5.0
 """Pseudo-ratings every shrunk mean is pulled toward the global mean by."""
+TASTE_POWER = 3
+"""The power the vector cosines of the candidate to the user's rated items are raised to in
+``text_rating`` and ``learned_rating``: the nearest rated items weigh most."""
 NEIGHBOURS = 300
 """Items each item keeps the co-occurrence count of (its most similar by cosine), for the kNN
 and neighbour-rating features (:mod:`rerank.ranker.neighbours`)."""
@@ -72,6 +76,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "vectors": ("text_cos_last", "text_cos_mean", "learned_cos_last", "learned_cos_mean"),
     "user": ("history_length", "days_since_last", "genre_match"),
     "ratings": ("item_mean_rating", "user_mean_rating", "neighbour_rating"),
+    "taste": ("user_rating_sd", "user_like_share", "text_rating", "learned_rating", "genre_rating"),
 }
 """Every feature by group (the ablation table removes one group at a time). Each source's
 ``{source}_score``, ``{source}_rank`` and ``{source}_present`` come after these, group
@@ -433,6 +438,8 @@ class RankingFeatures:
         else:
             out.append(np.zeros(m))
 
+        out += self._taste(rcols, values, cols, m)
+
         # every source's score, rank (log) and presence
         for s in range(len(cands.sources)):
             out += [
@@ -441,3 +448,30 @@ class RankingFeatures:
                 cands.present[:, s].astype(np.float64),
             ]
         return np.stack([np.asarray(c, dtype=np.float64) for c in out], axis=1).astype(np.float32)
+
+    def _taste(
+        self,
+        rcols: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        cols: npt.NDArray[np.int64],
+        m: int,
+    ) -> list[npt.NDArray[np.floating]]:
+        """Group ``taste``: how this user rates, and how they rated the items nearest the
+        candidate by text, by the tower's vectors and by genre. These read the user's ratings
+        and the item's content only, so a new item with no events gets them too: what the
+        P(like) head needs to tell a like from a dislike among items nobody rated yet."""
+        if not len(values):
+            return [np.full(m, np.nan)] * len(FEATURE_GROUPS["taste"])
+        spread = float(values.std()) if len(values) > 1 else np.nan
+        likes = float((values >= LIKE_THRESHOLD).sum())
+        out: list[npt.NDArray[np.floating]] = [
+            np.full(m, spread),
+            np.full(m, (likes + SHRINK * 0.5) / (len(values) + SHRINK)),
+        ]
+        deviation = values - values.mean()
+        for table in (self.text, self.learned):
+            near = np.clip(table[rcols] @ table[cols].T, 0.0, None) ** TASTE_POWER
+            out.append((deviation @ near) / (near.sum(axis=0) + 0.1))
+        shared = np.asarray((self.genres[rcols] @ self.genres[cols].T).todense())
+        out.append((deviation @ shared) / (shared.sum(axis=0) + 1.0))
+        return out

@@ -427,6 +427,12 @@ class GBDTRanker:
         )
 
 
+LIKE_PARAMS: dict[str, Any] = {"num_leaves": 7, "min_data_in_leaf": 100, "learning_rate": 0.03}
+"""The P(like) head's own tree settings over the ranker's: it learns one row per stacked target
+(a few thousand), where the ranker's 31 leaves overfit (chosen by user-grouped cross-validation
+on the stacked rows and the validation AUC, ``benchmarks/results/like-head.json``)."""
+
+
 class LikeModel:
     """P(like) of a pair, a separate head: LightGBM's binary log loss on the like/dislike of
     held-out events, over the features that do not depend on which source proposed the item
@@ -465,6 +471,7 @@ class LikeModel:
         mask = np.array([u in held for u in users])
         params = {
             **cfg.params(),
+            **LIKE_PARAMS,
             "objective": "binary",
             "metric": "binary_logloss",
         }
@@ -484,7 +491,7 @@ class LikeModel:
         final = lgb.train(
             params, lgb.Dataset(x, y, feature_name=list(names)), num_boost_round=rounds
         )
-        record = {"rows": len(y), "likes": float(y.mean()), "rounds": rounds}
+        record = {"rows": len(y), "likes": float(y.mean()), "rounds": rounds, **LIKE_PARAMS}
         return cls(final, names, record)
 
     def probability(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

@@ -344,3 +344,29 @@ def test_exposure_counts_the_first_stages_hubs() -> None:
     # a sample of users measures it the same way (here: 10 of 30 users)
     sampled = exposure(tower, index, histories, col, k=k, max_users=10, seed=1)
     assert sampled.sum() == pytest.approx(k) and sampled[0] >= 0.9
+
+
+def test_taste_reads_the_users_ratings_of_the_items_nearest_the_candidate_by_text() -> None:
+    """``text_rating``: the user's rating deviation on the rated items whose text is nearest
+    the candidate; an item nobody has rated gets it too (what P(like) of a new arrival needs).
+    Ratings of the request's own time or later are never read."""
+    history = {"u0": [*_events([0], T0, rating=5.0), *_events([1], T0 + 60, rating=1.0)]}
+    history["u0"] += _events([2], T0 + 120, rating=3.0)
+    stage = _stage(_log(history))
+    text = np.eye(N_ITEMS, dtype=np.float32)
+    text[11], text[10] = text[0], text[1]  # i11 described as i0 (rated 5), i10 as i1 (rated 1)
+    stage.features.text = text
+    later = [*history["u0"], HistoryEvent("i9", T0 + 10 * DAY, 5.0)]
+    requests = [Request("u0", later, T0 + DAY)] * 3 + [Request("u9", [], T0 + DAY)]
+    x = stage.item_rows(requests, ["i11", "i10", "i8", "i11"])
+    got = {n: x[:, k] for k, n in enumerate(stage.names) if n in FEATURE_GROUPS["taste"]}
+    deviation = np.array([5.0, 1.0, 3.0]) - 3.0
+    np.testing.assert_allclose(got["text_rating"][:3], [2 / 1.1, -2 / 1.1, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(got["user_rating_sd"][:3], np.std(deviation), rtol=1e-5)
+    np.testing.assert_allclose(got["user_like_share"][:3], (1 + 2.5) / (3 + 5), rtol=1e-5)
+    assert ((got["genre_rating"][:3] >= -2) & (got["genre_rating"][:3] <= 2)).all()
+    assert all(np.isnan(v[3]) for v in got.values())  # no ratings: nothing to read
+    # Without its ratings the user reads nothing nearer: the features follow the ratings.
+    flat = [HistoryEvent(e.item_id, e.timestamp, 3.0) for e in history["u0"]]
+    y = stage.item_rows([Request("u0", flat, T0 + DAY)], ["i11"])
+    assert y[0, stage.names.index("text_rating")] == 0.0
