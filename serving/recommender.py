@@ -425,6 +425,7 @@ class Recommender:
         """The version's ranking stage counting the live events its tables lack (every user's
         events in the store's stream after the mark of the fold the tables were built on),
         and the clock those events and the dataset set: the newest event time known."""
+        from rerank.ranker import live
         from rerank.ranker.live import LiveEvents, with_live
 
         assert loaded.stage is not None
@@ -452,7 +453,11 @@ class Recommender:
         col = loaded.stage.features.item_col
         keep = np.array([n for n, i in enumerate(items) if i in col], dtype=np.int64)
         cols = np.array([col[items[n]] for n in keep], dtype=np.int64)
-        events = base.events if base else LiveEvents(len(loaded.stage.item_ids))
+        events = (
+            base.events
+            if base
+            else LiveEvents(len(loaded.stage.item_ids), fold_every=live.FOLD_EVERY)
+        )
         events = events.add(cols, times[keep], ratings[keep])
         stage = with_live(loaded.stage, events)
         end = max(fitted_end, self.tail.newest if self.tail.newest is not None else 0)

@@ -135,20 +135,33 @@ def test_an_event_shapes_the_next_call_as_if_it_were_in_the_log(
     assert live.recommend("walk-in", k=3, candidates=8).items
 
 
-@pytest.mark.parametrize("polls", [1, 2], ids=["one read", "two reads"])
+@pytest.mark.parametrize(
+    ("polls", "fold_every"),
+    [(1, 20_000), (2, 20_000), (2, 1)],
+    ids=["one read", "two reads", "two reads, counted by day"],
+)
 def test_an_event_reaches_every_users_item_counts_on_every_worker(
-    ranked: tuple[Path, Catalog], redis_url: str, namespace: str, polls: int
+    ranked: tuple[Path, Catalog],
+    redis_url: str,
+    namespace: str,
+    polls: int,
+    fold_every: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Events one worker accepts are, within the stream's poll, in another worker's item
     counts for every user, exactly as if the stage's log had held them: the popularity
     features, the item's rating mean, the popularity source and the request's clock; read in
-    two polls, the second takes only its new entries."""
+    two polls, the second takes only its new entries; held as sorted segments or added into
+    per-item day counts, the same."""
     import dataclasses
     import time
 
     from online.tail import POLL_S
+    from rerank.ranker import live
     from rerank.ranker.candidates import CandidateStage
     from rerank.ranker.tables import StageTables
+
+    monkeypatch.setattr(live, "FOLD_EVERY", fold_every)
 
     tmp, catalog = ranked
     ranker = GBDTRanker.load(tmp / "ranker")
@@ -182,6 +195,7 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
     taken = other._live
     # three entries taken, each once (a second read taking them all again would hold four)
     assert taken is not None and (taken.upto, taken.events.count) == (3, 3)
+    assert (taken.events.counts is not None) == (fold_every == 1)
     at = other.request_time(state.history, end)
     assert (
         at == other.request_time(state.history) == t + 3

@@ -113,3 +113,41 @@ def test_the_popularity_window_starts_at_a_day_boundary() -> None:
     np.testing.assert_array_equal(four_days.counts_at(at), [1, 0])
     np.testing.assert_array_equal(four_days.counts_at(at + DAY), [0, 0])
     np.testing.assert_array_equal(four_days.counts_at(at - DAY), [1, 1])
+
+
+def test_live_events_past_the_fold_size_are_counted_by_day_as_one_log_answers() -> None:
+    """Once ``fold_every`` events have come, the segments become per-item counts by day: what a
+    request after the events asks (every event; those before a window's start, a day boundary)
+    is still the one log's answer, and memory no longer grows with the events. Any other time
+    is refused, naming it."""
+    import pytest
+
+    from rerank.ranker.live import LiveCounts
+
+    rng = np.random.default_rng(4)
+    items = 30
+    fitted = EventLog(items, *_events(rng, 400, 25, 0, 20 * DAY))
+    events, taken = LiveEvents(items, fold_every=60), []
+    for _ in range(40):  # three days of live events
+        batch = _events(rng, int(rng.integers(1, 12)), items, 20 * DAY, 23 * DAY)
+        taken.append(batch)
+        events = events.add(*batch)
+        assert sum(len(s.cols) for s in events.segments) < 60
+    assert isinstance(events.counts, LiveCounts) and events.counts.count > 60
+    assert events.count == sum(len(t[0]) for t in taken)
+    assert len(events.counts.days) == 3
+    assert events.counts.nbytes == items * 8 * 4 + 3 * items * 4  # items x days, no events
+    merged = EventLog(
+        items, *(np.concatenate([f, *(t[k] for t in taken)]) for k, f in enumerate(_arrays(fitted)))
+    )
+    both = LiveLog(fitted, events.logs)
+    end = merged.end
+    _assert_answers_as(both, merged, items, (end, end + 5, 30 * DAY), atol=1e-9)
+    cols = np.arange(items, dtype=np.int64)
+    for boundary in (0, 19 * DAY, 20 * DAY, 21 * DAY, 22 * DAY, 23 * DAY):
+        ats = np.full(items, boundary, dtype=np.int64)
+        np.testing.assert_array_equal(both.count_before(cols, ats), merged.count_before(cols, ats))
+    with pytest.raises(ValueError, match=f"a count at {21 * DAY + 7}: .*day boundary"):
+        both.count_before(cols, np.full(items, 21 * DAY + 7, dtype=np.int64))
+    with pytest.raises(ValueError, match="a rating mean at"):
+        both.shrunk_mean_before(cols, np.full(items, 21 * DAY, dtype=np.int64))
