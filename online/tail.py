@@ -57,6 +57,9 @@ class EventTail:
         with self._lock:
             self.start = self.last = start
             self.entries: list[StreamEntry] = []
+            self.released = 0
+            """Entries dropped from the front once their reader took them (:meth:`release`):
+            positions stay those of every entry read since the start."""
             self.newest: int | None = None
             """The latest event time read (None before any)."""
             self._polled = -float("inf")
@@ -66,8 +69,8 @@ class EventTail:
     def move_start(self, start: str) -> None:
         """Serves from ``start`` on: a later one forgets what came up to it (a new build's
         tables hold those events), an earlier one reads again from it (a rollback)."""
-        if stream_order(start) < stream_order(self.start):
-            self.restart(start)
+        if stream_order(start) < stream_order(self.start) or self.released:
+            self.restart(start)  # entries it needs were dropped or never read: read again
             return
         with self._lock:
             bound = stream_order(start)
@@ -80,8 +83,24 @@ class EventTail:
 
     @property
     def count(self) -> int:
-        """Entries held."""
+        """Entries read since the start (held or released)."""
+        return self.released + len(self.entries)
+
+    @property
+    def held(self) -> int:
+        """Entries held (read and not released)."""
         return len(self.entries)
+
+    def release(self, upto: int) -> None:
+        """Drops the entries before position ``upto``: their reader has taken them (as item
+        counts), so a worker holds only what it has not taken yet, not every event since the
+        fold. A reader that needs them again (another version) reads the stream again
+        (:meth:`move_start`, :meth:`restart`)."""
+        with self._lock:
+            drop = min(upto, self.count) - self.released
+            if drop > 0:
+                del self.entries[:drop]
+                self.released += drop
 
     def poll(self, force: bool = False) -> int:
         """Reads the entries that arrived since the last read, unless one ran within
@@ -119,10 +138,15 @@ class EventTail:
         :attr:`epoch`)."""
         bound = stream_order(mark)
         with self._lock:
-            upto = len(self.entries)
+            if first < self.released:
+                raise ValueError(
+                    f"entries from position {first} were released (up to {self.released}): "
+                    "restart the tail to read them again"
+                )
+            upto = self.count
             kept = [
                 e
-                for e in self.entries[first:upto]
+                for e in self.entries[first - self.released :]
                 if stream_order(e.stream_id) > bound and e.stream_id not in late
             ]
         return (

@@ -279,6 +279,7 @@ class Recommender:
         # the live events of every user, for what reads items (windowed counts, popularity)
         self.tail: EventTail | None = None
         self._live: _Live | None = None
+        self._live_lock = threading.Lock()  # one call at a time takes the stream's new entries
         if users is not None and self.ranker is not None:
             from online.tail import EventTail
 
@@ -425,9 +426,6 @@ class Recommender:
         """The version's ranking stage counting the live events its tables lack (every user's
         events in the store's stream after the mark of the fold the tables were built on),
         and the clock those events and the dataset set: the newest event time known."""
-        from rerank.ranker import live
-        from rerank.ranker.live import LiveEvents, with_live
-
         assert loaded.stage is not None
         # the tables' own log may end after the catalog's (an older dataset folder beside a
         # newer build): the clock never goes back before what the tables counted
@@ -438,17 +436,37 @@ class Recommender:
         if mark != self.tail.start:
             self.tail.move_start(mark)
         self._poll_tail()
-        key = (loaded.version, self.tail.generation)
         cached = self._live
-        if cached is not None and cached.key == key:
+        if cached is not None and cached.key == (loaded.version, self.tail.generation):
             return cached.stage, cached.end
+        with self._live_lock:
+            return self._take_live(loaded, fitted_end, mark, late)
+
+    def _take_live(
+        self, loaded: Loaded, fitted_end: int, mark: str, late: Collection[str]
+    ) -> tuple[CandidateStage, int]:
+        """:meth:`live_stage`'s update: the stream's entries not yet taken, added to the live
+        events (under the lock: each entry taken once, then released by the tail)."""
+        from rerank.ranker import live
+        from rerank.ranker.live import LiveEvents, with_live
+
+        assert self.tail is not None and loaded.stage is not None
+        cached = self._live
         # within one version and one epoch of the tail, take only the entries not yet taken
-        epoch = self.tail.epoch
         base = (
             cached
-            if cached is not None and cached.key[0] == loaded.version and cached.epoch == epoch
+            if cached is not None
+            and cached.key[0] == loaded.version
+            and cached.epoch == self.tail.epoch
             else None
         )
+        if base is None and self.tail.released:  # another version took them: read again
+            self.tail.restart(mark)
+            self._poll_tail(force=True)
+        key = (loaded.version, self.tail.generation)
+        if cached is not None and cached.key == key:
+            return cached.stage, cached.end
+        epoch = self.tail.epoch
         items, times, ratings, upto = self.tail.after(mark, late, base.upto if base else 0)
         col = loaded.stage.features.item_col
         keep = np.array([n for n, i in enumerate(items) if i in col], dtype=np.int64)
@@ -462,6 +480,7 @@ class Recommender:
         stage = with_live(loaded.stage, events)
         end = max(fitted_end, self.tail.newest if self.tail.newest is not None else 0)
         self._live = _Live(key, epoch, upto, events, stage, end)
+        self.tail.release(upto)  # held as counts now: the worker keeps no entry it took
         return stage, end
 
     def recommend(

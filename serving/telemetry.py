@@ -57,8 +57,8 @@ class _StoreCollector(Collector):
         if tail is not None:
             yield GaugeMetricFamily(
                 "duorank_live_stream_entries",
-                "Live events this process holds from the events stream, counted on top of its "
-                "version's tables (since the fold those were built on)",
+                "Live events this process has read from the events stream, counted on top of "
+                "its version's tables (since the fold those were built on)",
                 value=float(tail.count),
             )
 

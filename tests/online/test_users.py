@@ -116,6 +116,33 @@ def test_the_events_stream_skips_a_corrupt_entry_and_a_tail_reads_the_rest(
     assert tail.count == 0 and tail.poll(force=True) == 2
 
 
+def test_a_tail_drops_what_its_reader_took_and_reads_it_again_when_needed(
+    store: UserStore,
+) -> None:
+    """Released entries are no longer held (a worker keeps only what it has not taken); a
+    reader asking for them is refused by name; a new start reads the stream again."""
+    from online.tail import EventTail
+
+    mark = store.events_mark()
+    tail = EventTail(store, start=mark, poll_s=60.0)
+    store.ingest([LiveEvent(f"e{n}", "u1", HistoryEvent("a", 10 + n)) for n in range(3)])
+    assert tail.poll(force=True) == 3
+    items, times, _, upto = tail.after(mark)
+    assert (len(items), upto) == (3, 3)
+    ids = [e.stream_id for e in tail.entries]
+    tail.release(2)
+    assert (tail.held, tail.count, tail.released) == (1, 3, 2)
+    assert tail.after(mark, first=2)[1].tolist() == [12]  # positions stay the same
+    with pytest.raises(ValueError, match="from position 0 were released \\(up to 2\\)"):
+        tail.after(mark)
+    store.ingest([LiveEvent("e3", "u1", HistoryEvent("b", 20))])
+    tail.poll(force=True)
+    assert tail.after(mark, first=3)[0] == ["b"] and tail.count == 4
+    tail.move_start(ids[0])  # a later mark, once entries after it were dropped
+    assert tail.released == 0 and tail.poll(force=True) == 3  # read again from the stream
+    assert tail.after(tail.start)[1].tolist() == [11, 12, 20]
+
+
 def test_the_namespace_is_checked(redis_url: str) -> None:
     with pytest.raises(ValueError, match="namespace 'a\\*b'"):
         UserStore(redis.Redis.from_url(redis_url), namespace="a*b")

@@ -196,6 +196,7 @@ def test_an_event_reaches_every_users_item_counts_on_every_worker(
     # three entries taken, each once (a second read taking them all again would hold four)
     assert taken is not None and (taken.upto, taken.events.count) == (3, 3)
     assert (taken.events.counts is not None) == (fold_every == 1)
+    assert (other.tail.count, other.tail.held) == (3, 0)  # taken, so no longer held
     at = other.request_time(state.history, end)
     assert (
         at == other.request_time(state.history) == t + 3
