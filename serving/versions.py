@@ -23,6 +23,7 @@ from catalog.text import HistoryEvent, UserTextTemplate
 from indexer.store import IndexRoot, NoVersionError, VerifyError
 from rerank.cross_encoder.pairs import FeatureMaker
 from rerank.cross_encoder.training_args import FEATURES
+from rerank.ranker.features import TEXT_FEATURES
 from retrieval.index import VectorIndex
 from retrieval.towers import HistoryTextTower, MeanItemsTower, UserTower
 from retrieval.vectors import ItemVectors
@@ -231,7 +232,7 @@ class VersionLoader:
                 "fitting them from the catalog",
                 version,
             )
-            text = [n for n in self.ranker.names if n.startswith("text_cos")]
+            text = [n for n in self.ranker.names if n in TEXT_FEATURES]
             vectors = self.text_vectors() if callable(self.text_vectors) else self.text_vectors
             if text and vectors is None:
                 raise ValueError(
@@ -240,7 +241,7 @@ class VersionLoader:
                 )
             als = ALSParams(**settings["als"]) if "als" in settings else None
             tables = StageTables.fit(self.catalog.items, self.histories, vectors, als)
-        if tables.text is None and any(n.startswith("text_cos") for n in self.ranker.names):
+        if tables.text is None and any(n in TEXT_FEATURES for n in self.ranker.names):
             raise ValueError(f"index version {version}'s stage tables carry no text vectors")
         shares = self._exposure(version, manifest, tower, len(tables.item_ids))
         stage = CandidateStage.from_tables(

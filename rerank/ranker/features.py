@@ -83,6 +83,8 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 """Every feature by group (the ablation table removes one group at a time). Each source's
 ``{source}_score``, ``{source}_rank`` and ``{source}_present`` come after these, group
 ``sources``."""
+TEXT_FEATURES = ("text_cos_last", "text_cos_mean", "text_rating")
+"""The features that read the items' text vectors (a stage without them reads zeros)."""
 
 
 def source_features(sources: Sequence[str]) -> tuple[str, ...]:

@@ -104,8 +104,13 @@ def test_the_ranker_orders_every_sources_candidates(served: dict[str, object]) -
 def test_a_ranker_reading_text_cosines_needs_the_text_vectors(served: dict[str, object]) -> None:
     tmp = served["tmp"]
     assert isinstance(tmp, Path)
-    with pytest.raises(ValueError, match=r"text_cos_last.*text_vectors="):
+    with pytest.raises(ValueError, match=r"text_cos_last.*text_rating.*text_vectors="):
         Recommender(tmp / "plain", served["catalog"], ranker=GBDTRanker.load(tmp / "ranker"))  # type: ignore[arg-type]
+    # reading the text through the user's ratings alone is reading the text too
+    ranker = GBDTRanker.load(tmp / "ranker")
+    ranker.names = tuple(n for n in ranker.names if not n.startswith("text_cos"))
+    with pytest.raises(ValueError, match=r"\['text_rating'\].*text_vectors="):
+        Recommender(tmp / "plain", served["catalog"], ranker=ranker)  # type: ignore[arg-type]
 
 
 def test_damaged_stage_tables_are_never_served(served: dict[str, object]) -> None:
