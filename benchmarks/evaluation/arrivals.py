@@ -65,7 +65,8 @@ QUANTILE = 0.9
 COLD_HISTORY = (1, 3)
 """Events a cold user has before a target."""
 TEXT_COLUMNS = ("text_cos_last", "text_cos_mean")
-"""The ranking stage's text-model features (the "without text" variant drops them)."""
+"""The ranking stage's text cosines (the "without text" variant drops them). ``text_rating``
+(the user's ratings of the items nearest by text) stays: what it adds is `bench like-head`'s."""
 BOOTSTRAP = 1000
 Scores = npt.NDArray[np.float64]
 
