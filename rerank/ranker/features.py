@@ -39,9 +39,6 @@ RATED_RECENT = 50
 """Newest rated items the user's rating of the candidate's neighbours is read from."""
 SHRINK = 5.0
 """Pseudo-ratings every shrunk mean is pulled toward the global mean by."""
-TASTE_POWER = 3
-"""The power the vector cosines of the candidate to the user's rated items are raised to in
-``text_rating`` and ``learned_rating``: the nearest rated items weigh most."""
 DENSE_GENRES_BYTES = 32 << 20
 """Up to this size the genre table is also held dense (ml-latest-small's: 0.8 MB)."""
 NEIGHBOURS = 300
@@ -478,7 +475,10 @@ class RankingFeatures:
         ]
         deviation = values - values.mean()
         for table in (self.text, self.learned):
-            near = np.clip(table[rcols] @ table[cols].T, 0.0, None) ** TASTE_POWER
+            # each rated item weighs its positive cosine to the candidate, cubed: the nearest
+            # count most (a product, not np.power: 20x cheaper)
+            near = np.maximum(table[rcols] @ table[cols].T, 0.0)
+            near *= near * near
             out.append((deviation @ near) / (near.sum(axis=0) + 0.1))
         # sum over rated items of (deviation, 1) x genres shared with the candidate: linear in
         # the rated items, so two thin products (no rated x candidates matrix)
