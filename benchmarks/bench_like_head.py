@@ -34,14 +34,13 @@ log = logging.getLogger(__name__)
 
 def _rows(ctx: BenchContext, quick: bool) -> dict[str, Any]:
     """The stacked targets' and the validation events' feature rows and likes."""
-    from catalog.thresholds import LIKE_THRESHOLD
     from duorank.jobs import training_catalog
     from rerank.ranker.candidates import CandidateStage
-    from rerank.ranker.features import group_of
     from rerank.ranker.stacking import stack
     from rerank.ranker.train import (
         RankingStageArgs,
         _stacked_first_stage,
+        like_rows,
         ranker_validation,
         refit_config,
     )
@@ -92,21 +91,14 @@ def _rows(ctx: BenchContext, quick: bool) -> dict[str, Any]:
     val = setup.validation
     if val.likes is None or len(set(val.likes)) < 2:
         raise ValueError(f"{data}: the validation events are not likes and dislikes both")
-    sources = [s.name for s in stage_fit.sources]
-    requests = [s.request for s in stacked.lists]
-    first = stage_fit.lists(requests[:1], [set()], [stacked.lists[0].target.item_id])
-    keep = [n for n, name in enumerate(first.names) if group_of(name, sources) != "sources"]
+    x_fit, y_fit, names, keep = like_rows(stage_fit, stacked, stage_fit.names)
     return {
-        "names": [first.names[n] for n in keep],
-        "x_fit": stage_fit.item_rows(requests, [s.target.item_id for s in stacked.lists])[:, keep],
-        "y_fit": np.array(
-            [s.target.rating is None or s.target.rating >= LIKE_THRESHOLD for s in stacked.lists],
-            np.float32,
-        ),
-        "users": [r.user_id for r in requests],
+        "names": names,
+        "x_fit": x_fit,
+        "y_fit": y_fit,
+        "users": [s.request.user_id for s in stacked.lists],
         "x_val": stage_val.item_rows(val.requests, val.targets)[:, keep],
         "y_val": np.asarray(val.likes, np.float32),
-        "sources": sources,
         "quick": quick,
     }
 

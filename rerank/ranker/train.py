@@ -342,6 +342,23 @@ def train_ranking_stage(
     )
 
 
+def like_rows(
+    stage: CandidateStage, stacked: Stacked, names: Sequence[str]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[str], list[int]]:
+    """What the P(like) head learns from: each stacked target's row as a candidate no source
+    proposed, every column of ``names`` but the sources' (they say how an item was found, not
+    whether it is liked), its like (1) or dislike (0); with the names and columns kept."""
+    sources = [s.name for s in stage.sources]
+    cols = [n for n, name in enumerate(names) if group_of(name, sources) != "sources"]
+    rows = stage.item_rows(
+        [s.request for s in stacked.lists], [s.target.item_id for s in stacked.lists]
+    )[:, cols]
+    liked = np.array(
+        [is_positive(s.target, LIKE_THRESHOLD) is not False for s in stacked.lists], np.float32
+    )
+    return rows, liked, [names[n] for n in cols], cols
+
+
 def _fit_like_head(
     ranker: GBDTRanker,
     names: Sequence[str],
@@ -354,15 +371,7 @@ def _fit_like_head(
 ) -> None:
     """The P(like) head on the stacked targets' rows (every column but the sources'), and its
     validation AUC and ECE; none on implicit feedback, where every target is a like."""
-    sources = [s.name for s in stage_fit.sources]
-    like_cols = [n for n, name in enumerate(names) if group_of(name, sources) != "sources"]
-    like_names = [names[n] for n in like_cols]
-    rows = stage_fit.item_rows(
-        [s.request for s in stacked.lists], [s.target.item_id for s in stacked.lists]
-    )[:, like_cols]
-    liked = np.array(
-        [is_positive(s.target, LIKE_THRESHOLD) is not False for s in stacked.lists], np.float32
-    )
+    rows, liked, like_names, like_cols = like_rows(stage_fit, stacked, names)
     if len(set(liked.tolist())) < 2:  # implicit feedback: no dislike to tell a like from
         say("ranking stage: every training target is a like; no P(like) head")
         ranker.record["like"] = "none: every training target is a like (implicit feedback)"
