@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "short-histories": "benchmarks.bench_short_histories",
     "ranker-folds": "benchmarks.bench_ranker_folds",
     "online-scale": "benchmarks.bench_online_scale",
+    "catalog-scale": "benchmarks.bench_catalog_scale",
     "stage-tables": "benchmarks.bench_stage_tables",
     "feast": "benchmarks.bench_feast",
     "live-events": "benchmarks.bench_live_events",

@@ -35,6 +35,15 @@ class SearchResult:
     ids: list[list[str]]
 
 
+class _Owned:
+    """An array interface that holds the object owning the memory (a FAISS index), so a
+    NumPy view of that memory never outlives it."""
+
+    def __init__(self, array: npt.NDArray[Any], owner: Any) -> None:
+        self.__array_interface__ = array.__array_interface__
+        self._owner = owner
+
+
 class VectorIndexError(ValueError):
     """A bad index argument or a broken index file (the message names it)."""
 
@@ -127,6 +136,22 @@ class VectorIndex(ABC):
         if len(pos) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(self.index.reconstruct_batch(pos), dtype=np.float32)
+
+    def stored_vectors(self) -> Matrix:
+        """Every stored vector, in position order (what :meth:`reconstruct` gives for all);
+        an exact index answers with a read-only view of its own storage instead of a copy
+        (:meth:`_storage`), so a serving process holds the vectors once."""
+        flat = self._storage()
+        if flat is None or len(self) == 0:
+            return self.reconstruct(np.arange(len(self)))
+        raw = faiss.rev_swig_ptr(flat.get_xb(), len(self) * self.dim).reshape(len(self), self.dim)
+        view: Matrix = np.asarray(_Owned(raw, self.index))  # the view keeps the index alive
+        view.flags.writeable = False
+        return view
+
+    def _storage(self) -> Any:
+        """The ``IndexFlat`` holding the exact vectors, where this index keeps them."""
+        return None
 
     # ------------------------------------------------------------------ searching
     def _search_params(self, selector: Any) -> Any:
@@ -291,6 +316,9 @@ class FlatIndex(VectorIndex):
     def _create(self, vectors: Matrix) -> Any:
         return faiss.IndexFlatIP(self.dim)
 
+    def _storage(self) -> Any:
+        return self.index
+
 
 class HNSWIndex(VectorIndex):
     """HNSW graph (``IndexHNSWFlat``, inner product).
@@ -316,6 +344,9 @@ class HNSWIndex(VectorIndex):
         index.hnsw.efConstruction = int(self.params["efConstruction"])
         index.hnsw.efSearch = int(self.params["efSearch"])
         return index
+
+    def _storage(self) -> Any:
+        return faiss.downcast_index(self.index.storage)
 
     def _search_params(self, selector: Any) -> Any:
         return faiss.SearchParametersHNSW(sel=selector, efSearch=int(self.params["efSearch"]))

@@ -175,10 +175,14 @@ def rss_mb(root: int) -> list[float]:
 
 @contextlib.contextmanager
 def serve_process(
-    home: Path, backend: str, extra: list[str], env: dict[str, str] | None = None
+    home: Path,
+    backend: str,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+    ready_s: float = 180.0,
 ) -> Iterator[tuple[str, int]]:
     """``duorank serve`` on a free loopback port with ``extra`` flags; yields its URL and its
-    process id."""
+    process id once it answers ``/readyz`` (within ``ready_s``)."""
     import httpx
 
     port = free_port()
@@ -207,7 +211,7 @@ def serve_process(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + ready_s
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise RuntimeError(
@@ -219,7 +223,7 @@ def serve_process(
             except httpx.HTTPError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError("server did not become ready in 180 s")
+            raise RuntimeError(f"server did not become ready in {ready_s:.0f} s")
         yield url, server.pid
     finally:
         server.terminate()

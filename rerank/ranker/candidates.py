@@ -174,11 +174,19 @@ class Lists:
 
 
 def _rows_of(tower: UserTower, item_ids: Sequence[str]) -> Floats:
-    """The tower's indexed vector of each item (zero for items it has none of)."""
+    """The tower's indexed vector of each item (zero for items it has none of): the tower's
+    own matrix, not a copy, where it holds exactly these items in this order (a served
+    version: the ranking stage and the tower then share one matrix)."""
     vectors = getattr(tower, "item_vectors", None)
     if not isinstance(vectors, ItemVectors):
         raise TypeError(f"{type(tower).__name__} has no bound item_vectors")
     rows = vectors.rows(item_ids)
+    if (
+        vectors.matrix.dtype == np.float32
+        and len(rows) == len(vectors.matrix)
+        and np.array_equal(rows, np.arange(len(rows)))
+    ):
+        return vectors.matrix
     out: Floats = np.where(rows[:, None] >= 0, vectors.matrix[np.maximum(rows, 0)], 0.0).astype(
         np.float32
     )

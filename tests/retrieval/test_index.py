@@ -70,6 +70,31 @@ def test_k_larger_than_index_empty_batch_all_excluded(index: VectorIndex) -> Non
     assert everything.ids == [[]]
 
 
+def test_stored_vectors_are_every_vector_and_an_exact_index_lends_its_own(
+    index: VectorIndex, tmp_path: Path
+) -> None:
+    """A serving process binds its tower to the index's vectors: an exact index (flat, HNSW)
+    hands a read-only view of its storage (no second copy), alive as long as the view is,
+    even after the index object and a loaded copy are gone."""
+    import gc
+
+    index.save(tmp_path)
+    loaded = load_index(tmp_path)
+    expected = loaded.reconstruct(np.arange(len(loaded)))
+    vectors = loaded.stored_vectors()
+    np.testing.assert_array_equal(vectors, expected)
+    if index.kind == "ivfpq":  # quantized codes: a decoded copy of its own
+        assert vectors.flags.writeable
+        return
+    assert not vectors.flags.writeable and not vectors.flags.owndata
+    assert vectors.base._owner is loaded.index  # the view holds the FAISS index
+    with pytest.raises(ValueError, match="read-only"):
+        vectors[0, 0] = 1.0
+    del loaded
+    gc.collect()
+    np.testing.assert_array_equal(vectors, expected)  # still the index's memory, still alive
+
+
 def test_save_load_round_trip(index: VectorIndex, tmp_path: Path) -> None:
     _ids, x = _data(1)
     before = index.search(x[:10], 20)
