@@ -22,6 +22,8 @@ import faiss as _faiss
 import numpy as np
 import numpy.typing as npt
 
+from retrieval.vectors import ItemVectors
+
 Matrix = npt.NDArray[np.float32]
 faiss: Any = _faiss  # the SWIG stubs miss most of the API (SearchParametersHNSW, sel=...)
 
@@ -152,6 +154,10 @@ class VectorIndex(ABC):
     def _storage(self) -> Any:
         """The ``IndexFlat`` holding the exact vectors, where this index keeps them."""
         return None
+
+    def item_vectors(self) -> ItemVectors:
+        """:meth:`stored_vectors` by id, sharing this index's ids and id-to-row map."""
+        return ItemVectors.sharing(self.ids, self.stored_vectors(), self._pos)
 
     # ------------------------------------------------------------------ searching
     def _search_params(self, selector: Any) -> Any:

@@ -229,13 +229,12 @@ class SequentialTower(UserTower):
         if item_vectors.dim != self.dim:
             raise ValueError(f"item vectors have {item_vectors.dim} dims, the tower {self.dim}")
         self.item_vectors = item_vectors
-        learned = np.ascontiguousarray(item_vectors.matrix[:, : self.cfg.dim])
-        self._learned = ItemVectors(item_vectors.ids, learned)
-        if self.cfg.cold_blend > 0:  # the text part, rescaled to unit length
-            text = normalize(item_vectors.matrix[:, self.cfg.dim : self.main_dim])
-            self._text = MeanItemsTower(
-                ItemVectors(item_vectors.ids, text), n_recent=self.cfg.blend_recent
-            )
+        # Views of the indexed vectors, not copies (a serving worker holds them once): the
+        # learned part, and the text part, rescaled to unit length as it is read.
+        self._learned = item_vectors.with_matrix(item_vectors.matrix[:, : self.cfg.dim])
+        if self.cfg.cold_blend > 0:
+            text = item_vectors.with_matrix(item_vectors.matrix[:, self.cfg.dim : self.main_dim])
+            self._text = MeanItemsTower(text, n_recent=self.cfg.blend_recent, unit_rows=True)
         if self.collab_dim:  # score spreads over the indexed catalog, per block
             matrix = item_vectors.matrix.astype(np.float64)
             self._main_cov = np.cov(matrix[:, : self.main_dim], rowvar=False, bias=True)

@@ -116,6 +116,8 @@ class MeanItemsTower(UserTower):
             0 is the most recent like).
         half_life: in events, for ``"recency"``.
         like_threshold: ratings at or above count as likes (labels win; unrated = like).
+        unit_rows: ``item_vectors`` are not unit length: each row read is scaled to unit
+            length (as :func:`~retrieval.vectors.normalize` would scale it; no scaled copy).
     """
 
     name = "mean_items"
@@ -128,6 +130,7 @@ class MeanItemsTower(UserTower):
         weighting: str = "mean",
         half_life: float = 5.0,
         like_threshold: float = LIKE_THRESHOLD,
+        unit_rows: bool = False,
     ) -> None:
         if weighting not in ("mean", "recency"):
             raise ValueError(f"weighting must be 'mean' or 'recency', got {weighting!r}")
@@ -138,6 +141,14 @@ class MeanItemsTower(UserTower):
         self.weighting = weighting
         self.half_life = half_life
         self.like_threshold = like_threshold
+        self._scale = (  # normalize()'s scale: the norms of the float32 rows
+            np.maximum(
+                np.linalg.norm(np.asarray(item_vectors.matrix, np.float32), axis=-1, keepdims=True),
+                1e-12,
+            )
+            if unit_rows
+            else None
+        )
 
     @property
     def dim(self) -> int:
@@ -161,7 +172,10 @@ class MeanItemsTower(UserTower):
             ids = self.recent_likes(user)
             if not ids:
                 continue
-            vecs = self.item_vectors.matrix[self.item_vectors.rows(ids)]
+            rows = self.item_vectors.rows(ids)
+            vecs = self.item_vectors.matrix[rows]
+            if self._scale is not None:
+                vecs = np.asarray(vecs, np.float32) / self._scale[rows]
             if self.weighting == "recency":
                 weights = 0.5 ** (np.arange(len(ids)) / self.half_life)
                 out[u] = (weights[:, None] * vecs).sum(axis=0)

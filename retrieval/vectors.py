@@ -24,6 +24,20 @@ class ItemVectors:
             raise ValueError(f"{len(self.ids)} ids but {len(self.matrix)} vectors")
         self._pos = {item_id: i for i, item_id in enumerate(self.ids)}
 
+    @classmethod
+    def sharing(cls, ids: list[str], matrix: Matrix, positions: dict[str, int]) -> ItemVectors:
+        """Vectors over ``ids`` whose id-to-row map another owner has built (an index's):
+        held, not rebuilt (a dict of a million ids costs about 100 MB)."""
+        if len(ids) != len(matrix) or len(positions) != len(ids):
+            raise ValueError(f"{len(ids)} ids, {len(matrix)} vectors, {len(positions)} positions")
+        out = cls.__new__(cls)
+        out.ids, out.matrix, out._pos = ids, matrix, positions
+        return out
+
+    def with_matrix(self, matrix: Matrix) -> ItemVectors:
+        """The same ids and id-to-row map (held, not rebuilt) over another matrix."""
+        return ItemVectors.sharing(self.ids, matrix, self._pos)
+
     @property
     def dim(self) -> int:
         """Vector width."""

@@ -251,7 +251,6 @@ class Recommender:
             else group_histories(catalog.interactions)
         )
         self.item_template = ItemTextTemplate()
-        self.item_text = {i: self.item_template.render(it) for i, it in catalog.items.items()}
         stats = LogStats.of(catalog.interactions, list(catalog.items)) if self.holds_log else None
         self.user_template = (
             UserTextTemplate.from_dict(reranker.config.user_template)
@@ -861,7 +860,10 @@ class Recommender:
             User(state.user_id or "", state.profile), state.history, self.catalog.items
         )
         feats = loaded.features.features(vector, item_ids, state.history)
-        return np.asarray(self.reranker.score(text, [self.item_text[i] for i in item_ids], feats))
+        # rendered per call, for the few items scored: not held for the whole catalog
+        items = self.catalog.items
+        texts = [self.item_template.render(items[i]) for i in item_ids]
+        return np.asarray(self.reranker.score(text, texts, feats))
 
     def _item(
         self,

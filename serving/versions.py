@@ -138,7 +138,7 @@ class VersionLoader:
                 features).
         """
         index, manifest = self.root.load(version)
-        vectors = ItemVectors(index.ids, index.stored_vectors())
+        vectors = index.item_vectors()
         tower = self._tower(version, manifest, vectors)
         expected = getattr(getattr(self.reranker, "config", None), "retrieval", tower.name)
         if expected != tower.name:

@@ -75,3 +75,28 @@ def test_save_and_load(tmp_path: Path, encoder: Encoder) -> None:
     assert isinstance(text, HistoryTextTower)
     with pytest.raises(ValueError, match="needs an encoder"):
         load_tower(tmp_path / "h")
+
+
+def test_unit_rows_pool_a_view_as_its_normalized_copy_would_bit_for_bit() -> None:
+    """A served sequential tower pools the text part of the index's own vectors (a strided
+    view, rows not unit length) scaled as read: the same user vectors as pooling a normalized
+    copy, with no copy held; the id map is shared, not rebuilt."""
+    from retrieval.vectors import normalize
+
+    rng = np.random.default_rng(0)
+    wide = (rng.normal(size=(40, 12)) * rng.uniform(0.1, 3.0, (40, 1))).astype(np.float32)
+    wide[7] = 0.0  # an item without text stays a zero row
+    vectors = ItemVectors([f"i{n}" for n in range(40)], wide)
+    part = vectors.with_matrix(wide[:, 4:10])
+    assert part._pos is vectors._pos and np.shares_memory(part.matrix, wide)
+    copy = ItemVectors(vectors.ids, normalize(wide[:, 4:10]))
+    users = [
+        UserState("a", {}, [HistoryEvent(f"i{n}", n, 4.0) for n in (3, 7, 11, 12, 30, 31)]),
+        UserState("b", {}, [HistoryEvent("i7", 1, 5.0)]),
+        UserState("c", {}, []),
+    ]
+    viewed = MeanItemsTower(part, n_recent=5, unit_rows=True).embed(users)
+    np.testing.assert_array_equal(viewed, MeanItemsTower(copy, n_recent=5).embed(users))
+    assert not np.array_equal(viewed, MeanItemsTower(part, n_recent=5).embed(users))
+    with pytest.raises(ValueError, match="40 ids, 39 vectors"):
+        vectors.with_matrix(wide[:39])
