@@ -248,3 +248,18 @@ def test_collab_weight_is_chosen_on_validation_and_saved(tmp_path: Path) -> None
     save_file(tensors, str(weights))
     with pytest.raises(ValueError, match=r"model\.safetensors.*collab_weight 0\.2"):
         SequentialTower.load(tmp_path / "tower")
+
+
+def test_covariance_by_blocks_is_numpys_without_a_float64_copy() -> None:
+    """The collaborative blend's score spreads: the covariance a block of rows at a time
+    equals NumPy's over the whole matrix (to float64 rounding), for any block size."""
+    from retrieval.sequential import covariance
+
+    rng = np.random.default_rng(0)
+    matrix = (rng.normal(size=(1_000, 7)) * [1, 2, 3, 0.1, 5, 1, 1] + 3).astype(np.float32)
+    expected = np.cov(matrix.astype(np.float64), rowvar=False, bias=True)
+    for block in (1_000, 333, 64, 1):
+        np.testing.assert_allclose(
+            covariance(matrix, block=block), expected, rtol=1e-10, atol=1e-12
+        )
+    assert covariance(matrix[:0]).shape == (7, 7)
