@@ -229,12 +229,7 @@ def _one_size(
         dataset_s = time.perf_counter() - started
         settings = Settings.from_env(home=home, redis_url=redis_url)
         cached, cache_s = _fill_cache(settings, catalog.items, tower, seed=n_items)
-        client = redis.Redis.from_url(redis_url)
-        store = UserStore(client, namespace=NAMESPACE)
-        store.write_log(catalog.interactions, batch=1_000)
-        users = list(catalog.users)
-        rng = np.random.default_rng(5)
-        sample = [users[int(u)] for u in rng.integers(0, len(users), 2_000)]
+        log, users = catalog.interactions, list(catalog.users)
         del catalog  # the bench's own memory is not what the build and the workers measure
         env = {"DUORANK_REDIS_URL": redis_url, "DUORANK_USERS_NAMESPACE": NAMESPACE}
         root = home / "index"
@@ -260,6 +255,12 @@ def _one_size(
         version = root / "versions" / current
         manifest = json.loads((version / "manifest.json").read_text())
         files_mb = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(version.iterdir())}
+        # The workers read no text vector from the cache: emptied, the users written instead.
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        UserStore(client, namespace=NAMESPACE).write_log(log, batch=1_000)
+        rng = np.random.default_rng(5)
+        sample = [users[int(u)] for u in rng.integers(0, len(users), 2_000)]
         served = _serve(home, data, ranker, env, sample, quick)
         client.close()  # the private server is emptied before the next size
     return {

@@ -98,6 +98,26 @@ def reduce(
     return float(valid.mean()) if valid.size else float("nan")
 
 
+ROW_AT_A_TIME = 50_000
+"""Rows at least this long (a catalog's scores) are cut one at a time by :func:`_top_of_row`:
+two passes over the row instead of about eight (tens of ms a call at a million items)."""
+
+
+def _top_of_row(row: npt.NDArray[np.float64], kk: int) -> npt.NDArray[np.int64]:
+    """:func:`top_k` of one row, ``kk`` below its length: the same columns in the same order
+    (ties to the lower index), from the entries at or above the ``kk``-th score alone."""
+    kth = -np.partition(-row, kk - 1)[kk - 1]
+    cand = np.flatnonzero(row >= kth)  # ascending, as np.nonzero gives them
+    vals = row[cand]
+    above = vals > kth
+    room = kk - int(above.sum())
+    chosen = above | (np.cumsum(~above) <= room)  # the lowest-index ties fill the room
+    cols, vals = cand[chosen], vals[chosen]
+    order = np.argsort(-vals, kind="stable")
+    out: npt.NDArray[np.int64] = np.where(vals[order] == -np.inf, -1, cols[order])
+    return out
+
+
 def top_k(scores: npt.ArrayLike, k: int) -> IntMatrix:
     """Indices of the ``k`` highest scores per row, best first; ties go to the lower index.
 
@@ -112,6 +132,10 @@ def top_k(scores: npt.ArrayLike, k: int) -> IntMatrix:
     kk = min(k, n_cols)
     out = np.full((n_rows, k), -1, dtype=np.int64)
     if kk == 0 or n_rows == 0:
+        return out
+    if kk < n_cols and n_cols >= ROW_AT_A_TIME:
+        for r in range(n_rows):
+            out[r, :kk] = _top_of_row(s[r], kk)
         return out
     if kk < n_cols:
         kth = -np.partition(-s, kk - 1, axis=1)[:, kk - 1 : kk]

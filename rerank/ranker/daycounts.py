@@ -101,6 +101,8 @@ class DayCounts(LogQueries):
     ) -> npt.NDArray[np.int64]:
         """At or after the end: every event; before it: the events before the latest stored
         boundary at or before ``ats`` (exact at a stored boundary)."""
+        if np.ndim(ats) == 0 and np.ndim(cols) == 1:  # one time (the popularity source)
+            return self._count_at(np.asarray(cols), int(ats))
         cols, ats = np.broadcast_arrays(np.asarray(cols), np.asarray(ats))
         out = self.total[cols].copy()
         early = ats < self.end
@@ -116,6 +118,17 @@ class DayCounts(LogQueries):
             out[early] = self.at_bounds[cols[early], pos]
         result: npt.NDArray[np.int64] = out
         return result
+
+    def _count_at(self, cols: npt.NDArray[np.int64], at: int) -> npt.NDArray[np.int64]:
+        """:meth:`count_before` at one time: one boundary looked up, one column read."""
+        if at >= self.end:
+            total: npt.NDArray[np.int64] = self.total[cols].copy()
+            return total
+        pos = int(np.searchsorted(self.bounds, at, side="right")) - 1
+        if pos < 0:
+            self.count_before(cols[:1], np.array([at]))  # the broadcast path's error
+        out: npt.NDArray[np.int64] = self.at_bounds[cols, pos].astype(self.total.dtype)
+        return out
 
     def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         out: npt.NDArray[np.int64] = self.first[cols]

@@ -42,7 +42,7 @@ class LogPopularitySource(PopularitySource):
     def counts_at(self, at: int | None) -> npt.NDArray[np.float64]:
         """Events per item in the window before ``at`` (the log's last window when None)."""
         end = self.log.end if at is None else at
-        n = len(self._all)
-        now = self.log.count_before(self._all, np.full(n, end, np.int64))
-        start = self.log.count_before(self._all, np.full(n, window_start(end, self.days)))
+        # one time for every item (a 0-d time: a log may answer it without broadcasting)
+        now = self.log.count_before(self._all, np.asarray(end, np.int64))
+        start = self.log.count_before(self._all, np.asarray(window_start(end, self.days)))
         return (now - start).astype(np.float64)

@@ -217,3 +217,22 @@ def test_expected_calibration_error_refuses_a_score_that_is_no_probability() -> 
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         expected_calibration_error([0.2, -1.5, 3.0], [1, 0, 1])
     assert expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0
+
+
+def test_top_k_of_long_rows_row_at_a_time_equals_the_batch_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A catalog-long row is cut one at a time (two passes, not eight): the same columns in
+    the same order, ties to the lower index, -inf hidden, as the batch cut of short rows."""
+    import metrics._core as core
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 12, (6, 400)).astype(np.float64)  # many ties
+    scores[1, :] = -np.inf
+    scores[2, 5:] = -np.inf  # fewer finite scores than k
+    scores[3, rng.random(400) < 0.5] = -np.inf
+    expected = {k: top_k(scores, k) for k in (1, 3, 10, 399)}
+    monkeypatch.setattr(core, "ROW_AT_A_TIME", 100)
+    for k, want in expected.items():
+        np.testing.assert_array_equal(top_k(scores, k), want)
+    assert (top_k(scores, 10)[1] == -1).all() and list(top_k(scores, 10)[2][5:]) == [-1] * 5

@@ -43,6 +43,14 @@ def test_day_counts_answer_every_request_after_the_log_as_the_log_does() -> None
             np.testing.assert_array_equal(
                 counts.count_before(cols, start), log.count_before(cols, start)
             )
+            # one time for every item (the popularity source's question): the same counts
+            one = np.asarray(int(start[0]))
+            np.testing.assert_array_equal(
+                counts.count_before(cols, one), log.count_before(cols, one)
+            )
+            assert counts.count_before(cols, one).dtype == counts.count_before(cols, start).dtype
+        one = np.asarray(int(at[0]))
+        np.testing.assert_array_equal(counts.count_before(cols, one), log.count_before(cols, at))
         np.testing.assert_allclose(
             counts.shrunk_mean_before(cols, at), log.shrunk_mean_before(cols, at), atol=1e-12
         )
@@ -61,6 +69,9 @@ def test_day_counts_refuse_a_request_before_the_log_ends() -> None:
     cols = np.arange(10, dtype=np.int64)
     with pytest.raises(ValueError, match=f"log's end \\({counts.end}\\)"):
         counts.shrunk_mean_before(cols, np.full(10, counts.end - 1, np.int64))
+    for early in (np.full(10, counts.bounds[0] - 1), np.asarray(int(counts.bounds[0]) - 1)):
+        with pytest.raises(ValueError, match="before the build's earliest stored day"):
+            counts.count_before(cols, early)
 
 
 def test_past_the_horizon_a_window_starts_at_the_last_stored_day() -> None:
