@@ -316,7 +316,7 @@ class IndexRoot:
         """
         version = version or self.require_current()
         manifest = self.verify(version)
-        return load_index(self.version_dir(version)), manifest
+        return load_index(self.version_dir(version), mmap=True), manifest
 
     def previous(self, version: str) -> str | None:
         """The published version just before ``version`` (never an unpublished one)."""

@@ -436,8 +436,16 @@ def make_index(kind: str, dim: int, **params: Any) -> VectorIndex:
         raise VectorIndexError(f"bad parameter for {kind} index: {exc}") from None
 
 
-def load_index(folder: str | Path) -> VectorIndex:
+MAPPABLE = ("flat", "hnsw")
+"""Kinds whose stored vectors FAISS can map from the file (``IO_FLAG_MMAP_IFC``)."""
+
+
+def load_index(folder: str | Path, *, mmap: bool = False) -> VectorIndex:
     """Loads an index saved by :meth:`VectorIndex.save`.
+
+    With ``mmap`` (a published version, whose files never change), a flat or HNSW index reads
+    its vectors from the file's pages instead of copying them into the process: every serving
+    worker on a host shares one copy in the page cache (the index must not be added to).
 
     Raises:
         VectorIndexError: a missing or inconsistent file (named in the message).
@@ -455,7 +463,8 @@ def load_index(folder: str | Path) -> VectorIndex:
     if kind not in BACKENDS:
         raise VectorIndexError(f"{root / 'index.json'}: unknown kind {kind!r}")
     try:
-        raw = faiss.read_index(str(root / "index.faiss"))
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap and kind in MAPPABLE else 0
+        raw = faiss.read_index(str(root / "index.faiss"), flags)
     except RuntimeError as exc:
         raise VectorIndexError(f"{root / 'index.faiss'}: unreadable FAISS index: {exc}") from None
     if raw.d != meta["dim"] or raw.ntotal != len(ids) or meta.get("count") != len(ids):

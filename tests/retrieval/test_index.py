@@ -161,3 +161,16 @@ def test_filled_shard_by_shard_from_a_memmap_equals_one_add(
     spilled[N - 3, 0] = np.nan  # in the last shard: still found and named
     with pytest.raises(VectorIndexError, match=f"'item-{N - 3}' has non-finite"):
         make_index(kind, DIM, **params).build(ids, spilled)
+
+
+def test_a_mapped_index_reads_its_vectors_from_the_file(index: VectorIndex, tmp_path: Path) -> None:
+    """A published version's flat or HNSW index maps its vectors from index.faiss (one copy in
+    the page cache for every worker) and answers as the copied one does; IVF-PQ is read."""
+    index.save(tmp_path)
+    copied, mapped = load_index(tmp_path), load_index(tmp_path, mmap=True)
+    _, x = _data()
+    a, b = copied.search(x[:10], 5), mapped.search(x[:10], 5)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(mapped.stored_vectors(), copied.stored_vectors())
+    maps = Path("/proc/self/maps").read_text()
+    assert (str(tmp_path / "index.faiss") in maps) == (index.kind in ("flat", "hnsw"))
