@@ -11,8 +11,9 @@ then everything runs as a user runs it:
   the build process's peak resident memory;
 - the users written into the online user store (:meth:`online.UserStore.write_log`);
 - ``duorank serve --user-store --workers 2`` over that version: time to ready, p50 / p95 / p99
-  of ``user_id`` calls at 1 client, each worker's resident memory after the calls, and the
-  version's files by size.
+  of ``user_id`` calls at 1 client, each worker's resident memory after the calls and the part
+  of it that is its own (``RssAnon``: the mapped index's pages are shared by the workers), and
+  the version's files by size.
 
 The item text vectors are not MiniLM's: encoding a million texts takes about an hour on 2
 cores (``bench scale-encode``), so the bench writes seeded random unit vectors (clustered, so
@@ -194,7 +195,7 @@ def _serve(
     with serve_process(home, "torch", extra, env, ready_s=900) as (url, pid):
         ready_s = time.perf_counter() - started
         one = level(url, users, 1, requests, budget)
-        memory = rss_mb(pid)
+        memory, private = rss_mb(pid), rss_mb(pid, "RssAnon")
     return {
         "ready_s": ready_s,
         "serve_p50_ms_1": one["p50_ms"],
@@ -208,6 +209,9 @@ def _serve(
         "serve_errors": one["errors"],
         "rss_mb_by_process": memory,
         "rss_mb_per_worker": max(memory[1:] or memory),
+        # what is the worker's own: its resident memory less the file pages it shares
+        "private_mb_by_process": private,
+        "private_mb_per_worker": max(private[1:] or private),
     }
 
 
@@ -335,7 +339,7 @@ def run(quick: bool, ctx: BenchContext) -> BenchReport:
             {
                 k: (round(v, 3) if isinstance(v, float) else v)
                 for k, v in r.items()
-                if k not in ("build_phases_s", "version_files_mb")
+                if k not in ("build_phases_s", "version_files_mb", "private_mb_by_process")
             }
             for r in rows
         ],

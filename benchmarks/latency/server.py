@@ -145,9 +145,11 @@ def busiest(
     }
 
 
-def rss_mb(root: int) -> list[float]:
+def rss_mb(root: int, field: str = "VmRSS") -> list[float]:
     """The resident memory (MB) of process ``root`` and each of its descendants (its worker
-    processes), from /proc (empty where there is none)."""
+    processes), from /proc (empty where there is none); ``field`` another line of its status:
+    ``RssAnon``, the memory no other process can share (file pages, such as a mapped index,
+    are not in it)."""
     proc = Path("/proc")
     parents: dict[int, int] = {}
     for stat in proc.glob("[0-9]*/stat"):
@@ -167,7 +169,7 @@ def rss_mb(root: int) -> list[float]:
             status = (proc / str(pid) / "status").read_text()
         except OSError:
             continue
-        kb = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        kb = [line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")]
         if kb:
             out.append(round(int(kb[0]) / 1024, 1))
     return out

@@ -52,4 +52,5 @@ def test_quick_run_builds_and_serves_each_catalog(
         assert row["serve_errors"] == 0 and row["serve_p95_ms_1"] > 0
         assert len(row["rss_mb_by_process"]) >= 3  # the supervisor and both workers
         assert row["rss_mb_per_worker"] == max(row["rss_mb_by_process"][1:]) > 50
+        assert 0 < row["private_mb_per_worker"] <= row["rss_mb_per_worker"]
     assert {t.name for t in report.targets} >= {"serving errors, every size"}
