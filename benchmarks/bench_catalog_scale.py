@@ -187,7 +187,7 @@ def _serve(
 ) -> dict[str, Any]:
     """``serve --user-store --workers 2`` over the version: ready time, latency at 1 client
     and each process's resident memory."""
-    from benchmarks.latency.server import level, rss_mb, serve_process
+    from benchmarks.latency.server import level, one_client, rss_mb, serve_process
 
     extra = ["--data", str(data), "--ranker", str(ranker), "--user-store", "--workers", "2"]
     requests, budget = (30, 60.0) if quick else (400, 240.0)
@@ -198,14 +198,7 @@ def _serve(
         memory, private = rss_mb(pid), rss_mb(pid, "RssAnon")
     return {
         "ready_s": ready_s,
-        "serve_p50_ms_1": one["p50_ms"],
-        "serve_p95_ms_1": one["p95_ms"],
-        "serve_p99_ms_1": one["p99_ms"],
-        **{
-            f"serve_{stage}_p50_ms_1": one[f"{stage}_p50_ms"]
-            for stage in ("embed", "candidates", "features", "rank")
-            if f"{stage}_p50_ms" in one
-        },
+        **one_client(one),
         "serve_errors": one["errors"],
         "rss_mb_by_process": memory,
         "rss_mb_per_worker": max(memory[1:] or memory),

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.contract import BenchContext, BenchReport, Target, percentile
-from benchmarks.latency.server import PASSES, busiest, level, rss_mb, serve_process
+from benchmarks.latency.server import PASSES, busiest, level, one_client, rss_mb, serve_process
 from catalog.model import Interactions
 from catalog.progress import Progress
 from catalog.text import HistoryEvent
@@ -235,14 +235,7 @@ def _serve(served: Served, n_users: int, quick: bool) -> dict[str, Any]:
         many = busiest(url, users, requests, budget, 1 if quick else PASSES)
         memory = rss_mb(pid)
     return {
-        "serve_p50_ms_1": one["p50_ms"],
-        "serve_p95_ms_1": one["p95_ms"],
-        "serve_p99_ms_1": one["p99_ms"],
-        **{  # where one call's time goes (the server's own timings, 1 client)
-            f"serve_{stage}_p50_ms_1": one[f"{stage}_p50_ms"]
-            for stage in ("embed", "candidates", "features", "rank")
-            if f"{stage}_p50_ms" in one
-        },
+        **one_client(one),
         "serve_p50_ms_16": many["p50_ms"],
         "serve_p95_ms_16": many["p95_ms"],
         "serve_p99_ms_16": many["p99_ms"],

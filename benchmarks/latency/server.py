@@ -175,6 +175,21 @@ def rss_mb(root: int, field: str = "VmRSS") -> list[float]:
     return out
 
 
+def one_client(figures: dict[str, Any]) -> dict[str, float]:
+    """A :func:`level` run at 1 client as a record's ``serve_*_ms_1`` fields: its p50 / p95 /
+    p99 and where a call's time goes (the server's own timings per stage, p50)."""
+    return {
+        "serve_p50_ms_1": figures["p50_ms"],
+        "serve_p95_ms_1": figures["p95_ms"],
+        "serve_p99_ms_1": figures["p99_ms"],
+        **{
+            f"serve_{stage}_p50_ms_1": figures[f"{stage}_p50_ms"]
+            for stage in ("embed", "candidates", "features", "rank")
+            if f"{stage}_p50_ms" in figures
+        },
+    }
+
+
 @contextlib.contextmanager
 def serve_process(
     home: Path,
