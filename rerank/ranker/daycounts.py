@@ -109,12 +109,7 @@ class DayCounts(LogQueries):
         if np.any(early):
             pos = np.searchsorted(self.bounds, ats[early], side="right") - 1
             if np.any(pos < 0):
-                first = int(self.bounds[0]) if len(self.bounds) else self.end
-                raise ValueError(
-                    f"a window starting at {int(ats[early][pos < 0].min())} is before the "
-                    f"build's earliest stored day ({first}): the build's tables answer "
-                    f"requests from their log's end ({self.end}) on"
-                )
+                self._before_first_day(int(ats[early][pos < 0].min()))
             out[early] = self.at_bounds[cols[early], pos]
         result: npt.NDArray[np.int64] = out
         return result
@@ -126,9 +121,16 @@ class DayCounts(LogQueries):
             return total
         pos = int(np.searchsorted(self.bounds, at, side="right")) - 1
         if pos < 0:
-            self.count_before(cols[:1], np.array([at]))  # the broadcast path's error
+            self._before_first_day(at)
         out: npt.NDArray[np.int64] = self.at_bounds[cols, pos].astype(self.total.dtype)
         return out
+
+    def _before_first_day(self, at: int) -> None:
+        first = int(self.bounds[0]) if len(self.bounds) else self.end
+        raise ValueError(
+            f"a window starting at {at} is before the build's earliest stored day ({first}): "
+            f"the build's tables answer requests from their log's end ({self.end}) on"
+        )
 
     def first_time(self, cols: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         out: npt.NDArray[np.int64] = self.first[cols]

@@ -280,9 +280,6 @@ class UnitRows:
         self.matrix = np.asarray(matrix, dtype=np.float32)  # no copy of float32
         self._scale = np.maximum(np.linalg.norm(self.matrix, axis=1, keepdims=True), 1e-12)
 
-    def __len__(self) -> int:
-        return len(self.matrix)
-
     def __getitem__(self, rows: Any) -> Floats:
         out: Floats = (self.matrix[rows] / self._scale[rows]).astype(np.float32)
         return out
